@@ -1,0 +1,93 @@
+"""The ``forage`` command line: one subcommand per verb.
+
+Each module listed in ``COMMAND_MODULES`` defines ``register(subparsers)``, which adds its
+subcommands and sets ``handler`` (a function taking the parsed ``argparse.Namespace`` and
+returning an exit code). Command modules import heavy stacks (database, server) inside their
+handlers only, so ``forage --help`` and ``forage cid`` start fast. Only the CLI configures
+logging and exits; errors are mapped to exit codes here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from forage import __version__
+from forage.errors import ConfigError, ForageError, InvalidKey, NotFound
+
+COMMAND_MODULES: tuple[str, ...] = ()
+
+#: Exit codes: 0 ok, 1 operation failed, 2 usage or configuration error, 3 not found,
+#: 130 interrupted.
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("forage.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="forage",
+        description=(
+            "Archive package registries to IPFS and Filecoin and answer batch CID lookups."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"forage {__version__}")
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="TOML configuration file (default: $FORAGE_CONFIG, else ./forage.toml if present)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (repeatable)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only log errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"forage.cli.{name}").register(subparsers)
+    return parser
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    """Log to stderr, one line per event."""
+    level = logging.ERROR if quiet else logging.WARNING - 10 * min(verbose + 1, 2)
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``forage`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    configure_logging(args.verbose, args.quiet)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("forage: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ConfigError, InvalidKey) as exc:
+        print(f"forage: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotFound as exc:
+        print(f"forage: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except ForageError as exc:
+        print(f"forage: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

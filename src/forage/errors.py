@@ -1,0 +1,49 @@
+"""Exceptions raised by the ``forage`` application.
+
+Hierarchy::
+
+    ForageError
+    ├── ConfigError         the configuration file or a FORAGE_* variable is invalid or missing
+    ├── InvalidKey          a lookup key (purl or platform:name:version) cannot be parsed
+    ├── NotFound            a package, version, artifact or job the caller named does not exist
+    └── JobError            a job cannot run as asked
+        └── PermanentJobError  retrying will not help: park the job as dead at once
+
+The CLI maps these to exit codes; the HTTP error middleware maps them to JSON errors.
+"""
+
+from __future__ import annotations
+
+
+class ForageError(Exception):
+    """Base of every exception raised by ``forage``."""
+
+
+class ConfigError(ForageError):
+    """The configuration is invalid; the message names the key and what to set."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"configuration {key}: {reason}")
+
+
+class InvalidKey(ForageError):
+    """A lookup key is malformed."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"invalid key {key[:300]!r}: {reason}")
+
+
+class NotFound(ForageError):
+    """The thing named does not exist in the index."""
+
+
+class JobError(ForageError):
+    """A job failed; the runner retries it with backoff."""
+
+
+class PermanentJobError(JobError):
+    """A job failed in a way retrying cannot fix; the runner marks it dead at once."""

@@ -1,0 +1,166 @@
+"""The contract every registry indexer implements, and the HTTP plumbing they share.
+
+An indexer is a small class over an ``httpx.AsyncClient`` that the caller owns (tests aim it
+at a loopback fake; ``forage`` shares one pool per registry). It persists nothing: the caller
+stores the cursor (a frozen dataclass, round-tripped through :meth:`Indexer.cursor_to_dict`
+and :meth:`Indexer.cursor_from_dict`) in the same transaction as the rows a page produced.
+
+To add a registry, subclass :class:`Indexer` and implement:
+
+- :meth:`start_cursor` -- where a new watcher begins (usually the feed's current head);
+- :meth:`changes` -- one page of changed package names after a cursor, with the next cursor;
+  the docstring must say whether the cursor is inclusive, how entries are ordered and what an
+  empty page means;
+- :meth:`package` -- everything the registry says about one package, mapped to
+  :class:`~indexers.types.PackageInfo` by a pure function of its documents;
+- :meth:`normalize_name` -- the registry's canonical name, raising
+  :class:`~indexers.errors.InvalidName` for anything that is not a valid name.
+
+Raise :class:`~indexers.errors.UpstreamUnavailable` for transient failures (with
+``retry_after`` when the server sent one), :class:`~indexers.errors.PackageNotFound` when the
+registry says the package does not exist, :class:`~indexers.errors.FeedError` when a feed
+document has an unexpected shape. Never retry in a loop here: the caller's job queue does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from datetime import timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar, Generic
+from urllib.parse import urlsplit
+
+import httpx
+
+from indexers.errors import FeedError, PackageNotFound, UpstreamUnavailable
+from indexers.types import CursorT, Page, PackageInfo
+
+USER_AGENT = "forage-indexer/0.1 (+https://github.com/foragepm)"
+
+#: Status codes that mean "try again later" rather than "this request is wrong".
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """Return the server's ``Retry-After`` in seconds (delta or HTTP date), if it sent one."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    date = response.headers.get("date")
+    now = parsedate_to_datetime(date) if date else None
+    if now is None:
+        return None
+    return max(0.0, (when - now).total_seconds())
+
+
+def redact(url: str | httpx.URL) -> str:
+    """Drop credentials and the query string from a URL before it goes into a log or error."""
+    parts = urlsplit(str(url))
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+class Indexer(ABC, Generic[CursorT]):
+    """Base of one registry's indexer; see the module docstring for the contract."""
+
+    #: The purl type of the registry (``npm``, ``pypi``, ``golang``).
+    ecosystem: ClassVar[str]
+    #: The cursor dataclass this indexer pages with.
+    cursor_type: ClassVar[type[Any]]
+    #: How often a watcher should poll the feed unless configured otherwise.
+    default_interval: ClassVar[timedelta] = timedelta(minutes=5)
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    @abstractmethod
+    async def start_cursor(self) -> CursorT:
+        """Return the cursor a new watcher starts from."""
+
+    @abstractmethod
+    async def changes(self, cursor: CursorT) -> Page[CursorT]:
+        """Return the page of changes after ``cursor`` and the cursor that follows it."""
+
+    @abstractmethod
+    async def package(self, name: str) -> PackageInfo:
+        """Return what the registry says about ``name`` (already normalized)."""
+
+    @abstractmethod
+    def normalize_name(self, name: str) -> str:
+        """Return the registry's canonical spelling of ``name``; raise ``InvalidName``."""
+
+    def cursor_to_dict(self, cursor: CursorT) -> dict[str, Any]:
+        """Serialize a cursor for the caller to store as JSON."""
+        return dataclasses.asdict(cursor)  # type: ignore[call-overload,no-any-return]
+
+    def cursor_from_dict(self, data: Mapping[str, Any]) -> CursorT:
+        """Rebuild a cursor stored by :meth:`cursor_to_dict`."""
+        return self.cursor_type(**data)  # type: ignore[no-any-return]
+
+    async def get(
+        self,
+        url: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+        not_found: tuple[str, str] | None = None,
+    ) -> httpx.Response:
+        """GET ``url`` and translate transport errors and status codes to indexer errors.
+
+        ``not_found`` is ``(ecosystem, name)``: a 404 or 410 then raises ``PackageNotFound``.
+        """
+        sent = {"user-agent": USER_AGENT, **(headers or {})}
+        try:
+            response = await self.client.get(url, params=params, headers=sent)
+        except httpx.TimeoutException as exc:
+            raise UpstreamUnavailable(redact(url), f"timeout: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(redact(url), f"transport error: {exc!r}") from exc
+        if response.status_code in (404, 410) and not_found is not None:
+            raise PackageNotFound(*not_found)
+        if response.status_code in TRANSIENT_STATUS:
+            raise UpstreamUnavailable(
+                redact(url),
+                f"HTTP {response.status_code}",
+                retry_after=retry_after_seconds(response),
+            )
+        if response.status_code >= 400:
+            raise FeedError(redact(url), f"unexpected HTTP {response.status_code}")
+        return response
+
+    async def get_json(
+        self,
+        url: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+        not_found: tuple[str, str] | None = None,
+    ) -> Any:
+        """GET ``url`` and decode its JSON body; a body that is not JSON is a ``FeedError``."""
+        response = await self.get(url, params=params, headers=headers, not_found=not_found)
+        try:
+            return json.loads(response.content)
+        except ValueError as exc:
+            raise FeedError(redact(url), f"body is not JSON: {exc}") from exc
+
+
+def expect(condition: bool, url: str, reason: str) -> None:
+    """Raise ``FeedError`` unless ``condition``: a document had an unexpected shape."""
+    if not condition:
+        raise FeedError(redact(url), reason)
+
+
+__all__ = ["TRANSIENT_STATUS", "USER_AGENT", "Indexer", "expect", "redact", "retry_after_seconds"]

@@ -1,0 +1,94 @@
+"""Values that cross from ``indexers`` into ``forage``: changes, releases and artifacts.
+
+All are frozen dataclasses built by pure mapping functions from a registry's own documents.
+Digests are a mapping ``algorithm -> value`` with normalized algorithm names: ``sha512``,
+``sha256``, ``sha1``, ``md5``, ``blake2b_256`` hold lowercase hex; ``h1`` (Go's dirhash of a
+module zip) holds the full ``h1:<base64>`` string as the checksum database prints it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+CursorT = TypeVar("CursorT")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One package the feed says has changed since the cursor.
+
+    ``serial`` is the feed's position for this entry when the registry has one (PyPI serial,
+    npm seq), so a metadata page older than the change can be detected and retried.
+    """
+
+    name: str
+    serial: int | None = None
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[CursorT]):
+    """One page of a change feed and the cursor that resumes right after it.
+
+    ``head`` is the feed's newest position when the registry reports it (for lag); ``done``
+    is true when this page reached the head, so the watcher may stop polling until next run.
+    """
+
+    changes: tuple[Change, ...]
+    cursor: CursorT
+    done: bool
+    head: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """One downloadable file of a release: what the archiver fetches and verifies."""
+
+    filename: str
+    url: str
+    size: int | None
+    digests: Mapping[str, str]
+    kind: str | None = None
+    yanked: bool = False
+    yanked_reason: str | None = None
+    requires_python: str | None = None
+    uploaded_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """One version of a package with its artifacts.
+
+    ``deleted`` marks a version the registry removed (npm unpublish); ``yanked`` a PEP 592
+    yank or equivalent (the version stays installable when pinned); ``deprecated`` holds the
+    registry's deprecation message if any.
+    """
+
+    version: str
+    artifacts: tuple[Artifact, ...]
+    published_at: datetime | None = None
+    yanked: bool = False
+    deleted: bool = False
+    deprecated: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PackageInfo:
+    """Everything the registry says about one package right now.
+
+    ``name`` is the registry-normalized name used as the index key; ``display_name`` the
+    spelling the registry shows. ``deleted`` is true for an unpublished or removed package,
+    whose ``releases`` are then those the registry still lists (often none). ``serial`` is the
+    registry's version stamp of this document when it has one.
+    """
+
+    ecosystem: str
+    name: str
+    display_name: str
+    releases: tuple[Release, ...]
+    deleted: bool = False
+    serial: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)

@@ -1,0 +1,90 @@
+"""Exceptions raised by the ``storage`` package.
+
+Hierarchy::
+
+    StorageError
+    ├── InvalidCID              text or bytes that are not a CID we can handle
+    ├── BlockNotFound           the blockstore has no block for a CID
+    ├── IntegrityError          bytes do not hash to the CID (or digest) they claim
+    ├── CarError                a CAR stream that cannot be read
+    │   ├── CarFormatError      malformed header or section
+    │   └── CarTruncated        the stream ended inside a header or section
+    ├── ImportSizeError         a chunk or leaf larger than the importer allows
+    ├── BackendError            a remote storage service (pinning, Kubo, deals) failed
+    │   ├── BackendUnavailable  transient: connection refused, timeout, 5xx (retry later)
+    │   └── BackendRejected     permanent: 4xx, bad token, request refused (do not retry as is)
+    └── CommPError              a piece commitment cannot be computed (size out of range)
+
+Lower-level errors (``OSError`` from the filesystem, ``httpx`` transport errors, multiformats
+decoding errors) are translated at the boundary and chained with ``from exc``.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base of every exception raised by ``storage``."""
+
+
+class InvalidCID(StorageError):
+    """A CID string or byte sequence is malformed or uses an unsupported codec or hash."""
+
+    def __init__(self, value: object, reason: str) -> None:
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid CID {value!r}: {reason}")
+
+
+class BlockNotFound(StorageError):
+    """The blockstore holds no block for ``cid``."""
+
+    def __init__(self, cid: object) -> None:
+        self.cid = cid
+        super().__init__(f"block not found: {cid}")
+
+
+class IntegrityError(StorageError):
+    """Bytes do not match the CID or digest they were stored or sent under."""
+
+    def __init__(self, what: str, expected: str, actual: str) -> None:
+        self.what = what
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"{what}: expected {expected}, got {actual}")
+
+
+class CarError(StorageError):
+    """A CAR stream cannot be read."""
+
+
+class CarFormatError(CarError):
+    """The CAR header or a section is malformed (bad varint, CBOR, CID or version)."""
+
+
+class CarTruncated(CarError):
+    """The CAR stream ended in the middle of the header or of a section."""
+
+
+class ImportSizeError(StorageError):
+    """A chunk or leaf exceeds the size the UnixFS importer accepts."""
+
+
+class BackendError(StorageError):
+    """A remote storage service (pinning service, Kubo, Cluster, deal source) failed."""
+
+    def __init__(self, backend: str, message: str, *, status: int | None = None) -> None:
+        self.backend = backend
+        self.status = status
+        super().__init__(f"{backend}: {message}")
+
+
+class BackendUnavailable(BackendError):
+    """Transient failure (refused, reset, timeout, 5xx, 429); the caller may retry later."""
+
+
+class BackendRejected(BackendError):
+    """Permanent failure (4xx other than 408/429, bad token); retrying unchanged will fail."""
+
+
+class CommPError(StorageError):
+    """A piece commitment cannot be computed for this input (for example it is too small)."""
