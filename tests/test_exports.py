@@ -23,7 +23,6 @@ def test_every_public_attribute_is_listed(package: str) -> None:
     public = {
         name
         for name, value in vars(module).items()
-        if not name.startswith("_")
-        and getattr(value, "__module__", "").startswith(f"{package}.")
+        if not name.startswith("_") and getattr(value, "__module__", "").startswith(f"{package}.")
     }
     assert public - set(module.__all__) == set()

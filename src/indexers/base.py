@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from indexers.errors import FeedError, PackageNotFound, UpstreamUnavailable
-from indexers.types import CursorT, Page, PackageInfo
+from indexers.types import CursorT, PackageInfo, Page
 
 USER_AGENT = "forage-indexer/0.1 (+https://github.com/foragepm)"
 
