@@ -11,7 +11,8 @@ Hierarchy::
     ├── InvalidName             permanent: a package name, module path or version that is not valid
     │                           for the registry (hostile input included)
     ├── FeedError               permanent until a human looks: the feed's document changed shape
-    └── DigestMismatch          bytes whose digest differs from the registry's own
+    ├── InvalidDigest           permanent: a digest string that is malformed (bad SRI, bad hex)
+    └── DigestMismatch          bytes whose digest (or size) differs from the registry's own
 
 ``forage`` decides what to do with each: retry transient ones, park permanent ones.
 """
@@ -71,6 +72,16 @@ class FeedError(IndexerError):
         self.url = url
         self.reason = reason
         super().__init__(f"{url}: {reason}")
+
+
+class InvalidDigest(IndexerError):
+    """A digest the registry published (or a caller passed) is malformed and cannot be checked."""
+
+    def __init__(self, algorithm: str, value: str, reason: str) -> None:
+        self.algorithm = algorithm
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid {algorithm} digest {value[:120]!r}: {reason}")
 
 
 class DigestMismatch(IndexerError):

@@ -22,11 +22,14 @@ class Change:
 
     ``serial`` is the feed's position for this entry when the registry has one (PyPI serial,
     npm seq), so a metadata page older than the change can be detected and retried.
+    ``revision`` is the document revision the feed announced when the registry has one (npm
+    ``changes[0].rev``, ``"<generation>-<hash>"``), to detect a packument that lags the feed.
     """
 
     name: str
     serial: int | None = None
     deleted: bool = False
+    revision: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
