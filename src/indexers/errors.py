@@ -12,6 +12,8 @@ Hierarchy::
     │                           for the registry (hostile input included)
     ├── FeedError               permanent until a human looks: the feed's document changed shape
     ├── InvalidDigest           permanent: a digest string that is malformed (bad SRI, bad hex)
+    ├── InvalidArchive          permanent: a downloaded archive that is not readable or unsafe
+    │                           (corrupt zip, member names with ``..``, NUL, absolute paths)
     └── DigestMismatch          bytes whose digest (or size) differs from the registry's own
 
 ``forage`` decides what to do with each: retry transient ones, park permanent ones.
@@ -82,6 +84,15 @@ class InvalidDigest(IndexerError):
         self.value = value
         self.reason = reason
         super().__init__(f"invalid {algorithm} digest {value[:120]!r}: {reason}")
+
+
+class InvalidArchive(IndexerError):
+    """A downloaded archive cannot be read, or holds names that are unsafe to hash or extract."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"{url}: invalid archive: {reason}")
 
 
 class DigestMismatch(IndexerError):

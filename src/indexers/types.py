@@ -24,12 +24,15 @@ class Change:
     npm seq), so a metadata page older than the change can be detected and retried.
     ``revision`` is the document revision the feed announced when the registry has one (npm
     ``changes[0].rev``, ``"<generation>-<hash>"``), to detect a packument that lags the feed.
+    ``version`` is the one version the entry is about when the feed names it (the Go module
+    index lists ``(module, version)`` pairs, including pseudo-versions no other list shows).
     """
 
     name: str
     serial: int | None = None
     deleted: bool = False
     revision: str | None = None
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
