@@ -11,7 +11,8 @@ Hierarchy::
     │   └── CarTruncated        the stream ended inside a header or section
     ├── ImportSizeError         a chunk or leaf larger than the importer allows
     ├── BackendError            a remote storage service (pinning, Kubo, deals) failed
-    │   ├── BackendUnavailable  transient: connection refused, timeout, 5xx (retry later)
+    │   ├── BackendUnavailable  transient: connection refused, timeout, 5xx, 429 (retry later;
+    │   │                       ``retry_after`` carries the server's Retry-After in seconds)
     │   └── BackendRejected     permanent: 4xx, bad token, request refused (do not retry as is)
     └── CommPError              a piece commitment cannot be computed (size out of range)
 
@@ -80,6 +81,17 @@ class BackendError(StorageError):
 
 class BackendUnavailable(BackendError):
     """Transient failure (refused, reset, timeout, 5xx, 429); the caller may retry later."""
+
+    def __init__(
+        self,
+        backend: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(backend, message, status=status)
+        self.retry_after = retry_after
 
 
 class BackendRejected(BackendError):
