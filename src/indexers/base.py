@@ -122,9 +122,24 @@ class Indexer(ABC, Generic[CursorT]):
 
         ``not_found`` is ``(ecosystem, name)``: a 404 or 410 then raises ``PackageNotFound``.
         """
+        return await self.request("GET", url, params=params, headers=headers, not_found=not_found)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        not_found: tuple[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send one request (``POST`` for XML-RPC) with the same translation as :meth:`get`."""
         sent = {"user-agent": USER_AGENT, **(headers or {})}
         try:
-            response = await self.client.get(url, params=params, headers=sent)
+            response = await self.client.request(
+                method, url, params=params, headers=sent, content=content
+            )
         except httpx.TimeoutException as exc:
             raise UpstreamUnavailable(redact(url), f"timeout: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:
