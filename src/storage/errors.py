@@ -10,6 +10,9 @@ Hierarchy::
     │   ├── CarFormatError      malformed header or section
     │   └── CarTruncated        the stream ended inside a header or section
     ├── ImportSizeError         a chunk or leaf larger than the importer allows
+    ├── BlockFormatError        a block that does not decode as its codec (dag-pb, UnixFS)
+    ├── BlockstoreError         the filesystem under a blockstore failed
+    │   └── BlockstoreFull      no space left (ENOSPC, EDQUOT); staged blocks were removed
     ├── BackendError            a remote storage service (pinning, Kubo, deals) failed
     │   ├── BackendUnavailable  transient: connection refused, timeout, 5xx, 429 (retry later;
     │   │                       ``retry_after`` carries the server's Retry-After in seconds)
@@ -68,6 +71,18 @@ class CarTruncated(CarError):
 
 class ImportSizeError(StorageError):
     """A chunk or leaf exceeds the size the UnixFS importer accepts."""
+
+
+class BlockFormatError(StorageError):
+    """A block's bytes do not decode as its codec says (strict dag-pb, UnixFS ``Data``)."""
+
+
+class BlockstoreError(StorageError):
+    """The filesystem under a blockstore failed; the ``OSError`` is chained as the cause."""
+
+
+class BlockstoreFull(BlockstoreError):
+    """No space left on the blockstore's filesystem; blocks staged by the write were removed."""
 
 
 class BackendError(StorageError):
