@@ -232,6 +232,10 @@ def _artifact(name: str, version: str, manifest: Mapping[str, Any]) -> Artifact 
 def map_packument(doc: Any, *, name: str, url: str) -> PackageInfo:
     """Map a full packument to :class:`PackageInfo`: every version, plus unpublished tombstones.
 
+    Tombstones (``deleted`` releases) are versions in ``time`` or ``time.unpublished.versions``
+    that ``versions`` no longer lists. A stub with ``time.unpublished`` and no versions is an
+    unpublished package (``deleted``).
+
     Releases are ordered by publish time (versions without one last, then by string).
     """
     expect(isinstance(doc, dict), url, "packument is not an object")
@@ -252,14 +256,16 @@ def map_packument(doc: Any, *, name: str, url: str) -> PackageInfo:
                 deprecated=deprecated if isinstance(deprecated, str) and deprecated else None,
             )
         )
+    unpublished = times.get("unpublished")
+    listed = unpublished.get("versions") if isinstance(unpublished, dict) else None
     gone = [key for key in times if key not in _TIME_META and key not in versions]
+    gone += [v for v in listed or () if isinstance(v, str) and v not in times and v not in versions]
     releases.extend(
-        Release(version=version, artifacts=(), published_at=_time(times[version]), deleted=True)
+        Release(version=version, artifacts=(), published_at=_time(times.get(version)), deleted=True)
         for version in gone
     )
     never = datetime.min.replace(tzinfo=UTC)
     releases.sort(key=lambda r: (r.published_at is None, r.published_at or never, r.version))
-    unpublished = times.get("unpublished")
     rev = doc.get("_rev")
     display = doc.get("name")
     return PackageInfo(

@@ -210,10 +210,11 @@ class Faults:
 
 @dataclass(frozen=True)
 class SeenRequest:
-    """One request as the fake received it."""
+    """One request as the fake received it (``path`` decoded, ``raw_path`` as sent)."""
 
     method: str
     path: str
+    raw_path: str
     query: dict[str, str]
     headers: dict[str, str]
 
@@ -236,6 +237,7 @@ class RequestLog:
             SeenRequest(
                 method=request.method,
                 path=request.path,
+                raw_path=request.rel_url.raw_path,
                 query=dict(request.query),
                 headers={key.lower(): value for key, value in request.headers.items()},
             )
