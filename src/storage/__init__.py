@@ -5,6 +5,14 @@
 
 from __future__ import annotations
 
+from storage.commp import (
+    CommP,
+    PieceInfo,
+    padded_piece_size,
+    piece_cid_v1,
+    piece_cid_v2,
+    piece_commitment,
+)
 from storage.errors import (
     BackendError,
     BackendRejected,
@@ -28,9 +36,15 @@ __all__ = [
     "CarError",
     "CarFormatError",
     "CarTruncated",
+    "CommP",
     "CommPError",
     "ImportSizeError",
     "IntegrityError",
     "InvalidCID",
+    "PieceInfo",
     "StorageError",
+    "padded_piece_size",
+    "piece_cid_v1",
+    "piece_cid_v2",
+    "piece_commitment",
 ]
