@@ -5,6 +5,15 @@
 
 from __future__ import annotations
 
+from storage.blockstore import (
+    BlockSink,
+    BlockSource,
+    Blockstore,
+    FilesystemBlockstore,
+    MemoryBlockstore,
+)
+from storage.car import CarReader, CarWriter, export_car, read_car, write_car_from_file
+from storage.cid import Block, block_cid, parse_cid, verify_block
 from storage.commp import (
     CommP,
     PieceInfo,
@@ -13,11 +22,16 @@ from storage.commp import (
     piece_cid_v2,
     piece_commitment,
 )
+from storage.dag import read_file, walk_dag
+from storage.dagpb import PBLink, PBNode, decode_pbnode, encode_pbnode
 from storage.errors import (
     BackendError,
     BackendRejected,
     BackendUnavailable,
+    BlockFormatError,
     BlockNotFound,
+    BlockstoreError,
+    BlockstoreFull,
     CarError,
     CarFormatError,
     CarTruncated,
@@ -27,24 +41,63 @@ from storage.errors import (
     InvalidCID,
     StorageError,
 )
+from storage.unixfs import (
+    ImportResult,
+    UnixFSData,
+    UnixFSImporter,
+    compute_cid,
+    decode_unixfs,
+    encode_unixfs,
+    import_file,
+)
 
 __all__ = [
     "BackendError",
     "BackendRejected",
     "BackendUnavailable",
+    "Block",
+    "BlockFormatError",
     "BlockNotFound",
+    "BlockSink",
+    "BlockSource",
+    "Blockstore",
+    "BlockstoreError",
+    "BlockstoreFull",
     "CarError",
     "CarFormatError",
+    "CarReader",
     "CarTruncated",
+    "CarWriter",
     "CommP",
     "CommPError",
+    "FilesystemBlockstore",
+    "ImportResult",
     "ImportSizeError",
     "IntegrityError",
     "InvalidCID",
+    "MemoryBlockstore",
+    "PBLink",
+    "PBNode",
     "PieceInfo",
     "StorageError",
+    "UnixFSData",
+    "UnixFSImporter",
+    "block_cid",
+    "compute_cid",
+    "decode_pbnode",
+    "decode_unixfs",
+    "encode_pbnode",
+    "encode_unixfs",
+    "export_car",
+    "import_file",
     "padded_piece_size",
+    "parse_cid",
     "piece_cid_v1",
     "piece_cid_v2",
     "piece_commitment",
+    "read_car",
+    "read_file",
+    "verify_block",
+    "walk_dag",
+    "write_car_from_file",
 ]

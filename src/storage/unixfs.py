@@ -24,12 +24,13 @@ Specs: https://github.com/ipfs/specs/blob/main/UNIXFS.md and boxo
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from multiformats import CID, varint
 
+from storage.blockstore import BlockSink
 from storage.cid import DAG_PB, RAW, SHA2_256, Block, cid_from_digest, parse_cid
 from storage.dagpb import PBLink, PBNode, encode_pbnode
 from storage.errors import BlockFormatError, ImportSizeError
@@ -41,9 +42,11 @@ __all__ = [
     "ImportResult",
     "UnixFSData",
     "UnixFSImporter",
+    "compute_cid",
     "decode_unixfs",
     "encode_leaf",
     "encode_unixfs",
+    "import_file",
 ]
 
 #: Kubo's ``size-262144`` chunker.
@@ -55,6 +58,8 @@ MAX_CHUNK_SIZE = 1_048_576
 
 #: UnixFS ``Data.Type`` values.
 TYPE_RAW, TYPE_DIRECTORY, TYPE_FILE, TYPE_METADATA, TYPE_SYMLINK, TYPE_HAMT_SHARD = range(6)
+
+_READ_SIZE = 1 << 20
 
 Emit = Literal["all", "internal", "none"]
 
@@ -403,3 +408,58 @@ class UnixFSImporter:
         prefix = _V0 if self.cid_version == 0 else _V1_DAG_PB
         tsize = len(data) + sum(link.tsize for link in row)
         return _Link(prefix + digest, tsize, filesize)
+
+
+Source = bytes | bytearray | memoryview | BinaryIO | Iterable[bytes]
+
+
+def _pieces(source: Source) -> Iterator[bytes | bytearray | memoryview]:
+    """Bytes as given; a binary file read in 1 MiB pieces into one reused buffer."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        yield source
+    elif hasattr(source, "readinto"):
+        buffer = memoryview(bytearray(_READ_SIZE))
+        while count := source.readinto(buffer):
+            yield buffer[:count]
+    elif hasattr(source, "read"):
+        while piece := source.read(_READ_SIZE):
+            yield piece
+    else:
+        yield from source
+
+
+def import_file(
+    source: Source,
+    *,
+    sink: BlockSink | None = None,
+    cid_version: int = 1,
+    raw_leaves: bool | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_links: int = DEFAULT_MAX_LINKS,
+    leaves: bool = True,
+) -> ImportResult:
+    """Import bytes, a binary file or an iterable of byte pieces; ``put`` blocks into ``sink``.
+
+    Without a sink only the CID is computed (no block is built). Blocks reach the sink as soon
+    as they are complete, so memory holds one chunk whatever the size of the input.
+    ``leaves=False`` hands the sink only the internal nodes (see ``UnixFSImporter``'s emit).
+    """
+    emit: Emit = "none" if sink is None else "all" if leaves else "internal"
+    importer = UnixFSImporter(
+        cid_version=cid_version,
+        raw_leaves=raw_leaves,
+        chunk_size=chunk_size,
+        max_links=max_links,
+        emit=emit,
+    )
+    for piece in _pieces(source):
+        for block in importer.update(piece):
+            sink.put(block)  # type: ignore[union-attr]
+    for block in importer.finalize():
+        sink.put(block)  # type: ignore[union-attr]
+    return importer.result
+
+
+def compute_cid(source: Source, *, cid_version: int = 1) -> CID:
+    """The CID ``ipfs add`` gives these bytes (``--cid-version=1`` unless 0 is asked)."""
+    return import_file(source, cid_version=cid_version).cid
