@@ -463,7 +463,7 @@ class FakePyPI:
         if method == "changelog_since_serial" and len(params) == 1:
             since = int(params[0])
             rows = [list(row) for row in self.journal if row[4] > since][: self.changelog_cap]
-            return self._xml([[n, v or "", t, a, s] for n, v, t, a, s in rows])
+            return self._xml(rows)
         if method == "list_packages_with_serial":
             return self._xml({p.name: p.last_serial for p in self.projects.values()})
         return self._fault(-32601, f"method {method!r} not found")

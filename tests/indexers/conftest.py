@@ -1,0 +1,49 @@
+"""Fixtures for indexer tests: loopback fake registries and an httpx client aimed at them.
+
+Each registry section is appended by the engineer who owns that registry's fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from tests.fakes.npm import FakeNpmRegistry
+from tests.fakes.pypi import FakePyPI
+from tests.fakes.server import RunningServer, serve
+
+
+@pytest.fixture
+async def http_client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        yield client
+
+
+# -- npm ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def npm_registry() -> FakeNpmRegistry:
+    return FakeNpmRegistry()
+
+
+@pytest.fixture
+async def npm_server(npm_registry: FakeNpmRegistry) -> AsyncIterator[RunningServer]:
+    async with serve(npm_registry.make_app()) as running:
+        yield running
+
+
+# -- PyPI --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pypi() -> FakePyPI:
+    return FakePyPI()
+
+
+@pytest.fixture
+async def pypi_server(pypi: FakePyPI) -> AsyncIterator[RunningServer]:
+    async with serve(pypi.make_app()) as running:
+        yield running
