@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from indexers.base import Indexer
+from indexers.digests import DigestCheck, DigestVerifier, normalize_hex, parse_sri, to_sri
 from indexers.errors import (
     DigestMismatch,
     FeedError,
@@ -16,21 +17,32 @@ from indexers.errors import (
     StaleMetadata,
     UpstreamUnavailable,
 )
+from indexers.npm import NpmCursor, NpmIndexer
+from indexers.pypi import PyPICursor, PyPIIndexer
 from indexers.types import Artifact, Change, PackageInfo, Page, Release
 
 __all__ = [
     "Artifact",
     "Change",
+    "DigestCheck",
     "DigestMismatch",
+    "DigestVerifier",
     "FeedError",
     "Indexer",
     "IndexerError",
     "InvalidDigest",
     "InvalidName",
+    "NpmCursor",
+    "NpmIndexer",
     "PackageInfo",
     "PackageNotFound",
     "Page",
+    "PyPICursor",
+    "PyPIIndexer",
     "Release",
     "StaleMetadata",
     "UpstreamUnavailable",
+    "normalize_hex",
+    "parse_sri",
+    "to_sri",
 ]
