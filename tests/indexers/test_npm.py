@@ -321,7 +321,7 @@ async def test_upstream_errors_are_translated(
 async def test_slow_registry_is_a_timeout(
     npm_registry: FakeNpmRegistry, npm_server: RunningServer
 ) -> None:
-    npm_registry.faults.slow(1.0)
+    npm_registry.faults.slow(0.5)
     async with httpx.AsyncClient(timeout=0.1) as client:
         with pytest.raises(UpstreamUnavailable, match="timeout"):
             await indexer(client, npm_server).start_cursor()

@@ -28,7 +28,7 @@ from indexers.pypi import (
     parse_changelog,
 )
 from tests.fakes.pypi import FakePyPI
-from tests.fakes.server import RunningServer
+from tests.fakes.server import RunningServer, ThreadedServer
 
 DATA = Path(__file__).parent.parent / "data" / "pypi"
 
@@ -275,3 +275,26 @@ def test_bad_changelog_rows_are_feed_errors() -> None:
     bad: list[Any] = [["name", "1.0", 0, "new release"]]
     with pytest.raises(FeedError, match="not \\(name, version"):
         parse_changelog(bad, since=0, url="http://fake/pypi")
+
+
+def test_threaded_fake_serves_html_and_json_forms_of_one_page() -> None:
+    """From synchronous code (as pip or ``forage demo`` would use it) the threaded fake serves
+    the PEP 503 page with the same files and sha256 fragments as the PEP 691 document."""
+    pypi = FakePyPI()
+    files = pypi.release("Two.Forms", "1.0", wheels=("py3-none-any",))
+    pypi.yank("two-forms", "1.0", reason="bad <build>")
+    with ThreadedServer(pypi.make_app()) as fake, httpx.Client() as client:
+        page = client.get(f"{fake.url}/simple/two-forms/", headers={"Accept": "text/html"})
+        doc = client.get(
+            f"{fake.url}/simple/two-forms/",
+            headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+        ).json()
+        redirect = client.get(f"{fake.url}/simple/Two.Forms/")
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["x-pypi-last-serial"] == str(pypi.serial)
+    for file in files:
+        assert f'#sha256={file.sha256}"' in page.text
+        assert f">{file.filename}</a>" in page.text
+    assert 'data-yanked="bad &lt;build&gt;"' in page.text
+    assert [f["hashes"]["sha256"] for f in doc["files"]] == [file.sha256 for file in files]
+    assert (redirect.status_code, redirect.headers["location"]) == (301, "/simple/two-forms/")
