@@ -17,7 +17,8 @@ Hierarchy::
     │   ├── BackendUnavailable  transient: connection refused, timeout, 5xx, 429 (retry later;
     │   │                       ``retry_after`` carries the server's Retry-After in seconds)
     │   └── BackendRejected     permanent: 4xx, bad token, request refused (do not retry as is)
-    └── CommPError              a piece commitment cannot be computed (size out of range)
+    └── CommPError              no piece commitment or piece CID for this input (payload
+                                under 65 bytes or over 64 GiB, malformed commitment or size)
 
 Lower-level errors (``OSError`` from the filesystem, ``httpx`` transport errors, multiformats
 decoding errors) are translated at the boundary and chained with ``from exc``.
@@ -114,4 +115,4 @@ class BackendRejected(BackendError):
 
 
 class CommPError(StorageError):
-    """A piece commitment cannot be computed for this input (for example it is too small)."""
+    """No piece commitment or piece CID for this input (size out of range, malformed commitment)."""
