@@ -98,9 +98,14 @@ class Indexer(ABC, Generic[CursorT]):
     async def package(self, name: str) -> PackageInfo:
         """Return what the registry says about ``name`` (already normalized)."""
 
+    @staticmethod
     @abstractmethod
-    def normalize_name(self, name: str) -> str:
-        """Return the registry's canonical spelling of ``name``; raise ``InvalidName``."""
+    def normalize_name(name: str) -> str:
+        """Return the registry's canonical spelling of ``name``; raise ``InvalidName``.
+
+        A static method: naming rules need no network, so callers (key parsing) use it
+        without building an indexer.
+        """
 
     def cursor_to_dict(self, cursor: CursorT) -> dict[str, Any]:
         """Serialize a cursor for the caller to store as JSON."""

@@ -319,7 +319,8 @@ class NpmIndexer(Indexer[NpmCursor]):
         self.replicate_url = replicate_url.rstrip("/")
         self.page_size = page_size
 
-    def normalize_name(self, name: str) -> str:
+    @staticmethod
+    def normalize_name(name: str) -> str:
         return validate_name(name)
 
     def packument_url(self, name: str) -> str:

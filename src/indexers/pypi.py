@@ -345,7 +345,8 @@ class PyPIIndexer(Indexer[PyPICursor]):
         self.xmlrpc_url = xmlrpc_url
         self.simple_url = simple_url.rstrip("/")
 
-    def normalize_name(self, name: str) -> str:
+    @staticmethod
+    def normalize_name(name: str) -> str:
         return normalize(name)
 
     def project_url(self, name: str) -> str:
