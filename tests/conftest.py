@@ -187,10 +187,8 @@ def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     engine = make_engine(f"sqlite:///{path}")
     try:
         upgrade(engine)
-        with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
-        engine.dispose()
+        engine.dispose()  # the last connection to close checkpoints the WAL into the file
     return path
 
 

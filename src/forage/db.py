@@ -225,5 +225,15 @@ def schema_diff(engine: Engine) -> Sequence[Any]:
     import forage.models  # noqa: F401  (registers the tables on Base.metadata)
 
     with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection,
+            opts={
+                "compare_type": True,
+                # Also compare CHECK constraints (all ours are named).
+                "autogenerate_plugins": [
+                    "alembic.autogenerate.*",
+                    "alembic.ext.checkconstraint_byname",
+                ],
+            },
+        )
         return list(compare_metadata(context, Base.metadata))

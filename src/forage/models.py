@@ -427,7 +427,9 @@ class JobRecord(Base):
         ),
         sa.CheckConstraint("kind <> ''", name="kind"),
         sa.CheckConstraint(
-            "attempts >= 0 AND max_attempts >= 1 AND attempts <= max_attempts", name="attempts"
+            "attempts >= 0 AND (max_attempts IS NULL OR"
+            " (max_attempts >= 1 AND attempts <= max_attempts))",
+            name="attempts",
         ),
         sa.CheckConstraint(
             "state <> 'running' OR (lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL)",
@@ -442,7 +444,8 @@ class JobRecord(Base):
         enum_column(JobState, "job_state"), default=JobState.QUEUED
     )
     attempts: Mapped[int] = mapped_column(default=0, server_default="0")
-    max_attempts: Mapped[int]
+    #: Per-job limit; ``None`` means the queue's ``jobs.max_attempts`` setting.
+    max_attempts: Mapped[int | None]
     run_after: Mapped[datetime] = mapped_column(default=utcnow)
     lease_owner: Mapped[str | None] = mapped_column(sa.String(256))
     lease_expires_at: Mapped[datetime | None]

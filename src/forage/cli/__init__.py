@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from forage import __version__
 from forage.errors import ConfigError, ForageError, InvalidKey, NotFound
 
-COMMAND_MODULES: tuple[str, ...] = ("commp", "content")
+COMMAND_MODULES: tuple[str, ...] = ("commp", "content", "config", "db", "jobs", "worker")
 
 #: Exit codes: 0 ok, 1 operation failed, 2 usage or configuration error, 3 not found,
 #: 130 interrupted.

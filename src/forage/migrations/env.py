@@ -20,6 +20,7 @@ context.configure(
     target_metadata=Base.metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    autogenerate_plugins=["alembic.autogenerate.*", "alembic.ext.checkconstraint_byname"],
 )
 with context.begin_transaction():
     context.run_migrations()

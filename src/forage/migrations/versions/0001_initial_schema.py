@@ -54,7 +54,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("max_attempts", sa.Integer(), nullable=False),
+        sa.Column("max_attempts", sa.Integer(), nullable=True),
         sa.Column("run_after", forage.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("lease_owner", sa.String(length=256), nullable=True),
         sa.Column("lease_expires_at", forage.db.UTCDateTime(timezone=True), nullable=True),
@@ -79,7 +79,7 @@ def upgrade() -> None:
             name=op.f("ck_jobs_running_leased"),
         ),
         sa.CheckConstraint(
-            "attempts >= 0 AND max_attempts >= 1 AND attempts <= max_attempts",
+            "attempts >= 0 AND (max_attempts IS NULL OR (max_attempts >= 1 AND attempts <= max_attempts))",
             name=op.f("ck_jobs_attempts"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),

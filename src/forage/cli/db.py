@@ -1,0 +1,119 @@
+"""``forage db``: create, migrate and inspect the database schema.
+
+``forage db upgrade`` creates the schema on an empty database or migrates it to the newest
+revision; ``downgrade REV`` goes back; ``current`` prints where the database is; ``check``
+fails if the live schema and the models differ; ``revision -m MSG`` (developers) writes a new
+migration script by comparing the models with the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from forage.cli import EXIT_FAILURE
+
+
+def register(subparsers: Any) -> None:
+    """Add ``db`` and its subcommands."""
+    parser = subparsers.add_parser("db", help="create, migrate and inspect the database")
+    commands = parser.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
+    upgrade = commands.add_parser("upgrade", help="create the schema or migrate it forward")
+    upgrade.add_argument("revision", nargs="?", default="head", help="target (default: head)")
+    upgrade.set_defaults(handler=run_upgrade)
+    downgrade = commands.add_parser("downgrade", help="migrate the schema back")
+    downgrade.add_argument("revision", help="target revision; 'base' drops every table")
+    downgrade.set_defaults(handler=run_downgrade)
+    current = commands.add_parser("current", help="print the database's revision")
+    current.set_defaults(handler=run_current)
+    check = commands.add_parser("check", help="fail if the schema differs from the models")
+    check.set_defaults(handler=run_check)
+    revision = commands.add_parser("revision", help="write a new migration (developers)")
+    revision.add_argument("-m", "--message", required=True, help="what the migration does")
+    revision.set_defaults(handler=run_revision)
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from forage.config import load_config
+    from forage.db import make_engine
+
+    config = load_config(args.config)
+    return config, make_engine(config.database)
+
+
+def run_upgrade(args: argparse.Namespace) -> int:
+    from forage.db import current_revision, upgrade
+
+    config, engine = _engine(args)
+    try:
+        before = current_revision(engine)
+        upgrade(engine, args.revision)
+        after = current_revision(engine)
+    finally:
+        engine.dispose()
+    where = config.database.display_url
+    if before == after:
+        print(f"forage: {where} already at revision {after}", file=sys.stderr)
+    else:
+        print(f"forage: {where} migrated from {before or 'empty'} to {after}", file=sys.stderr)
+    return 0
+
+
+def run_downgrade(args: argparse.Namespace) -> int:
+    from forage.db import current_revision, downgrade
+
+    config, engine = _engine(args)
+    try:
+        downgrade(engine, args.revision)
+        after = current_revision(engine)
+    finally:
+        engine.dispose()
+    print(f"forage: {config.database.display_url} now at {after or 'base'}", file=sys.stderr)
+    return 0
+
+
+def run_current(args: argparse.Namespace) -> int:
+    from forage.db import current_revision, head_revision
+
+    _config, engine = _engine(args)
+    try:
+        revision = current_revision(engine)
+    finally:
+        engine.dispose()
+    head = head_revision()
+    note = "(head)" if revision == head else f"(head is {head}; run forage db upgrade)"
+    print(f"{revision or 'empty'} {note}")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from forage.db import schema_diff
+
+    _config, engine = _engine(args)
+    try:
+        diff = schema_diff(engine)
+    finally:
+        engine.dispose()
+    for item in diff:
+        print(f"forage: schema differs: {item}", file=sys.stderr)
+    return EXIT_FAILURE if diff else 0
+
+
+def run_revision(args: argparse.Namespace) -> int:
+    from alembic import command
+
+    from forage.db import alembic_config
+
+    _config, engine = _engine(args)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config(connection)
+            config.set_main_option("hooks", "ruff_format")
+            config.set_main_option("ruff_format.type", "exec")
+            config.set_main_option("ruff_format.executable", "ruff")
+            config.set_main_option("ruff_format.options", "format REVISION_SCRIPT_FILENAME")
+            command.revision(config, message=args.message, autogenerate=True)
+    finally:
+        engine.dispose()
+    return 0

@@ -1,0 +1,21 @@
+"""The job kinds a production worker runs, and their handlers.
+
+:func:`default_handlers` maps each job kind (``"sync_package"``, ``"archive"``, ...) to an
+``async def handler(ctx: JobContext, job: Job) -> None`` (see :mod:`forage.worker` for the
+context and :mod:`forage.jobs` for the contract: ids in payloads, idempotent, safe after a
+kill). ``forage worker`` uses this mapping unless ``--handlers MODULE:FUNCTION`` names another.
+The pipeline's handlers are registered here as they are written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from forage.worker import Handler
+
+
+def default_handlers() -> Mapping[str, Handler]:
+    """Every job kind Forage knows, mapped to its handler."""
+    return {}
