@@ -11,12 +11,15 @@ from indexers.errors import (
     DigestMismatch,
     FeedError,
     IndexerError,
+    InvalidArchive,
     InvalidDigest,
     InvalidName,
     PackageNotFound,
     StaleMetadata,
     UpstreamUnavailable,
 )
+from indexers.golang import GoCursor, GoIndexer
+from indexers.gomod import verify_go_zip
 from indexers.npm import NpmCursor, NpmIndexer
 from indexers.pypi import PyPICursor, PyPIIndexer
 from indexers.types import Artifact, Change, PackageInfo, Page, Release
@@ -28,8 +31,11 @@ __all__ = [
     "DigestMismatch",
     "DigestVerifier",
     "FeedError",
+    "GoCursor",
+    "GoIndexer",
     "Indexer",
     "IndexerError",
+    "InvalidArchive",
     "InvalidDigest",
     "InvalidName",
     "NpmCursor",
@@ -45,4 +51,5 @@ __all__ = [
     "normalize_hex",
     "parse_sri",
     "to_sri",
+    "verify_go_zip",
 ]

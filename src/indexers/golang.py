@@ -392,7 +392,8 @@ class GoIndexer(Indexer[GoCursor]):
         )
         return page
 
-    def normalize_name(self, name: str) -> str:
+    @staticmethod
+    def normalize_name(name: str) -> str:
         """Module paths are case-sensitive: the canonical spelling is the path itself."""
         return check_path(name)
 

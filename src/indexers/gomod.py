@@ -433,7 +433,6 @@ def _checked_entries(
         if total > max_size:
             raise InvalidArchive(url, f"uncompressed contents exceed {max_size} bytes")
         entries.append((name, info))
-    entries.sort(key=lambda entry: entry[0])
     return entries
 
 
