@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -93,24 +94,21 @@ class KuboPinning(HttpBackend):
         params: Sequence[tuple[str, str]],
         *,
         refusal_ok: bool = False,
-    ) -> tuple[Any, str | None]:
-        """Run a command; return (result, None), or (None, message) for a command refusal.
+    ) -> tuple[Any, _Refusal | None]:
+        """Run a command; return (result, None), or (None, refusal) when Kubo refused it.
 
         With ``refusal_ok`` false a refusal is raised as ``BackendRejected`` like any error;
-        callers that expect one (not pinned, missing blocks) pass true and read the message.
+        callers that expect one (not pinned, missing blocks) pass true and read its message.
         """
         path = f"{API}/{command}"
         async with self._open("POST", path, params=params, ok=(400, 500)) as response:
             if response.status_code >= 400:
                 await response.aread()
+                error = self._error("POST", path, response)
                 payload = error_payload(response)
-                if (
-                    not refusal_ok
-                    or not _is_command_error(payload)
-                    or self._transient(response.status_code, payload)
-                ):
-                    raise self._error("POST", path, response)
-                return None, self._scrub(str(payload.get("Message", "")))
+                if refusal_ok and _is_command_error(payload) and isinstance(error, BackendRejected):
+                    return None, _Refusal(self._scrub(str(payload.get("Message", ""))), error)
+                raise error
             return await self._json(response, "POST", path), None
 
     async def pin(
@@ -170,8 +168,8 @@ class KuboPinning(HttpBackend):
             params.append(("name", name))
         result, refusal = await self._command("pin/add", params, refusal_ok=True)
         if refusal is not None:
-            log.info("%s: pin/add %s failed: %s", self.name, cid, refusal)
-            return PinRequest(cid, cid, PinState.FAILED, name=name, details=refusal)
+            log.info("%s: pin/add %s failed: %s", self.name, cid, refusal.message)
+            return PinRequest(cid, cid, PinState.FAILED, name=name, details=refusal.message)
         pins = result.get("Pins") if isinstance(result, dict) else None
         if not isinstance(pins, list) or cid_key(cid) not in {cid_key(str(p)) for p in pins}:
             raise self._shape_error("POST", f"{API}/pin/add", f"Pins={pins!r}")
@@ -207,9 +205,9 @@ class KuboPinning(HttpBackend):
         params.append(("type", "recursive"))
         result, refusal = await self._command("pin/ls", params, refusal_ok=True)
         if refusal is not None:
-            if "is not pinned" in refusal:
-                raise _NotPinned(refusal)
-            raise BackendRejected(self.name, f"POST {API}/pin/ls: {refusal}", status=500)
+            if "is not pinned" in refusal.message:
+                raise _NotPinned(refusal.message)
+            raise refusal.error
         keys = result.get("Keys") if isinstance(result, dict) else None
         if not isinstance(keys, dict):
             raise self._shape_error("POST", f"{API}/pin/ls", "no Keys object")
@@ -238,14 +236,22 @@ class KuboPinning(HttpBackend):
         _, refusal = await self._command("pin/rm", params, refusal_ok=True)
         if refusal is None:
             return
-        if "not pinned" not in refusal:
-            raise BackendRejected(self.name, f"POST {API}/pin/rm: {refusal}", status=500)
+        if "not pinned" not in refusal.message:
+            raise refusal.error
         log.debug("%s: %s was not pinned", self.name, request_id)
 
 
 def _is_command_error(payload: Any) -> bool:
     """Whether a body is go-ipfs-cmds' error value (``"Type": "error"``)."""
     return isinstance(payload, dict) and payload.get("Type") == "error"
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """A command Kubo refused: its own message, and the error to raise if unexpected."""
+
+    message: str
+    error: BackendRejected
 
 
 class _NotPinned(Exception):
