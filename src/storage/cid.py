@@ -73,6 +73,8 @@ def parse_cid(value: str | bytes | bytearray | memoryview | CID) -> CID:
             raise InvalidCID(value, "empty")
         try:
             cid = CID.decode(raw)
+        except ImportError as exc:  # multiformats lacks the hash function's module
+            raise InvalidCID(value, f"hash function not supported: {exc}") from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidCID(value, str(exc)) from exc
     else:
@@ -111,9 +113,8 @@ def _multihash_of(cid: CID, data: bytes | memoryview) -> bytes:
         return _SHA2_256_PREFIX + hashlib.sha256(data).digest()
     if code == IDENTITY:
         return bytes(varint.encode(IDENTITY) + varint.encode(len(data))) + bytes(data)
-    size = len(cid.raw_digest)
     try:
-        return bytes(cid.hashfun.digest(bytes(data), size=size))
+        return bytes(cid.hashfun.digest(bytes(data), size=len(cid.raw_digest)))
     except (ImportError, ValueError, KeyError, TypeError) as exc:
         raise InvalidCID(str(cid), f"hash function {cid.hashfun.name} is not supported") from exc
 
