@@ -361,5 +361,5 @@ async def test_unconfigured_registry_says_what_to_set(migrated_url: str, tmp_pat
 
     config = write_config(tmp_path, migrated_url)
     async with context(config) as ctx:
-        with pytest.raises(ConfigError, match="registries.npm.registry_url"):
+        with pytest.raises(ConfigError, match=r"registries\.npm\.registry_url"):
             await watch_feed(ctx, "npm")
