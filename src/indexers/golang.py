@@ -78,10 +78,15 @@ def timestamp_ns(text: str) -> int | None:
     return seconds * 1_000_000_000 + int((fraction or "").ljust(9, "0"))
 
 
-def format_timestamp(moment: datetime) -> str:
-    """Format an aware datetime as the index does (UTC, ``Z``, no trailing zeros)."""
-    text = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0").rstrip(".")
-    return text + "Z"
+def format_timestamp(moment: datetime | int) -> str:
+    """Format an aware datetime or epoch nanoseconds as the index does (UTC, ``Z``, Go's
+    ``RFC3339Nano``: no trailing zeros); the index rejects other offsets."""
+    if isinstance(moment, datetime):
+        moment = (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+    seconds, fraction = divmod(moment, 1_000_000_000)
+    text = (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+    digits = f"{fraction:09d}".rstrip("0")
+    return f"{text}.{digits}Z" if digits else f"{text}Z"
 
 
 def _parse_time(text: str) -> datetime | None:
@@ -356,7 +361,8 @@ class GoIndexer(Indexer[GoCursor]):
         super().__init__(client)
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}, got {page_size}")
-        if start is not None and timestamp_ns(start) is None:
+        start_ns = timestamp_ns(start) if start is not None else None
+        if start is not None and start_ns is None:
             raise ValueError(f"start must be an RFC 3339 timestamp, got {start!r}")
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -364,7 +370,7 @@ class GoIndexer(Indexer[GoCursor]):
         self.proxy_url = proxy_url.rstrip("/")
         self.sumdb_url = sumdb_url.rstrip("/") if sumdb_url else None
         self.page_size = page_size
-        self.start = start
+        self.start = format_timestamp(start_ns) if start_ns is not None else None
         self.concurrency = concurrency
 
     async def start_cursor(self) -> GoCursor:

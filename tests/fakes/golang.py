@@ -95,6 +95,7 @@ class FakeVersion:
     in_sumdb: bool
     record: int
     served_files: dict[str, bytes] | None = None
+    withdrawn: bool = False
 
     @property
     def prefix(self) -> str:
@@ -158,9 +159,10 @@ class GoFake:
 
     ``add_version`` publishes a version (on the proxy, in the sumdb, in the feed);
     ``add_feed_line`` / ``add_malformed_line`` write the feed directly; ``remove_module``
-    makes the proxy answer 410; ``tamper`` serves a zip whose contents differ from its
-    sumdb ``h1:``. Use as ``async with GoFake() as fake:`` (then ``fake.endpoints``), or
-    serve ``fake.app()`` yourself.
+    makes the proxy answer 410; ``withdraw`` keeps a version listed but unservable (404);
+    ``tamper`` serves a zip whose contents differ from its sumdb ``h1:``. Use as
+    ``async with GoFake() as fake:`` (then ``fake.endpoints``), or serve ``fake.app()``
+    yourself (``GoEndpoints.at(server.url)`` then names the three services).
     """
 
     def __init__(self) -> None:
@@ -236,6 +238,10 @@ class GoFake:
         """The proxy answers 410 Gone for every URL of ``path`` (the sumdb keeps its records)."""
         self.gone.add(path)
 
+    def withdraw(self, path: str, version: str) -> None:
+        """Keep ``version`` in ``@v/list`` but answer 404 for its ``.info``, ``.mod``, ``.zip``."""
+        self.modules[path][version].withdrawn = True
+
     def tamper(self, path: str, version: str, files: Mapping[str, bytes]) -> None:
         """Serve a zip with ``files`` instead of the real contents (the sumdb keeps the true h1)."""
         self.modules[path][version].served_files = dict(files)
@@ -303,6 +309,8 @@ class GoFake:
         version = _unescape(match.group(1)) if match else None
         if match is None or version is None or version not in versions:
             return self._not_found(f"{path}@{rest}")
+        if versions[version].withdrawn:
+            return self._not_found(f"{path}@{version} withdrawn")
         entry = versions[version]
         if match.group(2) == "info":
             return web.json_response(entry.info)

@@ -699,6 +699,31 @@ async def test_gone_or_unknown_module_is_not_found(
     assert fake.requests.paths() == [f"/proxy/{name}/@v/list"]
 
 
+async def test_listed_version_that_is_gone_is_a_deleted_release(
+    fake: GoFake, client: httpx.AsyncClient
+) -> None:
+    """A version still in @v/list whose .info answers 404 is kept as deleted, without artifacts."""
+    fake.withdraw(TOML, "v1.2.0")
+    info = await indexer_for(fake, client).package(TOML)
+    first = info.releases[0]
+    assert (first.version, first.deleted, first.artifacts) == ("v1.2.0", True, ())
+    assert [r.deleted for r in info.releases[1:]] == [False, False]
+
+
+def test_start_is_sent_in_the_index_own_form() -> None:
+    """A start with an offset is normalized to UTC 'Z' (the index rejects '+00:00')."""
+    indexer = GoIndexer(
+        httpx.AsyncClient(),
+        index_url="i",
+        proxy_url="p",
+        sumdb_url=None,
+        start="2020-01-01T01:00:00.500+01:00",
+    )
+    assert indexer.start == "2020-01-01T00:00:00.5Z"
+    with pytest.raises(ValueError, match="RFC 3339"):
+        GoIndexer(httpx.AsyncClient(), index_url="i", proxy_url="p", sumdb_url=None, start="now")
+
+
 async def test_unknown_version_is_not_found(fake: GoFake, client: httpx.AsyncClient) -> None:
     """release() of a version the proxy does not have names the version in PackageNotFound."""
     with pytest.raises(PackageNotFound) as caught:
