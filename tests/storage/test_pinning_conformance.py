@@ -102,7 +102,7 @@ async def harness(
         yield Harness(request.param, make_backend(request.param, client, server.url, TOKEN), fake)
 
 
-async def car_stream(car: bytes, *, piece: int = 7) -> AsyncIterator[bytes]:
+async def car_stream(car: bytes, *, piece: int = 40) -> AsyncIterator[bytes]:
     """Hand the CAR over in small pieces, as a blockstore reader would."""
     for start in range(0, len(car), piece):
         yield car[start : start + piece]
@@ -191,6 +191,11 @@ async def test_status_of_many_pins_is_batched(harness: Harness) -> None:
     assert harness.status_requests() - before == expected
 
 
+async def test_status_of_nothing_sends_nothing(harness: Harness) -> None:
+    assert await harness.backend.status([]) == {}
+    assert harness.requests.seen == []
+
+
 async def test_malformed_cid_is_refused_before_any_request(harness: Harness) -> None:
     with pytest.raises(InvalidCID):
         await harness.backend.pin("not-a-cid/../../admin")
@@ -253,8 +258,8 @@ async def test_connection_refused_is_unavailable(kind: str, client: httpx.AsyncC
 @pytest.mark.parametrize("kind", BACKENDS)
 async def test_timeout_is_unavailable(kind: str) -> None:
     fake = make_fake(kind)
-    fake.faults.slow(1.0)
-    async with serve(fake.app()) as server, httpx.AsyncClient(timeout=0.2) as http:
+    fake.faults.slow(0.4)
+    async with serve(fake.app()) as server, httpx.AsyncClient(timeout=0.1) as http:
         backend = make_backend(kind, http, server.url, TOKEN)
         cid, _ = block("slow")
         with pytest.raises(BackendUnavailable, match="timed out"):
