@@ -15,7 +15,7 @@ import pytest
 # reads the script's peak from RUSAGE_CHILDREN.
 _WRAPPER = """
 import resource, subprocess, sys
-done = subprocess.run([sys.executable, "-c", sys.argv[1]], capture_output=True, text=True)
+done = subprocess.run([sys.executable, "-c", *sys.argv[1:]], capture_output=True, text=True)
 sys.stderr.write(done.stderr)
 if done.returncode:
     sys.exit(done.returncode)
@@ -24,23 +24,24 @@ print(done.stdout, end="")
 """
 
 
-def _run_measured(script: str, *, timeout: float = 300) -> tuple[dict[str, Any], int]:
-    """Run ``script`` in a fresh interpreter; return its JSON output and its peak RSS in KiB."""
+def _run_measured(script: str, *args: str) -> tuple[dict[str, Any], int]:
+    """Run ``script`` (with ``args``) in a fresh interpreter; return its JSON output and its
+    peak RSS in KiB."""
     done = subprocess.run(
-        [sys.executable, "-c", _WRAPPER, script],
+        [sys.executable, "-c", _WRAPPER, script, *args],
         capture_output=True,
         text=True,
         check=True,
-        timeout=timeout,
+        timeout=300,
     )
     peak, _, output = done.stdout.partition("\n")
     return json.loads(output), int(peak)
 
 
-Measure = Callable[[str], tuple[dict[str, Any], int]]
+Measure = Callable[..., tuple[dict[str, Any], int]]
 
 
 @pytest.fixture
 def run_measured() -> Measure:
-    """``run_measured(script)``: the script's JSON output and its peak RSS in KiB."""
+    """``run_measured(script, *args)``: the script's JSON output and its peak RSS in KiB."""
     return _run_measured
