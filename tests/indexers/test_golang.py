@@ -598,9 +598,9 @@ async def test_feed_reset_and_slow_answers_are_transient(fake: GoFake) -> None:
             await indexer.changes(cursor)
 
 
-def test_stored_cursor_garbage_is_refused() -> None:
+async def test_stored_cursor_garbage_is_refused(client: httpx.AsyncClient) -> None:
     """A cursor row that is not {since: RFC 3339, seen: [str]} raises FeedError, not TypeError."""
-    indexer = GoIndexer(httpx.AsyncClient(), index_url="i", proxy_url="p", sumdb_url=None)
+    indexer = GoIndexer(client, index_url="i", proxy_url="p", sumdb_url=None)
     with pytest.raises(FeedError, match="bad since"):
         indexer.cursor_from_dict({"since": "last tuesday"})
     with pytest.raises(FeedError, match="bad seen"):
@@ -710,10 +710,10 @@ async def test_listed_version_that_is_gone_is_a_deleted_release(
     assert [r.deleted for r in info.releases[1:]] == [False, False]
 
 
-def test_start_is_sent_in_the_index_own_form() -> None:
+async def test_start_is_sent_in_the_index_own_form(client: httpx.AsyncClient) -> None:
     """A start with an offset is normalized to UTC 'Z' (the index rejects '+00:00')."""
     indexer = GoIndexer(
-        httpx.AsyncClient(),
+        client,
         index_url="i",
         proxy_url="p",
         sumdb_url=None,
@@ -721,7 +721,7 @@ def test_start_is_sent_in_the_index_own_form() -> None:
     )
     assert indexer.start == "2020-01-01T00:00:00.5Z"
     with pytest.raises(ValueError, match="RFC 3339"):
-        GoIndexer(httpx.AsyncClient(), index_url="i", proxy_url="p", sumdb_url=None, start="now")
+        GoIndexer(client, index_url="i", proxy_url="p", sumdb_url=None, start="now")
 
 
 async def test_unknown_version_is_not_found(fake: GoFake, client: httpx.AsyncClient) -> None:
