@@ -20,11 +20,13 @@ jitter, or makes it ``dead`` when attempts are used up or the error is permanent
 extend their leases with :func:`heartbeat`; an expired lease makes the job claimable again,
 and :func:`reap_expired` buries a job whose lease expired on its last attempt.
 
-Claiming is one statement: ``UPDATE jobs ... WHERE id IN (SELECT id ... FOR UPDATE SKIP
-LOCKED LIMIT n) RETURNING ...`` on PostgreSQL (workers on many machines never wait for each
-other nor take the same row, https://www.postgresql.org/docs/current/sql-select.html
-#SQL-FOR-UPDATE-SHARE), and the same UPDATE without the lock clause on SQLite, where the
-write transaction (``BEGIN IMMEDIATE``) already serializes claimers.
+Claiming is one statement. On PostgreSQL: ``WITH claimable AS MATERIALIZED (SELECT id ...
+LIMIT n FOR UPDATE SKIP LOCKED) UPDATE jobs ... FROM claimable ... RETURNING ...``: workers
+on many machines never wait for each other nor take the same row
+(https://www.postgresql.org/docs/current/sql-select.html#SQL-FOR-UPDATE-SHARE); the CTE
+rather than ``WHERE id IN (subquery)``, which the planner may re-run and so lock more than
+``n`` rows. On SQLite: ``UPDATE jobs ... WHERE id IN (SELECT id ... LIMIT n) RETURNING ...``,
+where the write transaction (``BEGIN IMMEDIATE``) already serializes claimers.
 
 ``dedup_key`` is unique among queued jobs: enqueueing the same key again while a job waits
 returns that job (moving its ``run_after`` earlier if asked) instead of adding one; a job
@@ -218,11 +220,21 @@ def claim(
     candidates = (
         sa.select(_jobs.c.id).where(eligible).order_by(_jobs.c.run_after, _jobs.c.id).limit(limit)
     )
-    if not _is_sqlite(session):
-        candidates = candidates.with_for_update(skip_locked=True)
+    if _is_sqlite(session):
+        # SQLite runs the uncorrelated subquery once, under the writer's lock.
+        chosen = _jobs.c.id.in_(candidates.scalar_subquery())
+    else:
+        # A materialized CTE locks exactly ``limit`` rows once; ``IN (subquery)`` may be
+        # rescanned by the planner and claim more than asked.
+        locked = (
+            candidates.with_for_update(skip_locked=True)
+            .cte("claimable")
+            .prefix_with("MATERIALIZED")
+        )
+        chosen = _jobs.c.id == locked.c.id
     statement = (
         sa.update(_jobs)
-        .where(_jobs.c.id.in_(candidates.scalar_subquery()), eligible)
+        .where(chosen, eligible)
         .values(
             state=JobState.RUNNING,
             attempts=_jobs.c.attempts + 1,
