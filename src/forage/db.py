@@ -237,3 +237,25 @@ def schema_diff(engine: Engine) -> Sequence[Any]:
             },
         )
         return list(compare_metadata(context, Base.metadata))
+
+
+def open_database(database: DatabaseConfig) -> Engine:
+    """An engine on a database at the head revision, ready for work.
+
+    The embedded SQLite store is created or migrated on first use (zero set-up); a shared
+    PostgreSQL database behind the code's revision is refused with the command to run, since
+    migrating it is a decision for its operator.
+    """
+    engine = make_engine(database)
+    current, head = current_revision(engine), head_revision()
+    if current == head:
+        return engine
+    if engine.dialect.name == "sqlite":
+        upgrade(engine)
+        return engine
+    engine.dispose()
+    raise ConfigError(
+        "database.url",
+        f"{database.display_url} is at revision {current or 'empty'}, the code needs {head}: "
+        "run 'forage db upgrade'",
+    )

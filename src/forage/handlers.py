@@ -18,4 +18,6 @@ if TYPE_CHECKING:
 
 def default_handlers() -> Mapping[str, Handler]:
     """Every job kind Forage knows, mapped to its handler."""
-    return {}
+    from forage.ingest import IMPORT, import_job
+
+    return {IMPORT: import_job}

@@ -269,6 +269,7 @@ async def import_package(
     *,
     hints: Mapping[str, Any] | None = None,
     newest: int | None = None,
+    archive: bool = True,
 ) -> RecordStats | None:
     """Fetch one package from its registry and record it; ``None`` if the registry lost it."""
     indexer = make_indexer(ctx.config, ecosystem, _client(ctx, ecosystem))
@@ -281,7 +282,7 @@ async def import_package(
         return None
     if newest is not None:
         info = newest_releases(info, newest)
-    return await ctx.transaction(record_package, info)
+    return await ctx.transaction(record_package, info, archive=archive)
 
 
 async def import_job(ctx: JobContext, job: jobs.Job) -> None:
@@ -340,11 +341,16 @@ def _create_cursor(
     return loaded
 
 
-def lag_of(cursor: Mapping[str, Any], head: Any) -> float | None:
-    """How far ``cursor`` is behind the feed's ``head``: positions, or seconds for time feeds."""
+def lag_of(cursor: Mapping[str, Any], head: Any, *, done: bool = False) -> float | None:
+    """How far ``cursor`` is behind the feed's ``head``: positions, or seconds for time feeds.
+
+    A positional feed whose last page said it was caught up is at its head (lag 0).
+    """
     for key in ("seq", "serial"):
         if isinstance(cursor.get(key), int) and isinstance(head, int):
             return float(max(0, head - cursor[key]))
+        if isinstance(cursor.get(key), int) and done:
+            return 0.0
     since = cursor.get("since")
     if isinstance(since, str):
         try:
@@ -373,7 +379,7 @@ def commit_page(
         .values(
             cursor=cursor,
             head=head,
-            lag=lag_of(cursor, page.head),
+            lag=lag_of(cursor, page.head, done=page.done),
             version=expected_version + 1,
             updated_at=utcnow(),
         )

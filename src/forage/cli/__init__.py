@@ -17,8 +17,18 @@ from collections.abc import Sequence
 
 from forage import __version__
 from forage.errors import ConfigError, ForageError, InvalidKey, NotFound
+from indexers.errors import IndexerError, InvalidName, PackageNotFound
+from storage.errors import StorageError
 
-COMMAND_MODULES: tuple[str, ...] = ("commp", "content", "config", "db", "jobs", "worker")
+COMMAND_MODULES: tuple[str, ...] = (
+    "commp",
+    "content",
+    "config",
+    "db",
+    "index",
+    "jobs",
+    "worker",
+)
 
 #: Exit codes: 0 ok, 1 operation failed, 2 usage or configuration error, 3 not found,
 #: 130 interrupted.
@@ -56,13 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
-    """Log to stderr, one line per event."""
-    level = logging.ERROR if quiet else logging.WARNING - 10 * min(verbose + 1, 2)
+    """Log to stderr, one line per event: Forage's own events at INFO (DEBUG with ``-v``),
+    libraries' only from WARNING (everything with ``-vv``); ``-q`` keeps errors only."""
     logging.basicConfig(
-        level=level,
+        level=logging.DEBUG if verbose >= 2 else logging.WARNING,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    own = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.getLogger("forage").setLevel(own)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,13 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("forage: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ConfigError, InvalidKey) as exc:
+    except (ConfigError, InvalidKey, InvalidName) as exc:
         print(f"forage: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except NotFound as exc:
+    except (NotFound, PackageNotFound) as exc:
         print(f"forage: {exc}", file=sys.stderr)
         return EXIT_NOT_FOUND
-    except ForageError as exc:
+    except (ForageError, IndexerError, StorageError) as exc:
         print(f"forage: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 

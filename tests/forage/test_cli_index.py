@@ -1,0 +1,97 @@
+"""``forage watch``, ``worker``, ``import`` and ``status`` as a user runs them, in subprocesses,
+against the loopback npm fake and the embedded SQLite store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.fakes.npm import FakeNpmRegistry
+from tests.fakes.server import ThreadedServer
+
+
+def forage(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORAGE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "forage", "-c", str(tmp_path / "forage.toml"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_watch_then_worker_records_packages_and_status_reports_them(tmp_path: Path) -> None:
+    registry = FakeNpmRegistry()
+    with ThreadedServer(registry.make_app()) as fake:
+        (tmp_path / "forage.toml").write_text(
+            f'[data]\ndir = "{tmp_path / "data"}"\n'
+            f'[registries.npm]\nregistry_url = "{fake.url}"\n'
+            f'replicate_url = "{fake.url}/registry"\nallow_http = true\n'
+        )
+        first = forage(tmp_path, "watch", "npm", "--once")
+        assert first.returncode == 0, first.stderr
+        assert "caught up; 0 changes queued" in first.stderr
+        registry.publish("left-pad", "1.0.0")
+        registry.publish("left-pad", "1.1.0")
+        registry.publish("@scope/pkg", "2.0.0")
+        second = forage(tmp_path, "watch", "npm", "--once")
+        assert "caught up; 2 changes queued" in second.stderr
+
+        status = json.loads(forage(tmp_path, "status", "--json").stdout)
+        assert status["npm"]["imports_pending"] == 2
+        assert status["npm"]["packages"] == 0
+
+        worker = forage(tmp_path, "worker", "--drain", "--kind", "import")
+        assert worker.returncode == 0, worker.stderr
+        assert "2 done" in worker.stderr
+
+        status = json.loads(forage(tmp_path, "status", "--json").stdout)["npm"]
+        assert (status["packages"], status["versions"], status["imports_pending"]) == (2, 3, 0)
+        assert status["cursor"]["seq"] > 0
+        assert status["lag"] == 0
+
+        registry.publish("backfill-me", "0.1.0")
+        backfill = forage(tmp_path, "import", "npm", "backfill-me")
+        assert backfill.returncode == 0, backfill.stderr
+        assert "1 new versions, 1 new artifacts" in backfill.stderr
+        table = forage(tmp_path, "status").stdout.splitlines()
+        assert table[0].split() == [
+            "registry",
+            "cursor",
+            "lag",
+            "packages",
+            "versions",
+            "pending",
+            "dead",
+        ]
+        npm_row = next(line.split() for line in table if line.startswith("npm"))
+        assert npm_row[-4:] == ["3", "4", "0", "0"]
+
+
+def test_hostile_and_missing_names_exit_with_clear_errors(tmp_path: Path) -> None:
+    registry = FakeNpmRegistry()
+    with ThreadedServer(registry.make_app()) as fake:
+        (tmp_path / "forage.toml").write_text(
+            f'[data]\ndir = "{tmp_path / "data"}"\n'
+            f'[registries.npm]\nregistry_url = "{fake.url}"\n'
+            f'replicate_url = "{fake.url}/registry"\nallow_http = true\n'
+        )
+        hostile = forage(tmp_path, "import", "npm", "../../etc/passwd")
+        assert hostile.returncode == 2
+        assert "invalid name" in hostile.stderr
+        assert "Traceback" not in hostile.stderr
+        assert not any(p.path.endswith("passwd") for p in registry.requests.seen)
+
+        missing = forage(tmp_path, "import", "npm", "no-such-package")
+        assert missing.returncode == 1
+        assert "does not exist upstream" in missing.stderr
+
+        unknown = forage(tmp_path, "watch", "maven", "--once")
+        assert unknown.returncode == 2
+        assert "known: npm, pypi, golang" in unknown.stderr
