@@ -9,13 +9,16 @@ watchers cannot both move one cursor.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from aiohttp import web
 
 from forage.config import Config, load_config
 from forage.db import make_engine, make_sessionmaker
@@ -40,17 +43,32 @@ from forage.models import (
 )
 from forage.worker import JobContext, Worker, job_context
 from indexers import FeedError, Page, UpstreamUnavailable
+from tests.fakes.golang import GoEndpoints, GoFake
 from tests.fakes.npm import FakeNpmRegistry
 from tests.fakes.pypi import FakePyPI
 from tests.fakes.server import serve
 
 
-def write_config(tmp_path: Path, url: str, *, npm: str = "", pypi: str = "") -> Config:
+def write_config(
+    tmp_path: Path,
+    url: str,
+    *,
+    npm: str = "",
+    pypi: str = "",
+    golang: GoEndpoints | None = None,
+    max_connections: int = 10,
+) -> Config:
     lines = [f'[database]\nurl = "{url}"\n', f'[data]\ndir = "{tmp_path / "data"}"\n']
     lines.append("[jobs]\nmax_attempts = 3\nbackoff_base = 0\nbackoff_cap = 0\n")
     if npm:
         lines.append(
             f'[registries.npm]\nregistry_url = "{npm}"\nreplicate_url = "{npm}/registry"\n'
+            f"allow_http = true\nmax_connections = {max_connections}\n"
+        )
+    if golang:
+        lines.append(
+            f'[registries.golang]\nindex_url = "{golang.index_url}"\n'
+            f'proxy_url = "{golang.proxy_url}"\nsumdb_url = "{golang.sumdb_url}"\n'
             "allow_http = true\n"
         )
     if pypi:
@@ -363,3 +381,73 @@ async def test_unconfigured_registry_says_what_to_set(migrated_url: str, tmp_pat
     async with context(config) as ctx:
         with pytest.raises(ConfigError, match=r"registries\.npm\.registry_url"):
             await watch_feed(ctx, "npm")
+
+
+async def test_go_index_feed_imports_modules_with_h1_digests(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    async with GoFake() as fake:
+        config = write_config(tmp_path, migrated_url, golang=fake.endpoints)
+        async with context(config) as ctx:
+            await watch_feed(ctx, "golang")
+            # Published after the watcher started, which began at the feed's present.
+            at = [
+                (datetime.now(UTC) + timedelta(seconds=i)).isoformat().replace("+00:00", "Z")
+                for i in (1, 2, 2)
+            ]
+            fake.add_version("github.com/BurntSushi/toml", "v1.3.2", feed_at=at[0])
+            fake.add_version("github.com/BurntSushi/toml", "v1.4.0", feed_at=at[1])
+            fake.add_version("example.com/old", "v2.0.0+incompatible", feed_at=at[2])
+            stats = await watch_feed(ctx, "golang")
+            assert stats.changes == 3  # one import per module version the index named
+            await drain(ctx)
+            assert set(versions_of(ctx, "golang", "github.com/BurntSushi/toml")) == {
+                "v1.3.2",
+                "v1.4.0",
+            }
+            assert set(versions_of(ctx, "golang", "example.com/old")) == {"v2.0.0+incompatible"}
+
+            def h1(session: Any) -> list[str]:
+                return list(
+                    session.scalars(
+                        sa.select(ArtifactDigest.value).where(ArtifactDigest.algorithm == "h1")
+                    )
+                )
+
+            digests = rows(ctx, h1)
+            assert len(digests) == 3
+            assert all(d.startswith("h1:") for d in digests)
+            again = await watch_feed(ctx, "golang")  # inclusive "since": nothing new twice
+            assert again.changes == 0
+
+
+async def test_concurrency_per_registry_is_bounded_by_max_connections(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    registry = FakeNpmRegistry()
+    in_flight = peak = 0
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.05)
+            return await handler(request)
+        finally:
+            in_flight -= 1
+
+    app = registry.make_app()
+    app.middlewares.insert(0, count)
+    async with serve(app) as fake:
+        config = write_config(tmp_path, migrated_url, npm=fake.url, max_connections=2)
+        async with context(config) as ctx:
+            await watch_feed(ctx, "npm")
+            for i in range(12):
+                registry.publish(f"pkg-{i}", "1.0.0")
+            await watch_feed(ctx, "npm")
+            peak = 0
+            stats = await drain(ctx)  # 4 jobs at once, but only 2 connections to npm
+            assert stats.done == 12
+            assert peak == 2
