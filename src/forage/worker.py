@@ -359,7 +359,7 @@ async def run_worker(
 
     ``kinds`` restricts the worker to some of the kinds in ``handlers``.
     """
-    from forage.db import make_engine, make_sessionmaker
+    from forage.db import make_sessionmaker, open_database
 
     if kinds is not None:
         unknown = sorted(set(kinds) - set(handlers))
@@ -369,7 +369,8 @@ async def run_worker(
                 f"no handler for {', '.join(unknown)}; known: {', '.join(sorted(handlers))}",
             )
         handlers = {kind: handlers[kind] for kind in kinds}
-    engine = make_engine(config.database)
+    # At the head revision: SQLite is migrated on first use, PostgreSQL must be upgraded.
+    engine = await asyncio.to_thread(open_database, config.database)
     try:
         async with job_context(config, make_sessionmaker(engine)) as context:
             worker = Worker(

@@ -9,6 +9,7 @@ migration script by comparing the models with the database.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any
 
@@ -37,6 +38,10 @@ def register(subparsers: Any) -> None:
 def _engine(args: argparse.Namespace) -> Any:
     from forage.config import load_config
     from forage.db import make_engine
+
+    if not args.verbose:
+        # Alembic narrates every step at INFO; our own summary line is enough.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
     config = load_config(args.config)
     return config, make_engine(config.database)
