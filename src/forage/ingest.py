@@ -328,7 +328,7 @@ def _load_cursor(session: Session, feed: str) -> tuple[dict[str, Any], int] | No
     return None if row is None else (dict(row.cursor), row.version)
 
 
-def _create_cursor(
+def create_cursor(
     session: Session, feed: str, cursor: dict[str, Any]
 ) -> tuple[dict[str, Any], int]:
     session.execute(
@@ -423,7 +423,7 @@ async def watch_feed(
     stored = await ctx.transaction(_load_cursor, feed)
     if stored is None:
         start = indexer.cursor_to_dict(await indexer.start_cursor())
-        stored = await ctx.transaction(_create_cursor, feed, start)
+        stored = await ctx.transaction(create_cursor, feed, start)
         log.info("feed %s starts at %s", feed, stored[0])
     cursor_dict, version = stored
     cursor = indexer.cursor_from_dict(cursor_dict)

@@ -1,0 +1,199 @@
+"""Benchmark the index pipeline: feed -> import jobs -> package/version/artifact rows.
+
+A fake npm registry (in a child process, so its CPU is not ours) serves a replicate feed of
+``--packages`` changes whose packuments carry ``--versions`` versions each, every request
+delayed by ``--latency`` seconds. Forage watches the feed to its head, then a worker imports
+every package. Prints JSON: versions recorded per second (watch + import, wall clock), the
+count recorded, and peak RSS of this process, for each database URL given.
+
+    python scripts/bench_index.py                                  # SQLite in a temp dir
+    python scripts/bench_index.py --database-url postgresql+psycopg://user@127.0.0.1:5432/db
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import multiprocessing
+import resource
+import socket
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.fakes.npm import UPSTREAM, FakeNpmRegistry  # noqa: E402
+
+from forage.config import load_config  # noqa: E402
+from forage.db import make_sessionmaker, open_database  # noqa: E402
+from forage.ingest import IMPORT, create_cursor, import_job, watch_feed  # noqa: E402
+from forage.jobs import RetryPolicy  # noqa: E402
+from forage.models import Version  # noqa: E402
+from forage.worker import Worker, job_context  # noqa: E402
+
+
+def packument(name: str, versions: int) -> dict[str, Any]:
+    """A full packument shaped like the registry's, with ``versions`` versions."""
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    docs: dict[str, Any] = {}
+    times: dict[str, str] = {"created": start.isoformat(), "modified": start.isoformat()}
+    for i in range(versions):
+        version = f"1.{i}.0"
+        seed = f"{name}@{version}".encode()
+        docs[version] = {
+            "name": name,
+            "version": version,
+            "license": "MIT",
+            "dist": {
+                "integrity": "sha512-" + base64.b64encode(hashlib.sha512(seed).digest()).decode(),
+                "shasum": hashlib.sha1(seed).hexdigest(),  # noqa: S324 - npm's legacy digest
+                "tarball": f"{UPSTREAM}/{name}/-/{name}-{version}.tgz",
+            },
+        }
+        times[version] = (start + timedelta(days=i)).isoformat()
+    return {
+        "_id": name,
+        "_rev": "1-" + hashlib.md5(name.encode()).hexdigest(),  # noqa: S324 - CouchDB rev
+        "name": name,
+        "dist-tags": {"latest": f"1.{versions - 1}.0"},
+        "versions": docs,
+        "time": times,
+    }
+
+
+def serve_registry(port: int, packages: int, versions: int, latency: float, ready: Any) -> None:
+    """Child process: build the registry, add latency, serve until killed."""
+    registry = FakeNpmRegistry()
+    for i in range(packages):
+        name = f"bench-pkg-{i}"
+        doc = packument(name, versions)
+        registry.docs[name] = doc
+        registry.feed_entry(name, rev=doc["_rev"])
+
+    @web.middleware
+    async def delay(request: web.Request, handler: Any) -> web.StreamResponse:
+        await asyncio.sleep(latency)
+        return await handler(request)
+
+    app = registry.make_app()
+    app.middlewares.insert(0, delay)
+    ready.set()
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def run(url: str, database_url: str, *, concurrency: int, data_dir: Path) -> dict[str, Any]:
+    config_file = data_dir / "forage.toml"
+    config_file.write_text(
+        f'[data]\ndir = "{data_dir}"\n[database]\nurl = "{database_url}"\n'
+        f'[registries.npm]\nregistry_url = "{url}"\nreplicate_url = "{url}/registry"\n'
+        f"allow_http = true\nmax_connections = {concurrency}\n"
+    )
+    config = load_config(config_file, environ={})
+    engine = open_database(config.database)
+    try:
+        async with job_context(config, make_sessionmaker(engine)) as ctx:
+            # Start the feed at its beginning rather than its head, so it replays everything.
+            start = time.perf_counter()
+            await ctx.transaction(create_cursor, "npm", {"seq": 0})
+            watch = await watch_feed(ctx, "npm")
+            watched = time.perf_counter()
+            worker = Worker(
+                ctx,
+                {IMPORT: import_job},
+                concurrency=concurrency,
+                policy=RetryPolicy(max_attempts=3, backoff_base=0.1, backoff_cap=1),
+                poll_interval=0.05,
+            )
+            stats = await worker.run(mode="drain")
+            elapsed = time.perf_counter() - start
+            with ctx.sessionmaker() as session:
+                recorded = session.execute(sa.select(sa.func.count()).select_from(Version))
+                versions = int(recorded.scalar_one())
+    finally:
+        engine.dispose()
+    return {
+        "database": database_url.split(":", 1)[0],
+        "changes": watch.changes,
+        "imports_done": stats.done,
+        "imports_dead": stats.dead,
+        "versions_recorded": versions,
+        "watch_seconds": round(watched - start, 2),
+        "total_seconds": round(elapsed, 2),
+        "versions_per_second": round(versions / elapsed, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--packages", type=int, default=20_000)
+    parser.add_argument("--versions", type=int, default=5, help="versions per package")
+    parser.add_argument("--latency", type=float, default=0.020, help="seconds per request")
+    parser.add_argument("--concurrency", type=int, default=64, help="imports at once")
+    parser.add_argument(
+        "--database-url", action="append", help="SQLAlchemy URL (repeatable; default SQLite)"
+    )
+    args = parser.parse_args()
+    port = free_port()
+    ready = multiprocessing.Event()
+    child = multiprocessing.Process(
+        target=serve_registry,
+        args=(port, args.packages, args.versions, args.latency, ready),
+        daemon=True,
+    )
+    child.start()
+    ready.wait(600)
+    time.sleep(0.5)
+    results = []
+    try:
+        for database_url in args.database_url or [None]:
+            with tempfile.TemporaryDirectory(prefix="forage-bench-") as tmp:
+                url = database_url or f"sqlite:///{tmp}/forage.db"
+                results.append(
+                    asyncio.run(
+                        run(
+                            f"http://127.0.0.1:{port}",
+                            url,
+                            concurrency=args.concurrency,
+                            data_dir=Path(tmp),
+                        )
+                    )
+                )
+    finally:
+        child.terminate()
+        child.join()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "benchmark": "index",
+                "packages": args.packages,
+                "versions_per_package": args.versions,
+                "latency_ms": args.latency * 1000,
+                "concurrency": args.concurrency,
+                "results": results,
+                "peak_rss_mib": round(peak, 1),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
