@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from multiformats import CID, varint
+from multiformats import CID
 
 from storage.cid import parse_cid, split_cid
 from storage.errors import BlockFormatError, InvalidCID
 
-__all__ = ["PBLink", "PBNode", "decode_pbnode", "encode_pbnode"]
+__all__ = ["PBLink", "PBNode", "decode_pbnode", "decode_varint", "encode_pbnode", "encode_varint"]
 
 _LENGTH_DELIMITED = 2
 _VARINT = 0
@@ -52,9 +52,45 @@ class PBNode:
     data: bytes | None = None
 
 
+def encode_varint(value: int) -> bytes:
+    """A protobuf varint: 7 bits a byte, low first, up to 10 bytes for 64-bit values.
+
+    Protobuf varints are not multiformats varints (those stop at 9 bytes and are checked
+    through ``typing_validation``, too slow for one call per link), so they are done here.
+    """
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def decode_varint(view: memoryview, pos: int, what: str) -> tuple[int, int]:
+    """Decode the protobuf varint at ``view[pos]``; return it and the position after it.
+
+    Raises ``BlockFormatError`` naming ``what`` when it is cut short or over 64 bits.
+    """
+    value = shift = 0
+    while True:
+        if pos >= len(view):
+            raise BlockFormatError(f"{what}: bad varint: cut short")
+        byte = view[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+        shift += 7
+        if shift >= 70:
+            raise BlockFormatError(f"{what}: bad varint: longer than 10 bytes")
+    if value >> 64:
+        raise BlockFormatError(f"{what}: bad varint: more than 64 bits")
+    return value, pos
+
+
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field."""
-    return bytes((number << 3 | _LENGTH_DELIMITED,)) + varint.encode(len(payload)) + payload
+    return bytes((number << 3 | _LENGTH_DELIMITED,)) + encode_varint(len(payload)) + payload
 
 
 def _encode_link(link: PBLink) -> bytes:
@@ -62,7 +98,7 @@ def _encode_link(link: PBLink) -> bytes:
     if link.name is not None:
         parts.append(_field(2, link.name.encode()))
     if link.tsize is not None:
-        parts.append(bytes((3 << 3 | _VARINT,)) + varint.encode(link.tsize))
+        parts.append(bytes((3 << 3 | _VARINT,)) + encode_varint(link.tsize))
     return b"".join(parts)
 
 
@@ -78,12 +114,7 @@ def encode_pbnode(node: PBNode) -> bytes:
 
 
 def _read_varint(view: memoryview, pos: int, what: str) -> tuple[int, int]:
-    """Decode the varint at ``view[pos]``; return it and the position after it."""
-    try:
-        value, size, _rest = varint.decode_raw(view[pos:])
-    except ValueError as exc:
-        raise BlockFormatError(f"dag-pb: bad varint in {what}: {exc}") from exc
-    return value, pos + size
+    return decode_varint(view, pos, f"dag-pb: {what}")
 
 
 def _read_bytes(view: memoryview, pos: int, what: str) -> tuple[memoryview, int]:

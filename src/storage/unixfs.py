@@ -32,7 +32,7 @@ from multiformats import CID
 
 from storage.blockstore import BlockSink
 from storage.cid import DAG_PB, RAW, SHA2_256, Block, cid_from_digest, parse_cid
-from storage.dagpb import PBLink, PBNode, encode_pbnode
+from storage.dagpb import PBLink, PBNode, decode_varint, encode_pbnode, encode_varint
 from storage.errors import BlockFormatError, ImportSizeError
 
 __all__ = [
@@ -98,64 +98,36 @@ class ImportResult:
     dag_size: int
 
 
-def _pb_varint(value: int) -> bytes:
-    """A protobuf varint (up to 10 bytes: int64 mtime seconds are written two's complement).
-
-    multiformats' unsigned varints stop at 9 bytes (63 bits), so UnixFS fields use this.
-    """
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _key(number: int, wire_type: int) -> bytes:
-    return _pb_varint(number << 3 | wire_type)
+    return encode_varint(number << 3 | wire_type)
 
 
 def encode_unixfs(message: UnixFSData) -> bytes:
     """Encode a UnixFS ``Data`` message in field-number order, as gogo-protobuf does."""
-    parts = [_key(1, 0), _pb_varint(message.type)]
+    parts = [_key(1, 0), encode_varint(message.type)]
     if message.data is not None:
-        parts += [_key(2, 2), _pb_varint(len(message.data)), message.data]
+        parts += [_key(2, 2), encode_varint(len(message.data)), message.data]
     if message.filesize is not None:
-        parts += [_key(3, 0), _pb_varint(message.filesize)]
+        parts += [_key(3, 0), encode_varint(message.filesize)]
     for size in message.blocksizes:
-        parts += [_key(4, 0), _pb_varint(size)]
+        parts += [_key(4, 0), encode_varint(size)]
     if message.hash_type is not None:
-        parts += [_key(5, 0), _pb_varint(message.hash_type)]
+        parts += [_key(5, 0), encode_varint(message.hash_type)]
     if message.fanout is not None:
-        parts += [_key(6, 0), _pb_varint(message.fanout)]
+        parts += [_key(6, 0), encode_varint(message.fanout)]
     if message.mode is not None:
-        parts += [_key(7, 0), _pb_varint(message.mode)]
+        parts += [_key(7, 0), encode_varint(message.mode)]
     if message.mtime is not None:
         seconds, nanos = message.mtime
-        inner = _key(1, 0) + _pb_varint(seconds & 0xFFFF_FFFF_FFFF_FFFF)
+        inner = _key(1, 0) + encode_varint(seconds & 0xFFFF_FFFF_FFFF_FFFF)
         if nanos is not None:
             inner += _key(2, 5) + nanos.to_bytes(4, "little")
-        parts += [_key(8, 2), _pb_varint(len(inner)), inner]
+        parts += [_key(8, 2), encode_varint(len(inner)), inner]
     return b"".join(parts)
 
 
 def _varint_at(view: memoryview, pos: int) -> tuple[int, int]:
-    """Decode the protobuf varint at ``view[pos]``; return it and the position after it."""
-    value = shift = 0
-    while True:
-        if pos >= len(view):
-            raise BlockFormatError("UnixFS: bad varint: cut short")
-        byte = view[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-        shift += 7
-        if shift >= 70:
-            raise BlockFormatError("UnixFS: bad varint: longer than 10 bytes")
-    if value >> 64:
-        raise BlockFormatError("UnixFS: bad varint: more than 64 bits")
-    return value, pos
+    return decode_varint(view, pos, "UnixFS")
 
 
 def _fields(view: memoryview) -> Iterable[tuple[int, int, int | memoryview]]:
@@ -235,10 +207,10 @@ def _decode_mtime(view: memoryview) -> tuple[int, int | None]:
 
 def _leaf_prefix(length: int) -> tuple[bytes, bytes]:
     """The dag-pb bytes around a chunk of ``length`` bytes in a non-raw leaf."""
-    inner_head = b"\x08\x02" + (b"\x12" + _pb_varint(length) if length else b"")
-    inner_tail = b"\x18" + _pb_varint(length)
+    inner_head = b"\x08\x02" + (b"\x12" + encode_varint(length) if length else b"")
+    inner_tail = b"\x18" + encode_varint(length)
     inner_len = len(inner_head) + length + len(inner_tail)
-    return b"\x0a" + _pb_varint(inner_len) + inner_head, inner_tail
+    return b"\x0a" + encode_varint(inner_len) + inner_head, inner_tail
 
 
 def encode_leaf(
