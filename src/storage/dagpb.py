@@ -14,16 +14,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from multiformats import CID
 
 from storage.cid import parse_cid, split_cid
 from storage.errors import BlockFormatError, InvalidCID
 
-__all__ = ["PBLink", "PBNode", "decode_pbnode", "decode_varint", "encode_pbnode", "encode_varint"]
+__all__ = [
+    "PBLink",
+    "PBNode",
+    "assemble_pbnode",
+    "decode_pbnode",
+    "decode_varint",
+    "encode_pblink",
+    "encode_pbnode",
+    "encode_varint",
+]
 
 _LENGTH_DELIMITED = 2
 _VARINT = 0
+_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +69,14 @@ def encode_varint(value: int) -> bytes:
     Protobuf varints are not multiformats varints (those stop at 9 bytes and are checked
     through ``typing_validation``, too slow for one call per link), so they are done here.
     """
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    return _encode_long_varint(value)
+
+
+@lru_cache(maxsize=4096)
+def _encode_long_varint(value: int) -> bytes:
+    """Cached: a DAG repeats the same few sizes (chunk size, Tsize of full subtrees)."""
     out = bytearray()
     while value >= 0x80:
         out.append(value & 0x7F | 0x80)
@@ -90,16 +109,29 @@ def decode_varint(view: memoryview, pos: int, what: str) -> tuple[int, int]:
 
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field."""
-    return bytes((number << 3 | _LENGTH_DELIMITED,)) + encode_varint(len(payload)) + payload
+    return _ONE_BYTE[number << 3 | _LENGTH_DELIMITED] + encode_varint(len(payload)) + payload
 
 
-def _encode_link(link: PBLink) -> bytes:
-    parts = [_field(1, link.hash)]
-    if link.name is not None:
-        parts.append(_field(2, link.name.encode()))
-    if link.tsize is not None:
-        parts.append(bytes((3 << 3 | _VARINT,)) + encode_varint(link.tsize))
-    return b"".join(parts)
+def encode_pblink(hash_: bytes, name: str | None = "", tsize: int | None = None) -> bytes:
+    """One encoded ``Links`` entry: tag ``12``, length, then Hash, Name, Tsize in order.
+
+    ``assemble_pbnode`` joins these; the importer encodes each link once, as it is made.
+    """
+    encoded = b"\x0a" + encode_varint(len(hash_)) + hash_
+    if name is not None:
+        raw_name = name.encode()
+        encoded += b"\x12" + encode_varint(len(raw_name)) + raw_name
+    if tsize is not None:
+        encoded += b"\x18" + encode_varint(tsize)
+    return b"\x12" + encode_varint(len(encoded)) + encoded
+
+
+def assemble_pbnode(links: Iterable[bytes], data: bytes | None) -> bytes:
+    """A node from links already encoded by ``encode_pblink`` (in order) and its data."""
+    encoded = b"".join(links)
+    if data is not None:
+        encoded += _field(1, data)
+    return encoded
 
 
 def encode_pbnode(node: PBNode) -> bytes:
@@ -107,10 +139,9 @@ def encode_pbnode(node: PBNode) -> bytes:
     links: Iterable[PBLink] = node.links
     if any(link.name for link in node.links):
         links = sorted(node.links, key=lambda link: (link.name or "").encode())
-    parts = [_field(2, _encode_link(link)) for link in links]
-    if node.data is not None:
-        parts.append(_field(1, node.data))
-    return b"".join(parts)
+    return assemble_pbnode(
+        (encode_pblink(link.hash, link.name, link.tsize) for link in links), node.data
+    )
 
 
 def _read_varint(view: memoryview, pos: int, what: str) -> tuple[int, int]:

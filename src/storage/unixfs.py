@@ -32,7 +32,7 @@ from multiformats import CID
 
 from storage.blockstore import BlockSink
 from storage.cid import DAG_PB, RAW, SHA2_256, Block, cid_from_digest, parse_cid
-from storage.dagpb import PBLink, PBNode, decode_varint, encode_pbnode, encode_varint
+from storage.dagpb import assemble_pbnode, decode_varint, encode_pblink, encode_varint
 from storage.errors import BlockFormatError, ImportSizeError
 
 __all__ = [
@@ -109,8 +109,7 @@ def encode_unixfs(message: UnixFSData) -> bytes:
         parts += [_key(2, 2), encode_varint(len(message.data)), message.data]
     if message.filesize is not None:
         parts += [_key(3, 0), encode_varint(message.filesize)]
-    for size in message.blocksizes:
-        parts += [_key(4, 0), encode_varint(size)]
+    parts += [b"\x20" + encode_varint(size) for size in message.blocksizes]
     if message.hash_type is not None:
         parts += [_key(5, 0), encode_varint(message.hash_type)]
     if message.fanout is not None:
@@ -230,11 +229,16 @@ def encode_leaf(
     return prefix + hashlib.sha256(data).digest(), data
 
 
-@dataclass(slots=True)
 class _Link:
-    cid: bytes
-    tsize: int
-    filesize: int
+    """A finished child: its binary CID, sizes, and its ``Links`` entry encoded once."""
+
+    __slots__ = ("cid", "encoded", "filesize", "tsize")
+
+    def __init__(self, cid: bytes, tsize: int, filesize: int) -> None:
+        self.cid = cid
+        self.tsize = tsize
+        self.filesize = filesize
+        self.encoded = encode_pblink(cid, "", tsize)
 
 
 class UnixFSImporter:
@@ -392,11 +396,7 @@ class UnixFSImporter:
         message = UnixFSData(
             type=TYPE_FILE, filesize=filesize, blocksizes=tuple(link.filesize for link in row)
         )
-        node = PBNode(
-            links=tuple(PBLink(hash=link.cid, name="", tsize=link.tsize) for link in row),
-            data=encode_unixfs(message),
-        )
-        data = encode_pbnode(node)
+        data = assemble_pbnode([link.encoded for link in row], encode_unixfs(message))
         digest = hashlib.sha256(data).digest()
         if self._emit_nodes:
             cid = cid_from_digest(digest, codec=DAG_PB, version=self.cid_version)
