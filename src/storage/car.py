@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import BinaryIO
+from typing import IO
 
 from multiformats import CID, varint
 
@@ -147,7 +147,7 @@ def _cbor_decode(view: memoryview, pos: int, depth: int) -> tuple[object, int]:
     raise CarFormatError(f"CAR header: CBOR simple value or float {initial:#x} is not allowed")
 
 
-def _read_exact(stream: BinaryIO, size: int) -> bytes:
+def _read_exact(stream: IO[bytes], size: int) -> bytes:
     """Read ``size`` bytes, fewer only at the end of the stream."""
     data = stream.read(size)
     if len(data) == size or not data:
@@ -163,7 +163,7 @@ def _read_exact(stream: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _read_uvarint(stream: BinaryIO, what: str) -> int | None:
+def _read_uvarint(stream: IO[bytes], what: str) -> int | None:
     """Read a varint from ``stream``; ``None`` at a clean end of stream."""
     raw = bytearray()
     while True:
@@ -192,7 +192,7 @@ class CarReader:
     """
 
     def __init__(
-        self, stream: BinaryIO, *, verify: bool = True, max_section_size: int = MAX_SECTION_SIZE
+        self, stream: IO[bytes], *, verify: bool = True, max_section_size: int = MAX_SECTION_SIZE
     ) -> None:
         self._stream = stream
         self._verify = verify
@@ -247,7 +247,7 @@ class CarReader:
 
 
 def read_car(
-    stream: BinaryIO, *, verify: bool = True, max_section_size: int = MAX_SECTION_SIZE
+    stream: IO[bytes], *, verify: bool = True, max_section_size: int = MAX_SECTION_SIZE
 ) -> CarReader:
     """Open a CARv1 stream: read and check its header; iterate the result for blocks."""
     return CarReader(stream, verify=verify, max_section_size=max_section_size)
@@ -260,7 +260,7 @@ class CarWriter:
     once. ``size`` counts the bytes written so far.
     """
 
-    def __init__(self, stream: BinaryIO, roots: Sequence[CID]) -> None:
+    def __init__(self, stream: IO[bytes], roots: Sequence[CID]) -> None:
         self._stream = stream
         self._seen: set[bytes] = set()
         header = encode_car_header(roots)
@@ -282,7 +282,7 @@ class CarWriter:
         self.size += len(prefix) + len(cid) + len(data)
 
 
-def export_car(source: BlockSource, root: CID, out: BinaryIO) -> int:
+def export_car(source: BlockSource, root: CID, out: IO[bytes]) -> int:
     """Write the DAG under ``root`` as a CARv1 to ``out``, depth-first; return bytes written."""
     writer = CarWriter(out, [root])
     for block in walk_dag(source, root):
@@ -301,8 +301,8 @@ class _NodeCollector:
 
 
 def write_car_from_file(
-    source: str | os.PathLike[str] | BinaryIO,
-    out: BinaryIO,
+    source: str | os.PathLike[str] | IO[bytes],
+    out: IO[bytes],
     *,
     cid_version: int = 1,
     raw_leaves: bool | None = None,

@@ -60,6 +60,8 @@ MAX_CHUNK_SIZE = 1_048_576
 TYPE_RAW, TYPE_DIRECTORY, TYPE_FILE, TYPE_METADATA, TYPE_SYMLINK, TYPE_HAMT_SHARD = range(6)
 
 _READ_SIZE = 1 << 20
+#: Varint fields of the UnixFS Data message: Type, filesize, hashType, fanout, mode.
+_SCALARS = (1, 3, 5, 6, 7)
 
 Emit = Literal["all", "internal", "none"]
 
@@ -162,43 +164,51 @@ def decode_unixfs(data: bytes | memoryview) -> UnixFSData:
 
     Unknown fields are skipped (proto2 rules); ``blocksizes`` is accepted packed or not.
     """
-    values: dict[str, object] = {}
+    scalars: dict[int, int] = {}
+    payload: bytes | None = None
+    mtime: tuple[int, int | None] | None = None
     blocksizes: list[int] = []
-    expected = {1: 0, 2: 2, 3: 0, 5: 0, 6: 0, 7: 0, 8: 2}
-    names = {1: "type", 2: "data", 3: "filesize", 5: "hash_type", 6: "fanout", 7: "mode"}
     for number, wire_type, value in _fields(memoryview(data)):
-        if number == 4 and wire_type == 0:
-            blocksizes.append(int(value))  # type: ignore[arg-type]
-        elif number == 4 and wire_type == 2:
-            view = value
-            assert isinstance(view, memoryview)
-            pos = 0
-            while pos < len(view):
-                size, pos = _varint_at(view, pos)
-                blocksizes.append(size)
-        elif number in expected and wire_type != expected[number]:
+        if isinstance(value, memoryview):
+            if number == 2:
+                payload = bytes(value)
+            elif number == 4:  # packed repeated varints
+                pos = 0
+                while pos < len(value):
+                    size, pos = _varint_at(value, pos)
+                    blocksizes.append(size)
+            elif number == 8:
+                mtime = _decode_mtime(value)
+            elif number in _SCALARS:
+                raise BlockFormatError(f"UnixFS: field {number} has wire type {wire_type}")
+        elif number == 4 and wire_type == 0:
+            blocksizes.append(value)
+        elif number in _SCALARS and wire_type == 0:
+            scalars[number] = value
+        elif number in (*_SCALARS, 2, 4, 8):
             raise BlockFormatError(f"UnixFS: field {number} has wire type {wire_type}")
-        elif number == 8:
-            assert isinstance(value, memoryview)
-            values["mtime"] = _decode_mtime(value)
-        elif number == 2:
-            assert isinstance(value, memoryview)
-            values["data"] = bytes(value)
-        elif number in names:
-            values[names[number]] = value
-    if "type" not in values:
+    if 1 not in scalars:
         raise BlockFormatError("UnixFS: Data message without Type")
-    return UnixFSData(blocksizes=tuple(blocksizes), **values)  # type: ignore[arg-type]
+    return UnixFSData(
+        type=scalars[1],
+        data=payload,
+        filesize=scalars.get(3),
+        blocksizes=tuple(blocksizes),
+        hash_type=scalars.get(5),
+        fanout=scalars.get(6),
+        mode=scalars.get(7),
+        mtime=mtime,
+    )
 
 
 def _decode_mtime(view: memoryview) -> tuple[int, int | None]:
     seconds: int | None = None
     nanos: int | None = None
     for number, wire_type, value in _fields(view):
-        if number == 1 and wire_type == 0:
-            seconds = _signed64(int(value))  # type: ignore[arg-type]
-        elif number == 2 and wire_type == 5:
-            nanos = int(value)  # type: ignore[arg-type]
+        if number == 1 and wire_type == 0 and isinstance(value, int):
+            seconds = _signed64(value)
+        elif number == 2 and wire_type == 5 and isinstance(value, int):
+            nanos = value
     if seconds is None:
         raise BlockFormatError("UnixFS: mtime without Seconds")
     return seconds, nanos
