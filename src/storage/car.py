@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import IO
 
-from multiformats import CID, varint
+from multiformats import CID
 
 from storage.blockstore import BlockSource
 from storage.cid import Block, parse_cid, split_cid, verify_block
@@ -39,6 +40,7 @@ from storage.unixfs import (
     encode_leaf,
     import_file,
 )
+from storage.varint import VarintError, decode_varint, encode_varint
 
 __all__ = [
     "CarReader",
@@ -77,7 +79,7 @@ def encode_car_header(roots: Sequence[CID]) -> bytes:
         parts += [b"\xd8\x2a", _cbor_head(2, len(link)), link]
     parts += [_cbor_text("version"), b"\x01"]
     header = b"".join(parts)
-    return bytes(varint.encode(len(header))) + header
+    return bytes(encode_varint(len(header))) + header
 
 
 def _cbor_decode(view: memoryview, pos: int, depth: int) -> tuple[object, int]:
@@ -178,8 +180,8 @@ def _read_uvarint(stream: IO[bytes], what: str) -> int | None:
         if len(raw) >= 9:
             raise CarFormatError(f"CAR: varint of {what} longer than 9 bytes")
     try:
-        return int(varint.decode(bytes(raw)))
-    except ValueError as exc:
+        return decode_varint(raw, multiformats=True)[0]
+    except VarintError as exc:
         raise CarFormatError(f"CAR: bad varint in {what}: {exc}") from exc
 
 
@@ -275,7 +277,7 @@ class CarWriter:
         if cid in self._seen:
             return
         self._seen.add(cid)
-        prefix = varint.encode(len(cid) + len(data))
+        prefix = encode_varint(len(cid) + len(data))
         self._stream.write(prefix)
         self._stream.write(cid)
         self._stream.write(data)
@@ -336,25 +338,44 @@ def write_car_from_file(
         chunk_size=chunk_size,
         max_links=max_links,
     )
-    nodes = collector.nodes
-    raw = cid_version == 1 if raw_leaves is None else raw_leaves
     source.seek(start)
-    writer = CarWriter(out, [result.cid])
-
-    def visit(cid: bytes) -> None:
-        node = nodes.get(cid)
-        if node is not None:
-            writer._write(cid, node)
-            for link in decode_pbnode(node).links:
-                visit(link.hash)
-            return
-        chunk = _read_exact(source, chunk_size)
-        leaf_cid, leaf = encode_leaf(chunk, raw_leaves=raw, cid_version=cid_version)
-        if leaf_cid != cid:
-            raise IntegrityError("file changed between passes", cid.hex(), leaf_cid.hex())
-        writer._write(leaf_cid, leaf)
-
-    visit(bytes(result.cid))
+    pass_two = _SecondPass(
+        nodes=collector.nodes,
+        source=source,
+        writer=CarWriter(out, [result.cid]),
+        chunk_size=chunk_size,
+        raw_leaves=cid_version == 1 if raw_leaves is None else raw_leaves,
+        cid_version=cid_version,
+    )
+    pass_two.visit(bytes(result.cid))
     if source.read(1):
         raise IntegrityError("file changed between passes", f"{result.size} bytes", "more")
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class _SecondPass:
+    """Writes the DAG in DFS order: nodes from memory, leaves re-read from the file in order."""
+
+    nodes: dict[bytes, bytes]
+    source: IO[bytes]
+    writer: CarWriter
+    chunk_size: int
+    raw_leaves: bool
+    cid_version: int
+
+    def visit(self, cid: bytes) -> None:
+        """Write the block ``cid`` and, for a node, its subtree."""
+        node = self.nodes.get(cid)
+        if node is not None:
+            self.writer._write(cid, node)
+            for link in decode_pbnode(node).links:
+                self.visit(link.hash)
+            return
+        chunk = _read_exact(self.source, self.chunk_size)
+        leaf_cid, leaf = encode_leaf(
+            chunk, raw_leaves=self.raw_leaves, cid_version=self.cid_version
+        )
+        if leaf_cid != cid:
+            raise IntegrityError("file changed between passes", cid.hex(), leaf_cid.hex())
+        self.writer._write(leaf_cid, leaf)

@@ -14,27 +14,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 
 from multiformats import CID
 
 from storage.cid import parse_cid, split_cid
 from storage.errors import BlockFormatError, InvalidCID
+from storage.varint import VarintError, decode_varint, encode_varint
 
 __all__ = [
     "PBLink",
     "PBNode",
     "assemble_pbnode",
     "decode_pbnode",
-    "decode_varint",
     "encode_pblink",
     "encode_pbnode",
-    "encode_varint",
 ]
 
 _LENGTH_DELIMITED = 2
 _VARINT = 0
-_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,53 +60,9 @@ class PBNode:
     data: bytes | None = None
 
 
-def encode_varint(value: int) -> bytes:
-    """A protobuf varint: 7 bits a byte, low first, up to 10 bytes for 64-bit values.
-
-    Protobuf varints are not multiformats varints (those stop at 9 bytes and are checked
-    through ``typing_validation``, too slow for one call per link), so they are done here.
-    """
-    if value < 0x80:
-        return _ONE_BYTE[value]
-    return _encode_long_varint(value)
-
-
-@lru_cache(maxsize=4096)
-def _encode_long_varint(value: int) -> bytes:
-    """Cached: a DAG repeats the same few sizes (chunk size, Tsize of full subtrees)."""
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def decode_varint(view: memoryview, pos: int, what: str) -> tuple[int, int]:
-    """Decode the protobuf varint at ``view[pos]``; return it and the position after it.
-
-    Raises ``BlockFormatError`` naming ``what`` when it is cut short or over 64 bits.
-    """
-    value = shift = 0
-    while True:
-        if pos >= len(view):
-            raise BlockFormatError(f"{what}: bad varint: cut short")
-        byte = view[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-        shift += 7
-        if shift >= 70:
-            raise BlockFormatError(f"{what}: bad varint: longer than 10 bytes")
-    if value >> 64:
-        raise BlockFormatError(f"{what}: bad varint: more than 64 bits")
-    return value, pos
-
-
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field."""
-    return _ONE_BYTE[number << 3 | _LENGTH_DELIMITED] + encode_varint(len(payload)) + payload
+    return encode_varint(number << 3 | _LENGTH_DELIMITED) + encode_varint(len(payload)) + payload
 
 
 def encode_pblink(hash_: bytes, name: str | None = "", tsize: int | None = None) -> bytes:
@@ -145,7 +98,10 @@ def encode_pbnode(node: PBNode) -> bytes:
 
 
 def _read_varint(view: memoryview, pos: int, what: str) -> tuple[int, int]:
-    return decode_varint(view, pos, f"dag-pb: {what}")
+    try:
+        return decode_varint(view, pos)
+    except VarintError as exc:
+        raise BlockFormatError(f"dag-pb: bad varint in {what}: {exc}") from exc
 
 
 def _read_bytes(view: memoryview, pos: int, what: str) -> tuple[memoryview, int]:

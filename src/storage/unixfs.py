@@ -32,8 +32,9 @@ from multiformats import CID
 
 from storage.blockstore import BlockSink
 from storage.cid import DAG_PB, RAW, SHA2_256, Block, cid_from_digest, parse_cid
-from storage.dagpb import assemble_pbnode, decode_varint, encode_pblink, encode_varint
+from storage.dagpb import assemble_pbnode, encode_pblink
 from storage.errors import BlockFormatError, ImportSizeError
+from storage.varint import VarintError, decode_varint, encode_varint
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -128,7 +129,10 @@ def encode_unixfs(message: UnixFSData) -> bytes:
 
 
 def _varint_at(view: memoryview, pos: int) -> tuple[int, int]:
-    return decode_varint(view, pos, "UnixFS")
+    try:
+        return decode_varint(view, pos)
+    except VarintError as exc:
+        raise BlockFormatError(f"UnixFS: bad varint: {exc}") from exc
 
 
 def _fields(view: memoryview) -> Iterable[tuple[int, int, int | memoryview]]:

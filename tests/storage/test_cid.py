@@ -19,6 +19,7 @@ from storage.cid import (
     verify_block,
 )
 from storage.errors import IntegrityError, InvalidCID
+from storage.varint import VarintError, decode_varint, encode_varint
 
 HELLO = b"hello world\n"
 HELLO_V1 = "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4"
@@ -146,3 +147,56 @@ def test_block_is_a_frozen_value() -> None:
     assert block == Block(parse_cid(HELLO_V1), HELLO)
     with pytest.raises(AttributeError):
         block.data = b""  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("codec", "version", "name"), [(RAW, 1, "raw"), (DAG_PB, 1, "dag-pb"), (DAG_PB, 0, "dag-pb")]
+)
+def test_cids_assembled_from_parts_equal_the_ones_multiformats_builds(
+    codec: int, version: int, name: str
+) -> None:
+    digest = hashlib.sha256(b"parts").digest()
+    base = "base32" if version == 1 else "base58btc"
+    public = CID(base, version, name, ("sha2-256", digest))
+    built = cid_from_digest(digest, codec=codec, version=version)
+    assert built == public
+    assert str(built) == str(public)
+    assert parse_cid(bytes(public)) == public
+
+
+def test_binary_cids_of_other_codecs_and_hashes_parse_through_multiformats() -> None:
+    cbor = CID("base32", 1, "dag-cbor", ("sha2-256", hashlib.sha256(b"x").digest()))
+    assert parse_cid(bytes(cbor)) == cbor
+    sha512 = CID("base32", 1, "raw", ("sha2-512", hashlib.sha512(b"x").digest()))
+    assert parse_cid(bytes(sha512)) == sha512
+    with pytest.raises(InvalidCID, match="1 bytes after the CID"):
+        parse_cid(bytes(cbor) + b"\x00")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"\x00", 0),
+        (b"\x7f", 127),
+        (b"\x80\x01", 128),
+        (b"\xac\x02", 300),
+        (b"\x80\x80\x10", 262_144),
+    ],
+)
+def test_varints_round_trip(raw: bytes, expected: int) -> None:
+    assert decode_varint(raw) == (expected, len(raw))
+    assert encode_varint(expected) == raw
+
+
+def test_varint_limits_differ_between_protobuf_and_multiformats() -> None:
+    ten = b"\xff" * 9 + b"\x01"
+    assert decode_varint(ten)[0] == (1 << 64) - 1
+    with pytest.raises(VarintError, match="longer than 9"):
+        decode_varint(ten, multiformats=True)
+    with pytest.raises(VarintError, match="minimal"):
+        decode_varint(b"\x80\x00", multiformats=True)
+    assert decode_varint(b"\x80\x00") == (0, 2)
+    with pytest.raises(VarintError, match="cut short"):
+        decode_varint(b"\x80")
+    with pytest.raises(VarintError, match="over 64 bits"):
+        decode_varint(b"\xff" * 9 + b"\x7f")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from storage.blockstore import MemoryBlockstore
+from storage.car import export_car, read_car, write_car_from_file
 from storage.cid import DAG_PB, RAW, Block, parse_cid, verify_block
 from storage.dag import read_file
 from storage.dagpb import decode_pbnode
@@ -305,3 +307,35 @@ def test_every_block_cid_is_the_hash_of_its_bytes_under_its_codec() -> None:
     for block in blocks:
         assert block.cid == parse_cid(block.cid)
         verify_block(block.cid, block.data)
+
+
+def _hot_paths() -> dict[str, Callable[[], object]]:
+    data = content("forage-vector:1048583", 1_048_583)
+    store = MemoryBlockstore()
+    root = import_file(data, sink=store, cid_version=0).cid
+    car = io.BytesIO()
+    export_car(store, root, car)
+    return {
+        "import": lambda: import_file(data, sink=MemoryBlockstore()),
+        "hash only": lambda: compute_cid(io.BytesIO(data)),
+        "export_car": lambda: export_car(store, root, io.BytesIO()),
+        "read_car": lambda: list(read_car(io.BytesIO(car.getvalue()))),
+        "read_file": lambda: b"".join(read_file(store, root)),
+        "iterate": lambda: list(store.iterate()),
+        "write_car_from_file": lambda: write_car_from_file(io.BytesIO(data), io.BytesIO()),
+    }
+
+
+@pytest.mark.parametrize("name", list(_hot_paths()))
+def test_hot_paths_leave_no_reference_cycles(name: str) -> None:
+    """Cyclic garbage would keep block buffers alive until the cycle collector runs (as
+    multiformats' argument validation does); every streaming path must free as it goes."""
+    operation = _hot_paths()[name]
+    operation()  # warm caches
+    gc.collect()
+    gc.disable()
+    try:
+        operation()
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
