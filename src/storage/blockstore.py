@@ -74,7 +74,9 @@ class Blockstore(Protocol):
     - ``has`` / ``get`` / ``delete`` match on the multihash only;
     - ``get`` verifies the bytes and raises ``IntegrityError`` when they do not hash to the
       CID, ``BlockNotFound`` when there is no such block;
-    - ``put`` is idempotent and safe under concurrent writers of the same block;
+    - ``put`` is idempotent and safe under concurrent writers of the same block; it trusts the
+      block (importer and CAR reader output is verified by construction; check other bytes
+      with ``verify_block`` first);
     - ``delete`` of an absent block does nothing;
     - ``iterate`` yields every stored block once, as a CIDv1 raw CID;
     - ``batch()`` is a context manager whose ``put``s become visible together on a clean exit
