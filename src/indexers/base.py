@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Generic
 from urllib.parse import urlsplit
@@ -37,6 +38,8 @@ import httpx
 
 from indexers.errors import FeedError, PackageNotFound, UpstreamUnavailable
 from indexers.types import CursorT, PackageInfo, Page
+
+log = logging.getLogger(__name__)
 
 USER_AGENT = "forage-indexer/0.1 (+https://github.com/foragepm)"
 
@@ -177,10 +180,34 @@ class Indexer(ABC, Generic[CursorT]):
             raise FeedError(redact(url), f"body is not JSON: {exc}") from exc
 
 
+def parse_time(value: Any) -> datetime | None:
+    """Parse a registry's ISO 8601 timestamp (``Z`` allowed); naive values are taken as UTC.
+
+    Anything else (absent, not a string, unparseable) is ``None``: a publish time is
+    informative, never worth failing an import for.
+    """
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        log.debug("unparseable time %r", value)
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def expect(condition: bool, url: str, reason: str) -> None:
     """Raise ``FeedError`` unless ``condition``: a document had an unexpected shape."""
     if not condition:
         raise FeedError(redact(url), reason)
 
 
-__all__ = ["TRANSIENT_STATUS", "USER_AGENT", "Indexer", "expect", "redact", "retry_after_seconds"]
+__all__ = [
+    "TRANSIENT_STATUS",
+    "USER_AGENT",
+    "Indexer",
+    "expect",
+    "parse_time",
+    "redact",
+    "retry_after_seconds",
+]

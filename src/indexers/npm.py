@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from indexers.base import Indexer, expect, redact
+from indexers.base import Indexer, expect, parse_time, redact
 from indexers.digests import normalize_hex, parse_sri
 from indexers.errors import FeedError, InvalidDigest, InvalidName, StaleMetadata
 from indexers.types import Artifact, Change, PackageInfo, Page, Release
@@ -120,18 +120,6 @@ def _seq(value: Any, url: str) -> int:
     if isinstance(value, str) and value.isdigit():
         return int(value)
     raise FeedError(redact(url), f"seq {value!r} is not a number")
-
-
-def _time(value: Any) -> datetime | None:
-    """Parse an npm ``time`` entry (ISO 8601, ``Z`` suffix); naive values are taken as UTC."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        log.debug("unparseable npm time %r", value)
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +240,7 @@ def map_packument(doc: Any, *, name: str, url: str) -> PackageInfo:
             Release(
                 version=version,
                 artifacts=(artifact,) if artifact else (),
-                published_at=_time(times.get(version)),
+                published_at=parse_time(times.get(version)),
                 deprecated=deprecated if isinstance(deprecated, str) and deprecated else None,
             )
         )
@@ -261,7 +249,9 @@ def map_packument(doc: Any, *, name: str, url: str) -> PackageInfo:
     gone = [key for key in times if key not in _TIME_META and key not in versions]
     gone += [v for v in listed or () if isinstance(v, str) and v not in times and v not in versions]
     releases.extend(
-        Release(version=version, artifacts=(), published_at=_time(times.get(version)), deleted=True)
+        Release(
+            version=version, artifacts=(), published_at=parse_time(times.get(version)), deleted=True
+        )
         for version in gone
     )
     never = datetime.min.replace(tzinfo=UTC)

@@ -50,7 +50,7 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from indexers.base import Indexer, expect, redact
+from indexers.base import Indexer, expect, parse_time, redact
 from indexers.digests import HASHERS, normalize_hex
 from indexers.errors import (
     FeedError,
@@ -166,17 +166,6 @@ def parse_changelog(rows: Any, *, since: int, url: str) -> tuple[tuple[Change, .
     return changes, next_serial
 
 
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        log.debug("unparseable upload-time %r", value)
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def _kind(filename: str) -> str:
     if filename.endswith(".whl"):
         return "wheel"
@@ -261,7 +250,7 @@ def _artifact(entry: Any, *, base_url: str) -> Artifact:
         yanked=bool(yanked),
         yanked_reason=yanked if isinstance(yanked, str) and yanked else None,
         requires_python=requires if isinstance(requires, str) and requires else None,
-        uploaded_at=_time(entry.get("upload-time")),
+        uploaded_at=parse_time(entry.get("upload-time")),
     )
 
 
