@@ -31,11 +31,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 STORES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -261,3 +262,10 @@ def db_session(db_engine: Any) -> Iterator[Any]:
         session.close()
         outer.rollback()
         connection.close()
+
+
+@pytest.fixture
+async def http_client() -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client for tests to aim at loopback fakes (short timeout: fakes are local)."""
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        yield client

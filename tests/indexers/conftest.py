@@ -1,4 +1,4 @@
-"""Fixtures for indexer tests: loopback fake registries and an httpx client aimed at them.
+"""Fixtures for indexer tests: loopback fake registries (``http_client`` is project-wide).
 
 Each registry section is appended by the engineer who owns that registry's fake.
 """
@@ -7,19 +7,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
 from tests.fakes.npm import FakeNpmRegistry
 from tests.fakes.pypi import FakePyPI
 from tests.fakes.server import RunningServer, serve
-
-
-@pytest.fixture
-async def http_client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5.0) as client:
-        yield client
-
 
 # -- npm ---------------------------------------------------------------------------------------
 

@@ -72,13 +72,7 @@ async def fake() -> AsyncIterator[GoFake]:
         yield running
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5) as http:
-        yield http
-
-
-def indexer_for(fake: GoFake, client: httpx.AsyncClient, **options: Any) -> GoIndexer:
+def indexer_for(fake: GoFake, http_client: httpx.AsyncClient, **options: Any) -> GoIndexer:
     endpoints = fake.endpoints
     settings: dict[str, Any] = {
         "index_url": endpoints.index_url,
@@ -87,7 +81,7 @@ def indexer_for(fake: GoFake, client: httpx.AsyncClient, **options: Any) -> GoIn
         "start": INDEX_EPOCH,
         **options,
     }
-    return GoIndexer(client, **settings)
+    return GoIndexer(http_client, **settings)
 
 
 def feed_changes(fake: GoFake) -> list[Change]:
@@ -452,11 +446,11 @@ async def walk(
 
 
 async def test_feed_pages_through_shared_timestamps_once_each(
-    fake: GoFake, client: httpx.AsyncClient
+    fake: GoFake, http_client: httpx.AsyncClient
 ) -> None:
     """With 4 a page, the 3 entries sharing a timestamp straddle pages 1 and 2; each is
     reported once, in feed order, and every request resumes at the last timestamp seen."""
-    indexer = indexer_for(fake, client, page_size=4)
+    indexer = indexer_for(fake, http_client, page_size=4)
     changes, cursor = await walk(indexer, await indexer.start_cursor())
     assert changes == feed_changes(fake)
     sent = [r.query["since"] for r in fake.requests.seen if r.path == "/index"]
@@ -468,10 +462,10 @@ async def test_feed_pages_through_shared_timestamps_once_each(
 
 
 async def test_feed_resumes_after_a_restart_without_repeats(
-    fake: GoFake, client: httpx.AsyncClient
+    fake: GoFake, http_client: httpx.AsyncClient
 ) -> None:
     """A cursor stored mid-timestamp (as JSON) and loaded by a new indexer skips what was seen."""
-    first = indexer_for(fake, client, page_size=4)
+    first = indexer_for(fake, http_client, page_size=4)
     page = await first.changes(await first.start_cursor())
     assert page.cursor.since == SHARED_TIMESTAMP and len(page.cursor.seen) == 2
     stored = json.loads(json.dumps(first.cursor_to_dict(page.cursor)))
@@ -499,20 +493,20 @@ def test_cursor_keeps_keys_seen_at_its_timestamp_when_a_page_omits_them() -> Non
     assert again.changes == () and again.cursor == page.cursor and again.done
 
 
-async def test_same_cursor_twice_ends_the_run(fake: GoFake, client: httpx.AsyncClient) -> None:
+async def test_same_cursor_twice_ends_the_run(fake: GoFake, http_client: httpx.AsyncClient) -> None:
     """At the head, asking again returns no changes, the same cursor and done."""
-    indexer = indexer_for(fake, client, page_size=4)
+    indexer = indexer_for(fake, http_client, page_size=4)
     _, head = await walk(indexer, await indexer.start_cursor())
     again = await indexer.changes(head)
     assert again.changes == () and again.cursor == head and again.done
 
 
 async def test_a_full_page_of_seen_entries_ends_the_run_with_a_warning(
-    fake: GoFake, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    fake: GoFake, http_client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With 2 a page and 3 entries at one timestamp, the index re-sends the same two: the
     cursor stops moving, the run ends instead of looping, and the limitation is logged."""
-    indexer = indexer_for(fake, client, page_size=2)
+    indexer = indexer_for(fake, http_client, page_size=2)
     with caplog.at_level(logging.WARNING, logger="indexers.golang"):
         changes, cursor = await walk(indexer, await indexer.start_cursor())
     assert changes == feed_changes(fake)[:4]
@@ -520,11 +514,13 @@ async def test_a_full_page_of_seen_entries_ends_the_run_with_a_warning(
     assert "cannot page past them" in caplog.text
 
 
-async def test_new_entries_at_the_cursor_timestamp_are_picked_up(client: httpx.AsyncClient) -> None:
+async def test_new_entries_at_the_cursor_timestamp_are_picked_up(
+    http_client: httpx.AsyncClient,
+) -> None:
     """An entry published later with the cursor's own timestamp is reported on the next run."""
     async with GoFake() as fake:
         fake.add_version("example.com/a", "v1.0.0", feed_at="2020-01-01T00:00:00Z")
-        indexer = indexer_for(fake, client)
+        indexer = indexer_for(fake, http_client)
         first, cursor = await walk(indexer, await indexer.start_cursor())
         fake.add_version("example.com/b", "v1.0.0", feed_at="2020-01-01T00:00:00Z")
         second, _ = await walk(indexer, cursor)
@@ -532,13 +528,13 @@ async def test_new_entries_at_the_cursor_timestamp_are_picked_up(client: httpx.A
     assert second == [Change("example.com/b", version="v1.0.0")]
 
 
-async def test_invalid_index_entries_are_skipped_but_passed(client: httpx.AsyncClient) -> None:
+async def test_invalid_index_entries_are_skipped_but_passed(http_client: httpx.AsyncClient) -> None:
     """An entry whose path or version breaks Go's rules is not reported, and the cursor moves on."""
     async with GoFake() as fake:
         fake.add_feed_line("Example.com/bad", "v1.0.0", "2020-01-01T00:00:00Z")
         fake.add_feed_line("example.com/ok", "v1.2", "2020-01-01T00:00:01Z")
         fake.add_feed_line("example.com/ok", "v1.2.0", "2020-01-01T00:00:02Z")
-        indexer = indexer_for(fake, client)
+        indexer = indexer_for(fake, http_client)
         changes, cursor = await walk(indexer, await indexer.start_cursor())
     assert changes == [Change("example.com/ok", version="v1.2.0")]
     assert cursor.since == "2020-01-01T00:00:02Z"
@@ -558,22 +554,22 @@ async def test_invalid_index_entries_are_skipped_but_passed(client: httpx.AsyncC
     ],
 )
 async def test_malformed_feed_lines_are_feed_errors(
-    client: httpx.AsyncClient, line: str, reason: str
+    http_client: httpx.AsyncClient, line: str, reason: str
 ) -> None:
     """A line that is not {Path, Version, Timestamp} in order raises FeedError, naming the line."""
     async with GoFake() as fake:
         fake.add_version("example.com/a", "v1.0.0", feed_at="2020-01-01T00:00:00Z")
         fake.add_malformed_line("2020-01-01T00:00:01Z", line)
-        indexer = indexer_for(fake, client)
+        indexer = indexer_for(fake, http_client)
         with pytest.raises(FeedError, match=f"line 2 .*{reason}|line 2 {reason}"):
             await indexer.changes(await indexer.start_cursor())
 
 
 async def test_feed_5xx_with_retry_after_then_recovery(
-    fake: GoFake, client: httpx.AsyncClient
+    fake: GoFake, http_client: httpx.AsyncClient
 ) -> None:
     """Two 503s with Retry-After are UpstreamUnavailable carrying it; the third call works."""
-    indexer = indexer_for(fake, client, page_size=4)
+    indexer = indexer_for(fake, http_client, page_size=4)
     fake.faults.fail(503, times=2, retry_after="7", path="/index")
     cursor = await indexer.start_cursor()
     for _ in range(2):
@@ -598,9 +594,9 @@ async def test_feed_reset_and_slow_answers_are_transient(fake: GoFake) -> None:
             await indexer.changes(cursor)
 
 
-async def test_stored_cursor_garbage_is_refused(client: httpx.AsyncClient) -> None:
+async def test_stored_cursor_garbage_is_refused(http_client: httpx.AsyncClient) -> None:
     """A cursor row that is not {since: RFC 3339, seen: [str]} raises FeedError, not TypeError."""
-    indexer = GoIndexer(client, index_url="i", proxy_url="p", sumdb_url=None)
+    indexer = GoIndexer(http_client, index_url="i", proxy_url="p", sumdb_url=None)
     with pytest.raises(FeedError, match="bad since"):
         indexer.cursor_from_dict({"since": "last tuesday"})
     with pytest.raises(FeedError, match="bad seen"):
@@ -611,11 +607,11 @@ async def test_stored_cursor_garbage_is_refused(client: httpx.AsyncClient) -> No
 
 
 async def test_package_maps_versions_info_and_checksums(
-    fake: GoFake, client: httpx.AsyncClient
+    fake: GoFake, http_client: httpx.AsyncClient
 ) -> None:
     """Listed versions plus the index's pseudo-version become releases with the fake's h1,
     .info time, an escaped zip URL and the go.mod hashes; v1.2.1 is retracted by v1.3.0."""
-    info = await indexer_for(fake, client).package(TOML, versions=[TOML_PSEUDO])
+    info = await indexer_for(fake, http_client).package(TOML, versions=[TOML_PSEUDO])
     published = fake.modules[TOML]
     assert [r.version for r in info.releases] == ["v1.2.0", "v1.2.1", "v1.3.0", TOML_PSEUDO]
     for release in info.releases:
@@ -635,23 +631,25 @@ async def test_package_maps_versions_info_and_checksums(
 
 
 async def test_package_without_index_versions_lists_tagged_ones(
-    fake: GoFake, client: httpx.AsyncClient
+    fake: GoFake, http_client: httpx.AsyncClient
 ) -> None:
     """@v/list omits pseudo-versions: without the index's version, only tags are mapped."""
-    info = await indexer_for(fake, client).package(TOML)
+    info = await indexer_for(fake, http_client).package(TOML)
     assert [r.version for r in info.releases] == ["v1.2.0", "v1.2.1", "v1.3.0"]
 
 
-async def test_release_zip_downloads_and_verifies(fake: GoFake, client: httpx.AsyncClient) -> None:
+async def test_release_zip_downloads_and_verifies(
+    fake: GoFake, http_client: httpx.AsyncClient
+) -> None:
     """The artifact URL serves a zip whose h1 matches the sumdb's; a tampered zip does not."""
-    indexer = indexer_for(fake, client)
+    indexer = indexer_for(fake, http_client)
     release = await indexer.release(TOML, "v1.3.0")
     (artifact,) = release.artifacts
     for tampered in (False, True):
         if tampered:
             fake.tamper(TOML, "v1.3.0", {"decode.go": b"package toml // evil\n"})
         with tempfile.SpooledTemporaryFile(max_size=1 << 16) as spooled:
-            async with client.stream("GET", artifact.url) as response:
+            async with http_client.stream("GET", artifact.url) as response:
                 async for chunk in response.aiter_bytes():
                     spooled.write(chunk)
             if tampered:
@@ -662,10 +660,10 @@ async def test_release_zip_downloads_and_verifies(fake: GoFake, client: httpx.As
 
 
 async def test_incompatible_version_is_escaped_and_named(
-    fake: GoFake, client: httpx.AsyncClient
+    fake: GoFake, http_client: httpx.AsyncClient
 ) -> None:
     """A +incompatible version of an upper-case path maps to one escaped, verifiable artifact."""
-    info = await indexer_for(fake, client).package("github.com/Azure/go-autorest")
+    info = await indexer_for(fake, http_client).package("github.com/Azure/go-autorest")
     (release,) = info.releases
     (artifact,) = release.artifacts
     assert release.version == "v14.2.0+incompatible"
@@ -675,45 +673,47 @@ async def test_incompatible_version_is_escaped_and_named(
     assert artifact.digests == {"h1": truth.h1}
 
 
-async def test_private_module_has_no_digest(fake: GoFake, client: httpx.AsyncClient) -> None:
+async def test_private_module_has_no_digest(fake: GoFake, http_client: httpx.AsyncClient) -> None:
     """A sumdb 404 (private module) leaves digests empty instead of failing the package."""
-    info = await indexer_for(fake, client).package("example.com/private")
+    info = await indexer_for(fake, http_client).package("example.com/private")
     assert [r.artifacts[0].digests for r in info.releases] == [{}]
 
 
-async def test_sumdb_disabled_sends_no_lookups(fake: GoFake, client: httpx.AsyncClient) -> None:
+async def test_sumdb_disabled_sends_no_lookups(
+    fake: GoFake, http_client: httpx.AsyncClient
+) -> None:
     """With sumdb_url=None nothing is asked of the sumdb and digests are empty."""
-    info = await indexer_for(fake, client, sumdb_url=None).package(TOML)
+    info = await indexer_for(fake, http_client, sumdb_url=None).package(TOML)
     assert fake.lookups == 0
     assert all(r.artifacts[0].digests == {} for r in info.releases)
 
 
 @pytest.mark.parametrize("name", ["example.com/gone", "example.com/never-published"])
 async def test_gone_or_unknown_module_is_not_found(
-    fake: GoFake, client: httpx.AsyncClient, name: str
+    fake: GoFake, http_client: httpx.AsyncClient, name: str
 ) -> None:
     """The proxy's 410 (gone) and 404 (unknown) both raise PackageNotFound for the module."""
     with pytest.raises(PackageNotFound) as caught:
-        await indexer_for(fake, client).package(name)
+        await indexer_for(fake, http_client).package(name)
     assert caught.value.name == name
     assert fake.requests.paths() == [f"/proxy/{name}/@v/list"]
 
 
 async def test_listed_version_that_is_gone_is_a_deleted_release(
-    fake: GoFake, client: httpx.AsyncClient
+    fake: GoFake, http_client: httpx.AsyncClient
 ) -> None:
     """A version still in @v/list whose .info answers 404 is kept as deleted, without artifacts."""
     fake.withdraw(TOML, "v1.2.0")
-    info = await indexer_for(fake, client).package(TOML)
+    info = await indexer_for(fake, http_client).package(TOML)
     first = info.releases[0]
     assert (first.version, first.deleted, first.artifacts) == ("v1.2.0", True, ())
     assert [r.deleted for r in info.releases[1:]] == [False, False]
 
 
-async def test_start_is_sent_in_the_index_own_form(client: httpx.AsyncClient) -> None:
+async def test_start_is_sent_in_the_index_own_form(http_client: httpx.AsyncClient) -> None:
     """A start with an offset is normalized to UTC 'Z' (the index rejects '+00:00')."""
     indexer = GoIndexer(
-        client,
+        http_client,
         index_url="i",
         proxy_url="p",
         sumdb_url=None,
@@ -721,13 +721,13 @@ async def test_start_is_sent_in_the_index_own_form(client: httpx.AsyncClient) ->
     )
     assert indexer.start == "2020-01-01T00:00:00.5Z"
     with pytest.raises(ValueError, match="RFC 3339"):
-        GoIndexer(client, index_url="i", proxy_url="p", sumdb_url=None, start="now")
+        GoIndexer(http_client, index_url="i", proxy_url="p", sumdb_url=None, start="now")
 
 
-async def test_unknown_version_is_not_found(fake: GoFake, client: httpx.AsyncClient) -> None:
+async def test_unknown_version_is_not_found(fake: GoFake, http_client: httpx.AsyncClient) -> None:
     """release() of a version the proxy does not have names the version in PackageNotFound."""
     with pytest.raises(PackageNotFound) as caught:
-        await indexer_for(fake, client).release(TOML, "v1.9.9")
+        await indexer_for(fake, http_client).release(TOML, "v1.9.9")
     assert (caught.value.name, caught.value.version) == (TOML, "v1.9.9")
 
 
@@ -742,22 +742,22 @@ async def test_unknown_version_is_not_found(fake: GoFake, client: httpx.AsyncCli
     ],
 )
 async def test_hostile_names_fail_before_any_request(
-    fake: GoFake, client: httpx.AsyncClient, name: str
+    fake: GoFake, http_client: httpx.AsyncClient, name: str
 ) -> None:
     """InvalidName is raised before a URL is built: the fake sees no request at all."""
     with pytest.raises(InvalidName):
-        await indexer_for(fake, client).package(name)
+        await indexer_for(fake, http_client).package(name)
     with pytest.raises(InvalidName):
-        await indexer_for(fake, client).release(TOML, "v1.0.0/../../x")
+        await indexer_for(fake, http_client).release(TOML, "v1.0.0/../../x")
     assert fake.requests.seen == []
 
 
-async def test_untagged_module_falls_back_to_latest(client: httpx.AsyncClient) -> None:
+async def test_untagged_module_falls_back_to_latest(http_client: httpx.AsyncClient) -> None:
     """A module with only a pseudo-version has an empty list; @latest names its version."""
     async with GoFake() as fake:
         version = "v0.0.0-20240102030405-abcdef123456"
         truth = fake.add_version("example.com/pseudo", version)
-        info = await indexer_for(fake, client).package("example.com/pseudo")
+        info = await indexer_for(fake, http_client).package("example.com/pseudo")
     assert [(r.version, r.artifacts[0].digests["h1"]) for r in info.releases] == [
         (version, truth.h1)
     ]
@@ -767,9 +767,9 @@ async def test_untagged_module_falls_back_to_latest(client: httpx.AsyncClient) -
     ]
 
 
-async def test_sumdb_errors_are_translated(fake: GoFake, client: httpx.AsyncClient) -> None:
+async def test_sumdb_errors_are_translated(fake: GoFake, http_client: httpx.AsyncClient) -> None:
     """A sumdb 503 with Retry-After is transient; a malformed sumdb answer is a FeedError."""
-    indexer = indexer_for(fake, client)
+    indexer = indexer_for(fake, http_client)
     fake.faults.fail(503, retry_after="30", path="/sumdb/")
     with pytest.raises(UpstreamUnavailable) as caught:
         await indexer.release(TOML, "v1.2.0")
@@ -780,19 +780,19 @@ async def test_sumdb_errors_are_translated(fake: GoFake, client: httpx.AsyncClie
 
 
 async def test_proxy_5xx_during_package_is_transient(
-    fake: GoFake, client: httpx.AsyncClient
+    fake: GoFake, http_client: httpx.AsyncClient
 ) -> None:
     """A 502 from one .info request fails the whole package with UpstreamUnavailable."""
     fake.faults.fail(502, path="/proxy/github.com/!burnt!sushi/toml/@v/v1.2.1.info")
     with pytest.raises(UpstreamUnavailable, match="HTTP 502"):
-        await indexer_for(fake, client).package(TOML)
+        await indexer_for(fake, http_client).package(TOML)
 
 
-async def test_info_version_must_match_the_request(client: httpx.AsyncClient) -> None:
+async def test_info_version_must_match_the_request(http_client: httpx.AsyncClient) -> None:
     """A proxy whose .info names another version than asked is answering wrongly: FeedError."""
     async with GoFake() as fake:
         entry = fake.add_version("example.com/m", "v1.0.0")
         entry.version = "v1.0.1"
         fake.modules["example.com/m"]["v1.0.0"] = entry
         with pytest.raises(FeedError, match=r"not v1\.0\.0"):
-            await indexer_for(fake, client, sumdb_url=None).release("example.com/m", "v1.0.0")
+            await indexer_for(fake, http_client, sumdb_url=None).release("example.com/m", "v1.0.0")

@@ -25,22 +25,16 @@ async def cluster() -> AsyncIterator[tuple[FakeCluster, RunningServer]]:
         yield fake, server
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5.0) as http:
-        yield http
-
-
 async def stream(data: bytes) -> AsyncIterator[bytes]:
     for start in range(0, len(data), 11):
         yield data[start : start + 11]
 
 
 async def test_car_is_uploaded_through_add_with_pin_options(
-    cluster: tuple[FakeCluster, RunningServer], client: httpx.AsyncClient
+    cluster: tuple[FakeCluster, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = cluster
-    backend = ClusterPinning(client, server.url, replication_min=1, replication_max=2)
+    backend = ClusterPinning(http_client, server.url, replication_min=1, replication_max=2)
     cid, data = raw_block(b"cluster car\n")
     request = await backend.pin(
         cid, name="pkg:golang/x@v1", car=stream(car_v1([cid], [(cid, data)]))
@@ -58,10 +52,10 @@ async def test_car_is_uploaded_through_add_with_pin_options(
 
 
 async def test_pin_without_car_posts_pins_with_origins(
-    cluster: tuple[FakeCluster, RunningServer], client: httpx.AsyncClient
+    cluster: tuple[FakeCluster, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = cluster
-    backend = ClusterPinning(client, server.url, origins=[ORIGIN])
+    backend = ClusterPinning(http_client, server.url, origins=[ORIGIN])
     cid, _ = raw_block(b"fetched by the cluster\n")
     request = await backend.pin(cid, name="n")
     assert request.created is not None
@@ -73,7 +67,7 @@ async def test_pin_without_car_posts_pins_with_origins(
 
 
 async def test_add_failure_is_visible_without_streaming(
-    cluster: tuple[FakeCluster, RunningServer], client: httpx.AsyncClient
+    cluster: tuple[FakeCluster, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     """With ``stream-channels=false`` the adder's error comes back as a 500 body, not in an
     HTTP trailer httpx cannot read. Cluster answers 500 for every adder error, transient or
@@ -83,28 +77,28 @@ async def test_add_failure_is_visible_without_streaming(
     two, two_data = raw_block(b"two\n")
     car = car_v1([one, two], [(one, one_data), (two, two_data)])
     with pytest.raises(BackendUnavailable, match="single root") as caught:
-        await ClusterPinning(client, server.url).pin(one, car=stream(car))
+        await ClusterPinning(http_client, server.url).pin(one, car=stream(car))
     assert caught.value.status == 500
     assert fake.pins == {}
 
 
 async def test_car_with_another_root_is_refused(
-    cluster: tuple[FakeCluster, RunningServer], client: httpx.AsyncClient
+    cluster: tuple[FakeCluster, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     _, server = cluster
     cid, _ = raw_block(b"wanted\n")
     other, other_data = raw_block(b"sent instead\n")
     with pytest.raises(BackendRejected, match="is not"):
-        await ClusterPinning(client, server.url).pin(
+        await ClusterPinning(http_client, server.url).pin(
             cid, car=stream(car_v1([other], [(other, other_data)]))
         )
 
 
 async def test_status_folds_peers_like_cluster_pinsvcapi(
-    cluster: tuple[FakeCluster, RunningServer], client: httpx.AsyncClient
+    cluster: tuple[FakeCluster, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = cluster
-    backend = ClusterPinning(client, server.url)
+    backend = ClusterPinning(http_client, server.url)
     good, _ = raw_block(b"good\n")
     bad, _ = raw_block(b"bad\n")
     fake.fail_cid(bad, "failed to fetch: context deadline exceeded")
@@ -126,10 +120,10 @@ async def test_status_folds_peers_like_cluster_pinsvcapi(
 
 
 async def test_status_asks_for_many_cids_in_one_streamed_request(
-    cluster: tuple[FakeCluster, RunningServer], client: httpx.AsyncClient
+    cluster: tuple[FakeCluster, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = cluster
-    backend = ClusterPinning(client, server.url, status_batch=20)
+    backend = ClusterPinning(http_client, server.url, status_batch=20)
     refs = [(await backend.pin(raw_block(f"c{i}\n".encode())[0])).ref for i in range(30)]
     fake.requests.clear()
     assert len(await backend.status(refs)) == 30
@@ -138,10 +132,12 @@ async def test_status_asks_for_many_cids_in_one_streamed_request(
     assert all(q["local"] == "false" for q in queries)
 
 
-async def test_old_cluster_without_cids_filter_still_answers(client: httpx.AsyncClient) -> None:
+async def test_old_cluster_without_cids_filter_still_answers(
+    http_client: httpx.AsyncClient,
+) -> None:
     fake = FakeCluster(ignore_cids=True)
     async with serve(fake.app()) as server:
-        backend = ClusterPinning(client, server.url)
+        backend = ClusterPinning(http_client, server.url)
         tracked, _ = raw_block(b"tracked\n")
         untracked, _ = raw_block(b"untracked\n")
         bystander, _ = raw_block(b"someone else's pin\n")
@@ -155,26 +151,28 @@ async def test_old_cluster_without_cids_filter_still_answers(client: httpx.Async
     assert [r.path for r in fake.requests.seen] == ["/pins", f"/pins/{untracked}"]
 
 
-async def test_empty_status_stream_is_204_and_means_not_held(client: httpx.AsyncClient) -> None:
+async def test_empty_status_stream_is_204_and_means_not_held(
+    http_client: httpx.AsyncClient,
+) -> None:
     fake = FakeCluster(ignore_cids=True)
     async with serve(fake.app()) as server:
         cid, _ = raw_block(b"nothing tracked\n")
-        raw = await client.get(f"{server.url}/pins")
+        raw = await http_client.get(f"{server.url}/pins")
         assert raw.status_code == 204
-        assert await ClusterPinning(client, server.url).status([PinRef(cid, cid)]) == {}
+        assert await ClusterPinning(http_client, server.url).status([PinRef(cid, cid)]) == {}
 
 
 async def test_unpin_deletes_and_404_counts_as_done(
-    cluster: tuple[FakeCluster, RunningServer], client: httpx.AsyncClient
+    cluster: tuple[FakeCluster, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = cluster
-    backend = ClusterPinning(client, server.url)
+    backend = ClusterPinning(http_client, server.url)
     cid, _ = raw_block(b"temporary\n")
     await backend.pin(cid)
     await backend.unpin(cid)
     assert cid not in fake.pins
     await backend.unpin(cid)
-    last = await client.delete(f"{server.url}/pins/{cid}")
+    last = await http_client.delete(f"{server.url}/pins/{cid}")
     assert (last.status_code, last.json()) == (
         404,
         {"code": 404, "message": "pin is not part of the pinset"},

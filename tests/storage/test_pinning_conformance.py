@@ -71,12 +71,12 @@ class Harness:
         return sum(1 for r in self.fake.requests.seen if r.method == "GET")
 
 
-def make_backend(kind: str, client: httpx.AsyncClient, url: str, token: str) -> PinningBackend:
+def make_backend(kind: str, http_client: httpx.AsyncClient, url: str, token: str) -> PinningBackend:
     if kind == "kubo":
-        return KuboPinning(client, url, token=token)
+        return KuboPinning(http_client, url, token=token)
     if kind == "cluster":
-        return ClusterPinning(client, url, token=token)
-    return PinningService(client, url, token=token)
+        return ClusterPinning(http_client, url, token=token)
+    return PinningService(http_client, url, token=token)
 
 
 def make_fake(kind: str, **options: object) -> FakeKubo | FakeCluster | FakePinningService:
@@ -87,19 +87,15 @@ def make_fake(kind: str, **options: object) -> FakeKubo | FakeCluster | FakePinn
     return FakePinningService(tokens=frozenset({TOKEN}), **options)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5.0) as http:
-        yield http
-
-
 @pytest.fixture(params=BACKENDS)
 async def harness(
-    request: pytest.FixtureRequest, client: httpx.AsyncClient
+    request: pytest.FixtureRequest, http_client: httpx.AsyncClient
 ) -> AsyncIterator[Harness]:
     fake = make_fake(request.param)
     async with serve(fake.app()) as server:
-        yield Harness(request.param, make_backend(request.param, client, server.url, TOKEN), fake)
+        yield Harness(
+            request.param, make_backend(request.param, http_client, server.url, TOKEN), fake
+        )
 
 
 async def car_stream(car: bytes, *, piece: int = 40) -> AsyncIterator[bytes]:
@@ -243,11 +239,11 @@ async def test_malformed_response_is_unavailable(harness: Harness) -> None:
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
-async def test_connection_refused_is_unavailable(kind: str, client: httpx.AsyncClient) -> None:
+async def test_connection_refused_is_unavailable(kind: str, http_client: httpx.AsyncClient) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    backend = make_backend(kind, client, f"http://127.0.0.1:{port}", TOKEN)
+    backend = make_backend(kind, http_client, f"http://127.0.0.1:{port}", TOKEN)
     cid, _ = block("refused")
     with pytest.raises(BackendUnavailable) as caught:
         await backend.status([PinRef(cid, cid)])
@@ -268,14 +264,14 @@ async def test_timeout_is_unavailable(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", BACKENDS)
 async def test_wrong_token_is_rejected_and_never_leaked(
-    kind: str, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    kind: str, http_client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     wrong = "wrong-4be1d9e77f0c"
     options = {"echo_token": True} if kind == "service" else {}
     fake = make_fake(kind, **options)
     caplog.set_level(logging.DEBUG)
     async with serve(fake.app()) as server:
-        backend = make_backend(kind, client, server.url, wrong)
+        backend = make_backend(kind, http_client, server.url, wrong)
         cid, data = block("auth")
         with pytest.raises(BackendRejected) as caught:
             await backend.pin(cid, car=car_stream(car_v1([cid], [(cid, data)])))
@@ -285,15 +281,17 @@ async def test_wrong_token_is_rejected_and_never_leaked(
     assert wrong not in repr(backend)
     assert all(wrong not in record.getMessage() for record in caplog.records)
     if kind == "service":
-        # The fake quoted the token back; the client replaced it.
+        # The fake quoted the token back; the http_client replaced it.
         assert "***" in str(caught.value)
     # The token did reach the server, so the check above is not vacuous.
     assert fake.requests.seen[-1].headers["authorization"] == f"Bearer {wrong}"
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
-async def test_repr_names_backend_without_credentials(kind: str, client: httpx.AsyncClient) -> None:
-    backend = make_backend(kind, client, "http://user:pw@127.0.0.1:9/x/", TOKEN)
+async def test_repr_names_backend_without_credentials(
+    kind: str, http_client: httpx.AsyncClient
+) -> None:
+    backend = make_backend(kind, http_client, "http://user:pw@127.0.0.1:9/x/", TOKEN)
     text = repr(backend)
     assert "127.0.0.1:9/x" in text
     assert TOKEN not in text and "pw" not in text

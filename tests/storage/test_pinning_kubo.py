@@ -23,12 +23,6 @@ async def kubo() -> AsyncIterator[tuple[FakeKubo, RunningServer]]:
         yield fake, server
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5.0) as http:
-        yield http
-
-
 async def stream(data: bytes, piece: int = 5) -> AsyncIterator[bytes]:
     for start in range(0, len(data), piece):
         yield data[start : start + piece]
@@ -42,11 +36,11 @@ def file_dag(label: str) -> tuple[str, list[tuple[str, bytes]]]:
 
 
 async def test_car_upload_imports_every_block_and_pins_the_root(
-    kubo: tuple[FakeKubo, RunningServer], client: httpx.AsyncClient
+    kubo: tuple[FakeKubo, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = kubo
     root, blocks = file_dag("left-pad")
-    backend = KuboPinning(client, server.url)
+    backend = KuboPinning(http_client, server.url)
     request = await backend.pin(root, name="ignored on import", car=stream(car_v1([root], blocks)))
     assert request.status is PinState.PINNED
     assert request.request_id == root
@@ -60,48 +54,50 @@ async def test_car_upload_imports_every_block_and_pins_the_root(
 
 
 async def test_car_missing_a_leaf_is_a_failed_pin(
-    kubo: tuple[FakeKubo, RunningServer], client: httpx.AsyncClient
+    kubo: tuple[FakeKubo, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = kubo
     root, blocks = file_dag("partial")
     car = car_v1([root], blocks[:2])  # the second leaf is left out
-    request = await KuboPinning(client, server.url).pin(root, car=stream(car))
+    request = await KuboPinning(http_client, server.url).pin(root, car=stream(car))
     assert request.status is PinState.FAILED
     assert request.details is not None and blocks[2][0] in request.details
     assert not fake.is_pinned(root)
 
 
 async def test_cid_that_is_not_a_car_root_is_pinned_from_the_imported_blocks(
-    kubo: tuple[FakeKubo, RunningServer], client: httpx.AsyncClient
+    kubo: tuple[FakeKubo, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = kubo
     root, blocks = file_dag("aggregate member")
     other, other_data = raw_block(b"an unrelated root\n")
     car = car_v1([other], [*blocks, (other, other_data)])
-    request = await KuboPinning(client, server.url).pin(root, name="pkg:npm/x@1", car=stream(car))
+    request = await KuboPinning(http_client, server.url).pin(
+        root, name="pkg:npm/x@1", car=stream(car)
+    )
     assert request.status is PinState.PINNED
     assert fake.pins[root] == "pkg:npm/x@1"
     assert fake.requests.paths()[-1] == "/api/v0/pin/add"
 
 
 async def test_corrupt_car_is_rejected_with_kubos_message(
-    kubo: tuple[FakeKubo, RunningServer], client: httpx.AsyncClient
+    kubo: tuple[FakeKubo, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     _, server = kubo
     cid, data = raw_block(b"honest bytes\n")
     car = bytearray(car_v1([cid], [(cid, data)]))
     car[-2] ^= 0xFF
     with pytest.raises(BackendRejected, match="does not match the CID") as caught:
-        await KuboPinning(client, server.url).pin(cid, car=stream(bytes(car)))
+        await KuboPinning(http_client, server.url).pin(cid, car=stream(bytes(car)))
     assert caught.value.status == 500
 
 
 async def test_pin_without_car_uses_pin_add(
-    kubo: tuple[FakeKubo, RunningServer], client: httpx.AsyncClient
+    kubo: tuple[FakeKubo, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = kubo
     root, blocks = file_dag("already local")
-    backend = KuboPinning(client, server.url)
+    backend = KuboPinning(http_client, server.url)
     missing = await backend.pin(root)
     assert missing.status is PinState.FAILED
     assert missing.details is not None and "could not find" in missing.details
@@ -117,12 +113,12 @@ async def test_pin_without_car_uses_pin_add(
 
 
 async def test_status_batches_pin_ls_and_falls_back_to_one_listing(
-    kubo: tuple[FakeKubo, RunningServer], client: httpx.AsyncClient
+    kubo: tuple[FakeKubo, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = kubo
     blocks = [raw_block(f"release {i}\n".encode()) for i in range(25)]
     fake.add_blocks(blocks)
-    backend = KuboPinning(client, server.url, status_batch=10)
+    backend = KuboPinning(http_client, server.url, status_batch=10)
     for cid, _ in blocks[:20]:
         await backend.pin(cid)
     pinned_refs = [PinRef(cid, cid) for cid, _ in blocks[:20]]
@@ -132,7 +128,7 @@ async def test_status_batches_pin_ls_and_falls_back_to_one_listing(
     assert set(statuses) == {ref.request_id for ref in pinned_refs}
     assert [len(args) for args in fake.pin_ls_args] == [10, 10]
 
-    # One unpinned CID makes a keyed pin/ls fail outright; the client then lists every
+    # One unpinned CID makes a keyed pin/ls fail outright; the http_client then lists every
     # recursive pin once instead of asking CID by CID.
     fake.pin_ls_args.clear()
     all_refs = [PinRef(cid, cid) for cid, _ in blocks]
@@ -143,12 +139,12 @@ async def test_status_batches_pin_ls_and_falls_back_to_one_listing(
 
 
 async def test_status_matches_cids_across_spellings(
-    kubo: tuple[FakeKubo, RunningServer], client: httpx.AsyncClient
+    kubo: tuple[FakeKubo, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = kubo
     cid, data = raw_block(b"spelled twice\n")
     fake.add_blocks([(cid, data)])
-    backend = KuboPinning(client, server.url)
+    backend = KuboPinning(http_client, server.url)
     await backend.pin(cid)
     base58 = str(CID.decode(cid).set(base="base58btc"))
     statuses = await backend.status([PinRef("row-7", base58)])
@@ -156,7 +152,7 @@ async def test_status_matches_cids_across_spellings(
     assert statuses["row-7"].cid == base58
 
 
-async def test_command_errors_are_rejected_unless_transient(client: httpx.AsyncClient) -> None:
+async def test_command_errors_are_rejected_unless_transient(http_client: httpx.AsyncClient) -> None:
     answers = iter(
         [
             ({"Message": "invalid type 'x'", "Code": 0, "Type": "error"}, 500),
@@ -172,7 +168,7 @@ async def test_command_errors_are_rejected_unless_transient(client: httpx.AsyncC
     app = web.Application()
     app.router.add_post("/api/v0/pin/rm", handler)
     async with serve(app) as server:
-        backend = KuboPinning(client, server.url)
+        backend = KuboPinning(http_client, server.url)
         cid, _ = raw_block(b"x")
         with pytest.raises(BackendRejected, match="invalid type 'x'") as first:
             await backend.unpin(cid)
@@ -185,25 +181,25 @@ async def test_command_errors_are_rejected_unless_transient(client: httpx.AsyncC
 
 
 async def test_fake_speaks_kubo_http_rules(
-    kubo: tuple[FakeKubo, RunningServer], client: httpx.AsyncClient
+    kubo: tuple[FakeKubo, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     _, server = kubo
-    get = await client.get(f"{server.url}/api/v0/pin/ls")
+    get = await http_client.get(f"{server.url}/api/v0/pin/ls")
     assert get.status_code == 405
     assert get.text == "405 - Method Not Allowed\n"
-    unknown = await client.post(f"{server.url}/api/v0/pin/nonsense")
+    unknown = await http_client.post(f"{server.url}/api/v0/pin/nonsense")
     assert unknown.status_code == 404
     cid, _ = raw_block(b"not here\n")
-    error = await client.post(f"{server.url}/api/v0/pin/ls", params={"arg": cid})
+    error = await http_client.post(f"{server.url}/api/v0/pin/ls", params={"arg": cid})
     assert error.status_code == 500
     assert error.json() == {"Message": f"path '{cid}' is not pinned", "Code": 0, "Type": "error"}
 
 
-async def test_fake_token_check_answers_403(client: httpx.AsyncClient) -> None:
+async def test_fake_token_check_answers_403(http_client: httpx.AsyncClient) -> None:
     fake = FakeKubo(token="t0k")
     async with serve(fake.app()) as server:
-        denied = await client.post(f"{server.url}/api/v0/version")
-        allowed = await client.post(
+        denied = await http_client.post(f"{server.url}/api/v0/version")
+        allowed = await http_client.post(
             f"{server.url}/api/v0/version", headers={"Authorization": "Bearer t0k"}
         )
     assert denied.status_code == 403 and "Access Denied" in denied.text
@@ -220,12 +216,12 @@ def test_car_helpers_round_trip_and_match_the_spec_example() -> None:
 
 
 async def test_unpin_removes_and_tolerates_repeats(
-    kubo: tuple[FakeKubo, RunningServer], client: httpx.AsyncClient
+    kubo: tuple[FakeKubo, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = kubo
     cid, data = raw_block(b"short lived\n")
     fake.add_blocks([(cid, data)])
-    backend = KuboPinning(client, server.url)
+    backend = KuboPinning(http_client, server.url)
     await backend.pin(cid)
     await backend.unpin(cid)
     assert not fake.is_pinned(cid)

@@ -26,22 +26,16 @@ async def service() -> AsyncIterator[tuple[FakePinningService, RunningServer]]:
         yield fake, server
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5.0) as http:
-        yield http
-
-
 def cids(count: int, label: str = "psa") -> list[str]:
     return [raw_block(f"{label} {i}\n".encode())[0] for i in range(count)]
 
 
 async def test_pin_sends_cid_name_origins_and_meta(
-    service: tuple[FakePinningService, RunningServer], client: httpx.AsyncClient
+    service: tuple[FakePinningService, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = service
     backend = PinningService(
-        client, server.url, token=TOKEN, origins=[ORIGIN], meta={"app_id": "forage"}
+        http_client, server.url, token=TOKEN, origins=[ORIGIN], meta={"app_id": "forage"}
     )
     (cid,) = cids(1)
     request = await backend.pin(cid, name="pkg:pypi/requests@2.31.0")
@@ -59,20 +53,20 @@ async def test_pin_sends_cid_name_origins_and_meta(
 
 
 async def test_no_origins_or_meta_means_fields_left_out(
-    service: tuple[FakePinningService, RunningServer], client: httpx.AsyncClient
+    service: tuple[FakePinningService, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = service
     (cid,) = cids(1)
-    request = await PinningService(client, server.url, token=TOKEN).pin(cid)
+    request = await PinningService(http_client, server.url, token=TOKEN).pin(cid)
     stored = fake.pins[request.request_id]
     assert stored.origins == [] and stored.meta == {} and stored.name is None
 
 
 async def test_status_follows_queued_pinning_pinned(
-    service: tuple[FakePinningService, RunningServer], client: httpx.AsyncClient
+    service: tuple[FakePinningService, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = service
-    backend = PinningService(client, server.url, token=TOKEN)
+    backend = PinningService(http_client, server.url, token=TOKEN)
     (cid,) = cids(1)
     ref = (await backend.pin(cid)).ref
     seen = []
@@ -91,10 +85,10 @@ async def test_status_follows_queued_pinning_pinned(
 
 
 async def test_cid_filter_never_exceeds_ten(
-    service: tuple[FakePinningService, RunningServer], client: httpx.AsyncClient
+    service: tuple[FakePinningService, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = service
-    backend = PinningService(client, server.url, token=TOKEN)
+    backend = PinningService(http_client, server.url, token=TOKEN)
     refs = [(await backend.pin(cid)).ref for cid in cids(23)]
     statuses = await backend.status(refs)
     assert set(statuses) == {ref.request_id for ref in refs}
@@ -103,10 +97,10 @@ async def test_cid_filter_never_exceeds_ten(
 
 
 async def test_fake_refuses_more_than_ten_cids(
-    service: tuple[FakePinningService, RunningServer], client: httpx.AsyncClient
+    service: tuple[FakePinningService, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     _, server = service
-    response = await client.get(
+    response = await http_client.get(
         f"{server.url}/pins",
         params={"cid": ",".join(cids(11))},
         headers={"Authorization": f"Bearer {TOKEN}"},
@@ -116,10 +110,10 @@ async def test_fake_refuses_more_than_ten_cids(
 
 
 async def test_pages_through_results_with_before(
-    service: tuple[FakePinningService, RunningServer], client: httpx.AsyncClient
+    service: tuple[FakePinningService, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = service
-    backend = PinningService(client, server.url, token=TOKEN, page_limit=10)
+    backend = PinningService(http_client, server.url, token=TOKEN, page_limit=10)
     (cid,) = cids(1, "popular")
     refs = [(await backend.pin(cid)).ref for _ in range(25)]
     fake.requests.clear()
@@ -131,10 +125,10 @@ async def test_pages_through_results_with_before(
 
 
 async def test_request_ids_of_other_pins_of_the_same_cid_are_ignored(
-    service: tuple[FakePinningService, RunningServer], client: httpx.AsyncClient
+    service: tuple[FakePinningService, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     _, server = service
-    backend = PinningService(client, server.url, token=TOKEN)
+    backend = PinningService(http_client, server.url, token=TOKEN)
     (cid,) = cids(1, "shared")
     mine = (await backend.pin(cid)).ref
     other = (await backend.pin(cid)).ref
@@ -143,10 +137,10 @@ async def test_request_ids_of_other_pins_of_the_same_cid_are_ignored(
 
 
 async def test_deleted_request_is_absent_after_a_lookup_by_id(
-    service: tuple[FakePinningService, RunningServer], client: httpx.AsyncClient
+    service: tuple[FakePinningService, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = service
-    backend = PinningService(client, server.url, token=TOKEN)
+    backend = PinningService(http_client, server.url, token=TOKEN)
     (cid,) = cids(1, "deleted")
     ref = (await backend.pin(cid)).ref
     await backend.unpin(ref.request_id)
@@ -160,29 +154,29 @@ async def test_deleted_request_is_absent_after_a_lookup_by_id(
 
 
 async def test_insufficient_funds_is_rejected_with_reason(
-    service: tuple[FakePinningService, RunningServer], client: httpx.AsyncClient
+    service: tuple[FakePinningService, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     fake, server = service
     fake.insufficient_funds = True
     (cid,) = cids(1)
     with pytest.raises(BackendRejected, match="INSUFFICIENT_FUNDS") as caught:
-        await PinningService(client, server.url, token=TOKEN).pin(cid)
+        await PinningService(http_client, server.url, token=TOKEN).pin(cid)
     assert caught.value.status == 409
 
 
 async def test_missing_token_gets_401_from_the_fake(
-    service: tuple[FakePinningService, RunningServer], client: httpx.AsyncClient
+    service: tuple[FakePinningService, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     _, server = service
-    response = await client.get(f"{server.url}/pins")
+    response = await http_client.get(f"{server.url}/pins")
     assert response.status_code == 401
     assert response.json() == {
         "error": {"reason": "UNAUTHORIZED", "details": "Access token is missing or invalid"}
     }
 
 
-async def test_constructor_refuses_bad_configuration(client: httpx.AsyncClient) -> None:
-    http = client
+async def test_constructor_refuses_bad_configuration(http_client: httpx.AsyncClient) -> None:
+    http = http_client
     with pytest.raises(ValueError, match="access token"):
         PinningService(http, "http://127.0.0.1:1", token="")
     with pytest.raises(ValueError, match="/p2p/"):
@@ -193,7 +187,7 @@ async def test_constructor_refuses_bad_configuration(client: httpx.AsyncClient) 
         PinningService(http, "http://127.0.0.1:1", token="t", page_limit=1001)
 
 
-async def test_malformed_pin_status_is_a_shape_error(client: httpx.AsyncClient) -> None:
+async def test_malformed_pin_status_is_a_shape_error(http_client: httpx.AsyncClient) -> None:
     async def handler(request: web.Request) -> web.Response:
         return web.json_response({"requestid": "r1", "status": "offloaded", "pin": {}}, status=202)
 
@@ -202,15 +196,15 @@ async def test_malformed_pin_status_is_a_shape_error(client: httpx.AsyncClient) 
     async with serve(app) as server:
         (cid,) = cids(1)
         with pytest.raises(BackendRejected, match="offloaded"):
-            await PinningService(client, server.url, token=TOKEN).pin(cid)
+            await PinningService(http_client, server.url, token=TOKEN).pin(cid)
 
 
 async def test_status_refs_from_stored_rows(
-    service: tuple[FakePinningService, RunningServer], client: httpx.AsyncClient
+    service: tuple[FakePinningService, RunningServer], http_client: httpx.AsyncClient
 ) -> None:
     """A caller rebuilds ``PinRef`` from its own rows (request id + CID) and gets answers."""
     fake, server = service
-    backend = PinningService(client, server.url, token=TOKEN)
+    backend = PinningService(http_client, server.url, token=TOKEN)
     (cid,) = cids(1, "row")
     request = await backend.pin(cid)
     fake.set_status(request.request_id, "failed", "no provider found")
