@@ -20,12 +20,11 @@ from urllib.parse import urljoin
 import httpx
 
 from forage.errors import JobError, PermanentJobError
-from indexers.base import redact, retry_after_seconds
+from indexers import TRANSIENT_STATUS, redact, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
-TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 class DownloadUnavailable(JobError):

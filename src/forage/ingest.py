@@ -293,19 +293,16 @@ async def import_job(ctx: JobContext, job: jobs.Job) -> None:
 
 def change_payload(ecosystem: str, change: Change) -> dict[str, Any]:
     """The ``import`` job payload for one feed change (only the hints that are set)."""
+    hints = {"serial": change.serial, "revision": change.revision, "version": change.version}
     payload: dict[str, Any] = {"ecosystem": ecosystem, "name": change.name}
-    for field in ("serial", "revision", "version"):
-        value = getattr(change, field, None)
-        if value is not None:
-            payload[field] = value
+    payload.update((key, value) for key, value in hints.items() if value is not None)
     if change.deleted:
         payload["deleted"] = True
     return payload
 
 
 def _dedup_key(ecosystem: str, change: Change) -> str:
-    version = getattr(change, "version", None)
-    suffix = f"@{version}" if ecosystem == "golang" and version else ""
+    suffix = f"@{change.version}" if ecosystem == "golang" and change.version else ""
     return f"{IMPORT}:{ecosystem}:{change.name}{suffix}"
 
 
@@ -390,7 +387,9 @@ def commit_page(
 
 
 async def _page(indexer: Indexer[Any], cursor: Any, *, sleep: Callable[[float], Any]) -> Page[Any]:
-    for attempt in range(1, FEED_ATTEMPTS + 1):
+    """Read one feed page, retrying transient failures ``FEED_ATTEMPTS`` times in all."""
+    attempt = 1
+    while True:
         try:
             return await indexer.changes(cursor)
         except UpstreamUnavailable as exc:
@@ -405,7 +404,7 @@ async def _page(indexer: Indexer[Any], cursor: Any, *, sleep: Callable[[float], 
                 delay,
             )
             await sleep(delay)
-    raise AssertionError("unreachable")
+            attempt += 1
 
 
 async def watch_feed(

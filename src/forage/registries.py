@@ -1,7 +1,7 @@
 """Which indexer serves which registry, built from configuration.
 
 The explicit mapping from ecosystem (purl type) to indexer class lives here; an unknown name
-is refused with the list of known ones. ``package_hints`` turns a feed change into the
+is refused with the list of known ones. ``fetch_package`` turns a feed change's hints into the
 freshness arguments each indexer's ``package()`` understands (npm's announced revision,
 PyPI's serial, the version the Go index named).
 """
@@ -17,8 +17,13 @@ from forage.config import Config
 from forage.errors import ConfigError
 from indexers import GoIndexer, Indexer, NpmIndexer, PackageInfo, PyPIIndexer
 
+INDEXER_CLASSES: Mapping[str, type[Indexer[Any]]] = {
+    "npm": NpmIndexer,
+    "pypi": PyPIIndexer,
+    "golang": GoIndexer,
+}
 #: Every registry Forage can watch, by purl type.
-ECOSYSTEMS: tuple[str, ...] = ("npm", "pypi", "golang")
+ECOSYSTEMS: tuple[str, ...] = tuple(INDEXER_CLASSES)
 
 #: How many feed positions a run re-reads behind its cursor, for feeds whose entries may
 #: land late behind it (npm's replicate feed is a set of hints; DESIGN.md, issue 3).
@@ -66,19 +71,6 @@ def check_ecosystem(ecosystem: str) -> str:
 def make_indexer(config: Config, ecosystem: str, client: httpx.AsyncClient) -> Indexer[Any]:
     """Build the indexer of a configured registry over the caller's HTTP client."""
     return _FACTORIES[check_ecosystem(ecosystem)](config, client)
-
-
-INDEXER_CLASSES: Mapping[str, type[Indexer[Any]]] = {
-    "npm": NpmIndexer,
-    "pypi": PyPIIndexer,
-    "golang": GoIndexer,
-}
-
-
-def normalize_name(ecosystem: str, name: str) -> str:
-    """Apply the registry's naming rules (raises ``InvalidName``); other ecosystems pass."""
-    cls = INDEXER_CLASSES.get(ecosystem)
-    return cls.normalize_name(name) if cls is not None else name
 
 
 async def fetch_package(indexer: Indexer[Any], hints: Mapping[str, Any]) -> PackageInfo:

@@ -8,10 +8,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from forage.config import Config
+from forage.ingest import IMPORT
 from forage.models import FeedCursor, JobRecord, JobState, Package, Version
 from forage.registries import ECOSYSTEMS
-
-IMPORT = "import"
 
 
 def registry_status(session: Session, config: Config) -> dict[str, dict[str, Any]]:

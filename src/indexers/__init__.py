@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from indexers.base import Indexer
+from indexers.base import TRANSIENT_STATUS, Indexer, parse_time, redact, retry_after_seconds
 from indexers.digests import DigestCheck, DigestVerifier, normalize_hex, parse_sri, to_sri
 from indexers.errors import (
     DigestMismatch,
@@ -25,6 +25,7 @@ from indexers.pypi import PyPICursor, PyPIIndexer
 from indexers.types import Artifact, Change, PackageInfo, Page, Release
 
 __all__ = [
+    "TRANSIENT_STATUS",
     "Artifact",
     "Change",
     "DigestCheck",
@@ -50,6 +51,9 @@ __all__ = [
     "UpstreamUnavailable",
     "normalize_hex",
     "parse_sri",
+    "parse_time",
+    "redact",
+    "retry_after_seconds",
     "to_sri",
     "verify_go_zip",
 ]

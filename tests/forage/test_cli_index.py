@@ -26,14 +26,19 @@ def forage(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def configure_npm(tmp_path: Path, url: str) -> None:
+    """Write the forage.toml that points Forage's npm registry at the fake at ``url``."""
+    (tmp_path / "forage.toml").write_text(
+        f'[data]\ndir = "{tmp_path / "data"}"\n'
+        f'[registries.npm]\nregistry_url = "{url}"\n'
+        f'replicate_url = "{url}/registry"\nallow_http = true\n'
+    )
+
+
 def test_watch_then_worker_records_packages_and_status_reports_them(tmp_path: Path) -> None:
     registry = FakeNpmRegistry()
     with ThreadedServer(registry.make_app()) as fake:
-        (tmp_path / "forage.toml").write_text(
-            f'[data]\ndir = "{tmp_path / "data"}"\n'
-            f'[registries.npm]\nregistry_url = "{fake.url}"\n'
-            f'replicate_url = "{fake.url}/registry"\nallow_http = true\n'
-        )
+        configure_npm(tmp_path, fake.url)
         first = forage(tmp_path, "watch", "npm", "--once")
         assert first.returncode == 0, first.stderr
         assert "caught up; 0 changes queued" in first.stderr
@@ -77,11 +82,7 @@ def test_watch_then_worker_records_packages_and_status_reports_them(tmp_path: Pa
 def test_hostile_and_missing_names_exit_with_clear_errors(tmp_path: Path) -> None:
     registry = FakeNpmRegistry()
     with ThreadedServer(registry.make_app()) as fake:
-        (tmp_path / "forage.toml").write_text(
-            f'[data]\ndir = "{tmp_path / "data"}"\n'
-            f'[registries.npm]\nregistry_url = "{fake.url}"\n'
-            f'replicate_url = "{fake.url}/registry"\nallow_http = true\n'
-        )
+        configure_npm(tmp_path, fake.url)
         hostile = forage(tmp_path, "import", "npm", "../../etc/passwd")
         assert hostile.returncode == 2
         assert "invalid name" in hostile.stderr

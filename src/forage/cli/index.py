@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-from forage.cli import EXIT_FAILURE
+from forage.cli import EXIT_FAILURE, EXIT_USAGE
 
 
 def register(subparsers: Any) -> None:
@@ -96,7 +96,7 @@ def run_import(args: argparse.Namespace) -> int:
 
     if args.versions is not None and args.versions < 1:
         print("forage: --versions must be at least 1", file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_USAGE
     config = load_config(args.config)
     return asyncio.run(_import(config, check_ecosystem(args.ecosystem), args))
 
