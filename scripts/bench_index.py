@@ -33,10 +33,9 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fakes.npm import UPSTREAM, FakeNpmRegistry  # noqa: E402
-
 from forage.config import load_config  # noqa: E402
 from forage.db import make_sessionmaker, open_database  # noqa: E402
+from forage.fakes.npm import UPSTREAM, FakeNpmRegistry  # noqa: E402
 from forage.ingest import IMPORT, create_cursor, import_job, watch_feed  # noqa: E402
 from forage.jobs import RetryPolicy  # noqa: E402
 from forage.models import Version  # noqa: E402

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.fakes.npm import FakeNpmRegistry
-from tests.fakes.server import ThreadedServer
+from forage.fakes.npm import FakeNpmRegistry
+from forage.fakes.server import ThreadedServer
 
 
 def forage(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ from forage.download import (
     iter_body,
     open_download,
 )
-from tests.fakes.server import serve
+from forage.fakes.server import serve
 
 BODY = bytes(range(256)) * 4096  # 1 MiB
 

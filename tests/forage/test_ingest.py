@@ -22,6 +22,10 @@ from aiohttp import web
 
 from forage.config import Config, load_config
 from forage.db import make_engine, make_sessionmaker
+from forage.fakes.golang import GoEndpoints, GoFake
+from forage.fakes.npm import FakeNpmRegistry
+from forage.fakes.pypi import FakePyPI
+from forage.fakes.server import serve
 from forage.ingest import (
     ARCHIVE,
     IMPORT,
@@ -43,10 +47,6 @@ from forage.models import (
 )
 from forage.worker import JobContext, Worker, job_context
 from indexers import FeedError, Page, UpstreamUnavailable
-from tests.fakes.golang import GoEndpoints, GoFake
-from tests.fakes.npm import FakeNpmRegistry
-from tests.fakes.pypi import FakePyPI
-from tests.fakes.server import serve
 
 
 def write_config(

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.fakes.npm import FakeNpmRegistry
-from tests.fakes.pypi import FakePyPI
-from tests.fakes.server import RunningServer, serve
+from forage.fakes.npm import FakeNpmRegistry
+from forage.fakes.pypi import FakePyPI
+from forage.fakes.server import RunningServer, serve
 
 # -- npm ---------------------------------------------------------------------------------------
 

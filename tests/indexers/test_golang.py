@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from forage.fakes.golang import SHARED_TIMESTAMP, GoFake, demo_fake
 from indexers.errors import (
     DigestMismatch,
     FeedError,
@@ -57,7 +58,6 @@ from indexers.gomod import (
     zip_h1,
 )
 from indexers.types import Change
-from tests.fakes.golang import SHARED_TIMESTAMP, GoFake, demo_fake
 
 REFERENCE = json.loads(
     (Path(__file__).parent.parent / "data" / "golang" / "reference.json").read_text()

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from forage.fakes.npm import FakeNpmRegistry, make_tarball
+from forage.fakes.server import RunningServer
 from indexers.errors import (
     FeedError,
     InvalidName,
@@ -19,8 +21,6 @@ from indexers.errors import (
     UpstreamUnavailable,
 )
 from indexers.npm import NpmCursor, NpmIndexer, parse_changes, validate_name
-from tests.fakes.npm import FakeNpmRegistry, make_tarball
-from tests.fakes.server import RunningServer
 
 DATA = Path(__file__).parent.parent / "data" / "npm"
 

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from forage.fakes.pypi import FakePyPI
+from forage.fakes.server import RunningServer, ThreadedServer
 from indexers.errors import (
     FeedError,
     InvalidName,
@@ -27,8 +29,6 @@ from indexers.pypi import (
     normalize,
     parse_changelog,
 )
-from tests.fakes.pypi import FakePyPI
-from tests.fakes.server import RunningServer, ThreadedServer
 
 DATA = Path(__file__).parent.parent / "data" / "pypi"
 

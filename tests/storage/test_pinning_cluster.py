@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from forage.fakes.cluster import FakeCluster
+from forage.fakes.kubo import car_v1, raw_block
+from forage.fakes.server import RunningServer, serve
 from storage import BackendRejected, BackendUnavailable
 from storage.pinning import ClusterPinning, PinRef, PinState
-from tests.fakes.cluster import FakeCluster
-from tests.fakes.kubo import car_v1, raw_block
-from tests.fakes.server import RunningServer, serve
 
 ORIGIN = "/ip4/203.0.113.9/tcp/4001/p2p/12D3KooWHfYpcGJmCXXhmkNFwWYFYjUGNy3jL7ZfHyexnwQqrXdU"
 

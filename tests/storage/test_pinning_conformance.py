@@ -17,6 +17,10 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
+from forage.fakes.cluster import FakeCluster
+from forage.fakes.kubo import FakeKubo, car_v1, raw_block
+from forage.fakes.pinning_service import FakePinningService
+from forage.fakes.server import Faults, RequestLog, serve
 from storage import BackendRejected, BackendUnavailable, InvalidCID
 from storage.pinning import (
     ClusterPinning,
@@ -26,10 +30,6 @@ from storage.pinning import (
     PinRef,
     PinState,
 )
-from tests.fakes.cluster import FakeCluster
-from tests.fakes.kubo import FakeKubo, car_v1, raw_block
-from tests.fakes.pinning_service import FakePinningService
-from tests.fakes.server import Faults, RequestLog, serve
 
 TOKEN = "tok-3f9a1c0b7d2e"
 BACKENDS = ["kubo", "cluster", "service"]

@@ -10,10 +10,10 @@ import pytest
 from aiohttp import web
 from multiformats import CID
 
+from forage.fakes.kubo import FakeKubo, car_v1, dag_pb_node, raw_block, read_car
+from forage.fakes.server import RunningServer, serve
 from storage import BackendRejected, BackendUnavailable
 from storage.pinning import KuboPinning, PinRef, PinState
-from tests.fakes.kubo import FakeKubo, car_v1, dag_pb_node, raw_block, read_car
-from tests.fakes.server import RunningServer, serve
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ import httpx
 import pytest
 from aiohttp import web
 
+from forage.fakes.kubo import raw_block
+from forage.fakes.pinning_service import DEFAULT_DELEGATE, FakePinningService
+from forage.fakes.server import RunningServer, serve
 from storage import BackendRejected
 from storage.pinning import PinningService, PinRef, PinState
-from tests.fakes.kubo import raw_block
-from tests.fakes.pinning_service import DEFAULT_DELEGATE, FakePinningService
-from tests.fakes.server import RunningServer, serve
 
 TOKEN = "psa-token-81c2"
 ORIGIN = "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWHfYpcGJmCXXhmkNFwWYFYjUGNy3jL7ZfHyexnwQqrXdU"

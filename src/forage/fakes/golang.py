@@ -13,7 +13,7 @@ One aiohttp app serves all three, each under its own prefix (see :class:`GoEndpo
 
 Zips are built on the fly (entries ``<path>@<version>/<name>``, sorted); their ``h1:`` values
 are computed here from the file contents, independently of ``indexers.gomod``. Faults come
-from :class:`tests.fakes.server.Faults` (``fake.faults.fail(503, path="/index")`` ...), every
+from :class:`forage.fakes.server.Faults` (``fake.faults.fail(503, path="/index")`` ...), every
 request is recorded in ``fake.requests``. Nothing here imports pytest: ``forage demo`` can
 use :func:`demo_fake`.
 """
@@ -36,7 +36,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from tests.fakes.server import Faults, RequestLog, RunningServer, start_fake
+from forage.fakes.server import Faults, RequestLog, RunningServer, start_fake
 
 MAX_LIMIT = 2000
 EPOCH = "2019-04-10T19:08:52.997264Z"

@@ -20,7 +20,7 @@ Typed API (no pytest import)::
     pypi.stale(name, times=1)                           # next page(s) from the previous serial
     pypi.throttle(times=1, reset_in=3)                  # XML-RPC HTTPTooManyRequests fault
     pypi.load_simple_page(doc, serial=...)              # serve a recorded PEP 691 document
-    pypi.faults / pypi.requests                         # tests.fakes.server middlewares
+    pypi.faults / pypi.requests                         # forage.fakes.server middlewares
     async with serve(pypi.make_app()) as fake:
         PyPIIndexer(client, xmlrpc_url=fake.url + "/pypi", simple_url=fake.url + "/simple")
 
@@ -49,7 +49,7 @@ from xml.parsers.expat import ExpatError
 
 from aiohttp import web
 
-from tests.fakes.server import Faults, RequestLog
+from forage.fakes.server import Faults, RequestLog
 
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 SIMPLE_HTML = "application/vnd.pypi.simple.v1+html"

@@ -31,8 +31,8 @@ from typing import Any
 from aiohttp import web
 from multiformats import CID
 
-from tests.fakes.kubo import CarParseError, dag_links, read_car
-from tests.fakes.server import Faults, RequestLog
+from forage.fakes.kubo import CarParseError, dag_links, read_car
+from forage.fakes.server import Faults, RequestLog
 
 __all__ = ["ClusterPin", "FakeCluster"]
 

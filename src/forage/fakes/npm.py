@@ -18,8 +18,8 @@ Typed API (everything a test needs; no pytest import, so ``forage demo`` can use
     registry.load_packument(doc)                           # serve a recorded document
     registry.feed_entry(id, seq=...)                       # raw/late feed entry (hostile ids too)
     registry.lag(name, times=1)                            # serve the previous revision
-    registry.faults.fail(503, retry_after="5")             # see tests.fakes.server.Faults
-    registry.requests.seen                                 # see tests.fakes.server.RequestLog
+    registry.faults.fail(503, retry_after="5")             # see forage.fakes.server.Faults
+    registry.requests.seen                                 # see forage.fakes.server.RequestLog
     async with serve(registry.make_app()) as fake:
         NpmIndexer(client, registry_url=fake.url, replicate_url=fake.url + "/registry")
 
@@ -46,7 +46,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from tests.fakes.server import Faults, RequestLog
+from forage.fakes.server import Faults, RequestLog
 
 UPSTREAM = "https://registry.npmjs.org"
 
