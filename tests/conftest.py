@@ -269,3 +269,10 @@ async def http_client() -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client for tests to aim at loopback fakes (short timeout: fakes are local)."""
     async with httpx.AsyncClient(timeout=5.0) as client:
         yield client
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every test in its own directory, so the default ``forage-data`` and
+    ``forage.toml`` of a configuration built from defaults never land in the checkout."""
+    monkeypatch.chdir(tmp_path)

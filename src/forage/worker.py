@@ -37,9 +37,11 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from forage import __version__, jobs
+from forage.blocks import open_blockstore
 from forage.config import Config
 from forage.errors import ConfigError
 from forage.jobs import Job, RetryPolicy
+from storage.blockstore import Blockstore
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +55,14 @@ class JobContext:
     """What every handler gets besides its job: configuration and shared resources.
 
     ``http`` maps an ecosystem (``npm``, ``pypi``, ``golang``) to that registry's shared
-    client; ``blockstore`` is the configured blockstore once the archiver provides one.
+    client; ``blockstore`` is the configured blockstore (:func:`forage.blocks.open_blockstore`).
     """
 
     config: Config
     sessionmaker: sessionmaker[Session]
     owner: str
     http: Mapping[str, httpx.AsyncClient] = field(default_factory=dict)
-    blockstore: Any = None
+    blockstore: Blockstore | None = None
 
     async def transaction(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(session, *args, **kwargs)`` in one committed transaction, in a thread."""
@@ -299,7 +301,11 @@ async def job_context(
                 follow_redirects=False,
             )
         yield JobContext(
-            config=config, sessionmaker=sessionmaker, owner=owner or worker_owner(), http=clients
+            config=config,
+            sessionmaker=sessionmaker,
+            owner=owner or worker_owner(),
+            http=clients,
+            blockstore=open_blockstore(config),
         )
     finally:
         for client in clients.values():

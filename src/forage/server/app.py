@@ -1,0 +1,61 @@
+"""Build the aiohttp application: shared state, error handling, every route module.
+
+Each module named in ``ROUTE_MODULES`` (full module names: the API, gateway and pages here,
+the mirror and pieces elsewhere in ``forage``) has ``setup(app: web.Application) -> None``. Errors
+never leak as tracebacks: an unexpected exception is logged and answered with a JSON 500 that
+names no internals. Server docs: https://docs.aiohttp.org/en/stable/web_advanced.html
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from sqlalchemy.orm import Session, sessionmaker
+
+from forage.config import Config
+from forage.server.state import BLOCKSTORE, CONFIG, SESSIONMAKER
+from storage.blockstore import Blockstore
+
+log = logging.getLogger(__name__)
+
+#: Modules whose ``setup(app)`` adds routes, in order.
+ROUTE_MODULES: tuple[str, ...] = ()
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(status: int, message: str, **extra: object) -> web.Response:
+    """An error body every API client can parse: ``{"error": {"status", "message", ...}}``."""
+    return web.json_response(
+        {"error": {"status": status, "message": message, **extra}}, status=status
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn HTTP errors into JSON bodies and anything unexpected into a logged 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        return json_error(exc.status, exc.reason if exc.text is None else exc.text)
+    except Exception:
+        log.exception("unhandled error answering %s %s", request.method, request.path)
+        return json_error(500, "internal server error")
+
+
+def make_app(
+    config: Config, *, sessionmaker: sessionmaker[Session], blockstore: Blockstore
+) -> web.Application:
+    """The whole HTTP server as one application."""
+    app = web.Application(middlewares=[error_middleware])
+    app[CONFIG] = config
+    app[SESSIONMAKER] = sessionmaker
+    app[BLOCKSTORE] = blockstore
+    for name in ROUTE_MODULES:
+        importlib.import_module(name).setup(app)
+    return app
