@@ -336,7 +336,8 @@ class PieceMember(Base):
     __tablename__ = "piece_members"
     __table_args__ = (
         sa.UniqueConstraint("piece_id", "offset"),
-        sa.Index(None, "archive_id"),
+        #: An archive is packed into one piece; more copies are more deals of that piece.
+        sa.UniqueConstraint("archive_id"),
         sa.CheckConstraint('"offset" >= 0 AND length > 0', name="extent"),
     )
 
@@ -354,7 +355,12 @@ class PieceMember(Base):
 
 
 class Deal(Base):
-    """A storage deal holding a piece, as last seen at its source (``lotus``, a dump...)."""
+    """A storage deal holding a piece, as last seen at its source (``lotus``, a dump...).
+
+    Epochs are chain heights; each ``*_at`` column is its epoch's time (genesis + 30 s per
+    epoch), kept so readers need no chain parameters. ``activation_epoch`` is the sector start
+    (``None`` until the deal is sealed), ``slash_epoch`` when it was slashed, if ever.
+    """
 
     __tablename__ = "deals"
     __table_args__ = (
@@ -363,6 +369,10 @@ class Deal(Base):
         sa.CheckConstraint("deal_id <> '' AND source <> ''", name="key"),
         sa.CheckConstraint(
             "start_epoch IS NULL OR end_epoch IS NULL OR end_epoch > start_epoch", name="epochs"
+        ),
+        sa.CheckConstraint(
+            "piece_size IS NULL OR (piece_size >= 128 AND (piece_size & (piece_size - 1)) = 0)",
+            name="piece_size",
         ),
     )
 
@@ -374,6 +384,16 @@ class Deal(Base):
     state: Mapped[DealState] = mapped_column(enum_column(DealState, "deal_state"))
     start_epoch: Mapped[int | None] = mapped_column(sa.BigInteger)
     end_epoch: Mapped[int | None] = mapped_column(sa.BigInteger)
+    #: The deal proposal's padded piece size, in bytes.
+    piece_size: Mapped[int | None] = mapped_column(sa.BigInteger)
+    client: Mapped[str | None] = mapped_column(sa.String(64))
+    verified: Mapped[bool | None]
+    activation_epoch: Mapped[int | None] = mapped_column(sa.BigInteger)
+    slash_epoch: Mapped[int | None] = mapped_column(sa.BigInteger)
+    start_at: Mapped[datetime | None]
+    end_at: Mapped[datetime | None]
+    activated_at: Mapped[datetime | None]
+    slashed_at: Mapped[datetime | None]
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
