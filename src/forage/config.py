@@ -246,6 +246,40 @@ class RegistriesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FilecoinConfig:
+    """``[filecoin]``: packing archives into pieces, and where deals are looked up.
+
+    ``piece_target_size`` is the padded size of the pieces built (a power of two; a piece's
+    CAR fills at most 127/128 of it). A piece short of ``piece_min_fill`` of that is built
+    only once its oldest archive has waited ``piece_max_wait`` seconds (or on ``forage pieces
+    build --partial``). A piece with fewer than ``min_replicas`` active deals is listed by the
+    health report. Deal sources: a Lotus node's JSON-RPC endpoint ``lotus_url`` (``lotus_scan``
+    reads ``Filecoin.StateMarketDeals`` to discover deals; off, only deals already known or
+    named by the deal service are looked up), and a deal-making service's API
+    ``deal_service_url``. Tokens come from ``FORAGE_FILECOIN_LOTUS_TOKEN`` /
+    ``FORAGE_FILECOIN_DEAL_SERVICE_TOKEN`` or the files named by ``*_token_file``.
+    ``genesis_timestamp`` (Unix seconds; mainnet's by default) turns epochs into dates when no
+    Lotus node says otherwise. ``allow_http`` permits plain-http endpoints.
+    """
+
+    piece_target_size: int = _bounded(1 << 30, low=1 << 11, high=1 << 36)
+    piece_min_fill: float = _bounded(0.9, low=0, high=1)
+    piece_max_wait: float = _bounded(7 * 86400.0, low=0)
+    min_replicas: int = _bounded(3, low=1, high=1000)
+    genesis_timestamp: int = _bounded(1_598_306_400, low=0)
+    lotus_url: str | None = None
+    lotus_token: Secret | None = None
+    lotus_token_file: Path | None = None
+    lotus_scan: bool = True
+    deal_service_url: str | None = None
+    deal_service_token: Secret | None = None
+    deal_service_token_file: Path | None = None
+    allow_http: bool = False
+
+    SECRETS: ClassVar[tuple[str, ...]] = ("lotus_token", "deal_service_token")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole effective configuration; ``source`` is the file it was read from, if any."""
 
@@ -255,6 +289,7 @@ class Config:
     worker: WorkerConfig = WorkerConfig()
     server: ServerConfig = ServerConfig()
     registries: RegistriesConfig = RegistriesConfig()
+    filecoin: FilecoinConfig = FilecoinConfig()
     source: Path | None = None
 
     @overload
@@ -309,6 +344,7 @@ _SECTIONS: tuple[tuple[str, type], ...] = (
     ("jobs", JobsConfig),
     ("worker", WorkerConfig),
     ("server", ServerConfig),
+    ("filecoin", FilecoinConfig),
 )
 _REGISTRIES: Mapping[str, type[RegistryConfig]] = {
     "npm": NpmConfig,
@@ -382,6 +418,7 @@ def load_config(
     }
     sections["registries"] = RegistriesConfig(**registries)
     sections["server"] = _with_token(sections["server"], document, environ)
+    sections["filecoin"] = _with_filecoin(sections["filecoin"])
     sections["database"] = _with_database_url(sections["database"], sections["data"])
     if sections["jobs"].backoff_cap < sections["jobs"].backoff_base:
         raise ConfigError("jobs.backoff_cap", "must not be smaller than jobs.backoff_base")
@@ -507,6 +544,29 @@ def _with_token(
     if server.api_token is not None and not server.api_token.reveal():
         raise ConfigError("server.api_token", "must not be empty")
     return server
+
+
+def _with_filecoin(filecoin: FilecoinConfig) -> FilecoinConfig:
+    """Check the piece size and deal endpoints; read token files."""
+    size = filecoin.piece_target_size
+    if size & (size - 1):
+        raise ConfigError("filecoin.piece_target_size", f"must be a power of two, got {size}")
+    for name in ("lotus", "deal_service"):
+        url = getattr(filecoin, f"{name}_url")
+        if url:
+            _check_url(url, f"filecoin.{name}_url", allow_http=filecoin.allow_http)
+        path = getattr(filecoin, f"{name}_token_file")
+        if getattr(filecoin, f"{name}_token") is None and path is not None:
+            try:
+                token = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"filecoin.{name}_token_file", f"cannot read {path}: {exc.strerror}"
+                ) from exc
+            if not token:
+                raise ConfigError(f"filecoin.{name}_token_file", f"{path} is empty")
+            filecoin = replace(filecoin, **{f"{name}_token": Secret(token)})
+    return filecoin
 
 
 def _with_database_url(database: DatabaseConfig, data: DataConfig) -> DatabaseConfig:
