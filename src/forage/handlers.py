@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 def default_handlers() -> Mapping[str, Handler]:
     """Every job kind Forage knows, mapped to its handler."""
-    from forage.ingest import IMPORT, import_job
+    from forage.archive import archive_job
+    from forage.ingest import ARCHIVE, IMPORT, import_job
 
-    return {IMPORT: import_job}
+    return {IMPORT: import_job, ARCHIVE: archive_job}

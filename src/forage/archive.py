@@ -1,0 +1,561 @@
+"""Archive jobs: download an artifact once, verify it, content-address it, keep its blocks.
+
+One streaming pass per artifact (DESIGN.md, "The way data flows"; issue 4):
+
+1. The artifact's row, upstream digests and registry are loaded in one transaction; an
+   artifact already archived is left alone (jobs are idempotent).
+2. Downloads go through :func:`forage.download.open_download` under that registry's
+   :class:`~forage.download.HostPolicy`: only ``registries.<name>.download_hosts`` (which
+   defaults to the hosts of the registry's own endpoint URLs, so a hostile packument cannot
+   make Forage fetch an internal address), every redirect checked, a declared size over
+   ``max_download_size`` refused before a byte is read.
+3. Network chunks are gathered into 1 MiB segments. Each segment goes to worker threads
+   (hashlib releases the GIL) that feed the :class:`indexers.DigestVerifier` (npm sha512 and
+   sha1, PyPI sha256, the size when known) and, in parallel, the
+   :class:`~storage.unixfs.UnixFSImporter` (CIDv1, raw leaves, 256 KiB chunks, as
+   ``ipfs add --cid-version=1``) whose blocks are staged in a blockstore batch. Go module
+   zips are also spooled to an unnamed temporary file under ``<data.dir>/spool``
+   (``O_TMPFILE``: gone on close and on SIGKILL alike) so :func:`indexers.verify_go_zip` can
+   check the ``h1:`` over the zip's files. The next segment downloads while the last one is
+   hashed; at most two segments are held, so memory is flat whatever the artifact's size.
+4. After the last byte every digest is compared. A mismatch discards the staged blocks and
+   records a ``failed`` archive with the reason and no CID; the job is dead at once.
+5. Otherwise the staged blocks are moved into the store, then :func:`record_archived` writes
+   the ``archived`` row in one transaction: the one place where work that follows a
+   successful archive is queued.
+
+Crash safety: blocks become visible only after every digest matched, and the row only after
+the blocks; a kill in between leaves verified blocks and no row, and the job's next run
+finishes it (blocks already stored are not written twice). Staging directories of killed
+writers are removed when a blockstore is next opened; a failure of ours (disk full
+included) removes them at once. Every failed attempt records a ``failed`` row with its
+reason; transient ones (network, 5xx, full disk) raise so the queue retries the job,
+permanent ones (digest or size mismatch, host refused, 4xx, bad zip) end it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from forage.db import is_sqlite, utcnow
+from forage.download import HostPolicy, iter_body, open_download
+from forage.errors import ConfigError, InvalidKey, JobError, NotFound, PermanentJobError
+from forage.jobs import Job, describe_error, is_permanent
+from forage.keys import Key, parse_key
+from forage.models import Archive, ArchiveStatus, Artifact, ArtifactDigest, Package, Version
+from forage.registries import INDEXER_CLASSES
+from forage.worker import JobContext
+from indexers import DigestCheck, DigestMismatch, DigestVerifier, verify_go_zip
+from storage import BlockSink, Blockstore, UnixFSImporter
+
+log = logging.getLogger(__name__)
+
+#: Bytes gathered from the network before a segment is handed to the hashing threads: a
+#: multiple of the 256 KiB UnixFS chunk, large enough to amortize the hand-over.
+SEGMENT_SIZE = 1024 * 1024
+#: Where Go module zips are spooled for the ``h1:`` check, under ``data.dir``.
+SPOOL_DIR = "spool"
+#: Digest algorithms that are not a hash of the byte stream (checked over a spooled copy).
+H1 = "h1"
+
+OnBytes = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveTarget:
+    """What archiving one artifact needs, read from its rows."""
+
+    artifact_id: int
+    ecosystem: str
+    name: str
+    version: str
+    filename: str
+    url: str
+    size: int | None
+    digests: Mapping[str, str]
+    archived_cid: str | None
+
+    @property
+    def purl(self) -> str:
+        """The artifact's release as a purl, for logs and messages."""
+        return Key(self.ecosystem, self.name, self.version).purl()
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveResult:
+    """A verified, stored artifact: root CID (CIDv1 base32), byte size, strongest digest."""
+
+    cid: str
+    size: int
+    verified_algorithm: str | None
+    verified_digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveOutcome:
+    """How one archive attempt ended, for callers that report many (``forage archive``).
+
+    ``status`` is ``archived`` (``skipped`` when it already was) or ``failed`` with ``error``;
+    ``retryable`` tells a transient failure (network, full disk) from a permanent one.
+    """
+
+    artifact_id: int
+    purl: str
+    filename: str
+    status: ArchiveStatus
+    cid: str | None = None
+    size: int | None = None
+    error: str | None = None
+    retryable: bool = False
+    skipped: bool = False
+
+
+# -- rows ------------------------------------------------------------------------------------
+
+
+def load_target(session: Session, artifact_id: int) -> ArchiveTarget | None:
+    """The artifact's download facts and current archive CID; ``None`` if it is gone."""
+    row = session.execute(
+        sa.select(
+            Artifact.id,
+            Artifact.filename,
+            Artifact.url,
+            Artifact.size,
+            Package.ecosystem,
+            Package.name,
+            Version.number,
+            Archive.cid,
+            Archive.status,
+        )
+        .join(Version, Artifact.version_id == Version.id)
+        .join(Package, Version.package_id == Package.id)
+        .outerjoin(Archive, Archive.artifact_id == Artifact.id)
+        .where(Artifact.id == artifact_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    digests = dict(
+        session.execute(
+            sa.select(ArtifactDigest.algorithm, ArtifactDigest.value).where(
+                ArtifactDigest.artifact_id == artifact_id
+            )
+        ).tuples()
+    )
+    return ArchiveTarget(
+        artifact_id=row.id,
+        ecosystem=row.ecosystem,
+        name=row.name,
+        version=row.number,
+        filename=row.filename,
+        url=row.url,
+        size=row.size,
+        digests=digests,
+        archived_cid=row.cid if row.status == ArchiveStatus.ARCHIVED else None,
+    )
+
+
+def _ensure_row(session: Session, artifact_id: int) -> None:
+    """Insert a ``pending`` archive row unless one exists (a race ends in one row)."""
+    insert = (sqlite.insert if is_sqlite(session) else postgresql.insert)(Archive.__table__)
+    session.execute(
+        insert.values(artifact_id=artifact_id, status=ArchiveStatus.PENDING).on_conflict_do_nothing(
+            index_elements=["artifact_id"]
+        )
+    )
+
+
+def record_archived(session: Session, artifact_id: int, result: ArchiveResult) -> int | None:
+    """Mark the artifact archived; return the archive id, or ``None`` if it already was.
+
+    Only the call that moves the row to ``archived`` gets an id, so follow-up work is queued
+    exactly once, here, in this transaction (pin jobs belong here).
+    """
+    _ensure_row(session, artifact_id)
+    archive_id: int | None = session.execute(
+        sa.update(Archive)
+        .where(Archive.artifact_id == artifact_id, Archive.status != ArchiveStatus.ARCHIVED)
+        .values(
+            status=ArchiveStatus.ARCHIVED,
+            cid=result.cid,
+            size=result.size,
+            verified_algorithm=result.verified_algorithm,
+            verified_digest=result.verified_digest,
+            error=None,
+            archived_at=utcnow(),
+        )
+        .returning(Archive.id)
+    ).scalar_one_or_none()
+    return archive_id
+
+
+def record_failed(session: Session, artifact_id: int, error: str) -> None:
+    """Record a failed attempt and its reason, unless the artifact is archived meanwhile."""
+    _ensure_row(session, artifact_id)
+    session.execute(
+        sa.update(Archive)
+        .where(Archive.artifact_id == artifact_id, Archive.status != ArchiveStatus.ARCHIVED)
+        .values(
+            status=ArchiveStatus.FAILED,
+            cid=None,
+            size=None,
+            verified_algorithm=None,
+            verified_digest=None,
+            error=error,
+        )
+    )
+
+
+def _not_archived() -> Any:
+    archived = sa.select(Archive.artifact_id).where(
+        Archive.artifact_id == Artifact.id, Archive.status == ArchiveStatus.ARCHIVED
+    )
+    return ~sa.exists(archived)
+
+
+def count_unarchived(session: Session) -> int:
+    """How many artifacts have no ``archived`` row (never tried, pending or failed)."""
+    return int(
+        session.execute(
+            sa.select(sa.func.count()).select_from(Artifact).where(_not_archived())
+        ).scalar_one()
+    )
+
+
+def unarchived_ids(session: Session, *, after: int = 0, limit: int = 1000) -> list[int]:
+    """Ids of artifacts with no ``archived`` row, ascending from ``after`` (one page)."""
+    return list(
+        session.execute(
+            sa.select(Artifact.id)
+            .where(Artifact.id > after, _not_archived())
+            .order_by(Artifact.id)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def _normalize(ecosystem: str, name: str) -> str:
+    indexer = INDEXER_CLASSES.get(ecosystem)
+    if indexer is None:
+        raise InvalidKey(
+            f"{ecosystem}:{name}", f"no registry {ecosystem!r}; known: {', '.join(INDEXER_CLASSES)}"
+        )
+    return indexer.normalize_name(name)
+
+
+def artifact_ids_for_key(session: Session, key: str) -> list[int]:
+    """The artifacts a purl or Forage key names (every version's when it has none).
+
+    Raises ``InvalidKey`` for a malformed key and ``NotFound`` when the index has no match.
+    """
+    parsed = parse_key(key, normalize=_normalize)
+    query = (
+        sa.select(Artifact.id)
+        .join(Version, Artifact.version_id == Version.id)
+        .join(Package, Version.package_id == Package.id)
+        .where(Package.ecosystem == parsed.ecosystem, Package.name == parsed.name)
+        .order_by(Artifact.id)
+    )
+    if parsed.version is not None:
+        query = query.where(Version.number == parsed.version)
+    ids = list(session.execute(query).scalars())
+    if not ids:
+        raise NotFound(f"no artifact in the index for {key}")
+    return ids
+
+
+# -- the streaming pass ----------------------------------------------------------------------
+
+
+def host_policy(ctx: JobContext, ecosystem: str) -> HostPolicy:
+    """The download policy of a configured registry (``ConfigError`` if it is not)."""
+    registry = ctx.config.registry(ecosystem)
+    return HostPolicy.of(
+        registry.download_hosts,
+        max_size=registry.max_download_size,
+        allow_http=registry.allow_http,
+    )
+
+
+class _Pass:
+    """The synchronous half of one pass: hash, import, stage, spool (run in threads)."""
+
+    def __init__(self, target: ArchiveTarget, batch: BlockSink, spool: IO[bytes] | None) -> None:
+        stream_digests = {k: v for k, v in target.digests.items() if k != H1}
+        self.target = target
+        self.verifier = DigestVerifier(target.url, stream_digests, size=target.size)
+        self.importer = UnixFSImporter()
+        self.batch = batch
+        self.spool = spool
+
+    def verify(self, segment: bytearray) -> None:
+        self.verifier.update(segment)  # type: ignore[arg-type]  # any buffer hashes
+
+    def store(self, segment: bytearray) -> None:
+        for block in self.importer.update(segment):
+            self.batch.put(block)
+        if self.spool is not None:
+            self.spool.write(segment)
+
+    def finish(self) -> ArchiveResult:
+        """Close the DAG and compare every digest (raises ``DigestMismatch``)."""
+        for block in self.importer.finalize():
+            self.batch.put(block)
+        computed: dict[str, str] = {}
+        expected_h1 = self.target.digests.get(H1)
+        if expected_h1 is not None and self.spool is not None:
+            self.spool.flush()
+            computed[H1] = verify_go_zip(self.spool, expected_h1, url=self.target.url)
+        check = self.verifier.finish(computed=computed)
+        return _result(self.importer, check, self.target)
+
+
+def _result(importer: UnixFSImporter, check: DigestCheck, target: ArchiveTarget) -> ArchiveResult:
+    if not check.verified:
+        log.warning("%s %s: the index holds no digest to verify", target.purl, target.filename)
+    strongest = check.verified[0] if check.verified else None
+    return ArchiveResult(
+        cid=str(importer.result.cid),
+        size=importer.result.size,
+        verified_algorithm=strongest,
+        verified_digest=check.actual[strongest] if strongest else None,
+    )
+
+
+async def _segments(
+    chunks: AsyncIterator[bytes], on_bytes: OnBytes | None
+) -> AsyncIterator[bytearray]:
+    """Gather network chunks into segments of about ``SEGMENT_SIZE`` bytes."""
+    segment = bytearray()
+    async for chunk in chunks:
+        segment += chunk
+        if on_bytes is not None:
+            on_bytes(len(chunk))
+        if len(segment) >= SEGMENT_SIZE:
+            yield segment
+            segment = bytearray()
+    if segment:
+        yield segment
+
+
+async def _settle(task: asyncio.Future[Any] | None) -> None:
+    """Wait until a hashing task's thread has returned, whatever it raised."""
+    if task is None:
+        return
+    if not task.done():
+        await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # retrieved: the error that matters is already propagating
+
+
+def _hand_over(work: _Pass, segment: bytearray) -> asyncio.Future[Any]:
+    """Hash-and-verify and import-and-stage one segment, in two threads at once."""
+    return asyncio.gather(
+        asyncio.to_thread(work.verify, segment), asyncio.to_thread(work.store, segment)
+    )
+
+
+async def _stream(
+    ctx: JobContext, target: ArchiveTarget, work: _Pass, on_bytes: OnBytes | None
+) -> ArchiveResult:
+    client = ctx.http.get(target.ecosystem)
+    if client is None:
+        raise ConfigError(f"registries.{target.ecosystem}", "no HTTP client for this registry")
+    policy = host_policy(ctx, target.ecosystem)
+    inflight: asyncio.Future[Any] | None = None
+    try:
+        async with open_download(
+            client, target.url, policy=policy, expected_size=target.size
+        ) as response:
+            async for segment in _segments(iter_body(response, policy=policy), on_bytes):
+                if inflight is not None:
+                    await asyncio.shield(inflight)
+                inflight = _hand_over(work, segment)
+        if inflight is not None:
+            await asyncio.shield(inflight)
+    finally:
+        # A thread may still be staging blocks: let it return before the batch is cleaned up.
+        await _settle(inflight)
+    return await asyncio.to_thread(work.finish)
+
+
+def _spool(ctx: JobContext, target: ArchiveTarget) -> IO[bytes] | None:
+    """An unnamed temporary file for a Go module zip (``None`` when no ``h1`` is expected)."""
+    if H1 not in target.digests:
+        return None
+    directory = Path(ctx.config.data.dir) / SPOOL_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryFile(dir=directory)
+
+
+async def fetch_and_store(
+    ctx: JobContext, target: ArchiveTarget, *, on_bytes: OnBytes | None = None
+) -> ArchiveResult:
+    """Download, verify, import and store one artifact's bytes; return its CID and digest.
+
+    Blocks reach the store only when every digest matched; on any exception nothing staged
+    or spooled is left behind.
+    """
+    blockstore: Blockstore | None = ctx.blockstore
+    if blockstore is None:
+        raise JobError("archive jobs need a blockstore in the job context")
+    spool = _spool(ctx, target)
+    try:
+        staging = blockstore.batch()
+        batch = await asyncio.to_thread(staging.__enter__)
+        try:
+            result = await _stream(ctx, target, _Pass(target, batch, spool), on_bytes)
+        except BaseException as exc:
+            staging.__exit__(type(exc), exc, exc.__traceback__)  # discards the staged blocks
+            raise
+        await asyncio.to_thread(staging.__exit__, None, None, None)  # moves them into place
+    finally:
+        if spool is not None:
+            spool.close()
+    return result
+
+
+# -- entry points ----------------------------------------------------------------------------
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether another attempt may succeed (a digest mismatch is final, like a 404)."""
+    return not (is_permanent(error) or isinstance(error, DigestMismatch))
+
+
+async def _load(ctx: JobContext, artifact_id: int) -> ArchiveTarget:
+    target = await ctx.transaction(load_target, artifact_id)
+    if target is None:
+        raise NotFound(f"no artifact {artifact_id}")
+    return target
+
+
+async def _run(ctx: JobContext, target: ArchiveTarget, on_bytes: OnBytes | None) -> ArchiveOutcome:
+    """Archive ``target`` unless it already is; record a failure, then raise it."""
+    if target.archived_cid is not None:
+        log.debug("%s %s already archived as %s", target.purl, target.filename, target.archived_cid)
+        return ArchiveOutcome(
+            target.artifact_id,
+            target.purl,
+            target.filename,
+            ArchiveStatus.ARCHIVED,
+            cid=target.archived_cid,
+            skipped=True,
+        )
+    try:
+        result = await fetch_and_store(ctx, target, on_bytes=on_bytes)
+    except Exception as exc:
+        retryable = is_retryable(exc)
+        await ctx.transaction(record_failed, target.artifact_id, describe_error(exc))
+        log.warning(
+            "archive of %s %s failed (%s): %s",
+            target.purl,
+            target.filename,
+            "will retry" if retryable else "permanent",
+            exc,
+        )
+        if not retryable and not is_permanent(exc):
+            raise PermanentJobError(describe_error(exc)) from exc
+        raise
+    archive_id = await ctx.transaction(record_archived, target.artifact_id, result)
+    log.info(
+        "archived %s %s as %s (%d bytes, %s verified, archive %s)",
+        target.purl,
+        target.filename,
+        result.cid,
+        result.size,
+        result.verified_algorithm or "nothing",
+        archive_id,
+    )
+    return ArchiveOutcome(
+        target.artifact_id,
+        target.purl,
+        target.filename,
+        ArchiveStatus.ARCHIVED,
+        cid=result.cid,
+        size=result.size,
+    )
+
+
+async def archive_artifact(
+    ctx: JobContext, artifact_id: int, *, on_bytes: OnBytes | None = None
+) -> ArchiveOutcome:
+    """Archive one artifact now, unless it is already archived.
+
+    ``on_bytes(n)`` is called as bytes arrive (progress bars). A failure is recorded as a
+    ``failed`` row with its reason, then raised: transient errors as they are (the queue
+    retries them), a digest mismatch as ``PermanentJobError``. ``NotFound`` if the row is gone.
+    """
+    return await _run(ctx, await _load(ctx, artifact_id), on_bytes)
+
+
+async def archive_job(ctx: JobContext, job: Job) -> None:
+    """Handler of ``archive`` jobs: payload ``{"artifact_id": N}``."""
+    artifact_id = int(job.payload["artifact_id"])
+    try:
+        await archive_artifact(ctx, artifact_id)
+    except NotFound:
+        log.info("job %d: artifact %d is gone; nothing to archive", job.id, artifact_id)
+
+
+def _reason(error: BaseException) -> str:
+    cause = error.__cause__
+    if isinstance(error, PermanentJobError) and isinstance(cause, DigestMismatch):
+        return describe_error(cause)
+    return describe_error(error)
+
+
+async def archive_many(
+    ctx: JobContext,
+    artifact_ids: Iterable[int],
+    *,
+    concurrency: int,
+    on_bytes: OnBytes | None = None,
+    on_outcome: Callable[[ArchiveOutcome], None] | None = None,
+) -> list[ArchiveOutcome]:
+    """Archive artifacts now, ``concurrency`` at a time; one outcome each, in input order.
+
+    Failures are outcomes here rather than exceptions (each is also recorded on its row).
+    """
+    if concurrency < 1:
+        raise ConfigError("--concurrency", f"must be >= 1, got {concurrency}")
+    ids = list(artifact_ids)
+    outcomes: dict[int, ArchiveOutcome] = {}
+    pending = iter(enumerate(ids))
+
+    async def one(artifact_id: int) -> ArchiveOutcome:
+        try:
+            target = await _load(ctx, artifact_id)
+        except NotFound as exc:
+            label = f"artifact {artifact_id}"
+            return ArchiveOutcome(artifact_id, label, "", ArchiveStatus.FAILED, error=str(exc))
+        try:
+            return await _run(ctx, target, on_bytes)
+        except Exception as exc:
+            return ArchiveOutcome(
+                artifact_id,
+                target.purl,
+                target.filename,
+                ArchiveStatus.FAILED,
+                error=_reason(exc),
+                retryable=is_retryable(exc),
+            )
+
+    async def lane() -> None:
+        for index, artifact_id in pending:
+            outcome = await one(artifact_id)
+            outcomes[index] = outcome
+            if on_outcome is not None:
+                on_outcome(outcome)
+
+    await asyncio.gather(*(lane() for _ in range(min(concurrency, len(ids)))))
+    return [outcomes[index] for index in range(len(ids))]
