@@ -16,8 +16,9 @@ underscores, prefixed with ``FORAGE_``. ``database.url`` is ``FORAGE_DATABASE_UR
 ``download_hosts``) are comma-separated in a variable; booleans are ``true``/``false``/
 ``1``/``0``. ``FORAGE_API_TOKEN`` is a short alias of ``FORAGE_SERVER_API_TOKEN``.
 
-Secrets (``server.api_token``) are never read from the TOML file, which tends to be shared:
-they come from a variable or from a file named by ``token_file``. They are held in
+Secrets (``server.api_token``, ``pinning.backends.<name>.token``) are never read from the TOML
+file, which tends to be shared: they come from a variable or from a file named by
+``token_file``. They are held in
 :class:`Secret`, whose ``repr`` and ``str`` are masked, so they stay out of logs.
 
 Upstream registry endpoints have no default: tests and CI must never reach a public service
@@ -27,13 +28,15 @@ raises a ``ConfigError`` listing exactly which keys (or variables) to set.
 To add a section: write a frozen dataclass whose fields carry defaults (supported types: str,
 int, float, bool, Path, ``tuple[str, ...]``, :class:`Secret`, and ``X | None`` of those; bounds
 in ``field(metadata={"min": ..., "max": ...})``), add it as a field of :class:`Config` and to
-``_SECTIONS``.
+``_SECTIONS``. A field the loader fills itself (from sub-tables, as ``pinning.backends``) is
+declared with :func:`_filled_by_loader` and skipped by the generic reader.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import tomllib
 import types
 import typing
@@ -87,6 +90,10 @@ def env_name(key: str) -> str:
 
 def _bounded(default: Any, *, low: float | None = None, high: float | None = None) -> Any:
     return field(default=default, metadata={"min": low, "max": high})
+
+
+def _filled_by_loader(default: Any) -> Any:
+    return field(default=default, metadata={"filled_by_loader": True})
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,15 +163,64 @@ class ServerConfig:
     """``[server]``: where ``forage serve`` listens and the token its write API requires.
 
     ``api_token`` comes from ``FORAGE_API_TOKEN`` (or ``FORAGE_SERVER_API_TOKEN``) or from the
-    file named by ``token_file``; never from the TOML file itself.
+    file named by ``token_file``; never from the TOML file itself. ``max_keys`` bounds the keys
+    of one lookup (and the dependencies of one lockfile), ``max_body_size`` a request body in
+    bytes. Unknown lookup keys queue backfill imports at most ``backfill_rate`` per second
+    (bursts of ``backfill_burst``); a package checked upstream less than ``backfill_recheck``
+    seconds ago is not asked for again.
     """
 
     host: str = "127.0.0.1"
     port: int = _bounded(8080, low=1, high=65535)
     api_token: Secret | None = None
     token_file: Path | None = None
+    max_keys: int = _bounded(10_000, low=1, high=1_000_000)
+    max_body_size: int = _bounded(16 * 1024**2, low=1024)
+    backfill_rate: float = _bounded(5.0, low=0)
+    backfill_burst: int = _bounded(500, low=0)
+    backfill_recheck: float = _bounded(3600.0, low=0)
 
     SECRETS: ClassVar[tuple[str, ...]] = ("api_token",)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleConfig:
+    """``[schedule]``: how often the scheduler's periodic tasks run, in seconds (0: never).
+
+    Each registry's watcher runs every ``registries.<name>.interval`` instead. ``leader_poll``
+    is how often a waiting scheduler tries to become the leader and the leader checks that it
+    still is. ``batch`` bounds the jobs one drain queues and one retry run re-queues;
+    ``reverify_sample`` is how many archives a re-verification reads back from the
+    blockstore; ``keep_done_jobs`` is how long finished jobs stay before pruning.
+    """
+
+    drain_archives: float = _bounded(300.0, low=0)
+    retry_failed: float = _bounded(3600.0, low=0)
+    reverify: float = _bounded(86400.0, low=0)
+    stats: float = _bounded(300.0, low=0)
+    prune_jobs: float = _bounded(86400.0, low=0)
+    reverify_sample: int = _bounded(100, low=1, high=1_000_000)
+    batch: int = _bounded(1000, low=1, high=1_000_000)
+    keep_done_jobs: float = _bounded(7 * 86400.0, low=0)
+    leader_poll: float = _bounded(5.0, low=0.1)
+
+
+#: Log line formats: ``text`` for people, ``logfmt`` (key=value) and ``json`` for machines.
+LOG_FORMATS: tuple[str, ...] = ("text", "logfmt", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """``[logging]``: ``format`` of log lines, one of :data:`LOG_FORMATS` (``--log-format``
+    overrides it)."""
+
+    format: str = "text"
+
+    def __post_init__(self) -> None:
+        if self.format not in LOG_FORMATS:
+            raise ConfigError(
+                "logging.format", f"must be one of {', '.join(LOG_FORMATS)}, got {self.format!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +301,105 @@ class RegistriesConfig:
     golang: GolangConfig = GolangConfig()
 
 
+#: Pinning backend types: Kubo RPC, IPFS Cluster REST API, IPFS Pinning Service API.
+PIN_BACKEND_TYPES = ("kubo", "cluster", "service")
+#: A backend name fits ``pins.backend`` (64 characters) and an environment variable name.
+_BACKEND_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+#: ``maxItems`` of ``Pin.origins`` in the Pinning Service API.
+MAX_PIN_ORIGINS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class PinBackendConfig:
+    """``[pinning.backends.<name>]``: one pinning backend, named by its table key.
+
+    ``type`` is ``kubo`` (Kubo RPC), ``cluster`` (IPFS Cluster REST API) or ``service`` (an
+    IPFS Pinning Service API provider); ``url`` is its API base. ``token`` comes from
+    ``FORAGE_PINNING_BACKENDS_<NAME>_TOKEN`` or the file named by ``token_file``, never from
+    the TOML file; a ``service`` needs one. ``origins`` (multiaddrs ending in ``/p2p/<peer
+    id>``, at most 20) tell a service or cluster which nodes to fetch the blocks from: the
+    operator's own. ``replication_min``/``replication_max`` apply to a cluster. Plain ``http``
+    is accepted for loopback hosts, elsewhere only with ``allow_http``. ``timeout`` bounds
+    each request, in seconds.
+    """
+
+    name: str = _filled_by_loader("")
+    type: str = ""
+    url: str = ""
+    token: Secret | None = None
+    token_file: Path | None = None
+    origins: tuple[str, ...] = ()
+    replication_min: int | None = _bounded(None, low=1)
+    replication_max: int | None = _bounded(None, low=1)
+    allow_http: bool = False
+    timeout: float = _bounded(120.0, low=1)
+
+    SECRETS: ClassVar[tuple[str, ...]] = ("token",)
+
+
+@dataclass(frozen=True, slots=True)
+class PinningConfig:
+    """``[pinning]``: where archives are pinned and how their pins are watched.
+
+    Each table under ``[pinning.backends]`` is a backend; every archive is pinned on all of
+    them. While a pin is queued or pinning, the batched status check runs every
+    ``check_interval`` seconds; a pinned pin is confirmed every ``recheck_interval`` seconds
+    (one its backend lost is pinned again). ``batch_size`` pins are asked about per status
+    call (each backend splits that as its API needs). A failed pin is re-queued at most
+    ``max_repins`` times.
+    """
+
+    check_interval: float = _bounded(60.0, low=1)
+    recheck_interval: float = _bounded(86400.0, low=1)
+    batch_size: int = _bounded(500, low=1, high=10_000)
+    max_repins: int = _bounded(3, low=0, high=100)
+    backends: tuple[PinBackendConfig, ...] = _filled_by_loader(())
+
+    @property
+    def backend_names(self) -> tuple[str, ...]:
+        return tuple(backend.name for backend in self.backends)
+
+    def backend(self, name: str) -> PinBackendConfig:
+        """The backend called ``name``; an unknown name is an error listing the known ones."""
+        for backend in self.backends:
+            if backend.name == name:
+                return backend
+        known = ", ".join(self.backend_names) or "none (add a [pinning.backends.<name>] table)"
+        raise ConfigError(f"pinning.backends.{name}", f"no such backend; configured: {known}")
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorConfig:
+    """``[mirror]``: the npm/PyPI/Go mirror fallback served under ``/npm/``, ``/pypi/``, ``/go/``.
+
+    Upstreams are the registries' own endpoints (``registries.npm.registry_url``,
+    ``registries.pypi.index_url``, ``registries.golang.proxy_url``); a registry left
+    unconfigured, or ``offline = true``, is served from the archive alone. Every upstream
+    request has a deadline: ``connect_timeout`` to connect, ``first_byte_timeout`` for the
+    answer to start (and for any stall), a floor of ``min_rate`` bytes/s once
+    ``rate_grace`` seconds have passed, and ``deadline`` in all for a metadata document. After
+    a failure the upstream is skipped for ``down_seconds``, so clients get the archive's answer
+    at once. Upstream metadata is reused for ``metadata_ttl`` seconds (404s for
+    ``negative_ttl``); ``cache_entries`` bounds that cache. ``spool_memory`` is how many bytes
+    of a file being verified stay in memory before it spills to a temporary file.
+    ``public_url`` is the base clients reach Forage at (default: each request's own origin).
+    """
+
+    public_url: str | None = None
+    offline: bool = False
+    connect_timeout: float = _bounded(3.0, low=0.01)
+    first_byte_timeout: float = _bounded(10.0, low=0.01)
+    deadline: float = _bounded(30.0, low=0.01)
+    min_rate: int = _bounded(20_000, low=0)
+    rate_grace: float = _bounded(3.0, low=0)
+    down_seconds: float = _bounded(10.0, low=0)
+    metadata_ttl: float = _bounded(300.0, low=0)
+    negative_ttl: float = _bounded(10.0, low=0)
+    cache_entries: int = _bounded(2000, low=1)
+    spool_memory: int = _bounded(4 * 1024**2, low=0)
+
+
 @dataclass(frozen=True, slots=True)
 class FilecoinConfig:
     """``[filecoin]``: packing archives into pieces, and where deals are looked up.
@@ -288,8 +443,12 @@ class Config:
     jobs: JobsConfig = JobsConfig()
     worker: WorkerConfig = WorkerConfig()
     server: ServerConfig = ServerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    logging: LoggingConfig = LoggingConfig()
     registries: RegistriesConfig = RegistriesConfig()
     filecoin: FilecoinConfig = FilecoinConfig()
+    pinning: PinningConfig = PinningConfig()
+    mirror: MirrorConfig = MirrorConfig()
     source: Path | None = None
 
     @overload
@@ -335,6 +494,9 @@ class Config:
         }
         if not reveal and self.database.url:
             out["database"]["url"] = self.database.display_url
+        out["pinning"]["backends"] = {
+            b.name: _section_dict(b, reveal=reveal) for b in self.pinning.backends
+        }
         return out
 
 
@@ -345,6 +507,10 @@ _SECTIONS: tuple[tuple[str, type], ...] = (
     ("worker", WorkerConfig),
     ("server", ServerConfig),
     ("filecoin", FilecoinConfig),
+    ("pinning", PinningConfig),
+    ("schedule", ScheduleConfig),
+    ("logging", LoggingConfig),
+    ("mirror", MirrorConfig),
 )
 _REGISTRIES: Mapping[str, type[RegistryConfig]] = {
     "npm": NpmConfig,
@@ -393,7 +559,7 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(source), f"not valid TOML: {exc}") from exc
         base_dir = source.resolve().parent
-    _warn_unknown_variables(environ)
+    _warn_unknown_variables(environ, document)
     known = {name for name, _ in _SECTIONS} | {"registries"}
     for name in document:
         if name not in known:
@@ -419,6 +585,9 @@ def load_config(
     sections["registries"] = RegistriesConfig(**registries)
     sections["server"] = _with_token(sections["server"], document, environ)
     sections["filecoin"] = _with_filecoin(sections["filecoin"])
+    sections["pinning"] = _with_pin_backends(
+        sections["pinning"], _table(document, "pinning"), environ, base_dir
+    )
     sections["database"] = _with_database_url(sections["database"], sections["data"])
     if sections["jobs"].backoff_cap < sections["jobs"].backoff_base:
         raise ConfigError("jobs.backoff_cap", "must not be smaller than jobs.backoff_base")
@@ -432,10 +601,15 @@ def _table(document: Mapping[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
-def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
+def _warn_unknown_variables(environ: Mapping[str, str], document: Mapping[str, Any]) -> None:
     known = set(ENV_ALIASES) | {CONFIG_ENV}
     for name, cls in _SECTIONS:
         known.update(env_name(f"{name}.{f.name}") for f in fields(cls))
+    pinning = document.get("pinning")
+    backends = pinning.get("backends") if isinstance(pinning, dict) else None
+    for backend in backends if isinstance(backends, dict) else ():
+        prefix = f"pinning.backends.{backend}"
+        known.update(env_name(f"{prefix}.{f.name}") for f in fields(PinBackendConfig))
     for name, cls in _REGISTRIES.items():
         known.update(env_name(f"registries.{name}.{f.name}") for f in fields(cls))
     for var in environ:
@@ -456,6 +630,8 @@ def _build(
     secrets = getattr(cls, "SECRETS", ())
     values: dict[str, Any] = {}
     for f in fields(cls):
+        if f.metadata.get("filled_by_loader"):
+            continue
         key = f"{prefix}.{f.name}"
         var = env_name(key)
         if f.name in secrets and f.name in table:
@@ -544,6 +720,77 @@ def _with_token(
     if server.api_token is not None and not server.api_token.reveal():
         raise ConfigError("server.api_token", "must not be empty")
     return server
+
+
+def _with_pin_backends(
+    pinning: PinningConfig, table: Mapping[str, Any], environ: Mapping[str, str], base_dir: Path
+) -> PinningConfig:
+    """Read each ``[pinning.backends.<name>]`` table into a checked ``PinBackendConfig``."""
+    tables = _table(table, "backends") if "backends" in table else {}
+    backends = []
+    variables: dict[str, str] = {}
+    for name, body in tables.items():
+        prefix = f"pinning.backends.{name}"
+        if not _BACKEND_NAME.fullmatch(name):
+            raise ConfigError(
+                prefix, "a backend name is 1-64 of a-z, 0-9, '-' and '_', starting alphanumeric"
+            )
+        variable = env_name(f"{prefix}.token")
+        if variable in variables:
+            raise ConfigError(
+                prefix, f"backends {variables[variable]!r} and {name!r} share variable {variable}"
+            )
+        variables[variable] = name
+        if not isinstance(body, dict):
+            raise ConfigError(prefix, f"must be a table, got {type(body).__name__}")
+        if "name" in body:
+            raise ConfigError(f"{prefix}.name", "the backend's name is its table key")
+        backend = _build(PinBackendConfig, prefix, body, environ, base_dir)
+        backends.append(_check_pin_backend(replace(backend, name=name), prefix))
+    return replace(pinning, backends=tuple(backends))
+
+
+def _check_pin_backend(backend: PinBackendConfig, prefix: str) -> PinBackendConfig:
+    if backend.type not in PIN_BACKEND_TYPES:
+        raise ConfigError(f"{prefix}.type", f"must be one of {', '.join(PIN_BACKEND_TYPES)}")
+    if not backend.url:
+        raise ConfigError(f"{prefix}.url", "missing: the backend's API base URL")
+    loopback = (urlsplit(backend.url).hostname or "") in _LOOPBACK_HOSTS
+    _check_url(backend.url, f"{prefix}.url", allow_http=backend.allow_http or loopback)
+    if backend.token is None and backend.token_file is not None:
+        try:
+            token = backend.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{prefix}.token_file", f"cannot read {backend.token_file}: {exc.strerror}"
+            ) from exc
+        if not token:
+            raise ConfigError(f"{prefix}.token_file", f"{backend.token_file} is empty")
+        backend = replace(backend, token=Secret(token))
+    if backend.token is not None and not backend.token.reveal():
+        raise ConfigError(f"{prefix}.token", "must not be empty")
+    if backend.type == "service" and backend.token is None:
+        raise ConfigError(
+            f"{prefix}.token",
+            f"a Pinning Service needs an access token; set {env_name(prefix + '.token')} "
+            f"or {prefix}.token_file",
+        )
+    if backend.origins and backend.type == "kubo":
+        raise ConfigError(f"{prefix}.origins", "origins apply to cluster and service backends")
+    if len(backend.origins) > MAX_PIN_ORIGINS:
+        raise ConfigError(f"{prefix}.origins", f"at most {MAX_PIN_ORIGINS} multiaddrs")
+    for origin in backend.origins:
+        if not origin.startswith("/") or "/p2p/" not in origin:
+            raise ConfigError(
+                f"{prefix}.origins", f"{origin!r} is not a multiaddr ending in /p2p/<peer id>"
+            )
+    replication = (backend.replication_min, backend.replication_max)
+    if backend.type != "cluster" and replication != (None, None):
+        raise ConfigError(f"{prefix}.replication_min", "replication applies to cluster backends")
+    low, high = replication
+    if low is not None and high is not None and low > high:
+        raise ConfigError(f"{prefix}.replication_max", "must not be smaller than replication_min")
+    return backend
 
 
 def _with_filecoin(filecoin: FilecoinConfig) -> FilecoinConfig:
@@ -663,6 +910,8 @@ def _check_bounds(value: Any, metadata: Mapping[str, Any], key: str, origin: str
 def _section_dict(section: Any, *, reveal: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(section):
+        if f.metadata.get("filled_by_loader"):
+            continue
         value = getattr(section, f.name)
         if isinstance(value, Secret):
             value = value.reveal() if reveal else _MASK

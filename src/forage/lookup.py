@@ -1,0 +1,885 @@
+"""Batch lookups: keys to packages, versions, artifacts, archives, pins, pieces and deals.
+
+The one query layer behind the HTTP API, the web pages and ``forage lookup``. A batch of keys
+(purls or Forage keys, :mod:`forage.keys`) is answered in a fixed number of set-based queries
+whatever its size: the keys travel as *one* bound parameter (a JSON array read with SQLite's
+``json_each``, https://www.sqlite.org/json1.html#jeach; parallel arrays read with PostgreSQL's
+``unnest``, https://www.postgresql.org/docs/current/functions-array.html), so no statement
+grows with the batch and SQLite's limit on bound variables never applies.
+
+Reading and backfilling are separate steps, so reads run on a read-only session (on SQLite, a
+plain ``BEGIN`` that never waits for writers) and only a batch with unknown keys opens a short
+write transaction:
+
+1. :func:`resolve` parses and normalizes every key (a malformed one gets its own ``invalid``
+   result), finds the versions and loads their artifacts with digests, archive, pins, pieces
+   and the active Filecoin deals holding them (issue 8: provider and expiry per deal);
+2. :func:`backfill` queues an ``import`` job (:mod:`forage.ingest`) for each key the index
+   does not know: deduplicated against queued imports, limited by a token bucket, and not
+   repeated for a package its registry was asked about recently.
+
+Deal expiry is derived from the deal's end epoch: ``genesis + 30 s x epoch`` on Filecoin
+mainnet (https://spec.filecoin.io/#section-systems.filecoin_nodes.clock).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
+
+from forage import jobs
+from forage.config import Config
+from forage.db import is_sqlite, utcnow
+from forage.errors import InvalidKey
+from forage.keys import Key, parse_key
+from forage.models import (
+    Archive,
+    ArchiveStatus,
+    Artifact,
+    ArtifactDigest,
+    Deal,
+    DealState,
+    JobRecord,
+    JobState,
+    Package,
+    Piece,
+    PieceMember,
+    Pin,
+    PinStatus,
+    Version,
+)
+from forage.registries import INDEXER_CLASSES
+
+log = logging.getLogger(__name__)
+
+#: Filecoin mainnet genesis (2020-08-24T22:00:00Z) and the length of one epoch.
+FILECOIN_GENESIS = datetime(2020, 8, 24, 22, 0, tzinfo=UTC)
+EPOCH_SECONDS = 30
+#: The job kind a backfill queues (the handler is :func:`forage.ingest.import_job`).
+IMPORT = "import"
+
+
+class KeyStatus(enum.StrEnum):
+    """What the index knows about one key."""
+
+    #: The version is in the index (its artifacts may still wait to be archived).
+    FOUND = "found"
+    #: Not in the index yet; an import of the package is queued.
+    QUEUED = "queued"
+    #: Not in the index and no import queued; ``reason`` says why.
+    NOT_FOUND = "not_found"
+    #: The key is malformed; ``error`` says how.
+    INVALID = "invalid"
+
+
+def epoch_time(epoch: int) -> datetime:
+    """The wall-clock time of a Filecoin mainnet epoch."""
+    return FILECOIN_GENESIS + timedelta(seconds=EPOCH_SECONDS * epoch)
+
+
+def current_epoch(now: datetime) -> int:
+    """The Filecoin mainnet epoch at ``now``."""
+    return int((now - FILECOIN_GENESIS).total_seconds()) // EPOCH_SECONDS
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class DealView:
+    """An active storage deal holding a piece: who stores it and until when."""
+
+    deal_id: str
+    source: str
+    provider: str
+    state: str
+    start_epoch: int | None
+    end_epoch: int | None
+
+    @property
+    def expires_at(self) -> datetime | None:
+        return None if self.end_epoch is None else epoch_time(self.end_epoch)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "deal_id": self.deal_id,
+            "source": self.source,
+            "provider": self.provider,
+            "state": self.state,
+            "start_epoch": self.start_epoch,
+            "end_epoch": self.end_epoch,
+            "expires_at": _iso(self.expires_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PieceView:
+    """A Filecoin piece holding an archive, where in its CAR, and its active deals."""
+
+    piece_cid: str
+    padded_size: int
+    offset: int
+    length: int
+    deals: tuple[DealView, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "piece_cid": self.piece_cid,
+            "padded_size": self.padded_size,
+            "offset": self.offset,
+            "length": self.length,
+            "deals": [deal.to_json() for deal in self.deals],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PinView:
+    """One pinning backend's copy of an archive."""
+
+    backend: str
+    status: str
+    pinned_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backend": self.backend, "status": self.status, "pinned_at": _iso(self.pinned_at)}
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactView:
+    """One file of a version with everything needed to fetch and trust its bytes."""
+
+    id: int
+    filename: str
+    url: str
+    size: int | None
+    kind: str | None
+    yanked: bool
+    digests: Mapping[str, str] = field(default_factory=dict)
+    archive_status: str | None = None
+    cid: str | None = None
+    archived_size: int | None = None
+    archived_at: datetime | None = None
+    pins: tuple[PinView, ...] = ()
+    pieces: tuple[PieceView, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        archive = (
+            None
+            if self.archive_status is None
+            else {
+                "status": self.archive_status,
+                "size": self.archived_size,
+                "archived_at": _iso(self.archived_at),
+            }
+        )
+        return {
+            "filename": self.filename,
+            "url": self.url,
+            "size": self.size,
+            "kind": self.kind,
+            "yanked": self.yanked,
+            "digests": dict(self.digests),
+            "cid": self.cid,
+            "archive": archive,
+            "pins": [pin.to_json() for pin in self.pins],
+            "pieces": [piece.to_json() for piece in self.pieces],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyResult:
+    """The answer for one key, in the order the keys were given."""
+
+    key: str
+    status: KeyStatus
+    parsed: Key | None = None
+    error: str | None = None
+    reason: str | None = None
+    job_id: int | None = None
+    published_at: datetime | None = None
+    yanked: bool = False
+    deleted: bool = False
+    artifacts: tuple[ArtifactView, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"key": self.key, "status": self.status.value}
+        if self.parsed is not None:
+            out.update(
+                purl=self.parsed.purl(),
+                ecosystem=self.parsed.ecosystem,
+                name=self.parsed.name,
+                version=self.parsed.version,
+            )
+        if self.status is KeyStatus.FOUND:
+            out.update(
+                published_at=_iso(self.published_at),
+                yanked=self.yanked,
+                deleted=self.deleted,
+                artifacts=[artifact.to_json() for artifact in self.artifacts],
+            )
+        elif self.status is KeyStatus.INVALID:
+            out["error"] = self.error
+        elif self.status is KeyStatus.QUEUED:
+            out["job_id"] = self.job_id
+        else:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """A key the index lacks, with what is known of its package (for the backfill decision)."""
+
+    key: Key
+    package_known: bool
+    package_deleted: bool
+    last_synced: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """The read half of a lookup: results (missing keys provisionally ``not_found``) and the
+    distinct missing keys for :func:`backfill`."""
+
+    results: tuple[KeyResult, ...]
+    missing: tuple[Missing, ...]
+
+    def with_outcomes(self, outcomes: Mapping[Key, KeyResult]) -> tuple[KeyResult, ...]:
+        """The results with each missing key's backfill outcome filled in."""
+        out: list[KeyResult] = []
+        for result in self.results:
+            outcome = outcomes.get(result.parsed) if result.parsed is not None else None
+            if result.status is KeyStatus.NOT_FOUND and outcome is not None:
+                result = replace(outcome, key=result.key)
+            out.append(result)
+        return tuple(out)
+
+
+def summarize(results: Iterable[KeyResult]) -> dict[str, int]:
+    """Count results by status (every status present, zero or not)."""
+    counts = dict.fromkeys((status.value for status in KeyStatus), 0)
+    for result in results:
+        counts[result.status.value] += 1
+    return counts
+
+
+def normalize_name(ecosystem: str, name: str) -> str:
+    """The registry's canonical spelling of ``name`` (PEP 503, npm rules, Go module paths);
+    ecosystems Forage does not index keep the name as written."""
+    indexer = INDEXER_CLASSES.get(ecosystem)
+    return name if indexer is None else indexer.normalize_name(name)
+
+
+def parse_lookup_key(raw: object) -> Key:
+    """Parse and normalize one lookup key; a key naming no version is invalid here."""
+    if not isinstance(raw, str):
+        raise InvalidKey(json.dumps(raw)[:300], "a key must be a string")
+    key = parse_key(raw, normalize=normalize_name)
+    if key.version is None:
+        raise InvalidKey(raw, "a lookup key must name a version (NAME@VERSION or NAME:VERSION)")
+    return key
+
+
+def _echo(raw: object) -> str:
+    return raw if isinstance(raw, str) else json.dumps(raw)
+
+
+# -- set-based building blocks -------------------------------------------------------------
+
+
+def _id_set(session: Session, column: Any, values: Sequence[Any], *, text: bool = False) -> Any:
+    """``column IN <values>`` with ``values`` bound as one parameter, whatever their count."""
+    if is_sqlite(session):
+        each = sa.func.json_each(sa.bindparam(None, json.dumps(list(values)), type_=sa.Text))
+        return column.in_(sa.select(each.table_valued("value").c.value))
+    element = sa.Text() if text else sa.BigInteger()
+    array = sa.bindparam(None, list(values), type_=postgresql.ARRAY(element))
+    return column == sa.any_(array)
+
+
+def _keys_table(session: Session, keys: Sequence[Key]) -> Any:
+    """A derived table ``k(ecosystem, name, number)`` of ``keys``, bound as one parameter."""
+    if is_sqlite(session):
+        doc = json.dumps([[k.ecosystem, k.name, k.version] for k in keys])
+        each = sa.func.json_each(sa.bindparam(None, doc, type_=sa.Text)).table_valued("value")
+        return sa.select(
+            sa.func.json_extract(each.c.value, "$[0]").label("ecosystem"),
+            sa.func.json_extract(each.c.value, "$[1]").label("name"),
+            sa.func.json_extract(each.c.value, "$[2]").label("number"),
+        ).subquery("k")
+    texts = postgresql.ARRAY(sa.Text())
+    return (
+        sa.func.unnest(
+            sa.bindparam(None, [k.ecosystem for k in keys], type_=texts),
+            sa.bindparam(None, [k.name for k in keys], type_=texts),
+            sa.bindparam(None, [k.version for k in keys], type_=texts),
+        )
+        .table_valued("ecosystem", "name", "number")
+        .render_derived(name="k", with_types=False)
+    )
+
+
+def cid_query(session: Session, keys: Sequence[Key]) -> Any:
+    """One statement: every archived file of ``keys`` with its CID (the legacy lookup's and
+    the benchmark's bare query)."""
+    k = _keys_table(session, keys)
+    return (
+        sa.select(
+            k.c.ecosystem,
+            k.c.name,
+            k.c.number,
+            Artifact.filename,
+            Artifact.kind,
+            Archive.cid,
+        )
+        .select_from(k)
+        .join(Package, sa.and_(Package.ecosystem == k.c.ecosystem, Package.name == k.c.name))
+        .join(Version, sa.and_(Version.package_id == Package.id, Version.number == k.c.number))
+        .join(Artifact, Artifact.version_id == Version.id)
+        .join(Archive, Archive.artifact_id == Artifact.id)
+        .where(Archive.status == ArchiveStatus.ARCHIVED)
+    )
+
+
+#: Artifact kinds preferred when one key must be answered with one CID (the source first).
+_PREFERRED_KINDS = {"sdist": 0, "tarball": 0, "zip": 0}
+
+
+def legacy_cids(session: Session, keys: Sequence[Key]) -> dict[Key, str]:
+    """One CID per key, as the original Forage answered: the source archive's when a release
+    has several files (a PyPI sdist), else the first archived file by name."""
+    best: dict[Key, tuple[int, str, str]] = {}
+    for row in session.execute(cid_query(session, keys)):
+        key = Key(row.ecosystem, row.name, row.number)
+        rank = (_PREFERRED_KINDS.get(row.kind or "", 1), row.filename, row.cid)
+        if key not in best or rank < best[key]:
+            best[key] = rank
+    return {key: rank[2] for key, rank in best.items()}
+
+
+def load_artifacts(
+    session: Session,
+    *,
+    version_ids: Sequence[int] = (),
+    artifact_ids: Sequence[int] = (),
+    now: datetime | None = None,
+) -> dict[int, list[ArtifactView]]:
+    """Artifacts of the given versions (or the given artifacts), keyed by version id, ordered
+    by file name, each with digests, archive, pins, pieces and active deals."""
+    if not version_ids and not artifact_ids:
+        return {}
+    where = (
+        _id_set(session, Artifact.version_id, version_ids)
+        if version_ids
+        else _id_set(session, Artifact.id, artifact_ids)
+    )
+    rows = session.execute(
+        sa.select(
+            Artifact.id,
+            Artifact.version_id,
+            Artifact.filename,
+            Artifact.url,
+            Artifact.size,
+            Artifact.kind,
+            Artifact.yanked,
+            Archive.id.label("archive_id"),
+            Archive.status,
+            Archive.cid,
+            Archive.size.label("archived_size"),
+            Archive.archived_at,
+        )
+        .outerjoin(Archive, Archive.artifact_id == Artifact.id)
+        .where(where)
+        .order_by(Artifact.version_id, Artifact.filename)
+    ).all()
+    if not rows:
+        return {}
+    ids = [row.id for row in rows]
+    archive_ids = [row.archive_id for row in rows if row.archive_id is not None]
+    digests: dict[int, dict[str, str]] = defaultdict(dict)
+    for artifact_id, algorithm, value in session.execute(
+        sa.select(ArtifactDigest.artifact_id, ArtifactDigest.algorithm, ArtifactDigest.value)
+        .where(_id_set(session, ArtifactDigest.artifact_id, ids))
+        .order_by(ArtifactDigest.artifact_id, ArtifactDigest.algorithm)
+    ):
+        digests[artifact_id][algorithm] = value
+    pins = _pins(session, archive_ids)
+    pieces = _pieces(session, archive_ids, now=now or utcnow())
+    out: dict[int, list[ArtifactView]] = defaultdict(list)
+    for row in rows:
+        status = row.status
+        out[row.version_id].append(
+            ArtifactView(
+                id=row.id,
+                filename=row.filename,
+                url=row.url,
+                size=row.size,
+                kind=row.kind,
+                yanked=row.yanked,
+                digests=digests.get(row.id, {}),
+                archive_status=None if status is None else str(ArchiveStatus(status)),
+                cid=row.cid if status == ArchiveStatus.ARCHIVED else None,
+                archived_size=row.archived_size,
+                archived_at=row.archived_at,
+                pins=pins.get(row.archive_id, ()),
+                pieces=pieces.get(row.archive_id, ()),
+            )
+        )
+    return out
+
+
+def _pins(session: Session, archive_ids: Sequence[int]) -> dict[int, tuple[PinView, ...]]:
+    if not archive_ids:
+        return {}
+    found: dict[int, list[PinView]] = defaultdict(list)
+    for archive_id, backend, status, pinned_at in session.execute(
+        sa.select(Pin.archive_id, Pin.backend, Pin.status, Pin.pinned_at)
+        .where(_id_set(session, Pin.archive_id, archive_ids))
+        .order_by(Pin.archive_id, Pin.backend)
+    ):
+        found[archive_id].append(PinView(backend, str(PinStatus(status)), pinned_at))
+    return {key: tuple(value) for key, value in found.items()}
+
+
+def _pieces(
+    session: Session, archive_ids: Sequence[int], *, now: datetime
+) -> dict[int, tuple[PieceView, ...]]:
+    """Pieces holding the archives, each with its deals that are active and not yet over."""
+    if not archive_ids:
+        return {}
+    active = sa.and_(
+        Deal.piece_id == Piece.id,
+        Deal.state == DealState.ACTIVE,
+        sa.or_(Deal.end_epoch.is_(None), Deal.end_epoch > current_epoch(now)),
+    )
+    rows = session.execute(
+        sa.select(
+            PieceMember.archive_id,
+            PieceMember.offset,
+            PieceMember.length,
+            Piece.id.label("piece_id"),
+            Piece.piece_cid,
+            Piece.padded_size,
+            Deal.deal_id,
+            Deal.source,
+            Deal.provider,
+            Deal.state,
+            Deal.start_epoch,
+            Deal.end_epoch,
+        )
+        .join(Piece, Piece.id == PieceMember.piece_id)
+        .outerjoin(Deal, active)
+        .where(_id_set(session, PieceMember.archive_id, archive_ids))
+        .order_by(PieceMember.archive_id, Piece.id, Deal.end_epoch.desc(), Deal.deal_id)
+    )
+    grouped: dict[tuple[int, int], tuple[Any, list[DealView]]] = {}
+    for row in rows:
+        entry = grouped.setdefault((row.archive_id, row.piece_id), (row, []))
+        if row.deal_id is not None:
+            entry[1].append(
+                DealView(
+                    row.deal_id,
+                    row.source,
+                    row.provider,
+                    str(DealState(row.state)),
+                    row.start_epoch,
+                    row.end_epoch,
+                )
+            )
+    out: dict[int, list[PieceView]] = defaultdict(list)
+    for (archive_id, _piece), (row, deals) in grouped.items():
+        out[archive_id].append(
+            PieceView(row.piece_cid, row.padded_size, row.offset, row.length, tuple(deals))
+        )
+    return {key: tuple(value) for key, value in out.items()}
+
+
+# -- the two halves of a lookup -------------------------------------------------------------
+
+
+def resolve(
+    session: Session, raw_keys: Sequence[object], *, now: datetime | None = None
+) -> Resolution:
+    """Answer ``raw_keys`` from the index (read-only); see the module docstring."""
+    parsed: list[Key | InvalidKey] = []
+    for raw in raw_keys:
+        try:
+            parsed.append(parse_lookup_key(raw))
+        except InvalidKey as exc:
+            parsed.append(exc)
+    unique = list(dict.fromkeys(k for k in parsed if isinstance(k, Key)))
+    versions: dict[Key, Any] = {}
+    packages: dict[Key, Any] = {}
+    if unique:
+        k = _keys_table(session, unique)
+        statement = (
+            sa.select(
+                k.c.ecosystem,
+                k.c.name,
+                k.c.number,
+                Package.id.label("package_id"),
+                Package.deleted.label("package_deleted"),
+                Package.last_synced,
+                Version.id.label("version_id"),
+                Version.published_at,
+                Version.yanked,
+                Version.deleted,
+            )
+            .select_from(k)
+            .outerjoin(
+                Package, sa.and_(Package.ecosystem == k.c.ecosystem, Package.name == k.c.name)
+            )
+            .outerjoin(
+                Version, sa.and_(Version.package_id == Package.id, Version.number == k.c.number)
+            )
+        )
+        for row in session.execute(statement):
+            key = Key(row.ecosystem, row.name, row.number)
+            if row.version_id is not None:
+                versions[key] = row
+            elif row.package_id is not None:
+                packages[key] = row
+    artifacts = load_artifacts(
+        session, version_ids=sorted({row.version_id for row in versions.values()}), now=now
+    )
+    found: dict[Key, KeyResult] = {}
+    missing: dict[Key, Missing] = {}
+    for key in unique:
+        row = versions.get(key)
+        if row is not None:
+            found[key] = KeyResult(
+                "",
+                KeyStatus.FOUND,
+                key,
+                published_at=row.published_at,
+                yanked=row.yanked,
+                deleted=row.deleted,
+                artifacts=tuple(artifacts.get(row.version_id, ())),
+            )
+            continue
+        package = packages.get(key)
+        missing[key] = Missing(
+            key,
+            package_known=package is not None,
+            package_deleted=bool(package and package.package_deleted),
+            last_synced=package.last_synced if package is not None else None,
+        )
+    results: list[KeyResult] = []
+    for raw, item in zip(raw_keys, parsed, strict=True):
+        if isinstance(item, InvalidKey):
+            results.append(KeyResult(_echo(raw), KeyStatus.INVALID, error=item.reason))
+        elif item in found:
+            results.append(replace(found[item], key=_echo(raw)))
+        else:
+            reason = "not in the index"
+            results.append(KeyResult(_echo(raw), KeyStatus.NOT_FOUND, item, reason=reason))
+    return Resolution(tuple(results), tuple(missing.values()))
+
+
+class TokenBucket:
+    """Allows ``rate`` events per second on average, ``burst`` at once; thread-safe.
+
+    Bounds how many backfill imports one server queues, whoever asks: a flood of lookups for
+    made-up names costs at most ``rate`` job rows per second.
+    """
+
+    def __init__(
+        self, *, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock()
+        self._lock = threading.Lock()
+
+    def take(self, wanted: int) -> int:
+        """Take up to ``wanted`` tokens; return how many were granted."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            granted = min(wanted, int(self._tokens))
+            self._tokens -= granted
+            return granted
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillPolicy:
+    """Which unknown keys may queue an import, and how often.
+
+    ``ecosystems`` are the registries configured on this installation; ``recheck`` is how
+    long a registry's answer for a package stands before a lookup asks again; ``limiter``
+    (``None``: unlimited) bounds the imports queued per second.
+    """
+
+    ecosystems: frozenset[str]
+    recheck: timedelta = timedelta(hours=1)
+    limiter: TokenBucket | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, *, limited: bool = True) -> BackfillPolicy:
+        server = config.server
+        limiter = (
+            TokenBucket(rate=server.backfill_rate, burst=server.backfill_burst) if limited else None
+        )
+        return cls(
+            ecosystems=frozenset(config.configured_registries()),
+            recheck=timedelta(seconds=server.backfill_recheck),
+            limiter=limiter,
+        )
+
+
+def import_dedup_key(key: Key) -> str:
+    """The ``dedup_key`` of the import job for ``key`` (the watchers' spelling: a Go import
+    is per module version, other registries' per package)."""
+    suffix = f"@{key.version}" if key.ecosystem == "golang" and key.version else ""
+    return f"{IMPORT}:{key.ecosystem}:{key.name}{suffix}"
+
+
+def _not_found(key: Key, reason: str) -> KeyResult:
+    return KeyResult("", KeyStatus.NOT_FOUND, key, reason=reason)
+
+
+def backfill(
+    session: Session,
+    missing: Sequence[Missing],
+    *,
+    policy: BackfillPolicy,
+    now: datetime | None = None,
+) -> dict[Key, KeyResult]:
+    """Queue imports for missing keys (in the caller's write transaction); each key's outcome."""
+    now = now or utcnow()
+    outcomes: dict[Key, KeyResult] = {}
+    wanted: dict[str, list[Key]] = defaultdict(list)
+    for item in missing:
+        key = item.key
+        if key.ecosystem not in INDEXER_CLASSES:
+            outcomes[key] = _not_found(key, f"Forage does not index {key.ecosystem} packages")
+        elif key.ecosystem not in policy.ecosystems:
+            outcomes[key] = _not_found(
+                key, f"the {key.ecosystem} registry is not configured on this server"
+            )
+        elif item.last_synced is not None and now - item.last_synced < policy.recheck:
+            checked = _iso(item.last_synced)
+            if item.package_deleted:
+                reason = f"{key.name} was removed from its registry (checked {checked})"
+            else:
+                reason = f"the registry listed no version {key.version} (checked {checked})"
+            outcomes[key] = _not_found(key, reason)
+        else:
+            wanted[import_dedup_key(key)].append(key)
+    if not wanted:
+        return outcomes
+    queued = dict(
+        session.execute(
+            sa.select(JobRecord.dedup_key, JobRecord.id).where(
+                JobRecord.state == JobState.QUEUED,
+                _id_set(session, JobRecord.dedup_key, list(wanted), text=True),
+            )
+        ).all()
+    )
+    fresh = [dedup for dedup in wanted if dedup not in queued]
+    granted = policy.limiter.take(len(fresh)) if policy.limiter is not None else len(fresh)
+    for dedup in fresh[:granted]:
+        first = wanted[dedup][0]
+        payload = {"ecosystem": first.ecosystem, "name": first.name, "version": first.version}
+        queued[dedup] = jobs.enqueue(session, IMPORT, payload, dedup_key=dedup, now=now)
+    if granted < len(fresh):
+        log.warning("backfill rate limit: %d imports not queued", len(fresh) - granted)
+    for dedup, keys in wanted.items():
+        for key in keys:
+            job_id = queued.get(dedup)
+            outcomes[key] = (
+                KeyResult("", KeyStatus.QUEUED, key, job_id=job_id)
+                if job_id is not None
+                else _not_found(key, "backfill rate limit reached; ask again later")
+            )
+    return outcomes
+
+
+def lookup(
+    read: Callable[[], Session],
+    write: Callable[[], Session] | None,
+    raw_keys: Sequence[object],
+    *,
+    policy: BackfillPolicy | None,
+    now: datetime | None = None,
+) -> tuple[KeyResult, ...]:
+    """Resolve ``raw_keys`` on a ``read`` session, then (given ``write`` and ``policy``)
+    backfill the missing ones in one write transaction."""
+    now = now or utcnow()
+    with read() as session, session.begin():
+        resolution = resolve(session, raw_keys, now=now)
+    if not resolution.missing or write is None or policy is None:
+        return resolution.results
+    with write() as session, session.begin():
+        outcomes = backfill(session, resolution.missing, policy=policy, now=now)
+    return resolution.with_outcomes(outcomes)
+
+
+# -- other reads ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CidMatch:
+    """One artifact whose archived bytes have a given CID."""
+
+    ecosystem: str
+    name: str
+    version: str
+    artifact: ArtifactView
+
+    def to_json(self) -> dict[str, Any]:
+        key = Key(self.ecosystem, self.name, self.version)
+        return {
+            "purl": key.purl(),
+            "ecosystem": self.ecosystem,
+            "name": self.name,
+            "version": self.version,
+            "artifact": self.artifact.to_json(),
+        }
+
+
+def artifacts_by_cid(session: Session, cid: str, *, now: datetime | None = None) -> list[CidMatch]:
+    """Every artifact whose archive has CID ``cid`` (text as stored: CIDv1, base32)."""
+    rows = session.execute(
+        sa.select(Artifact.id, Artifact.version_id, Package.ecosystem, Package.name, Version.number)
+        .join(Archive, Archive.artifact_id == Artifact.id)
+        .join(Version, Version.id == Artifact.version_id)
+        .join(Package, Package.id == Version.package_id)
+        .where(Archive.cid == cid, Archive.status == ArchiveStatus.ARCHIVED)
+        .order_by(Package.ecosystem, Package.name, Version.number, Artifact.filename)
+    ).all()
+    views = load_artifacts(session, artifact_ids=[row.id for row in rows], now=now)
+    by_id = {view.id: view for group in views.values() for view in group}
+    return [CidMatch(row.ecosystem, row.name, row.number, by_id[row.id]) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionSummary:
+    """One version of a package with how many of its files are archived."""
+
+    number: str
+    published_at: datetime | None
+    yanked: bool
+    deleted: bool
+    artifacts: int
+    archived: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.number,
+            "published_at": _iso(self.published_at),
+            "yanked": self.yanked,
+            "deleted": self.deleted,
+            "artifacts": self.artifacts,
+            "archived": self.archived,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PackageView:
+    """A package and all its versions, newest first."""
+
+    ecosystem: str
+    name: str
+    display_name: str | None
+    deleted: bool
+    last_synced: datetime | None
+    versions: tuple[VersionSummary, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "purl": Key(self.ecosystem, self.name, None).purl(),
+            "ecosystem": self.ecosystem,
+            "name": self.name,
+            "display_name": self.display_name,
+            "deleted": self.deleted,
+            "last_synced": _iso(self.last_synced),
+            "versions": [version.to_json() for version in self.versions],
+        }
+
+
+def package_view(session: Session, ecosystem: str, name: str) -> PackageView | None:
+    """The package ``name`` (normalized here) of ``ecosystem``, or ``None``."""
+    name = normalize_name(ecosystem, name)
+    package = session.execute(
+        sa.select(Package).where(Package.ecosystem == ecosystem, Package.name == name)
+    ).scalar_one_or_none()
+    if package is None:
+        return None
+    archived = sa.case((Archive.status == ArchiveStatus.ARCHIVED, 1), else_=0)
+    rows = session.execute(
+        sa.select(
+            Version.number,
+            Version.published_at,
+            Version.yanked,
+            Version.deleted,
+            sa.func.count(Artifact.id),
+            sa.func.coalesce(sa.func.sum(archived), 0),
+        )
+        .outerjoin(Artifact, Artifact.version_id == Version.id)
+        .outerjoin(Archive, Archive.artifact_id == Artifact.id)
+        .where(Version.package_id == package.id)
+        .group_by(Version.id)
+        .order_by(Version.published_at.desc().nulls_last(), Version.number.desc())
+    )
+    versions = tuple(VersionSummary(*row) for row in rows)
+    return PackageView(
+        package.ecosystem,
+        package.name,
+        package.display_name,
+        package.deleted,
+        package.last_synced,
+        versions,
+    )
+
+
+def archive_stats(session: Session) -> dict[str, Any]:
+    """Counts for ``/api/v1/stats`` and the home page: rows, archived bytes, pins and deals
+    by status, pieces and their bytes."""
+
+    def by(column: Any, states: type[enum.Enum]) -> dict[str, int]:
+        counts = dict.fromkeys((str(member.value) for member in states), 0)
+        for value, count in session.execute(sa.select(column, sa.func.count()).group_by(column)):
+            counts[str(states(value).value)] = int(count)
+        return counts
+
+    scalar = session.execute
+    packages = dict(
+        scalar(sa.select(Package.ecosystem, sa.func.count()).group_by(Package.ecosystem)).all()
+    )
+    archived_bytes = scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(Archive.size), 0)).where(
+            Archive.status == ArchiveStatus.ARCHIVED
+        )
+    ).scalar_one()
+    pieces, piece_bytes = scalar(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(Piece.car_size), 0))
+    ).one()
+    return {
+        "packages": sum(packages.values()),
+        "packages_by_ecosystem": {key: int(value) for key, value in sorted(packages.items())},
+        "versions": scalar(sa.select(sa.func.count()).select_from(Version)).scalar_one(),
+        "artifacts": scalar(sa.select(sa.func.count()).select_from(Artifact)).scalar_one(),
+        "archives": by(Archive.status, ArchiveStatus),
+        "archived_bytes": int(archived_bytes),
+        "pins": by(Pin.status, PinStatus),
+        "pieces": int(pieces),
+        "piece_bytes": int(piece_bytes),
+        "deals": by(Deal.state, DealState),
+    }

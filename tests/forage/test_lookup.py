@@ -1,0 +1,345 @@
+"""The lookup query layer on SQLite and PostgreSQL.
+
+What is shown: both key spellings and per-registry normalization meet one row; every key gets
+its own result in request order (malformed ones an ``invalid`` entry); a found version
+carries each file's digests, CID, archive, pins, pieces and only the active, unexpired deals
+with provider and expiry; unknown keys queue one deduplicated import per package (per module
+version for Go), absorbed by an import already queued (also one a watcher queued), limited by
+a token bucket, and never for unindexed or unconfigured registries or packages checked
+recently; a 10,000-key batch costs the same few statements as a 3-key one; reverse lookup by
+CID, the package view, the legacy one-CID answer and the statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from forage.db import make_engine, make_sessionmaker
+from forage.ingest import enqueue_changes
+from forage.keys import Key
+from forage.lookup import (
+    FILECOIN_GENESIS,
+    BackfillPolicy,
+    KeyStatus,
+    TokenBucket,
+    archive_stats,
+    artifacts_by_cid,
+    backfill,
+    current_epoch,
+    epoch_time,
+    legacy_cids,
+    lookup,
+    package_view,
+    resolve,
+    summarize,
+)
+from forage.models import ArchiveStatus, DealState, JobRecord, JobState, PinStatus
+from indexers import Change
+from tests.factories import (
+    artifact_content,
+    make_archive,
+    make_artifact,
+    make_deal,
+    make_package,
+    make_piece,
+    make_pin,
+    make_version,
+    raw_cid,
+)
+
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+EVERYWHERE = frozenset({"npm", "pypi", "golang"})
+
+
+def django(session: Session) -> dict[str, Any]:
+    """pypi/django 5.0 with an sdist (archived, pinned, in a piece with deals) and a wheel
+    whose archive is still pending."""
+    package = make_package(session, ecosystem="pypi", name="django", display_name="Django")
+    version = make_version(session, package=package, number="5.0")
+    sdist = make_artifact(session, version=version, filename="Django-5.0.tar.gz", kind="sdist")
+    wheel = make_artifact(
+        session, version=version, filename="Django-5.0-py3-none-any.whl", kind="bdist_wheel"
+    )
+    archive = make_archive(session, artifact=sdist)
+    make_archive(session, artifact=wheel, status=ArchiveStatus.PENDING)
+    make_pin(session, archive=archive, backend="kubo")
+    make_pin(session, archive=archive, backend="cluster", status=PinStatus.PINNING)
+    piece = make_piece(session, archives=[archive])
+    live = make_deal(session, piece=piece, deal_id="7001", provider="f0100", end_epoch=5_000_000)
+    make_deal(session, piece=piece, deal_id="7002", end_epoch=4_100_000)  # over by NOW
+    make_deal(session, piece=piece, deal_id="7003", state=DealState.SLASHED)
+    return {"sdist": sdist, "wheel": wheel, "archive": archive, "piece": piece, "deal": live}
+
+
+def test_both_spellings_meet_one_version_with_everything_to_fetch_and_trust_it(
+    db_session: Session,
+) -> None:
+    rows = django(db_session)
+    results = resolve(db_session, ["pkg:pypi/Django@5.0", "Pypi:DJANGO:5.0"], now=NOW).results
+    assert [r.status for r in results] == [KeyStatus.FOUND, KeyStatus.FOUND]
+    assert results[0].artifacts == results[1].artifacts
+    body = results[0].to_json()
+    assert (body["key"], body["purl"], body["name"]) == (
+        "pkg:pypi/Django@5.0",
+        "pkg:pypi/django@5.0",
+        "django",
+    )
+    wheel, sdist = body["artifacts"]  # ordered by file name
+    assert wheel["filename"] == "Django-5.0-py3-none-any.whl"
+    assert wheel["cid"] is None and wheel["archive"]["status"] == "pending"
+    assert sdist["cid"] == raw_cid(artifact_content(rows["sdist"]))
+    assert sdist["digests"]["sha256"] == rows["sdist"].digests["sha256"].value
+    assert sdist["archive"]["status"] == "archived"
+    assert [(p["backend"], p["status"]) for p in sdist["pins"]] == [
+        ("cluster", "pinning"),
+        ("kubo", "pinned"),
+    ]
+    (piece,) = sdist["pieces"]
+    assert piece["piece_cid"] == rows["piece"].piece_cid
+    # Only the active deal whose end is still ahead shows, with provider and expiry date.
+    assert [d["deal_id"] for d in piece["deals"]] == ["7001"]
+    assert piece["deals"][0]["provider"] == "f0100"
+    # Unix 1598306400 (mainnet genesis) + 30 s x 5,000,000 epochs.
+    assert piece["deals"][0]["expires_at"] == "2025-05-27T00:40:00Z"
+
+
+def test_every_key_gets_its_own_result_in_order(db_session: Session) -> None:
+    django(db_session)
+    keys: list[object] = ["garbage", "pkg:pypi/django@5.0", 42, "npm:lodash", "cargo:serde:1.0.0"]
+    results = resolve(db_session, keys, now=NOW).results
+    assert [r.key for r in results] == ["garbage", "pkg:pypi/django@5.0", "42", "npm:lodash",
+                                        "cargo:serde:1.0.0"]  # fmt: skip
+    assert [r.status for r in results] == [
+        KeyStatus.INVALID,
+        KeyStatus.FOUND,
+        KeyStatus.INVALID,
+        KeyStatus.INVALID,
+        KeyStatus.NOT_FOUND,
+    ]
+    assert "expected pkg:TYPE/NAME@VERSION" in (results[0].error or "")
+    assert results[2].error == "a key must be a string"
+    assert "must name a version" in (results[3].error or "")
+    assert summarize(results) == {"found": 1, "queued": 0, "not_found": 1, "invalid": 3}
+
+
+def test_unknown_keys_queue_one_import_per_package_and_per_go_module_version(
+    db_session: Session,
+) -> None:
+    keys = [
+        "npm:left-pad:1.0.0",
+        "pkg:npm/left-pad@1.1.0",  # same package: the same import
+        "pkg:golang/github.com/pkg/errors@v0.9.1",
+        "go:github.com/pkg/errors:v0.9.0",  # Go imports are per version
+    ]
+    resolution = resolve(db_session, keys, now=NOW)
+    policy = BackfillPolicy(ecosystems=EVERYWHERE)
+    results = resolution.with_outcomes(
+        backfill(db_session, resolution.missing, policy=policy, now=NOW)
+    )
+    assert [r.status for r in results] == [KeyStatus.QUEUED] * 4
+    assert results[0].job_id == results[1].job_id
+    assert len({r.job_id for r in results}) == 3
+    jobs = db_session.execute(
+        sa.select(JobRecord.kind, JobRecord.payload, JobRecord.dedup_key).order_by(JobRecord.id)
+    ).all()
+    assert [(j.kind, j.dedup_key) for j in jobs] == [
+        ("import", "import:npm:left-pad"),
+        ("import", "import:golang:github.com/pkg/errors@v0.9.1"),
+        ("import", "import:golang:github.com/pkg/errors@v0.9.0"),
+    ]
+    assert jobs[1].payload == {
+        "ecosystem": "golang",
+        "name": "github.com/pkg/errors",
+        "version": "v0.9.1",
+    }
+
+
+def test_a_queued_import_absorbs_lookups_without_spending_the_rate_limit(
+    db_session: Session,
+) -> None:
+    # A watcher queued this import; the lookup finds it by the same dedup key.
+    enqueue_changes(db_session, "npm", [Change("left-pad")])
+    watcher_job = db_session.execute(sa.select(JobRecord.id)).scalar_one()
+    policy = BackfillPolicy(ecosystems=EVERYWHERE, limiter=TokenBucket(rate=0, burst=1))
+
+    def ask(key: str) -> Any:
+        resolution = resolve(db_session, [key], now=NOW)
+        outcomes = backfill(db_session, resolution.missing, policy=policy, now=NOW)
+        return resolution.with_outcomes(outcomes)[0]
+
+    assert ask("npm:left-pad:9.9.9").job_id == watcher_job
+    first = ask("npm:is-odd:1.0.0")  # spends the only token
+    assert first.status is KeyStatus.QUEUED
+    assert ask("npm:is-odd:1.0.1").job_id == first.job_id  # absorbed: no token needed
+    refused = ask("npm:is-even:1.0.0")
+    assert refused.status is KeyStatus.NOT_FOUND
+    assert refused.reason == "backfill rate limit reached; ask again later"
+    count = db_session.execute(sa.select(sa.func.count()).select_from(JobRecord)).scalar_one()
+    assert count == 2
+
+
+def test_no_import_for_unindexed_unconfigured_or_recently_checked_packages(
+    db_session: Session,
+) -> None:
+    make_package(db_session, ecosystem="npm", name="fresh", last_synced=NOW - timedelta(minutes=5))
+    make_package(db_session, ecosystem="npm", name="stale", last_synced=NOW - timedelta(days=2))
+    make_package(
+        db_session, ecosystem="npm", name="gone", deleted=True, last_synced=NOW - timedelta(1 / 24)
+    )
+    keys = [
+        "pkg:cargo/serde@1.0.0",
+        "pypi:requests:2.31.0",
+        "npm:fresh:2.0.0",
+        "npm:stale:2.0.0",
+        "npm:gone:1.0.0",
+    ]
+    resolution = resolve(db_session, keys, now=NOW)
+    policy = BackfillPolicy(ecosystems=frozenset({"npm"}), recheck=timedelta(hours=2))
+    results = resolution.with_outcomes(
+        backfill(db_session, resolution.missing, policy=policy, now=NOW)
+    )
+    assert [r.status for r in results] == [KeyStatus.NOT_FOUND] * 3 + [
+        KeyStatus.QUEUED,
+        KeyStatus.NOT_FOUND,
+    ]
+    assert results[0].reason == "Forage does not index cargo packages"
+    assert results[1].reason == "the pypi registry is not configured on this server"
+    assert (
+        results[2].reason == "the registry listed no version 2.0.0 (checked 2024-12-31T23:55:00Z)"
+    )
+    assert (
+        results[4].reason is not None and "gone was removed from its registry" in results[4].reason
+    )
+
+
+def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
+    clock = [0.0]
+    bucket = TokenBucket(rate=2.0, burst=3, clock=lambda: clock[0])
+    assert bucket.take(5) == 3
+    assert bucket.take(1) == 0
+    clock[0] = 1.0
+    assert bucket.take(5) == 2
+    clock[0] = 100.0
+    assert bucket.take(10) == 3
+
+
+def test_epochs_map_to_mainnet_time() -> None:
+    assert epoch_time(0) == FILECOIN_GENESIS
+    assert epoch_time(2880) == FILECOIN_GENESIS + timedelta(days=1)
+    assert current_epoch(epoch_time(4_000_123) + timedelta(seconds=29)) == 4_000_123
+
+
+def test_reverse_lookup_finds_every_artifact_with_the_bytes(db_session: Session) -> None:
+    rows = django(db_session)
+    cid = raw_cid(artifact_content(rows["sdist"]))
+    # Another package whose file has the very same bytes (same name, so same content).
+    twin_version = make_version(
+        db_session, package=make_package(db_session, ecosystem="npm", name="twin"), number="1"
+    )
+    twin = make_artifact(db_session, version=twin_version, filename="Django-5.0.tar.gz")
+    make_archive(db_session, artifact=twin)
+    matches = artifacts_by_cid(db_session, cid, now=NOW)
+    assert [(m.ecosystem, m.name, m.version) for m in matches] == [
+        ("npm", "twin", "1"),
+        ("pypi", "django", "5.0"),
+    ]
+    assert matches[1].artifact.pieces[0].deals[0].deal_id == "7001"
+    assert artifacts_by_cid(db_session, raw_cid(b"nothing"), now=NOW) == []
+
+
+def test_legacy_answer_is_one_cid_per_key_preferring_the_source(db_session: Session) -> None:
+    rows = django(db_session)
+    # The wheel is archived too and sorts first by name, yet the sdist's CID is the answer.
+    wheel_archive = rows["wheel"].archive
+    wheel_archive.status = ArchiveStatus.ARCHIVED
+    wheel_archive.cid = raw_cid(b"wheel")
+    wheel_archive.size = 5
+    wheel_archive.archived_at = NOW
+    db_session.flush()
+    answer = legacy_cids(db_session, [Key("pypi", "django", "5.0"), Key("npm", "nope", "1")])
+    assert answer == {Key("pypi", "django", "5.0"): raw_cid(artifact_content(rows["sdist"]))}
+
+
+def test_package_view_lists_versions_newest_first_with_archive_counts(
+    db_session: Session,
+) -> None:
+    rows = django(db_session)
+    package = rows["sdist"].version.package
+    make_version(db_session, package=package, number="5.1", published_at=NOW, yanked=True)
+    view = package_view(db_session, "pypi", "DJANGO")
+    assert view is not None
+    assert [(v.number, v.yanked, v.artifacts, v.archived) for v in view.versions] == [
+        ("5.1", True, 0, 0),
+        ("5.0", False, 2, 1),
+    ]
+    assert view.to_json()["purl"] == "pkg:pypi/django"
+    assert package_view(db_session, "pypi", "flask") is None
+
+
+def test_stats_count_rows_bytes_pins_and_deals(db_session: Session) -> None:
+    before = archive_stats(db_session)
+    rows = django(db_session)
+    after = archive_stats(db_session)
+    assert after["packages"] - before["packages"] == 1
+    assert after["artifacts"] - before["artifacts"] == 2
+    assert after["archives"]["pending"] - before["archives"]["pending"] == 1
+    assert after["archived_bytes"] - before["archived_bytes"] == rows["archive"].size
+    assert after["pins"]["pinning"] - before["pins"]["pinning"] == 1
+    assert after["deals"]["active"] - before["deals"]["active"] == 2
+    assert after["deals"]["slashed"] - before["deals"]["slashed"] == 1
+    assert after["piece_bytes"] - before["piece_bytes"] == rows["piece"].car_size
+
+
+@pytest.fixture
+def statements(db_session: Session) -> Iterator[list[str]]:
+    """The SQL statements the session's connection runs during the test."""
+    seen: list[str] = []
+    connection = db_session.connection()
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(connection, "before_cursor_execute", record)
+    yield seen
+    sa.event.remove(connection, "before_cursor_execute", record)
+
+
+def test_a_batch_costs_a_fixed_number_of_statements(
+    db_session: Session, statements: list[str]
+) -> None:
+    rows = django(db_session)
+    make_pin(db_session, archive=rows["archive"], backend="psa")
+    statements.clear()
+    small = resolve(db_session, ["pkg:pypi/django@5.0", "npm:a:1", "npm:b:1"], now=NOW)
+    few = len(statements)
+    statements.clear()
+    keys = ["pkg:pypi/django@5.0"] + [f"npm:package-{i}:1.0.{i}" for i in range(9_999)]
+    big = resolve(db_session, keys, now=NOW)
+    assert len(statements) == few == 5  # keys, artifacts, digests, pins, pieces+deals
+    assert big.results[0].artifacts == small.results[0].artifacts
+    assert len(big.missing) == 9_999
+
+
+def test_lookup_reads_then_backfills_in_its_own_transaction(migrated_url: str) -> None:
+    engine = make_engine(migrated_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        with sessions.begin() as session:
+            django(session)
+        policy = BackfillPolicy(ecosystems=EVERYWHERE)
+        results = lookup(sessions, sessions, ["pypi:django:5.0", "npm:x:1.0.0"], policy=policy)
+        assert [r.status for r in results] == [KeyStatus.FOUND, KeyStatus.QUEUED]
+        with sessions() as session:
+            job = session.get(JobRecord, results[1].job_id)
+            assert job is not None and job.state is JobState.QUEUED
+        # Without a writer nothing is queued and the key is reported as unknown.
+        (alone,) = lookup(sessions, None, ["npm:y:1.0.0"], policy=policy)
+        assert (alone.status, alone.reason) == (KeyStatus.NOT_FOUND, "not in the index")
+    finally:
+        engine.dispose()
