@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -222,25 +222,29 @@ def _not_archived() -> Any:
     return ~sa.exists(archived)
 
 
-def count_unarchived(session: Session) -> int:
-    """How many artifacts have no ``archived`` row (never tried, pending or failed)."""
-    return int(
-        session.execute(
-            sa.select(sa.func.count()).select_from(Artifact).where(_not_archived())
-        ).scalar_one()
-    )
+def count_unarchived(session: Session, *, exclude: Collection[int] = ()) -> int:
+    """How many artifacts (not in ``exclude``) have no ``archived`` row: never tried,
+    pending or failed."""
+    query = sa.select(sa.func.count()).select_from(Artifact).where(_not_archived())
+    if exclude:
+        query = query.where(Artifact.id.not_in(list(exclude)))
+    return int(session.execute(query).scalar_one())
 
 
-def unarchived_ids(session: Session, *, after: int = 0, limit: int = 1000) -> list[int]:
-    """Ids of artifacts with no ``archived`` row, ascending from ``after`` (one page)."""
-    return list(
-        session.execute(
-            sa.select(Artifact.id)
-            .where(Artifact.id > after, _not_archived())
-            .order_by(Artifact.id)
-            .limit(limit)
-        ).scalars()
+def unarchived_ids(
+    session: Session, *, after: int = 0, limit: int = 1000, exclude: Collection[int] = ()
+) -> list[int]:
+    """One page of ids of artifacts (not in ``exclude``) with no ``archived`` row, ascending
+    from ``after``."""
+    query = (
+        sa.select(Artifact.id)
+        .where(Artifact.id > after, _not_archived())
+        .order_by(Artifact.id)
+        .limit(limit)
     )
+    if exclude:
+        query = query.where(Artifact.id.not_in(list(exclude)))
+    return list(session.execute(query).scalars())
 
 
 def _normalize(ecosystem: str, name: str) -> str:

@@ -21,6 +21,7 @@ from indexers.errors import IndexerError, InvalidName, PackageNotFound
 from storage.errors import StorageError
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "archive",
     "commp",
     "content",
     "config",

@@ -1,0 +1,142 @@
+"""``forage archive``: archive artifacts now, in this process, with a progress bar.
+
+``forage archive KEY...`` archives the artifacts each key names (a purl such as
+``pkg:npm/lodash@4.17.21`` or a Forage key such as ``npm:lodash:4.17.21``; a key without a
+version means every version); ``--pending`` archives every artifact that has no ``archived``
+row yet (never tried, or failed before). It runs the same verified pass as the worker's
+``archive`` jobs (:mod:`forage.archive`), ``--concurrency`` artifacts at a time (default
+``worker.concurrency``). Artifacts already archived are skipped. Progress (artifacts and
+bytes) goes to stderr when it is a terminal, or always with ``--progress``; a summary
+follows, and the exit status is 1 when any artifact failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from forage.cli import EXIT_FAILURE, EXIT_USAGE
+
+#: Artifact ids read per query with ``--pending``.
+PAGE = 500
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``archive`` subcommand."""
+    parser = subparsers.add_parser(
+        "archive",
+        help="download, verify and store artifacts now",
+        description="Download artifacts, verify them against their registry's digests, "
+        "compute their CIDs and store their blocks, now and in this process.",
+    )
+    parser.add_argument(
+        "keys", nargs="*", metavar="KEY", help="pkg:TYPE/NAME@VERSION or PLATFORM:NAME:VERSION"
+    )
+    parser.add_argument(
+        "--pending", action="store_true", help="every artifact without an archived copy"
+    )
+    parser.add_argument("--concurrency", type=int, metavar="N", help="artifacts at once")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress bars (default: when stderr is a terminal)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from forage.config import load_config
+
+    if not args.keys and not args.pending:
+        print("forage: name artifacts to archive (KEY...) or pass --pending", file=sys.stderr)
+        return EXIT_USAGE
+    if args.concurrency is not None and args.concurrency < 1:
+        print("forage: --concurrency must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    config = load_config(args.config)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    return asyncio.run(_archive(config, args, progress=progress))
+
+
+async def _archive(config: Any, args: argparse.Namespace, *, progress: bool) -> int:
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from forage.archive import (
+        ArchiveOutcome,
+        archive_many,
+        artifact_ids_for_key,
+        count_unarchived,
+        unarchived_ids,
+    )
+    from forage.db import make_sessionmaker, open_database
+    from forage.worker import job_context
+
+    engine = await asyncio.to_thread(open_database, config.database)
+    archived = skipped = 0
+    failures: list[ArchiveOutcome] = []
+    try:
+        async with job_context(config, make_sessionmaker(engine)) as ctx:
+            named: list[int] = []
+            for key in args.keys:
+                named += await ctx.transaction(artifact_ids_for_key, key)
+            named = list(dict.fromkeys(named))
+            total = len(named)
+            if args.pending:
+                total += await ctx.transaction(count_unarchived, exclude=named)
+            artifacts = tqdm(
+                total=total, unit=" artifacts", desc="artifacts", disable=not progress,
+                file=sys.stderr, position=0,
+            )  # fmt: skip
+            received = tqdm(
+                unit="B", unit_scale=True, unit_divisor=1024, desc="downloaded",
+                disable=not progress, file=sys.stderr, position=1,
+            )  # fmt: skip
+
+            def done(outcome: ArchiveOutcome) -> None:
+                nonlocal archived, skipped
+                artifacts.update(1)
+                if outcome.error is not None:
+                    failures.append(outcome)
+                elif outcome.skipped:
+                    skipped += 1
+                else:
+                    archived += 1
+
+            async def archive(ids: list[int]) -> None:
+                await archive_many(
+                    ctx,
+                    ids,
+                    concurrency=args.concurrency or config.worker.concurrency,
+                    on_bytes=received.update,
+                    on_outcome=done,
+                )
+
+            with artifacts, received, logging_redirect_tqdm():
+                if named:
+                    await archive(named)
+                after = 0
+                while args.pending:
+                    page = await ctx.transaction(
+                        unarchived_ids, after=after, limit=PAGE, exclude=named
+                    )
+                    if not page:
+                        break
+                    await archive(page)
+                    after = page[-1]
+    finally:
+        engine.dispose()
+    for outcome in failures:
+        again = "; retry later" if outcome.retryable else ""
+        print(
+            f"forage: failed {outcome.purl} {outcome.filename}: {outcome.error}{again}",
+            file=sys.stderr,
+        )
+    print(
+        f"forage: archived {archived}, already archived {skipped}, failed {len(failures)}",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE if failures else 0
