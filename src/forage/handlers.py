@@ -20,5 +20,6 @@ def default_handlers() -> Mapping[str, Handler]:
     """Every job kind Forage knows, mapped to its handler."""
     from forage.archive import archive_job
     from forage.ingest import ARCHIVE, IMPORT, import_job
+    from forage.pins import PIN, PIN_CHECK, pin_check_job, pin_job
 
-    return {IMPORT: import_job, ARCHIVE: archive_job}
+    return {IMPORT: import_job, ARCHIVE: archive_job, PIN: pin_job, PIN_CHECK: pin_check_job}
