@@ -24,6 +24,18 @@ from storage.commp import (
 )
 from storage.dag import read_file, walk_dag
 from storage.dagpb import PBLink, PBNode, decode_pbnode, encode_pbnode
+from storage.deals import (
+    EPOCH_SECONDS,
+    MAINNET_GENESIS,
+    ChainHead,
+    DealInfo,
+    DealService,
+    DealSource,
+    LotusClient,
+    epoch_time,
+    parse_market_deal,
+    time_epoch,
+)
 from storage.errors import (
     BackendError,
     BackendRejected,
@@ -61,6 +73,8 @@ from storage.unixfs import (
 )
 
 __all__ = [
+    "EPOCH_SECONDS",
+    "MAINNET_GENESIS",
     "BackendError",
     "BackendRejected",
     "BackendUnavailable",
@@ -77,15 +91,20 @@ __all__ = [
     "CarReader",
     "CarTruncated",
     "CarWriter",
+    "ChainHead",
     "ClusterPinning",
     "CommP",
     "CommPError",
+    "DealInfo",
+    "DealService",
+    "DealSource",
     "FilesystemBlockstore",
     "ImportResult",
     "ImportSizeError",
     "IntegrityError",
     "InvalidCID",
     "KuboPinning",
+    "LotusClient",
     "MemoryBlockstore",
     "PBLink",
     "PBNode",
@@ -104,15 +123,18 @@ __all__ = [
     "decode_unixfs",
     "encode_pbnode",
     "encode_unixfs",
+    "epoch_time",
     "export_car",
     "import_file",
     "padded_piece_size",
     "parse_cid",
+    "parse_market_deal",
     "piece_cid_v1",
     "piece_cid_v2",
     "piece_commitment",
     "read_car",
     "read_file",
+    "time_epoch",
     "verify_block",
     "walk_dag",
     "write_car_from_file",
