@@ -12,7 +12,14 @@ from storage.blockstore import (
     FilesystemBlockstore,
     MemoryBlockstore,
 )
-from storage.car import CarReader, CarWriter, export_car, read_car, write_car_from_file
+from storage.car import (
+    CarReader,
+    CarWriter,
+    encode_car_header,
+    export_car,
+    read_car,
+    write_car_from_file,
+)
 from storage.cid import Block, block_cid, parse_cid, verify_block
 from storage.commp import (
     CommP,
@@ -121,6 +128,7 @@ __all__ = [
     "compute_cid",
     "decode_pbnode",
     "decode_unixfs",
+    "encode_car_header",
     "encode_pbnode",
     "encode_unixfs",
     "epoch_time",

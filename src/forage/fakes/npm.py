@@ -18,6 +18,7 @@ Typed API (everything a test needs; no pytest import, so ``forage demo`` can use
     registry.load_packument(doc)                           # serve a recorded document
     registry.feed_entry(id, seq=...)                       # raw/late feed entry (hostile ids too)
     registry.lag(name, times=1)                            # serve the previous revision
+    registry.tamper(name, version, b"other bytes")         # tarball differs from its digests
     registry.faults.fail(503, retry_after="5")             # see forage.fakes.server.Faults
     registry.requests.seen                                 # see forage.fakes.server.RequestLog
     async with serve(registry.make_app()) as fake:
@@ -282,6 +283,15 @@ class FakeNpmRegistry:
             "tags": old.get("dist-tags", {}),
         }
         self._commit(name, {"_id": name, "name": name, "time": times})
+
+    def tamper(self, name: str, version: str, data: bytes) -> None:
+        """Serve ``data`` as the version's tarball while the packument keeps the true digests
+        (a CDN handing out wrong bytes for the right URL)."""
+        path = tarball_path(name, version)
+        original = self.tarballs[path]
+        self.tarballs[path] = NpmTarball(
+            name, version, path, data, original.integrity, original.shasum
+        )
 
     def delete(self, name: str) -> None:
         """Remove the document entirely: packument 404, feed entry ``deleted: true``."""

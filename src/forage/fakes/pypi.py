@@ -17,6 +17,7 @@ Typed API (no pytest import)::
     pypi.upload(name, version, filename=..., content=...)   # one more file, any name
     pypi.yank(name, version, reason="broken")
     pypi.remove_file(filename); pypi.remove_project(name)
+    pypi.tamper(filename, b"other bytes")               # served bytes differ from the page's hash
     pypi.stale(name, times=1)                           # next page(s) from the previous serial
     pypi.throttle(times=1, reset_in=3)                  # XML-RPC HTTPTooManyRequests fault
     pypi.load_simple_page(doc, serial=...)              # serve a recorded PEP 691 document
@@ -134,6 +135,8 @@ class PyPIFile:
     requires_python: str | None = None
     metadata: bytes | None = None
     yanked: bool | str = False
+    #: Bytes served instead of ``data`` (the page keeps ``data``'s digests): see ``tamper``.
+    served: bytes | None = None
 
     @property
     def sha256(self) -> str:
@@ -289,6 +292,13 @@ class FakePyPI:
                 if file.filename == filename:
                     project.files.remove(file)
                     self._log(project, file.version, f"remove file {filename}")
+
+    def tamper(self, filename: str, data: bytes) -> None:
+        """Serve ``data`` for ``filename`` while pages keep the true hashes (a bad CDN node)."""
+        for project in self.projects.values():
+            for file in project.files:
+                if file.filename == filename:
+                    file.served = data
 
     def remove_project(self, name: str) -> None:
         project = self.projects.pop(canonical(name))
@@ -554,7 +564,8 @@ class FakePyPI:
                         if file.metadata is None:
                             break
                         return web.Response(body=file.metadata, content_type="text/plain")
-                    return web.Response(body=file.data, content_type="application/octet-stream")
+                    body = file.served if file.served is not None else file.data
+                    return web.Response(body=body, content_type="application/octet-stream")
         return web.Response(status=404, text="404 Not Found")
 
 

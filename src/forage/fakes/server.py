@@ -5,7 +5,8 @@ Every fake registry in ``src/forage/fakes/`` is a plain aiohttp app; this module
 provides two middlewares every fake can install:
 
 - :class:`Faults` -- one-shot faults queued from a test: an HTTP status (5xx, 429, with or
-  without ``Retry-After``), a slow answer, a connection reset, a malformed body;
+  without ``Retry-After``), a slow answer, a connection reset, a malformed body, a body cut
+  short under a full ``Content-Length``, a body dripped a few bytes at a time;
 - :class:`RequestLog` -- every request seen (method, path, query, headers), so a test can
   assert what a client sent (``since`` values, ``Accept`` headers).
 
@@ -20,6 +21,9 @@ Usage from an async test::
 From synchronous code (a subprocess client such as pip or npm, ``forage demo``) run the app on
 its own event loop in a thread: ``with ThreadedServer(app) as fake: ...``.
 
+:func:`blackhole` gives an address whose connections are never answered (the kernel drops the
+SYN, as a firewall or a dead route does), to test connect timeouts without leaving loopback.
+
 Nothing here imports pytest, so ``forage demo`` can use the fakes on a machine with no network.
 """
 
@@ -27,10 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
@@ -115,7 +120,7 @@ class ThreadedServer:
         self._loop.close()
 
 
-FaultKind = Literal["status", "slow", "reset", "malformed"]
+FaultKind = Literal["status", "slow", "reset", "malformed", "truncate", "drip"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class Fault:
     status: int = 503
     retry_after: str | None = None
     delay: float = 0.0
+    chunk: int = 1
 
     def matches(self, request: web.Request) -> bool:
         return self.path is None or request.path.startswith(self.path)
@@ -140,7 +146,9 @@ class Faults:
     status (``retry_after`` is sent verbatim: seconds or an HTTP date); ``slow`` sleeps
     ``delay`` seconds before answering normally; ``reset`` aborts the TCP connection without a
     response; ``malformed`` answers 200 with :data:`MALFORMED_BODY` under the real response's
-    content type.
+    content type; ``truncate`` sends the real status and full ``Content-Length`` but only the
+    first half of the body, then closes the connection; ``drip`` sends the real answer
+    ``chunk`` bytes every ``delay`` seconds.
     """
 
     queue: deque[Fault] = field(default_factory=deque)
@@ -163,6 +171,14 @@ class Faults:
 
     def malformed(self, *, times: int = 1, path: str | None = None) -> None:
         self._add(Fault("malformed", path), times)
+
+    def truncate(self, *, times: int = 1, path: str | None = None) -> None:
+        self._add(Fault("truncate", path), times)
+
+    def drip(
+        self, delay: float, *, chunk: int = 1, times: int = 1, path: str | None = None
+    ) -> None:
+        self._add(Fault("drip", path, delay=delay, chunk=chunk), times)
 
     def clear(self) -> None:
         self.queue.clear()
@@ -201,11 +217,59 @@ class Faults:
                 request.transport.abort()
             raise asyncio.CancelledError
         response = await handler(request)
+        if fault.kind in ("truncate", "drip") and isinstance(response, web.Response):
+            return await _send_badly(request, response, fault)
         return web.Response(
             status=200,
             body=MALFORMED_BODY,
             content_type=response.content_type,
         )
+
+
+async def _send_badly(
+    request: web.Request, response: web.Response, fault: Fault
+) -> web.StreamResponse:
+    """Send ``response`` cut in half (``truncate``) or dripped slowly (``drip``)."""
+    body = bytes(response.body or b"")
+    stream = web.StreamResponse(status=response.status, headers=response.headers)
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    if fault.kind == "truncate":
+        await stream.write(body[: len(body) // 2])
+        if request.transport is not None:
+            request.transport.close()
+        raise asyncio.CancelledError
+    for start in range(0, len(body), max(1, fault.chunk)):
+        await stream.write(body[start : start + max(1, fault.chunk)])
+        await asyncio.sleep(fault.delay)
+    await stream.write_eof()
+    return stream
+
+
+@contextmanager
+def blackhole(host: str = "127.0.0.1") -> Iterator[str]:
+    """Yield ``http://host:port`` where connecting hangs: a listener whose accept queue is full.
+
+    The listener never accepts and its one backlog slot is taken by a connection made here, so
+    Linux drops every further SYN: a client sees no refusal, no answer, only its own timeout.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind((host, 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(4):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            fillers.append(filler)
+            with suppress(BlockingIOError):
+                filler.connect((host, port))
+        yield f"http://{host}:{port}"
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
 
 
 @dataclass(frozen=True)
@@ -253,6 +317,7 @@ __all__ = [
     "RunningServer",
     "SeenRequest",
     "ThreadedServer",
+    "blackhole",
     "serve",
     "start_fake",
 ]
