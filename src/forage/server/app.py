@@ -22,7 +22,7 @@ from storage.blockstore import Blockstore
 log = logging.getLogger(__name__)
 
 #: Modules whose ``setup(app)`` adds routes, in order.
-ROUTE_MODULES: tuple[str, ...] = ()
+ROUTE_MODULES: tuple[str, ...] = ("forage.server.pieces",)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
