@@ -12,7 +12,6 @@ skips only where its client is absent and ``CI`` is not ``true``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import os
@@ -54,18 +53,18 @@ async def run(argv: list[str], *, env: dict[str, str], cwd: Path) -> str:
     return text
 
 
-def base_env(home: Path) -> dict[str, str]:
-    home.mkdir(parents=True, exist_ok=True)
-    return {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8"}
+def base_env(root: Path) -> dict[str, str]:
+    """A fresh working directory and a minimal environment whose home is inside it."""
+    (root / "home").mkdir(parents=True)
+    return {"PATH": os.environ["PATH"], "HOME": str(root / "home"), "LANG": "C.UTF-8"}
 
 
 # -- npm ---------------------------------------------------------------------------------------
 
 
-async def npm_install(npm: str, registry: str, spec: str, where: Path) -> dict[str, object]:
-    where.mkdir(parents=True)
+def npm_env(where: Path) -> dict[str, str]:
+    env = base_env(where)
     (where / "package.json").write_text('{"name": "consumer", "version": "1.0.0"}\n')
-    env = base_env(where / "home")
     (where / "npmrc").write_text("")
     (where / "global-npmrc").write_text("")
     env.update(
@@ -74,13 +73,21 @@ async def npm_install(npm: str, registry: str, spec: str, where: Path) -> dict[s
         npm_config_globalconfig=str(where / "global-npmrc"),
         npm_config_update_notifier="false",
     )
+    return env
+
+
+def read_json(path: Path) -> dict[str, object]:
+    document: dict[str, object] = json.loads(path.read_text())
+    return document
+
+
+async def npm_install(npm: str, registry: str, spec: str, where: Path) -> dict[str, object]:
     await run(
         [npm, "install", "--registry", registry, "--no-audit", "--no-fund", spec],
-        env=env,
+        env=npm_env(where),
         cwd=where,
     )
-    lock: dict[str, object] = json.loads((where / "package-lock.json").read_text())
-    return lock
+    return read_json(where / "package-lock.json")
 
 
 async def test_npm_installs_through_forage_with_the_upstream_up_and_down(
@@ -89,9 +96,7 @@ async def test_npm_installs_through_forage_with_the_upstream_up_and_down(
     npm = need("npm")
     registry = FakeNpmRegistry()
     registry.publish("left-pad", "1.0.0")
-    wanted = registry.publish(
-        "left-pad", "1.1.0", files={"index.js": b"module.exports = 'pad';\n"}
-    )
+    wanted = registry.publish("left-pad", "1.1.0", files={"index.js": b"module.exports = 'pad';\n"})
     scoped = registry.publish("@fk/scoped", "2.0.0")
     upstream = await start_fake(registry.make_app())
     async with forage_mirror(tmp_path, db_url, npm=upstream.url) as forage:
@@ -106,7 +111,7 @@ async def test_npm_installs_through_forage_with_the_upstream_up_and_down(
         assert isinstance(packages, dict)
         assert packages["node_modules/left-pad"]["integrity"] == wanted.integrity
         installed = tmp_path / "up" / "node_modules" / "left-pad" / "index.js"
-        assert installed.read_bytes() == b"module.exports = 'pad';\n"
+        assert read_bytes(installed) == b"module.exports = 'pad';\n"
         assert registry.requests.paths().count("/left-pad/-/left-pad-1.1.0.tgz") == 1
 
         await upstream.close()
@@ -116,7 +121,7 @@ async def test_npm_installs_through_forage_with_the_upstream_up_and_down(
         assert packages["node_modules/left-pad"]["integrity"] == wanted.integrity
         assert packages["node_modules/left-pad"]["resolved"].startswith(forage.url)
         installed = tmp_path / "down" / "node_modules" / "left-pad" / "index.js"
-        assert installed.read_bytes() == b"module.exports = 'pad';\n"
+        assert read_bytes(installed) == b"module.exports = 'pad';\n"
 
         lock = await npm_install(npm, url, "@fk/scoped@2.0.0", tmp_path / "scoped")
         packages = lock["packages"]
@@ -127,9 +132,17 @@ async def test_npm_installs_through_forage_with_the_upstream_up_and_down(
 # -- pip ---------------------------------------------------------------------------------------
 
 
+def read_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def only_file(directory: Path) -> Path:
+    (found,) = directory.iterdir()
+    return found
+
+
 async def pip_download(index: str, spec: str, where: Path) -> Path:
-    where.mkdir(parents=True)
-    env = base_env(where / "home")
+    env = base_env(where)
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1")
     await run(
         [
@@ -151,8 +164,7 @@ async def pip_download(index: str, spec: str, where: Path) -> Path:
         env=env,
         cwd=where,
     )
-    (wheel,) = (where / "out").iterdir()
-    return wheel
+    return only_file(where / "out")
 
 
 async def test_pip_downloads_through_forage_with_the_upstream_up_and_down(
@@ -169,19 +181,19 @@ async def test_pip_downloads_through_forage_with_the_upstream_up_and_down(
 
         got = await pip_download(index, "Sample.Project==1.1", tmp_path / "up")
         assert got.name == wheel.filename
-        assert hashlib.sha256(got.read_bytes()).hexdigest() == wheel.sha256
+        assert hashlib.sha256(read_bytes(got)).hexdigest() == wheel.sha256
 
         await upstream.close()
         got = await pip_download(index, "sample_project==1.1", tmp_path / "down")
         assert got.name == wheel.filename
-        assert hashlib.sha256(got.read_bytes()).hexdigest() == wheel.sha256
+        assert hashlib.sha256(read_bytes(got)).hexdigest() == wheel.sha256
 
 
 # -- go ----------------------------------------------------------------------------------------
 
 
 def go_env(root: Path, proxy: str) -> dict[str, str]:
-    env = base_env(root / "home")
+    env = base_env(root)
     env.update(
         GOPROXY=proxy,
         GOSUMDB="off",
@@ -198,14 +210,9 @@ def go_env(root: Path, proxy: str) -> dict[str, str]:
 
 
 async def go_download(go: str, proxy: str, spec: str, root: Path) -> dict[str, str]:
-    root.mkdir(parents=True)
     output = await run([go, "mod", "download", "-json", spec], env=go_env(root, proxy), cwd=root)
     result: dict[str, str] = json.loads(output)
     return result
-
-
-def sha256_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
 async def test_go_downloads_through_forage_with_the_upstream_up_and_down(
@@ -233,5 +240,7 @@ async def test_go_downloads_through_forage_with_the_upstream_up_and_down(
             result = await go_download(go, proxy, "example.com/Demo@v1.0.0", tmp_path / "down")
             assert result["Sum"] == module.h1
             assert result["GoModSum"] == module.go_mod_h1
-            zip_path = Path(result["Zip"])
-            assert zip_path.is_file()
+            assert (
+                hashlib.sha256(read_bytes(Path(result["Zip"]))).hexdigest()
+                == hashlib.sha256(module.zip).hexdigest()
+            )
