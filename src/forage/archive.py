@@ -149,7 +149,7 @@ def load_target(session: Session, artifact_id: int) -> ArchiveTarget | None:
             sa.select(ArtifactDigest.algorithm, ArtifactDigest.value).where(
                 ArtifactDigest.artifact_id == artifact_id
             )
-        ).tuples()
+        ).all()
     )
     return ArchiveTarget(
         artifact_id=row.id,
@@ -294,9 +294,8 @@ class _Pass:
     """The synchronous half of one pass: hash, import, stage, spool (run in threads)."""
 
     def __init__(self, target: ArchiveTarget, batch: BlockSink, spool: IO[bytes] | None) -> None:
-        stream_digests = {k: v for k, v in target.digests.items() if k != H1}
         self.target = target
-        self.verifier = DigestVerifier(target.url, stream_digests, size=target.size)
+        self.verifier = DigestVerifier(target.url, target.digests, size=target.size)
         self.importer = UnixFSImporter()
         self.batch = batch
         self.spool = spool
