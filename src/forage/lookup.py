@@ -355,19 +355,16 @@ def cid_query(session: Session, keys: Sequence[Key]) -> Any:
 
 
 #: Artifact kinds preferred when one key must be answered with one CID (the source first).
-_PREFERRED_KINDS = {"sdist": 0, "tarball": 0, "zip": 0}
+_SOURCE_KINDS = frozenset({"sdist", "tarball", "zip"})
 
 
-def legacy_cids(session: Session, keys: Sequence[Key]) -> dict[Key, str]:
-    """One CID per key, as the original Forage answered: the source archive's when a release
-    has several files (a PyPI sdist), else the first archived file by name."""
-    best: dict[Key, tuple[int, str, str]] = {}
-    for row in session.execute(cid_query(session, keys)):
-        key = Key(row.ecosystem, row.name, row.number)
-        rank = (_PREFERRED_KINDS.get(row.kind or "", 1), row.filename, row.cid)
-        if key not in best or rank < best[key]:
-            best[key] = rank
-    return {key: rank[2] for key, rank in best.items()}
+def preferred_cid(artifacts: Iterable[ArtifactView]) -> str | None:
+    """One CID for a version, as the original Forage answered: the source archive's when a
+    release has several files (a PyPI sdist), else the first archived file by name."""
+    archived = sorted(
+        ((a.kind not in _SOURCE_KINDS, a.filename, a.cid) for a in artifacts if a.cid),
+    )
+    return archived[0][2] if archived else None
 
 
 def load_artifacts(

@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session
 
 from forage.db import make_engine, make_sessionmaker
 from forage.ingest import enqueue_changes
-from forage.keys import Key
 from forage.lookup import (
     FILECOIN_GENESIS,
     BackfillPolicy,
@@ -33,9 +32,9 @@ from forage.lookup import (
     backfill,
     current_epoch,
     epoch_time,
-    legacy_cids,
     lookup,
     package_view,
+    preferred_cid,
     resolve,
     summarize,
 )
@@ -113,8 +112,7 @@ def test_every_key_gets_its_own_result_in_order(db_session: Session) -> None:
     django(db_session)
     keys: list[object] = ["garbage", "pkg:pypi/django@5.0", 42, "npm:lodash", "cargo:serde:1.0.0"]
     results = resolve(db_session, keys, now=NOW).results
-    assert [r.key for r in results] == ["garbage", "pkg:pypi/django@5.0", "42", "npm:lodash",
-                                        "cargo:serde:1.0.0"]  # fmt: skip
+    assert [r.key for r in results] == [*keys[:2], "42", *keys[3:]]  # non-strings as JSON
     assert [r.status for r in results] == [
         KeyStatus.INVALID,
         KeyStatus.FOUND,
@@ -262,8 +260,15 @@ def test_legacy_answer_is_one_cid_per_key_preferring_the_source(db_session: Sess
     wheel_archive.size = 5
     wheel_archive.archived_at = NOW
     db_session.flush()
-    answer = legacy_cids(db_session, [Key("pypi", "django", "5.0"), Key("npm", "nope", "1")])
-    assert answer == {Key("pypi", "django", "5.0"): raw_cid(artifact_content(rows["sdist"]))}
+    (found,) = resolve(db_session, ["pypi:django:5.0"], now=NOW).results
+    assert preferred_cid(found.artifacts) == raw_cid(artifact_content(rows["sdist"]))
+    wheel_archive.status = ArchiveStatus.FAILED
+    wheel_archive.error = "gone"
+    rows["archive"].status = ArchiveStatus.PENDING
+    rows["archive"].cid = None
+    db_session.flush()
+    (found,) = resolve(db_session, ["pypi:django:5.0"], now=NOW).results
+    assert preferred_cid(found.artifacts) is None
 
 
 def test_package_view_lists_versions_newest_first_with_archive_counts(

@@ -12,19 +12,27 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from sqlalchemy.orm import Session, sessionmaker
 
 from forage.config import Config
+from forage.errors import InvalidKey, NotFound
 from forage.server.state import BLOCKSTORE, CONFIG, SESSIONMAKER
 from storage.blockstore import Blockstore
+from storage.errors import InvalidCID
 
 log = logging.getLogger(__name__)
 
 #: Modules whose ``setup(app)`` adds routes, in order.
-ROUTE_MODULES: tuple[str, ...] = ("forage.server.pieces",)
+ROUTE_MODULES: tuple[str, ...] = (
+    "forage.server.api",
+    "forage.server.openapi",
+    "forage.server.pieces",
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Headers of an HTTP error that its JSON rendering keeps.
+_KEPT_HEADERS = (hdrs.ALLOW, hdrs.RETRY_AFTER, hdrs.WWW_AUTHENTICATE)
 
 
 def json_error(status: int, message: str, **extra: object) -> web.Response:
@@ -36,13 +44,23 @@ def json_error(status: int, message: str, **extra: object) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn HTTP errors into JSON bodies and anything unexpected into a logged 500."""
+    """Turn HTTP errors into JSON bodies (keeping ``Allow``, ``Retry-After`` and
+    ``WWW-Authenticate``), malformed keys and CIDs into 400s, ``NotFound`` into 404s, and
+    anything unexpected into a logged 500."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
-        return json_error(exc.status, exc.reason if exc.text is None else exc.text)
+        response = json_error(exc.status, exc.reason if exc.text is None else exc.text)
+        for name in _KEPT_HEADERS:
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
+    except (InvalidKey, InvalidCID) as exc:
+        return json_error(400, str(exc))
+    except NotFound as exc:
+        return json_error(404, str(exc))
     except Exception:
         log.exception("unhandled error answering %s %s", request.method, request.path)
         return json_error(500, "internal server error")
@@ -52,7 +70,9 @@ def make_app(
     config: Config, *, sessionmaker: sessionmaker[Session], blockstore: Blockstore
 ) -> web.Application:
     """The whole HTTP server as one application."""
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=config.server.max_body_size
+    )
     app[CONFIG] = config
     app[SESSIONMAKER] = sessionmaker
     app[BLOCKSTORE] = blockstore

@@ -1,0 +1,365 @@
+"""The JSON API: batch lookups, lockfiles, reverse lookup by CID, packages, stats, imports.
+
+Routes (described for clients in ``openapi.json``, served at ``/api/openapi.json``):
+
+- ``POST /api/v1/lookup`` ``{"keys": [...]}`` and ``GET /api/v1/lookup?keys=a,b``: one result
+  per key, in order (:mod:`forage.lookup`); unknown keys queue a backfill import;
+- ``POST /api/v1/lookup/lockfile`` takes a ``package-lock.json``, ``requirements.txt``,
+  ``go.sum`` or CycloneDX JSON SBOM as the body and answers for every dependency;
+- ``GET|POST /packages/lookup?keys=...``: the original Forage's reply, ``{key: cid | null}``;
+- ``GET /api/v1/cids/{cid}``, ``GET /api/v1/packages/{ecosystem}/{name}``,
+  ``GET /api/v1/packages/{ecosystem}/{name}/versions/{version}``, ``GET /api/v1/stats``;
+- ``POST /api/v1/import`` (bearer token, :mod:`forage.server.auth`): queue a package import.
+
+Hostile input is answered with a 4xx naming the problem: bodies are bounded by
+``server.max_body_size`` (413), batches by ``server.max_keys`` (413 naming the limit), JSON
+that does not parse or nests without end is a 400. Database work runs in worker threads
+(``asyncio.to_thread``); on SQLite, reads use a read-only engine on the same file, so a
+lookup never waits for the job queue's writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from forage import jobs
+from forage.config import DatabaseConfig
+from forage.db import make_engine, make_sessionmaker
+from forage.errors import InvalidKey
+from forage.keys import PLATFORMS, Key, parse_key
+from forage.lockfiles import LockfileError, read_lockfile
+from forage.lookup import (
+    IMPORT,
+    BackfillPolicy,
+    KeyResult,
+    KeyStatus,
+    archive_stats,
+    artifacts_by_cid,
+    import_dedup_key,
+    lookup,
+    normalize_name,
+    package_view,
+    preferred_cid,
+    summarize,
+)
+from forage.registries import INDEXER_CLASSES
+from forage.server.auth import json_http_error, requires_token
+from forage.server.state import CONFIG, SESSIONMAKER
+from indexers import IndexerError
+from storage import InvalidCID, parse_cid
+
+log = logging.getLogger(__name__)
+
+#: CID text: multibase alphabets; 8 characters hold the shortest CIDv1 (an identity hash).
+_CID_TEXT = re.compile(r"[A-Za-z0-9+/=_-]{8,256}")
+#: Read-only sessions for lookups (the app's own sessionmaker except on SQLite).
+READER = web.AppKey("lookup_reader", sessionmaker[Session])
+#: Which unknown keys may queue imports, and the rate limiter shared by all requests.
+BACKFILL = web.AppKey("backfill_policy", BackfillPolicy)
+
+
+def read_only_sessionmaker(
+    writer: sessionmaker[Session],
+) -> tuple[sessionmaker[Session], Engine | None]:
+    """Sessions on the same database as ``writer`` that only read: on SQLite a second engine
+    whose transactions begin with a plain ``BEGIN`` (no write lock), returned so the caller
+    disposes of it; elsewhere ``writer`` itself."""
+    bind = writer.kw.get("bind")
+    if not isinstance(bind, Engine) or bind.dialect.name != "sqlite":
+        return writer, None
+    url = bind.url.render_as_string(hide_password=False)
+    engine = make_engine(DatabaseConfig(url=url), read_only=True)
+    return make_sessionmaker(engine), engine
+
+
+async def _reader_context(app: web.Application) -> AsyncIterator[None]:
+    reader, engine = read_only_sessionmaker(app[SESSIONMAKER])
+    app[READER] = reader
+    yield
+    if engine is not None:
+        engine.dispose()
+
+
+def setup(app: web.Application) -> None:
+    """Add the API's routes and its shared state to ``app``."""
+    app[BACKFILL] = BackfillPolicy.from_config(app[CONFIG])
+    app.cleanup_ctx.append(_reader_context)
+    router = app.router
+    router.add_post("/api/v1/lookup", lookup_post)
+    router.add_get("/api/v1/lookup", lookup_get)
+    router.add_post("/api/v1/lookup/lockfile", lookup_lockfile)
+    router.add_get("/packages/lookup", legacy_lookup)
+    router.add_post("/packages/lookup", legacy_lookup)
+    router.add_get("/api/v1/cids/{cid}", cid_lookup)
+    router.add_get("/api/v1/packages/{ecosystem}/{name:.+}/versions/{version}", version_detail)
+    router.add_get("/api/v1/packages/{ecosystem}/{name:.+}", package_detail)
+    router.add_get("/api/v1/stats", stats)
+    router.add_post("/api/v1/import", import_package)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _json(value: Any, *, status: int = 200) -> web.Response:
+    return web.json_response(value, status=status, dumps=_dumps)
+
+
+def _bad_request(message: str) -> web.HTTPError:
+    return json_http_error(web.HTTPBadRequest, message)
+
+
+def _not_found(message: str) -> web.HTTPError:
+    return json_http_error(web.HTTPNotFound, message)
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The request body as JSON; 400 for anything that does not parse (413 if too large)."""
+    raw = await request.read()
+    if not raw:
+        raise _bad_request("the request body is empty; send JSON")
+    try:
+        return json.loads(raw)
+    except RecursionError as exc:
+        raise _bad_request("the JSON body nests too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise _bad_request(f"the body is not valid JSON: {exc}") from exc
+
+
+def _check_count(request: web.Request, count: int, what: str = "keys") -> None:
+    limit = request.app[CONFIG].server.max_keys
+    if count > limit:
+        raise json_http_error(
+            web.HTTPRequestEntityTooLarge,
+            f"too many {what}: at most {limit} per request, got {count}; split the batch",
+            max_size=limit,
+            actual_size=count,
+        )
+
+
+def _query_keys(request: web.Request) -> list[str]:
+    """``keys`` from the query string: comma-separated, the parameter repeatable."""
+    keys = [
+        part.strip()
+        for value in request.query.getall("keys", [])
+        for part in value.split(",")
+        if part.strip()
+    ]
+    if not keys:
+        raise _bad_request("give the keys to look up: ?keys=KEY,KEY,...")
+    return keys
+
+
+def _body_keys(body: Any) -> list[Any]:
+    keys = body.get("keys") if isinstance(body, dict) else None
+    if not isinstance(keys, list):
+        raise _bad_request('the body must be a JSON object {"keys": [KEY, ...]}')
+    return keys
+
+
+async def _lookup(request: web.Request, keys: Sequence[object]) -> tuple[KeyResult, ...]:
+    _check_count(request, len(keys))
+    app = request.app
+    return await asyncio.to_thread(
+        lookup, app[READER], app[SESSIONMAKER], keys, policy=app[BACKFILL]
+    )
+
+
+def _lookup_reply(results: Sequence[KeyResult]) -> web.Response:
+    return _json(
+        {"results": [result.to_json() for result in results], "summary": summarize(results)}
+    )
+
+
+async def lookup_post(request: web.Request) -> web.Response:
+    """``POST /api/v1/lookup``: ``{"keys": [...]}`` to one result per key."""
+    keys = _body_keys(await _json_body(request))
+    return _lookup_reply(await _lookup(request, keys))
+
+
+async def lookup_get(request: web.Request) -> web.Response:
+    """``GET /api/v1/lookup?keys=a,b``: the same answer as the POST."""
+    return _lookup_reply(await _lookup(request, _query_keys(request)))
+
+
+async def lookup_lockfile(request: web.Request) -> web.Response:
+    """``POST /api/v1/lookup/lockfile[?filename=go.sum]``: every dependency of the body."""
+    data = await request.read()
+    if not data:
+        raise _bad_request("the request body is empty; send the lockfile itself")
+    filename = request.query.get("filename", "")
+    try:
+        entries = await asyncio.to_thread(read_lockfile, data, filename=filename)
+    except LockfileError as exc:
+        raise _bad_request(str(exc)) from exc
+    except RecursionError as exc:
+        raise _bad_request("the JSON document nests too deeply") from exc
+    keyed = [entry for entry in entries if entry.key is not None]
+    _check_count(request, len(keyed), "dependencies")
+    results = iter(await _lookup(request, [entry.key for entry in keyed]))
+    dependencies: list[dict[str, Any]] = []
+    answered: list[KeyResult] = []
+    for entry in entries:
+        if entry.key is None:
+            dependencies.append(
+                {"source": entry.source, "key": None, "status": "skipped", "reason": entry.problem}
+            )
+            continue
+        result = next(results)
+        answered.append(result)
+        dependencies.append({"source": entry.source, **result.to_json()})
+    summary = summarize(answered)
+    summary["skipped"] = len(entries) - len(keyed)
+    return _json({"dependencies": dependencies, "summary": summary})
+
+
+async def legacy_lookup(request: web.Request) -> web.Response:
+    """``GET|POST /packages/lookup``: the original Forage's ``{key: cid | null}``."""
+    if request.method == "POST" and request.content_type == "application/json":
+        keys = [key for key in _body_keys(await _json_body(request)) if isinstance(key, str)]
+    elif request.method == "POST" and "keys" not in request.query:
+        form = await request.post()
+        keys = [
+            part.strip()
+            for value in form.getall("keys", [])
+            if isinstance(value, str)
+            for part in value.split(",")
+            if part.strip()
+        ]
+        if not keys:
+            raise _bad_request("give the keys to look up: keys=KEY,KEY,...")
+    else:
+        keys = _query_keys(request)
+    results = await _lookup(request, keys)
+    return _json({result.key: preferred_cid(result.artifacts) for result in results})
+
+
+async def cid_lookup(request: web.Request) -> web.Response:
+    """``GET /api/v1/cids/{cid}``: every artifact whose archived bytes have this CID."""
+    text = request.match_info["cid"]
+    if not _CID_TEXT.fullmatch(text):
+        raise _bad_request(f"not a CID: {text[:200]!r}")
+    try:
+        cid = parse_cid(text)
+    except InvalidCID as exc:
+        raise _bad_request(f"not a CID: {text[:200]!r} ({exc})") from exc
+    normalized = str(cid.set(version=1, base="base32") if cid.version == 0 else cid)
+    matches = await asyncio.to_thread(_in_session, request, artifacts_by_cid, normalized)
+    if not matches:
+        raise _not_found(f"no archived artifact has CID {normalized}")
+    return _json({"cid": normalized, "artifacts": [match.to_json() for match in matches]})
+
+
+def _in_session(request: web.Request, read: Callable[..., Any], *args: Any) -> Any:
+    with request.app[READER]() as session, session.begin():
+        return read(session, *args)
+
+
+def _ecosystem(request: web.Request) -> str:
+    given = request.match_info["ecosystem"]
+    ecosystem = PLATFORMS.get(given.lower(), given.lower())
+    if ecosystem not in INDEXER_CLASSES:
+        known = ", ".join(sorted(INDEXER_CLASSES))
+        raise _not_found(f"unknown ecosystem {given[:100]!r} (known: {known})")
+    return ecosystem
+
+
+def _name(ecosystem: str, name: str) -> str:
+    try:
+        return normalize_name(ecosystem, name)
+    except IndexerError as exc:
+        raise _bad_request(str(exc)) from exc
+
+
+async def package_detail(request: web.Request) -> web.Response:
+    """``GET /api/v1/packages/{ecosystem}/{name}``: the package and its versions."""
+    ecosystem = _ecosystem(request)
+    name = _name(ecosystem, request.match_info["name"])
+    view = await asyncio.to_thread(_in_session, request, package_view, ecosystem, name)
+    if view is None:
+        raise _not_found(f"{ecosystem}/{name} is not in the index")
+    return _json(view.to_json())
+
+
+async def version_detail(request: web.Request) -> web.Response:
+    """``GET /api/v1/packages/{ecosystem}/{name}/versions/{version}``: one version's files."""
+    ecosystem = _ecosystem(request)
+    name = _name(ecosystem, request.match_info["name"])
+    key = Key(ecosystem, name, request.match_info["version"]).purl()
+    app = request.app
+    (result,) = await asyncio.to_thread(lookup, app[READER], None, [key], policy=None)
+    if result.status is KeyStatus.INVALID:
+        raise _bad_request(result.error or "invalid version")
+    if result.status is not KeyStatus.FOUND:
+        raise _not_found(f"{key} is not in the index")
+    return _json(result.to_json())
+
+
+async def stats(request: web.Request) -> web.Response:
+    """``GET /api/v1/stats``: what the archive holds."""
+    return _json(await asyncio.to_thread(_in_session, request, archive_stats))
+
+
+@requires_token
+async def import_package(request: web.Request) -> web.Response:
+    """``POST /api/v1/import`` ``{"key": ...}`` or ``{"ecosystem", "name", "version"?}``:
+    queue an import of the package (deduplicated with one already queued)."""
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise _bad_request('the body must be a JSON object {"key": "pkg:npm/left-pad"}')
+    key = _import_key(body)
+    config = request.app[CONFIG]
+    if key.ecosystem not in config.configured_registries():
+        raise json_http_error(
+            web.HTTPConflict, f"the {key.ecosystem} registry is not configured on this server"
+        )
+
+    def enqueue() -> int:
+        with request.app[SESSIONMAKER].begin() as session:
+            payload = {"ecosystem": key.ecosystem, "name": key.name}
+            if key.version:
+                payload["version"] = key.version
+            return jobs.enqueue(session, IMPORT, payload, dedup_key=import_dedup_key(key))
+
+    job_id = await asyncio.to_thread(enqueue)
+    log.info("import of %s/%s queued by API as job %d", key.ecosystem, key.name, job_id)
+    return _json(
+        {"job_id": job_id, "ecosystem": key.ecosystem, "name": key.name, "version": key.version},
+        status=202,
+    )
+
+
+def _import_key(body: dict[str, Any]) -> Key:
+    """The package an import request names, normalized; 400 for anything malformed."""
+    try:
+        if "key" in body:
+            if not isinstance(body["key"], str):
+                raise InvalidKey(json.dumps(body["key"])[:100], "a key must be a string")
+            key = parse_key(body["key"], normalize=normalize_name)
+        else:
+            ecosystem, name = body.get("ecosystem"), body.get("name")
+            version = body.get("version")
+            if not isinstance(ecosystem, str) or not isinstance(name, str) or not name:
+                raise _bad_request('give {"key": PURL} or {"ecosystem": ..., "name": ...}')
+            if version is not None and not isinstance(version, str):
+                raise _bad_request("version must be a string")
+            ecosystem = PLATFORMS.get(ecosystem.lower(), ecosystem.lower())
+            if ecosystem not in INDEXER_CLASSES:
+                raise _bad_request(f"unknown ecosystem {ecosystem[:100]!r}")
+            key = Key(ecosystem, normalize_name(ecosystem, name), version or None)
+    except InvalidKey as exc:
+        raise _bad_request(str(exc)) from exc
+    except IndexerError as exc:
+        raise _bad_request(str(exc)) from exc
+    if key.ecosystem not in INDEXER_CLASSES:
+        raise _bad_request(f"Forage does not index {key.ecosystem} packages")
+    return key
