@@ -17,9 +17,14 @@ if TYPE_CHECKING:
 
 
 def default_handlers() -> Mapping[str, Handler]:
-    """Every job kind Forage knows, mapped to its handler."""
+    """Every job kind Forage knows, mapped to its handler (wrapped so that its log lines
+    name the job: :func:`forage.logs.with_job_context`)."""
     from forage.archive import archive_job
     from forage.ingest import ARCHIVE, IMPORT, import_job
+    from forage.logs import with_job_context
     from forage.pins import PIN, PIN_CHECK, pin_check_job, pin_job
+    from forage.scheduler import scheduled_handlers
 
-    return {IMPORT: import_job, ARCHIVE: archive_job, PIN: pin_job, PIN_CHECK: pin_check_job}
+    handlers = {IMPORT: import_job, ARCHIVE: archive_job, PIN: pin_job, PIN_CHECK: pin_check_job}
+    handlers.update(scheduled_handlers())
+    return {kind: with_job_context(handler) for kind, handler in handlers.items()}

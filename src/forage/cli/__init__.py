@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from forage import __version__
+from forage.config import LOG_FORMATS, Config
 from forage.errors import ConfigError, ForageError, InvalidKey, NotFound
 from indexers.errors import IndexerError, InvalidName, PackageNotFound
 from storage.errors import StorageError
@@ -28,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "db",
     "index",
     "jobs",
+    "run",
     "worker",
 )
 
@@ -60,22 +62,30 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (repeatable)"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only log errors")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="log lines as text, logfmt (key=value) or json (default: [logging] format, else text)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"forage.cli.{name}").register(subparsers)
     return parser
 
 
-def configure_logging(verbose: int, quiet: bool) -> None:
-    """Log to stderr, one line per event: Forage's own events at INFO (DEBUG with ``-v``),
-    libraries' only from WARNING (everything with ``-vv``); ``-q`` keeps errors only."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose >= 2 else logging.WARNING,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    own = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.getLogger("forage").setLevel(own)
+def configure_logging(verbose: int, quiet: bool, log_format: str | None = None) -> None:
+    """Log to stderr, one line per event (:mod:`forage.logs`): Forage's own events at INFO
+    (DEBUG with ``-v``), libraries' only from WARNING (everything with ``-vv``); ``-q`` keeps
+    errors only."""
+    from forage.logs import configure
+
+    configure(format=log_format or "text", verbose=verbose, quiet=quiet)
+
+
+def use_config_logging(args: argparse.Namespace, config: Config) -> None:
+    """Switch to the configuration's ``[logging] format`` unless ``--log-format`` was given."""
+    if getattr(args, "log_format", None) is None and config.logging.format != "text":
+        configure_logging(args.verbose, args.quiet, config.logging.format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    configure_logging(args.verbose, args.quiet)
+    configure_logging(args.verbose, args.quiet, args.log_format)
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

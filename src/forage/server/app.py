@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 #: Modules whose ``setup(app)`` adds routes, in order.
 ROUTE_MODULES: tuple[str, ...] = (
+    "forage.server.ops",
     "forage.server.api",
     "forage.server.openapi",
     "forage.server.pieces",
