@@ -20,11 +20,14 @@ def default_handlers() -> Mapping[str, Handler]:
     """Every job kind Forage knows, mapped to its handler (wrapped so that its log lines
     name the job: :func:`forage.logs.with_job_context`)."""
     from forage.archive import archive_job
+    from forage.deals import SYNC_DEALS, sync_deals_job
     from forage.ingest import ARCHIVE, IMPORT, import_job
     from forage.logs import with_job_context
+    from forage.pieces import BUILD_PIECES, build_pieces_job
     from forage.pins import PIN, PIN_CHECK, pin_check_job, pin_job
     from forage.scheduler import scheduled_handlers
 
     handlers = {IMPORT: import_job, ARCHIVE: archive_job, PIN: pin_job, PIN_CHECK: pin_check_job}
+    handlers.update({BUILD_PIECES: build_pieces_job, SYNC_DEALS: sync_deals_job})
     handlers.update(scheduled_handlers())
     return {kind: with_job_context(handler) for kind, handler in handlers.items()}
