@@ -1,0 +1,518 @@
+"""Server-rendered web pages: home (archive statistics and health, recent versions), package
+search, one page per package (every version's files with CID, pins, piece and active deals)
+and the deals page.
+
+Pages are Jinja2 templates (``templates/``, autoescaped, undefined names are errors) over plain
+values read in one read-only session per request, run in a worker thread so the event loop
+never waits on the database. Per-artifact queries come from :mod:`forage.lookup`, the query
+layer the JSON API shares, so a page and ``/api/v1/lookup`` always agree. Input from the URL is
+bounded and checked before it reaches SQL (a NUL byte alone makes PostgreSQL fail); bad input
+gets an HTML error page with a 4xx status, echoing nothing unescaped.
+
+Jinja2: https://jinja.palletsprojects.com/en/stable/api/ ; aiohttp static files:
+https://docs.aiohttp.org/en/stable/web_advanced.html#static-file-handling
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import jinja2
+import sqlalchemy as sa
+from aiohttp import web
+from sqlalchemy.orm import Session, sessionmaker
+
+from forage import lookup
+from forage.db import utcnow
+from forage.models import (
+    Archive,
+    ArchiveStatus,
+    Artifact,
+    Deal,
+    DealState,
+    Package,
+    Piece,
+    PieceMember,
+    Version,
+)
+from forage.server.state import SESSIONMAKER
+from indexers import IndexerError
+
+#: The Jinja2 environment of an application (set by :func:`setup`).
+TEMPLATES = web.AppKey("templates", jinja2.Environment)
+
+HERE = Path(__file__).parent
+#: Versions per page of a package page, rows per page of the deals page.
+VERSIONS_PER_PAGE = 20
+DEALS_PER_PAGE = 50
+RECENT_VERSIONS = 20
+SEARCH_RESULTS = 50
+#: Limits on what a URL may carry (package names are at most 1,024 characters in the schema).
+MAX_QUERY_LENGTH = 200
+MAX_NAME_LENGTH = 1024
+MAX_ECOSYSTEM_LENGTH = 32
+MAX_PAGE = 1_000_000
+
+
+class BadInput(Exception):
+    """A URL parameter a page cannot use; answered with a 400 page naming the parameter."""
+
+
+def _clean_text(value: str, what: str, *, limit: int) -> str:
+    """``value`` stripped, refused if too long or holding control characters."""
+    if len(value) > limit:
+        raise BadInput(f"{what} is longer than {limit} characters")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise BadInput(f"{what} contains control characters")
+    return value.strip()
+
+
+def _page_number(request: web.Request) -> int:
+    raw = request.query.get("page", "1")
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise BadInput(f"page must be a whole number from 1 to {MAX_PAGE}")
+    return int(raw)
+
+
+# -- template helpers ------------------------------------------------------------------------
+
+
+def package_path(ecosystem: str, name: str) -> str:
+    """The URL path of a package page; ``.`` and ``..`` segments are escaped so a browser
+    never folds them away."""
+    segments = [quote(part, safe="@:+") for part in name.split("/")]
+    segments = [part.replace(".", "%2E") if part in (".", "..") else part for part in segments]
+    return f"/packages/{quote(ecosystem, safe='')}/{'/'.join(segments)}"
+
+
+def human_bytes(value: int | None) -> str:
+    """``1536`` as ``1.5 KiB``: sizes people read at a glance (exact bytes go in a title)."""
+    if value is None:
+        return "-"
+    if value < 1024:
+        return f"{value} B"
+    exponent = min(int(math.log(value, 1024)), 6)
+    return f"{value / 1024**exponent:.1f} {'KMGTPE'[exponent - 1]}iB"
+
+
+def show_time(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def safe_url(url: str | None) -> str | None:
+    """``url`` if it is http(s), else ``None``: a ``javascript:`` link must never render."""
+    if not url:
+        return None
+    return url if urlsplit(url).scheme in ("http", "https") else None
+
+
+def make_environment() -> jinja2.Environment:
+    """The template environment: autoescaping on for everything, undefined names fail."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["bytes"] = human_bytes
+    env.filters["time"] = show_time
+    env.filters["safe_url"] = safe_url
+    env.filters["epoch_time"] = lambda epoch: show_time(lookup.epoch_time(epoch))
+    env.globals["package_path"] = package_path
+    return env
+
+
+def render(
+    request: web.Request, template: str, *, status: int = 200, **context: Any
+) -> web.Response:
+    text = request.app[TEMPLATES].get_template(template).render(**context)
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
+def error_page(request: web.Request, status: int, message: str) -> web.Response:
+    return render(request, "error.html", status=status, status_code=status, message=message)
+
+
+async def _read(request: web.Request, query: Any, *args: Any) -> Any:
+    """Run ``query(session, *args)`` in a worker thread on a fresh session."""
+    factory: sessionmaker[Session] = request.app[SESSIONMAKER]
+
+    def run() -> Any:
+        with factory() as session:
+            return query(session, *args)
+
+    return await asyncio.to_thread(run)
+
+
+# -- queries ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """How much of the archive is packed into pieces and held by active deals."""
+
+    archived_bytes: int
+    piece_bytes: int
+    active_deal_bytes: int
+    #: Number of active deals -> number of pieces with that many.
+    replicas: tuple[tuple[int, int], ...]
+    pieces: int
+
+
+def _active_deal(now: datetime) -> Any:
+    """The condition :mod:`forage.lookup` uses: active on chain and not past its end epoch."""
+    return sa.and_(
+        Deal.state == DealState.ACTIVE,
+        sa.or_(Deal.end_epoch.is_(None), Deal.end_epoch > lookup.current_epoch(now)),
+    )
+
+
+def archive_health(session: Session, now: datetime) -> Health:
+    """Bytes archived, bytes of archives inside pieces, bytes of archives inside pieces with
+    an active deal, and how many pieces have 0, 1, 2... active deals."""
+    archived = Archive.status == ArchiveStatus.ARCHIVED
+
+    def archived_bytes(*where: Any) -> int:
+        total = session.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(Archive.size), 0)).where(archived, *where)
+        ).scalar_one()
+        return int(total)
+
+    in_piece = Archive.id.in_(sa.select(PieceMember.archive_id))
+    in_deal = Archive.id.in_(
+        sa.select(PieceMember.archive_id)
+        .join(Deal, Deal.piece_id == PieceMember.piece_id)
+        .where(_active_deal(now))
+    )
+    per_piece = (
+        sa.select(sa.func.count(Deal.id).label("replicas"))
+        .select_from(Piece)
+        .outerjoin(Deal, sa.and_(Deal.piece_id == Piece.id, _active_deal(now)))
+        .group_by(Piece.id)
+        .subquery()
+    )
+    histogram = session.execute(
+        sa.select(per_piece.c.replicas, sa.func.count())
+        .group_by(per_piece.c.replicas)
+        .order_by(per_piece.c.replicas)
+    ).all()
+    return Health(
+        archived_bytes=archived_bytes(),
+        piece_bytes=archived_bytes(in_piece),
+        active_deal_bytes=archived_bytes(in_deal),
+        replicas=tuple((int(replicas), int(count)) for replicas, count in histogram),
+        pieces=sum(int(count) for _, count in histogram),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RecentVersion:
+    ecosystem: str
+    name: str
+    number: str
+    published_at: datetime | None
+    artifacts: int
+    archived: int
+
+
+def recent_versions(session: Session, limit: int) -> list[RecentVersion]:
+    """The versions indexed last, newest first, with how many of their files are archived."""
+    latest = sa.select(Version.id).order_by(Version.id.desc()).limit(limit).subquery()
+    archived = sa.case((Archive.status == ArchiveStatus.ARCHIVED, 1), else_=0)
+    rows = session.execute(
+        sa.select(
+            Package.ecosystem,
+            Package.name,
+            Version.number,
+            Version.published_at,
+            sa.func.count(Artifact.id),
+            sa.func.coalesce(sa.func.sum(archived), 0),
+        )
+        .join(latest, latest.c.id == Version.id)
+        .join(Package, Package.id == Version.package_id)
+        .outerjoin(Artifact, Artifact.version_id == Version.id)
+        .outerjoin(Archive, Archive.artifact_id == Artifact.id)
+        .group_by(Version.id, Package.ecosystem, Package.name, Version.number)
+        .order_by(Version.id.desc())
+    ).all()
+    return [RecentVersion(*row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    ecosystem: str
+    name: str
+    versions: int
+
+
+def search_packages(session: Session, text: str, ecosystem: str | None) -> list[SearchHit]:
+    """Packages whose name contains ``text`` (case-insensitive, ``%`` and ``_`` literal):
+    exact matches first, then prefixes, then shorter names."""
+    needle = text.lower()
+    name = sa.func.lower(Package.name)
+    rank = sa.case((name == needle, 0), (name.startswith(needle, autoescape=True), 1), else_=2)
+    versions = (
+        sa.select(sa.func.count(Version.id))
+        .where(Version.package_id == Package.id)
+        .scalar_subquery()
+    )
+    statement = sa.select(Package.ecosystem, Package.name, versions).where(
+        name.contains(needle, autoescape=True)
+    )
+    if ecosystem:
+        statement = statement.where(Package.ecosystem == ecosystem)
+    rows = session.execute(
+        statement.order_by(
+            rank, sa.func.length(Package.name), Package.name, Package.ecosystem
+        ).limit(SEARCH_RESULTS)
+    ).all()
+    return [SearchHit(*row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionFiles:
+    """One version of a package page with its files (``lookup.ArtifactView``)."""
+
+    number: str
+    published_at: datetime | None
+    yanked: bool
+    deleted: bool
+    deprecated: str | None
+    artifacts: list[lookup.ArtifactView]
+
+
+@dataclass(frozen=True, slots=True)
+class PackagePage:
+    ecosystem: str
+    name: str
+    display_name: str | None
+    deleted: bool
+    last_synced: datetime | None
+    version_count: int
+    page: int
+    pages: int
+    versions: list[VersionFiles]
+
+
+def find_package(session: Session, ecosystem: str, name: str) -> tuple[Package | None, str]:
+    """The package as named, else under its registry's canonical name; also that name."""
+    found = session.execute(
+        sa.select(Package).where(Package.ecosystem == ecosystem, Package.name == name)
+    ).scalar_one_or_none()
+    if found is not None:
+        return found, name
+    try:
+        canonical = lookup.normalize_name(ecosystem, name)
+    except IndexerError:
+        return None, name
+    if canonical == name:
+        return None, name
+    found = session.execute(
+        sa.select(Package).where(Package.ecosystem == ecosystem, Package.name == canonical)
+    ).scalar_one_or_none()
+    return found, canonical
+
+
+def package_page(
+    session: Session, ecosystem: str, name: str, page: int, now: datetime
+) -> PackagePage | str | None:
+    """One page of a package's versions, newest first, each with all its files; the
+    canonical name (a string) when the package is known under another spelling; ``None``
+    when it is not known at all."""
+    package, canonical = find_package(session, ecosystem, name)
+    if package is None:
+        return None
+    if canonical != name:
+        return canonical
+    count = session.execute(
+        sa.select(sa.func.count()).where(Version.package_id == package.id)
+    ).scalar_one()
+    versions = session.execute(
+        sa.select(Version)
+        .where(Version.package_id == package.id)
+        .order_by(Version.published_at.desc().nulls_last(), Version.id.desc())
+        .limit(VERSIONS_PER_PAGE)
+        .offset((page - 1) * VERSIONS_PER_PAGE)
+    ).scalars()
+    versions = list(versions)
+    files = lookup.load_artifacts(session, version_ids=[v.id for v in versions], now=now)
+    return PackagePage(
+        ecosystem=package.ecosystem,
+        name=package.name,
+        display_name=package.display_name,
+        deleted=package.deleted,
+        last_synced=package.last_synced,
+        version_count=int(count),
+        page=page,
+        pages=max(1, -(-int(count) // VERSIONS_PER_PAGE)),
+        versions=[
+            VersionFiles(
+                v.number, v.published_at, v.yanked, v.deleted, v.deprecated, files.get(v.id, [])
+            )
+            for v in versions
+        ],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DealRow:
+    deal_id: str
+    source: str
+    provider: str
+    state: str
+    piece_cid: str
+    start_epoch: int | None
+    end_epoch: int | None
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PieceRow:
+    piece_cid: str
+    padded_size: int
+    car_size: int
+    members: int
+    replicas: int
+
+
+@dataclass(frozen=True, slots=True)
+class DealsPage:
+    by_state: dict[str, int]
+    deals: list[DealRow]
+    page: int
+    pages: int
+    state: str | None
+    pieces: list[PieceRow]
+    health: Health
+
+
+def deals_page(session: Session, state: str | None, page: int, now: datetime) -> DealsPage:
+    """Deals by state, one page of deals (newest first) and the least-replicated pieces."""
+    by_state = dict.fromkeys((member.value for member in DealState), 0)
+    for value, count in session.execute(
+        sa.select(Deal.state, sa.func.count()).group_by(Deal.state)
+    ):
+        by_state[DealState(value).value] = int(count)
+    active = _active_deal(now)
+    statement = sa.select(
+        Deal.deal_id,
+        Deal.source,
+        Deal.provider,
+        Deal.state,
+        Piece.piece_cid,
+        Deal.start_epoch,
+        Deal.end_epoch,
+        active,
+    ).join(Piece, Piece.id == Deal.piece_id)
+    if state is not None:
+        statement = statement.where(Deal.state == state)
+    deals = [
+        DealRow(row[0], row[1], row[2], DealState(row[3]).value, *row[4:7], bool(row[7]))
+        for row in session.execute(
+            statement.order_by(Deal.id.desc())
+            .limit(DEALS_PER_PAGE)
+            .offset((page - 1) * DEALS_PER_PAGE)
+        )
+    ]
+    total = sum(by_state.values()) if state is None else by_state[state]
+    members = sa.select(sa.func.count()).where(PieceMember.piece_id == Piece.id).scalar_subquery()
+    replicas = sa.func.count(Deal.id)
+    pieces = [
+        PieceRow(*row)
+        for row in session.execute(
+            sa.select(Piece.piece_cid, Piece.padded_size, Piece.car_size, members, replicas)
+            .outerjoin(Deal, sa.and_(Deal.piece_id == Piece.id, active))
+            .group_by(Piece.id, Piece.piece_cid, Piece.padded_size, Piece.car_size)
+            .order_by(replicas, Piece.id)
+            .limit(DEALS_PER_PAGE)
+        )
+    ]
+    return DealsPage(
+        by_state=by_state,
+        deals=deals,
+        page=page,
+        pages=max(1, -(-total // DEALS_PER_PAGE)),
+        state=state,
+        pieces=pieces,
+        health=archive_health(session, now),
+    )
+
+
+def home_page(session: Session, now: datetime) -> dict[str, Any]:
+    return {
+        "stats": lookup.archive_stats(session),
+        "health": archive_health(session, now),
+        "recent": recent_versions(session, RECENT_VERSIONS),
+    }
+
+
+# -- handlers --------------------------------------------------------------------------------
+
+
+async def home(request: web.Request) -> web.Response:
+    """``GET /``: archive statistics, health and the versions indexed last."""
+    context = await _read(request, home_page, utcnow())
+    return render(request, "home.html", **context)
+
+
+async def search(request: web.Request) -> web.Response:
+    """``GET /search?q=NAME[&ecosystem=E]``: packages whose name contains ``NAME``."""
+    try:
+        text = _clean_text(request.query.get("q", ""), "the search text", limit=MAX_QUERY_LENGTH)
+        ecosystem = _clean_text(
+            request.query.get("ecosystem", ""), "ecosystem", limit=MAX_ECOSYSTEM_LENGTH
+        )
+    except BadInput as exc:
+        return error_page(request, 400, str(exc))
+    hits = await _read(request, search_packages, text, ecosystem or None) if text else []
+    return render(request, "search.html", query=text, ecosystem=ecosystem, hits=hits)
+
+
+async def package(request: web.Request) -> web.Response:
+    """``GET /packages/{ecosystem}/{name}``: every version's files, newest first, paged."""
+    ecosystem = request.match_info["ecosystem"]
+    name = request.match_info["name"]
+    try:
+        ecosystem = _clean_text(ecosystem, "ecosystem", limit=MAX_ECOSYSTEM_LENGTH)
+        name = _clean_text(name, "package name", limit=MAX_NAME_LENGTH)
+        page = _page_number(request)
+    except BadInput as exc:
+        return error_page(request, 400, str(exc))
+    found = await _read(request, package_page, ecosystem, name, page, utcnow())
+    if found is None:
+        return error_page(request, 404, f"no {ecosystem} package named {name[:200]!r} is indexed")
+    if isinstance(found, str):
+        raise web.HTTPMovedPermanently(package_path(ecosystem, found))
+    if page > found.pages:
+        return error_page(request, 404, f"{name} has only {found.pages} page(s) of versions")
+    return render(request, "package.html", package=found)
+
+
+async def deals(request: web.Request) -> web.Response:
+    """``GET /deals[?state=S&page=N]``: deals, their pieces and the archive's replication."""
+    try:
+        page = _page_number(request)
+        state = request.query.get("state") or None
+        if state is not None and state not in {member.value for member in DealState}:
+            raise BadInput(f"state must be one of {', '.join(m.value for m in DealState)}")
+    except BadInput as exc:
+        return error_page(request, 400, str(exc))
+    view = await _read(request, deals_page, state, page, utcnow())
+    return render(request, "deals.html", view=view)
+
+
+def setup(app: web.Application) -> None:
+    """Add the pages, their stylesheet and the template environment."""
+    app[TEMPLATES] = make_environment()
+    app.router.add_get("/", home, name="home")
+    app.router.add_get("/search", search, name="search")
+    app.router.add_get("/packages/{ecosystem}/{name:.+}", package, name="package")
+    app.router.add_get("/deals", deals, name="deals")
+    app.router.add_static("/static/", HERE / "static", name="static")
