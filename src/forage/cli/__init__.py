@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "content",
     "config",
     "db",
+    "deals",
     "index",
     "jobs",
     "run",
