@@ -256,6 +256,10 @@ async def test_home_reports_counts_bytes_and_replicas(site: Site) -> None:
         if "data-replicas" in row.attrs
     }
     assert replicas == {"0": "1", "2": "1"}  # the expired deal is no replica
+    # Both pieces have fewer than filecoin.min_replicas (3 by default) active deals.
+    assert doc.by_id("under-replicated-count").all_text == "2"
+    listed = [c.all_text for c in doc.by_id("under-replicated").find_all("code", "piece-cid")]
+    assert listed == [site.archive.bare_piece_cid, site.archive.piece_cid]
 
 
 async def test_home_lists_recent_versions_linking_to_package_pages(site: Site) -> None:
@@ -517,12 +521,11 @@ async def test_deals_page_lists_deals_pieces_and_replication(site: Site) -> None
     active = [row for row in rows if "active" in row.attrs["class"].split()]
     assert sorted(row.find_all("td")[1].all_text for row in active) == ["f01111", "f02222"]
     pieces = doc.by_id("pieces").find_all("tr", "piece")
-    assert [
-        (p.find_all("code")[0].all_text, p.find_all("td", "replicas")[0].all_text) for p in pieces
-    ] == [
+    assert [(p.find_all("code")[0].all_text, p.find_all("td")[4].all_text) for p in pieces] == [
         (site.archive.bare_piece_cid, "0"),
         (site.archive.piece_cid, "2"),
     ]
+    assert pieces[1].find_all("td")[5].all_text == "f01111, f02222"
     filtered = await site.page("/deals?state=expired")
     (row,) = filtered.by_id("deals").find_all("tr", "deal")
     assert "f09999" in row.all_text

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from forage import lookup
 from forage.db import utcnow
+from forage.health import ArchiveHealth, archive_health
 from forage.models import (
     Archive,
     ArchiveStatus,
@@ -38,10 +39,9 @@ from forage.models import (
     DealState,
     Package,
     Piece,
-    PieceMember,
     Version,
 )
-from forage.server.state import SESSIONMAKER
+from forage.server.state import CONFIG, SESSIONMAKER
 from indexers import IndexerError
 
 #: The Jinja2 environment of an application (set by :func:`setup`).
@@ -52,6 +52,8 @@ HERE = Path(__file__).parent
 VERSIONS_PER_PAGE = 20
 DEALS_PER_PAGE = 50
 RECENT_VERSIONS = 20
+#: Under-replicated pieces listed on the home page (the deals page lists more).
+UNDER_REPLICATED = 10
 SEARCH_RESULTS = 50
 #: Limits on what a URL may carry (package names are at most 1,024 characters in the schema).
 MAX_QUERY_LENGTH = 200
@@ -154,61 +156,11 @@ async def _read(request: web.Request, query: Any, *args: Any) -> Any:
 # -- queries ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Health:
-    """How much of the archive is packed into pieces and held by active deals."""
-
-    archived_bytes: int
-    piece_bytes: int
-    active_deal_bytes: int
-    #: Number of active deals -> number of pieces with that many.
-    replicas: tuple[tuple[int, int], ...]
-    pieces: int
-
-
 def _active_deal(now: datetime) -> Any:
     """The condition :mod:`forage.lookup` uses: active on chain and not past its end epoch."""
     return sa.and_(
         Deal.state == DealState.ACTIVE,
         sa.or_(Deal.end_epoch.is_(None), Deal.end_epoch > lookup.current_epoch(now)),
-    )
-
-
-def archive_health(session: Session, now: datetime) -> Health:
-    """Bytes archived, bytes of archives inside pieces, bytes of archives inside pieces with
-    an active deal, and how many pieces have 0, 1, 2... active deals."""
-    archived = Archive.status == ArchiveStatus.ARCHIVED
-
-    def archived_bytes(*where: Any) -> int:
-        total = session.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(Archive.size), 0)).where(archived, *where)
-        ).scalar_one()
-        return int(total)
-
-    in_piece = Archive.id.in_(sa.select(PieceMember.archive_id))
-    in_deal = Archive.id.in_(
-        sa.select(PieceMember.archive_id)
-        .join(Deal, Deal.piece_id == PieceMember.piece_id)
-        .where(_active_deal(now))
-    )
-    per_piece = (
-        sa.select(sa.func.count(Deal.id).label("replicas"))
-        .select_from(Piece)
-        .outerjoin(Deal, sa.and_(Deal.piece_id == Piece.id, _active_deal(now)))
-        .group_by(Piece.id)
-        .subquery()
-    )
-    histogram = session.execute(
-        sa.select(per_piece.c.replicas, sa.func.count())
-        .group_by(per_piece.c.replicas)
-        .order_by(per_piece.c.replicas)
-    ).all()
-    return Health(
-        archived_bytes=archived_bytes(),
-        piece_bytes=archived_bytes(in_piece),
-        active_deal_bytes=archived_bytes(in_deal),
-        replicas=tuple((int(replicas), int(count)) for replicas, count in histogram),
-        pieces=sum(int(count) for _, count in histogram),
     )
 
 
@@ -334,14 +286,17 @@ def package_page(
     count = session.execute(
         sa.select(sa.func.count()).where(Version.package_id == package.id)
     ).scalar_one()
-    versions = session.execute(
-        sa.select(Version)
-        .where(Version.package_id == package.id)
-        .order_by(Version.published_at.desc().nulls_last(), Version.id.desc())
-        .limit(VERSIONS_PER_PAGE)
-        .offset((page - 1) * VERSIONS_PER_PAGE)
-    ).scalars()
-    versions = list(versions)
+    versions = (
+        session.execute(
+            sa.select(Version)
+            .where(Version.package_id == package.id)
+            .order_by(Version.published_at.desc().nulls_last(), Version.id.desc())
+            .limit(VERSIONS_PER_PAGE)
+            .offset((page - 1) * VERSIONS_PER_PAGE)
+        )
+        .scalars()
+        .all()
+    )
     files = lookup.load_artifacts(session, version_ids=[v.id for v in versions], now=now)
     return PackagePage(
         ecosystem=package.ecosystem,
@@ -374,33 +329,25 @@ class DealRow:
 
 
 @dataclass(frozen=True, slots=True)
-class PieceRow:
-    piece_cid: str
-    padded_size: int
-    car_size: int
-    members: int
-    replicas: int
-
-
-@dataclass(frozen=True, slots=True)
 class DealsPage:
     by_state: dict[str, int]
     deals: list[DealRow]
     page: int
     pages: int
     state: str | None
-    pieces: list[PieceRow]
-    health: Health
+    health: ArchiveHealth
 
 
-def deals_page(session: Session, state: str | None, page: int, now: datetime) -> DealsPage:
-    """Deals by state, one page of deals (newest first) and the least-replicated pieces."""
+def deals_page(
+    session: Session, state: str | None, page: int, now: datetime, min_replicas: int
+) -> DealsPage:
+    """Deals by state, one page of deals (newest first), and the archive's health with the
+    pieces that have fewer active deals than ``min_replicas``."""
     by_state = dict.fromkeys((member.value for member in DealState), 0)
     for value, count in session.execute(
         sa.select(Deal.state, sa.func.count()).group_by(Deal.state)
     ):
         by_state[DealState(value).value] = int(count)
-    active = _active_deal(now)
     statement = sa.select(
         Deal.deal_id,
         Deal.source,
@@ -409,46 +356,41 @@ def deals_page(session: Session, state: str | None, page: int, now: datetime) ->
         Piece.piece_cid,
         Deal.start_epoch,
         Deal.end_epoch,
-        active,
+        _active_deal(now),
     ).join(Piece, Piece.id == Deal.piece_id)
     if state is not None:
         statement = statement.where(Deal.state == state)
+    rows = session.execute(
+        statement.order_by(Deal.id.desc()).limit(DEALS_PER_PAGE).offset((page - 1) * DEALS_PER_PAGE)
+    )
     deals = [
-        DealRow(row[0], row[1], row[2], DealState(row[3]).value, *row[4:7], bool(row[7]))
-        for row in session.execute(
-            statement.order_by(Deal.id.desc())
-            .limit(DEALS_PER_PAGE)
-            .offset((page - 1) * DEALS_PER_PAGE)
+        DealRow(
+            deal_id=row[0],
+            source=row[1],
+            provider=row[2],
+            state=DealState(row[3]).value,
+            piece_cid=row[4],
+            start_epoch=row[5],
+            end_epoch=row[6],
+            active=bool(row[7]),
         )
+        for row in rows
     ]
     total = sum(by_state.values()) if state is None else by_state[state]
-    members = sa.select(sa.func.count()).where(PieceMember.piece_id == Piece.id).scalar_subquery()
-    replicas = sa.func.count(Deal.id)
-    pieces = [
-        PieceRow(*row)
-        for row in session.execute(
-            sa.select(Piece.piece_cid, Piece.padded_size, Piece.car_size, members, replicas)
-            .outerjoin(Deal, sa.and_(Deal.piece_id == Piece.id, active))
-            .group_by(Piece.id, Piece.piece_cid, Piece.padded_size, Piece.car_size)
-            .order_by(replicas, Piece.id)
-            .limit(DEALS_PER_PAGE)
-        )
-    ]
     return DealsPage(
         by_state=by_state,
         deals=deals,
         page=page,
         pages=max(1, -(-total // DEALS_PER_PAGE)),
         state=state,
-        pieces=pieces,
-        health=archive_health(session, now),
+        health=archive_health(session, min_replicas=min_replicas, limit=DEALS_PER_PAGE),
     )
 
 
-def home_page(session: Session, now: datetime) -> dict[str, Any]:
+def home_page(session: Session, min_replicas: int) -> dict[str, Any]:
     return {
         "stats": lookup.archive_stats(session),
-        "health": archive_health(session, now),
+        "health": archive_health(session, min_replicas=min_replicas, limit=UNDER_REPLICATED),
         "recent": recent_versions(session, RECENT_VERSIONS),
     }
 
@@ -458,7 +400,8 @@ def home_page(session: Session, now: datetime) -> dict[str, Any]:
 
 async def home(request: web.Request) -> web.Response:
     """``GET /``: archive statistics, health and the versions indexed last."""
-    context = await _read(request, home_page, utcnow())
+    min_replicas = request.app[CONFIG].filecoin.min_replicas
+    context = await _read(request, home_page, min_replicas)
     return render(request, "home.html", **context)
 
 
@@ -504,7 +447,8 @@ async def deals(request: web.Request) -> web.Response:
             raise BadInput(f"state must be one of {', '.join(m.value for m in DealState)}")
     except BadInput as exc:
         return error_page(request, 400, str(exc))
-    view = await _read(request, deals_page, state, page, utcnow())
+    min_replicas = request.app[CONFIG].filecoin.min_replicas
+    view = await _read(request, deals_page, state, page, utcnow(), min_replicas)
     return render(request, "deals.html", view=view)
 
 
