@@ -12,7 +12,8 @@ Hierarchy::
         ├── UpstreamFailed  the upstream registry failed within its deadline (``kind`` says how:
         │                   refused, reset, timeout, slow, dns, tls, status, truncated, digest,
         │                   too_large, host, down); the mirror answers from the archive instead
-        └── ArchiveInvalid  archived bytes are missing or fail their upstream digest: never served
+        ├── ArchiveInvalid  archived bytes are missing or fail their upstream digest: never served
+        └── BundleError     a bundle CAR that is not a Forage mirror bundle, malformed or corrupt
 
 The CLI maps these to exit codes; the HTTP error middleware maps them to JSON errors.
 """
@@ -75,3 +76,7 @@ class ArchiveInvalid(MirrorError):
         self.cid = cid
         self.reason = reason
         super().__init__(f"archive {cid}: {reason}")
+
+
+class BundleError(MirrorError):
+    """A bundle CAR cannot be imported: not a Forage bundle, malformed, or corrupt."""

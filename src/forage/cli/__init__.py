@@ -30,7 +30,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "deals",
     "index",
     "jobs",
+    "lookup",
+    "mirror",
     "run",
+    "serve",
     "worker",
 )
 

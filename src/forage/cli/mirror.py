@@ -1,0 +1,143 @@
+"""``forage prime``, ``forage export`` and ``forage import-car``: the mirror offline.
+
+``prime --lockfile FILE`` imports every package a lockfile or SBOM names (npm
+``package-lock.json``, pinned ``requirements.txt``, ``go.sum``, CycloneDX JSON) and archives
+the named releases now. ``export --lockfile FILE -o deps.car`` writes their archives and the
+index rows the mirror needs as one CAR; ``import-car deps.car`` loads it into another Forage
+with no network, whose mirror then serves those releases. See :mod:`forage.mirror.offline`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from forage.cli import EXIT_FAILURE
+
+
+def register(subparsers: Any) -> None:
+    """Add ``prime``, ``export`` and ``import-car``."""
+    prime = subparsers.add_parser(
+        "prime",
+        help="archive every release a lockfile names",
+        description="Import the packages a lockfile or SBOM names and archive those releases "
+        "now, so the mirror can serve them when their registry is down.",
+    )
+    prime.add_argument("--lockfile", required=True, type=Path, metavar="FILE")
+    prime.add_argument("--concurrency", type=int, default=4, metavar="N")
+    prime.set_defaults(handler=run_prime)
+
+    export = subparsers.add_parser(
+        "export",
+        help="write a lockfile's archived releases as one CAR",
+        description="Write the archives of the releases a lockfile names, with the index rows "
+        "the mirror needs, as one CAR for 'forage import-car' on another Forage.",
+    )
+    export.add_argument("--lockfile", required=True, type=Path, metavar="FILE")
+    export.add_argument("-o", "--output", required=True, type=Path, metavar="CAR")
+    export.set_defaults(handler=run_export)
+
+    load = subparsers.add_parser(
+        "import-car",
+        help="load a CAR written by 'forage export'",
+        description="Load a bundle CAR: blocks checked against their CIDs, archives re-verified "
+        "against their upstream digests, rows recorded. Needs no network.",
+    )
+    load.add_argument("car", type=Path, metavar="CAR")
+    load.set_defaults(handler=run_import_car)
+
+
+def _keys(path: Path) -> Any:
+    from forage.lockfiles import LockfileError, read_lockfile
+    from forage.mirror.offline import lockfile_keys
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LockfileError(f"cannot read {path}: {exc.strerror}") from exc
+    found = lockfile_keys(read_lockfile(data, filename=path.name))
+    for source, problem in found.problems:
+        print(f"forage: skipping {source}: {problem}", file=sys.stderr)
+    return found.keys
+
+
+def run_prime(args: argparse.Namespace) -> int:
+    from forage.config import load_config
+
+    config = load_config(args.config)
+    keys = _keys(args.lockfile)
+    return asyncio.run(_prime(config, keys, args.concurrency))
+
+
+async def _prime(config: Any, keys: Any, concurrency: int) -> int:
+    from forage.db import make_sessionmaker, open_database
+    from forage.mirror.offline import prime
+    from forage.worker import job_context
+
+    engine = await asyncio.to_thread(open_database, config.database)
+    try:
+        async with job_context(config, make_sessionmaker(engine)) as ctx:
+            report = await prime(ctx, keys, concurrency=concurrency)
+    finally:
+        engine.dispose()
+    for purl, reason in report.failed:
+        print(f"forage: {purl}: {reason}", file=sys.stderr)
+    print(
+        f"primed {len(keys)} releases: {report.archived} archived, {report.already} already "
+        f"archived, {len(report.failed)} failed"
+    )
+    return EXIT_FAILURE if report.failed else 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from forage.blocks import open_blockstore
+    from forage.config import load_config
+    from forage.db import make_sessionmaker, open_database
+    from forage.mirror.offline import bundle_manifest, export_bundle
+
+    config = load_config(args.config)
+    keys = _keys(args.lockfile)
+    engine = open_database(config.database)
+    try:
+        with make_sessionmaker(engine)() as session:
+            manifest, missing = bundle_manifest(session, keys)
+    finally:
+        engine.dispose()
+    for purl in missing:
+        print(f"forage: {purl}: not archived; run 'forage prime' first", file=sys.stderr)
+    partial = args.output.with_name(args.output.name + ".partial")
+    with partial.open("wb") as out:
+        report = export_bundle(manifest, open_blockstore(config), out)
+    partial.replace(args.output)
+    print(
+        f"wrote {args.output}: {report.archives} archives, {report.size} bytes, root {report.root}"
+    )
+    return EXIT_FAILURE if missing else 0
+
+
+def run_import_car(args: argparse.Namespace) -> int:
+    from forage.blocks import open_blockstore
+    from forage.config import load_config
+    from forage.db import make_sessionmaker, open_database
+    from forage.mirror.offline import import_bundle
+
+    config = load_config(args.config)
+    engine = open_database(config.database)
+    try:
+        with args.car.open("rb") as stream:
+            report = import_bundle(
+                stream, blockstore=open_blockstore(config), sessions=make_sessionmaker(engine)
+            )
+    except OSError as exc:
+        print(f"forage: cannot read {args.car}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        engine.dispose()
+    print(
+        f"imported {args.car}: {report.packages} packages, {report.archives} archives "
+        f"({report.already} already held), {report.blocks} blocks"
+    )
+    return 0
