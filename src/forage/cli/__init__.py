@@ -30,10 +30,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "deals",
     "index",
     "jobs",
-    "lookup",
     "mirror",
     "run",
-    "serve",
     "worker",
 )
 
