@@ -187,7 +187,9 @@ class ServerConfig:
 class ScheduleConfig:
     """``[schedule]``: how often the scheduler's periodic tasks run, in seconds (0: never).
 
-    Each registry's watcher runs every ``registries.<name>.interval`` instead. ``leader_poll``
+    Each registry's watcher runs every ``registries.<name>.interval`` instead. ``pin_check``
+    only backs up the pin check's own rescheduling (``pinning.check_interval``) and runs when
+    pinning backends are configured; ``sync_deals`` when a deal source is. ``leader_poll``
     is how often a waiting scheduler tries to become the leader and the leader checks that it
     still is. ``batch`` bounds the jobs one drain queues and one retry run re-queues;
     ``reverify_sample`` is how many archives a re-verification reads back from the
@@ -195,6 +197,9 @@ class ScheduleConfig:
     """
 
     drain_archives: float = _bounded(300.0, low=0)
+    pin_check: float = _bounded(3600.0, low=0)
+    build_pieces: float = _bounded(3600.0, low=0)
+    sync_deals: float = _bounded(3600.0, low=0)
     retry_failed: float = _bounded(3600.0, low=0)
     reverify: float = _bounded(86400.0, low=0)
     stats: float = _bounded(300.0, low=0)

@@ -10,6 +10,10 @@ where it is leased, retried and survives crashes (STYLE.md house rule 10).
 task           interval key                     what it does
 ============== ================================ =============================================
 watch:<name>   registries.<name>.interval       queue a ``watch`` job following that feed
+pin_check      schedule.pin_check               queue the batched pin status check (which
+                                                also reschedules itself), with backends
+build_pieces   schedule.build_pieces            queue the packing of archives into pieces
+sync_deals     schedule.sync_deals              queue a deal sync, with a deal source
 drain_archives schedule.drain_archives          queue ``archive`` jobs for artifacts with no
                                                 finished archive and no live or dead job
 retry_failed   schedule.retry_failed            re-queue dead jobs that used up their attempts
@@ -91,6 +95,10 @@ WATCH = "watch"
 REVERIFY = "reverify"
 #: The archive job kind (queued by ingest too, with the same ``dedup_key``).
 ARCHIVE = "archive"
+#: Kinds of other modules this schedule queues (their handlers keep them going).
+PIN_CHECK = "pin_check"
+BUILD_PIECES = "build_pieces"
+SYNC_DEALS = "sync_deals"
 #: Go's module hash: not a hash of the archived zip's bytes.
 H1 = "h1"
 #: Where APScheduler keeps the schedule, in Forage's database.
@@ -161,13 +169,25 @@ def enqueue_once(
 
 
 def enqueue_kind(kind: str, payload: Mapping[str, Any] | None = None) -> TaskFunction:
-    """A task that queues one ``kind`` job (keyed by the kind) unless one is live."""
+    """A task that makes one ``kind`` job (keyed by the kind) due now.
+
+    For kinds that reschedule themselves (the pin check queues its next run for when
+    confirmations fall due): a queued one is moved to now rather than doubled, so the task's
+    interval bounds the time between runs; a running one is left alone.
+    """
 
     def run(session: Session, config: Config) -> Mapping[str, Any]:
-        return enqueue_once(session, kind, payload or {}, dedup_key=kind)
+        running = session.execute(
+            sa.select(JobRecord.id)
+            .where(JobRecord.dedup_key == kind, JobRecord.state == JobState.RUNNING)
+            .limit(1)
+        ).scalar_one_or_none()
+        if running is not None:
+            return {"skipped": 1, "live_job": running}
+        return {"due": 1, "job_id": jobs.enqueue(session, kind, payload or {}, dedup_key=kind)}
 
     run.__name__ = f"enqueue_{kind}"
-    run.__doc__ = f"Queue a {kind!r} job unless one is queued or running."
+    run.__doc__ = f"Make a {kind!r} job due now unless one is running."
     return run
 
 
@@ -267,17 +287,22 @@ TASKS: tuple[Task, ...] = (
 
 
 def schedule_table(config: Config) -> tuple[Task, ...]:
-    """Every task of this configuration: one watcher per configured registry, then
-    :data:`TASKS`."""
-    watchers = tuple(
+    """Every task of this configuration: one watcher per configured registry, the pipeline
+    kinds whose services are configured, then :data:`TASKS`."""
+    tasks = [
         Task(
             f"{WATCH}:{ecosystem}",
             f"registries.{ecosystem}.interval",
             functools.partial(enqueue_watch, ecosystem),
         )
         for ecosystem in config.configured_registries()
-    )
-    return watchers + TASKS
+    ]
+    if config.pinning.backends:
+        tasks.append(Task(PIN_CHECK, "schedule.pin_check", enqueue_kind(PIN_CHECK)))
+    tasks.append(Task(BUILD_PIECES, "schedule.build_pieces", enqueue_kind(BUILD_PIECES)))
+    if config.filecoin.lotus_url or config.filecoin.deal_service_url:
+        tasks.append(Task(SYNC_DEALS, "schedule.sync_deals", enqueue_kind(SYNC_DEALS)))
+    return (*tasks, *TASKS)
 
 
 # -- the job handlers of the kinds queued above --------------------------------------------------

@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "config",
     "db",
     "deals",
+    "demo",
     "index",
     "jobs",
     "mirror",
