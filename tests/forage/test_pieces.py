@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from forage import jobs
 from forage.blocks import open_blockstore
+from forage.cli import main
 from forage.config import Config, load_config
 from forage.db import make_engine, make_sessionmaker
 from forage.jobs import RetryPolicy
@@ -297,3 +298,23 @@ async def test_build_pieces_job_runs_in_the_worker(env: Env) -> None:
         (summary,) = list_pieces(session)
     assert (summary.members, summary.active_deals) == (3, 0)
     check_piece(env, pieces(env)[0])
+
+
+def test_cli_builds_and_lists_pieces(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    fresh = datetime.now(UTC)  # archived just now: not yet due by piece_max_wait
+    ids = [env.archive(payload(30 + i, 2 * KIB), archived_at=fresh) for i in range(2)]
+    config = ["-c", str(env.config.source)]
+    assert main([*config, "pieces", "build"]) == 0  # 2 small archives: too few, they wait
+    assert "0 piece(s) built" in capsys.readouterr().err
+    assert main([*config, "pieces", "build", "--partial"]) == 0
+    out, err = capsys.readouterr()
+    piece_cid, padded, car_size, members = out.split()
+    assert "1 piece(s) built" in err and int(members) == len(ids)
+    (piece,) = pieces(env)
+    assert (piece.piece_cid, piece.padded_size, piece.car_size) == (
+        piece_cid,
+        int(padded),
+        int(car_size),
+    )
+    assert main([*config, "pieces"]) == 0
+    assert piece_cid in capsys.readouterr().out
