@@ -28,6 +28,8 @@ ROUTE_MODULES: tuple[str, ...] = (
     "forage.server.ops",
     "forage.server.api",
     "forage.server.openapi",
+    "forage.server.gateway",
+    "forage.server.pages",
     "forage.server.pieces",
 )
 
