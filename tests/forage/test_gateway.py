@@ -604,3 +604,20 @@ async def test_cid_in_another_base_names_the_same_block(gateway: Gateway) -> Non
     assert response.status_code == 200
     assert response.content == b"bases"
     assert response.headers["etag"] == f'"{cid}.raw"'
+
+
+async def test_client_leaving_mid_car_is_not_an_error(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that hangs up during a large CAR ends the stream quietly: no error logged,
+    and the gateway keeps answering."""
+    cid = gateway.add(content(16 << 20, seed=4))
+    with caplog.at_level(logging.DEBUG):
+        async with gateway.client.stream("GET", f"{gateway.url}/ipfs/{cid}?format=car") as resp:
+            assert resp.status_code == 200
+            async for _ in resp.aiter_raw():
+                break
+        await asyncio.sleep(0.5)
+        again = await gateway.get(f"/ipfs/{cid}?format=raw")
+    assert again.status_code == 200
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
