@@ -242,6 +242,8 @@ class PyPIRoutes:
         return web.Response(text=page, content_type=kind, headers=headers)
 
     def _canonical(self, name: str) -> str | web.Response:
+        if len(name) > MAX_NAME:
+            return web.Response(status=400, text=f"400 Bad Request: name over {MAX_NAME} chars\n")
         try:
             return normalize(name)
         except InvalidName as exc:
