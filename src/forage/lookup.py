@@ -37,13 +37,15 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from forage import jobs
-from forage.config import Config
-from forage.db import is_sqlite, utcnow
+from forage.config import Config, DatabaseConfig
+from forage.db import is_sqlite, make_engine, make_sessionmaker, utcnow
 from forage.errors import InvalidKey
 from forage.keys import Key, parse_key
+from forage.lockfiles import Entry
 from forage.models import (
     Archive,
     ArchiveStatus,
@@ -726,6 +728,37 @@ def lookup(
     with write() as session, session.begin():
         outcomes = backfill(session, resolution.missing, policy=policy, now=now)
     return resolution.with_outcomes(outcomes)
+
+
+def lockfile_reply(entries: Sequence[Entry], results: Sequence[KeyResult]) -> dict[str, Any]:
+    """The answer for a lockfile: one entry per dependency in file order (``results`` are
+    those of the entries with a key, in order), skipped ones with the reason."""
+    answers = iter(results)
+    dependencies: list[dict[str, Any]] = []
+    for entry in entries:
+        if entry.key is None:
+            dependencies.append(
+                {"source": entry.source, "key": None, "status": "skipped", "reason": entry.problem}
+            )
+        else:
+            dependencies.append({"source": entry.source, **next(answers).to_json()})
+    summary: dict[str, int] = summarize(results)
+    summary["skipped"] = sum(1 for entry in entries if entry.key is None)
+    return {"dependencies": dependencies, "summary": summary}
+
+
+def read_only_sessionmaker(
+    writer: sessionmaker[Session],
+) -> tuple[sessionmaker[Session], Engine | None]:
+    """Sessions on the same database as ``writer`` that only read: on SQLite a second engine
+    whose transactions begin with a plain ``BEGIN`` (no write lock), returned so the caller
+    disposes of it; elsewhere ``writer`` itself."""
+    bind = writer.kw.get("bind")
+    if not isinstance(bind, Engine) or bind.dialect.name != "sqlite":
+        return writer, None
+    url = bind.url.render_as_string(hide_password=False)
+    engine = make_engine(DatabaseConfig(url=url), read_only=True)
+    return make_sessionmaker(engine), engine
 
 
 # -- other reads ---------------------------------------------------------------------------

@@ -28,11 +28,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "config",
     "db",
     "deals",
-    "demo",
     "index",
     "jobs",
-    "mirror",
+    "lookup",
     "run",
+    "serve",
     "worker",
 )
 

@@ -28,12 +28,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from forage import jobs
-from forage.config import DatabaseConfig
-from forage.db import make_engine, make_sessionmaker
 from forage.errors import InvalidKey
 from forage.keys import PLATFORMS, Key, parse_key
 from forage.lockfiles import LockfileError, read_lockfile
@@ -45,10 +42,12 @@ from forage.lookup import (
     archive_stats,
     artifacts_by_cid,
     import_dedup_key,
+    lockfile_reply,
     lookup,
     normalize_name,
     package_view,
     preferred_cid,
+    read_only_sessionmaker,
     summarize,
 )
 from forage.registries import INDEXER_CLASSES
@@ -65,20 +64,6 @@ _CID_TEXT = re.compile(r"[A-Za-z0-9+/=_-]{8,256}")
 READER = web.AppKey("lookup_reader", sessionmaker[Session])
 #: Which unknown keys may queue imports, and the rate limiter shared by all requests.
 BACKFILL = web.AppKey("backfill_policy", BackfillPolicy)
-
-
-def read_only_sessionmaker(
-    writer: sessionmaker[Session],
-) -> tuple[sessionmaker[Session], Engine | None]:
-    """Sessions on the same database as ``writer`` that only read: on SQLite a second engine
-    whose transactions begin with a plain ``BEGIN`` (no write lock), returned so the caller
-    disposes of it; elsewhere ``writer`` itself."""
-    bind = writer.kw.get("bind")
-    if not isinstance(bind, Engine) or bind.dialect.name != "sqlite":
-        return writer, None
-    url = bind.url.render_as_string(hide_password=False)
-    engine = make_engine(DatabaseConfig(url=url), read_only=True)
-    return make_sessionmaker(engine), engine
 
 
 async def _reader_context(app: web.Application) -> AsyncIterator[None]:
@@ -203,23 +188,9 @@ async def lookup_lockfile(request: web.Request) -> web.Response:
         raise _bad_request(str(exc)) from exc
     except RecursionError as exc:
         raise _bad_request("the JSON document nests too deeply") from exc
-    keyed = [entry for entry in entries if entry.key is not None]
+    keyed = [entry.key for entry in entries if entry.key is not None]
     _check_count(request, len(keyed), "dependencies")
-    results = iter(await _lookup(request, [entry.key for entry in keyed]))
-    dependencies: list[dict[str, Any]] = []
-    answered: list[KeyResult] = []
-    for entry in entries:
-        if entry.key is None:
-            dependencies.append(
-                {"source": entry.source, "key": None, "status": "skipped", "reason": entry.problem}
-            )
-            continue
-        result = next(results)
-        answered.append(result)
-        dependencies.append({"source": entry.source, **result.to_json()})
-    summary = summarize(answered)
-    summary["skipped"] = len(entries) - len(keyed)
-    return _json({"dependencies": dependencies, "summary": summary})
+    return _json(lockfile_reply(entries, await _lookup(request, keyed)))
 
 
 async def legacy_lookup(request: web.Request) -> web.Response:

@@ -1,0 +1,150 @@
+"""``forage lookup``: where are the bytes of these packages, from the local index.
+
+``forage lookup KEY...`` takes purls or Forage keys; ``--lockfile FILE`` adds every dependency
+of an npm ``package-lock.json``, a pinned ``requirements.txt``, a ``go.sum`` or a CycloneDX
+JSON SBOM. It prints a table (one line per file: CID, pins, and the active Filecoin deals
+with provider and expiry) or, with ``--json``, the API's JSON answer. Keys the index lacks
+queue an import, as the API does (``--no-backfill`` to only read). Exit status: 0 when every
+key was found, 3 when some were not (queued, unknown or malformed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from forage.cli import EXIT_NOT_FOUND, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from forage.lookup import KeyResult
+
+#: Keys resolved per batch (each batch is one read and at most one write transaction).
+BATCH = 10_000
+
+
+def register(subparsers: Any) -> None:
+    """Add ``lookup``."""
+    parser = subparsers.add_parser(
+        "lookup",
+        help="look up packages' archived files, CIDs, pins and deals",
+        description="Answer purls or Forage keys (pkg:npm/left-pad@1.3.0, "
+        "npm:left-pad:1.3.0) from the local index: each file's CID, pins and active deals.",
+    )
+    parser.add_argument("keys", nargs="*", metavar="KEY", help="purl or PLATFORM:NAME:VERSION")
+    parser.add_argument(
+        "--lockfile",
+        metavar="FILE",
+        help="package-lock.json, requirements.txt, go.sum or a CycloneDX JSON SBOM",
+    )
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    parser.add_argument(
+        "--no-backfill", action="store_true", help="do not queue imports for unknown keys"
+    )
+    parser.set_defaults(handler=run_lookup)
+
+
+def run_lookup(args: argparse.Namespace) -> int:
+    from forage.config import load_config
+    from forage.db import make_sessionmaker, open_database
+    from forage.lockfiles import Entry, read_lockfile
+    from forage.lookup import BackfillPolicy, lockfile_reply, lookup, read_only_sessionmaker
+
+    if not args.keys and not args.lockfile:
+        print("forage: give keys to look up, or --lockfile FILE", file=sys.stderr)
+        return EXIT_USAGE
+    entries: list[Entry] = [Entry("argument", key) for key in args.keys]
+    if args.lockfile:
+        path = Path(args.lockfile)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            print(f"forage: cannot read {path}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+        entries += read_lockfile(data, filename=path.name)
+    config = load_config(args.config)
+    engine = open_database(config.database)
+    writer = make_sessionmaker(engine)
+    reader, reader_engine = read_only_sessionmaker(writer)
+    try:
+        policy = BackfillPolicy.from_config(config, limited=False)
+        keys = [entry.key for entry in entries if entry.key is not None]
+        results: list[KeyResult] = []
+        for start in range(0, len(keys), BATCH):
+            results += lookup(
+                reader,
+                None if args.no_backfill else writer,
+                keys[start : start + BATCH],
+                policy=policy,
+            )
+    finally:
+        if reader_engine is not None:
+            reader_engine.dispose()
+        engine.dispose()
+    reply = lockfile_reply(entries, results)
+    if args.json:
+        if args.lockfile:
+            print(json.dumps(reply, indent=2))
+        else:
+            body = {"results": reply["dependencies"], "summary": reply["summary"]}
+            for result in body["results"]:
+                del result["source"]
+            del body["summary"]["skipped"]
+            print(json.dumps(body, indent=2))
+    else:
+        print_table(reply["dependencies"])
+    summary = reply["summary"]
+    print(
+        "forage: "
+        + ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in summary.items()),
+        file=sys.stderr,
+    )
+    missing = sum(count for status, count in summary.items() if status not in ("found", "skipped"))
+    return EXIT_NOT_FOUND if missing else 0
+
+
+def _deals(artifact: dict[str, Any]) -> str:
+    deals = [
+        f"{deal['provider']} until {(deal['expires_at'] or '?')[:10]}"
+        for piece in artifact["pieces"]
+        for deal in piece["deals"]
+    ]
+    if deals:
+        return ", ".join(deals)
+    return "in piece, no active deal" if artifact["pieces"] else "-"
+
+
+def _rows(dependencies: Sequence[dict[str, Any]]) -> Iterator[tuple[str, ...]]:
+    for dependency in dependencies:
+        label = dependency["key"] or dependency["source"]
+        status = dependency["status"]
+        if status != "found":
+            detail = {
+                "queued": f"import queued (job {dependency.get('job_id')})",
+                "invalid": dependency.get("error"),
+                "not_found": dependency.get("reason"),
+                "skipped": dependency.get("reason"),
+            }[status]
+            yield (label, status, str(detail), "", "", "")
+            continue
+        if not dependency["artifacts"]:
+            yield (label, status, "(no files)", "", "", "")
+        for artifact in dependency["artifacts"]:
+            archive = artifact["archive"]
+            cid = artifact["cid"] or f"({archive['status'] if archive else 'not archived'})"
+            pins = ",".join(f"{p['backend']}:{p['status']}" for p in artifact["pins"]) or "-"
+            yield (label, status, artifact["filename"], cid, pins, _deals(artifact))
+            label, status = "", ""
+
+
+def print_table(dependencies: Sequence[dict[str, Any]]) -> None:
+    """Print one line per file (one per key that has none), columns aligned."""
+    header = ("KEY", "STATUS", "FILE", "CID", "PINS", "DEALS")
+    rows = [header, *_rows(dependencies)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
