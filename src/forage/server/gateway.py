@@ -514,6 +514,25 @@ def _if_none_match(header: str | None, etag: str) -> bool:
     return False
 
 
+def _load(source: Blockstore, request: GatewayRequest) -> Block | _Resolved | None:
+    """What the response needs, in one trip to a worker thread: ``None`` when the root block
+    is absent, else the raw block or the resolved content path (checked servable)."""
+    if not _has(source, request.cid):
+        return None
+    if request.format == "raw":
+        return _get(source, request.cid)
+    resolved = resolve_path(source, request.cid, request.path)
+    check_servable(request, resolved)
+    return resolved
+
+
+def _absent(http: web.Request, request: GatewayRequest) -> web.HTTPException:
+    """404, or 412 when the client asked for cached content only."""
+    if "only-if-cached" in http.headers.get("Cache-Control", ""):
+        return web.HTTPPreconditionFailed(text="the root block is not in this gateway")
+    return web.HTTPNotFound(text=f"{request.cid} is not in this gateway")
+
+
 async def ipfs(http: web.Request) -> web.StreamResponse:
     """``GET|HEAD /ipfs/{cid}[/{path}]``: a verifiable raw block or CAR stream."""
     request = parse_request(
@@ -523,31 +542,30 @@ async def ipfs(http: web.Request) -> web.StreamResponse:
         http.headers.get("Accept"),
     )
     source = http.app[BLOCKSTORE]
-    if not await asyncio.to_thread(_has, source, request.cid):
-        if "only-if-cached" in http.headers.get("Cache-Control", ""):
-            raise web.HTTPPreconditionFailed(text="the root block is not in this gateway")
-        raise web.HTTPNotFound(text=f"{request.cid} is not in this gateway")
     headers = _headers(request, http)
     if _if_none_match(http.headers.get("If-None-Match"), request.etag):
-        return web.Response(status=304, headers={k: headers[k] for k in ("Etag", "Cache-Control")})
+        if not await asyncio.to_thread(_has, source, request.cid):
+            raise _absent(http, request)
+        kept = {name: headers[name] for name in ("Etag", "Cache-Control", "Vary")}
+        return web.Response(status=304, headers=kept)
     try:
-        if request.format == "raw":
-            block = await asyncio.to_thread(_get, source, request.cid)
-            return web.Response(body=block.data, headers=headers)
-        resolved = await asyncio.to_thread(resolve_path, source, request.cid, request.path)
-        check_servable(request, resolved)
+        found = await asyncio.to_thread(_load, source, request)
     except BlockNotFound:
-        raise web.HTTPNotFound(text=f"{request.cid} is not in this gateway") from None
+        found = None
     except IntegrityError as exc:
         log.error("gateway: stored block fails verification: %s", exc)
         raise web.HTTPInternalServerError(text="a stored block failed verification") from exc
     except BlockFormatError as exc:  # the path gateway's 404 for an invalid DAG node
         raise web.HTTPNotFound(text=f"cannot traverse a malformed block: {exc}") from exc
+    if found is None:
+        raise _absent(http, request)
+    if isinstance(found, Block):
+        return web.Response(body=found.data, headers=headers)
     response = web.StreamResponse(headers=headers)
     await response.prepare(http)
     if http.method == "HEAD":
         return response
-    await _stream_car(http, response, source, request, resolved)
+    await _stream_car(http, response, source, request, found)
     return response
 
 
