@@ -18,8 +18,10 @@ write transaction:
    does not know: deduplicated against queued imports, limited by a token bucket, and not
    repeated for a package its registry was asked about recently.
 
-Deal expiry is derived from the deal's end epoch: ``genesis + 30 s x epoch`` on Filecoin
-mainnet (https://spec.filecoin.io/#section-systems.filecoin_nodes.clock).
+A deal's expiry is the end date its source recorded (deal sync reads the chain's genesis),
+else the mainnet time of its end epoch: ``genesis + 30 s x epoch``
+(https://spec.filecoin.io/#section-systems.filecoin_nodes.clock). Only deals that are
+``active`` and not yet over are shown.
 """
 
 from __future__ import annotations
@@ -110,9 +112,13 @@ class DealView:
     state: str
     start_epoch: int | None
     end_epoch: int | None
+    end_at: datetime | None = None
 
     @property
     def expires_at(self) -> datetime | None:
+        """The end date the deal source recorded, else the mainnet time of the end epoch."""
+        if self.end_at is not None:
+            return self.end_at
         return None if self.end_epoch is None else epoch_time(self.end_epoch)
 
     def to_json(self) -> dict[str, Any]:
@@ -459,11 +465,14 @@ def _pieces(
     """Pieces holding the archives, each with its deals that are active and not yet over."""
     if not archive_ids:
         return {}
-    active = sa.and_(
-        Deal.piece_id == Piece.id,
-        Deal.state == DealState.ACTIVE,
-        sa.or_(Deal.end_epoch.is_(None), Deal.end_epoch > current_epoch(now)),
+    not_over = sa.or_(
+        Deal.end_at > now,
+        sa.and_(
+            Deal.end_at.is_(None),
+            sa.or_(Deal.end_epoch.is_(None), Deal.end_epoch > current_epoch(now)),
+        ),
     )
+    active = sa.and_(Deal.piece_id == Piece.id, Deal.state == DealState.ACTIVE, not_over)
     rows = session.execute(
         sa.select(
             PieceMember.archive_id,
@@ -478,6 +487,7 @@ def _pieces(
             Deal.state,
             Deal.start_epoch,
             Deal.end_epoch,
+            Deal.end_at,
         )
         .join(Piece, Piece.id == PieceMember.piece_id)
         .outerjoin(Deal, active)
@@ -496,6 +506,7 @@ def _pieces(
                     str(DealState(row.state)),
                     row.start_epoch,
                     row.end_epoch,
+                    row.end_at,
                 )
             )
     out: dict[int, list[PieceView]] = defaultdict(list)

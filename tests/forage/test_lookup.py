@@ -73,6 +73,11 @@ def django(session: Session) -> dict[str, Any]:
     live = make_deal(session, piece=piece, deal_id="7001", provider="f0100", end_epoch=5_000_000)
     make_deal(session, piece=piece, deal_id="7002", end_epoch=4_100_000)  # over by NOW
     make_deal(session, piece=piece, deal_id="7003", state=DealState.SLASHED)
+    # The source recorded dates (another network's genesis): they win over mainnet epochs.
+    make_deal(
+        session, piece=piece, deal_id="7004", start_epoch=1, end_epoch=2, end_at=NOW + timedelta(9)
+    )
+    make_deal(session, piece=piece, deal_id="7005", end_epoch=9_000_000, end_at=NOW)  # over
     return {"sdist": sdist, "wheel": wheel, "archive": archive, "piece": piece, "deal": live}
 
 
@@ -102,10 +107,11 @@ def test_both_spellings_meet_one_version_with_everything_to_fetch_and_trust_it(
     (piece,) = sdist["pieces"]
     assert piece["piece_cid"] == rows["piece"].piece_cid
     # Only the active deal whose end is still ahead shows, with provider and expiry date.
-    assert [d["deal_id"] for d in piece["deals"]] == ["7001"]
+    assert [d["deal_id"] for d in piece["deals"]] == ["7001", "7004"]
     assert piece["deals"][0]["provider"] == "f0100"
     # Unix 1598306400 (mainnet genesis) + 30 s x 5,000,000 epochs.
     assert piece["deals"][0]["expires_at"] == "2025-05-27T00:40:00Z"
+    assert piece["deals"][1]["expires_at"] == "2025-01-10T00:00:00Z"
 
 
 def test_every_key_gets_its_own_result_in_order(db_session: Session) -> None:
@@ -296,7 +302,7 @@ def test_stats_count_rows_bytes_pins_and_deals(db_session: Session) -> None:
     assert after["archives"]["pending"] - before["archives"]["pending"] == 1
     assert after["archived_bytes"] - before["archived_bytes"] == rows["archive"].size
     assert after["pins"]["pinning"] - before["pins"]["pinning"] == 1
-    assert after["deals"]["active"] - before["deals"]["active"] == 2
+    assert after["deals"]["active"] - before["deals"]["active"] == 4  # stored state, over or not
     assert after["deals"]["slashed"] - before["deals"]["slashed"] == 1
     assert after["piece_bytes"] - before["piece_bytes"] == rows["piece"].car_size
 
