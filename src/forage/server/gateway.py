@@ -86,6 +86,13 @@ _IDENTITY = 0x00
 #: UnixFS ``Data.Type`` values (https://github.com/ipfs/specs/blob/main/UNIXFS.md).
 _UNIXFS_RAW, _UNIXFS_DIRECTORY, _UNIXFS_FILE, _UNIXFS_HAMT = 0, 1, 2, 5
 
+#: The one CAR variant produced: blocks depth-first from the root, each once (IPIP-0412).
+_CAR_VARIANT = f"{CAR_TYPE}; version=1; order=dfs; dups=n"
+_CAR_KEYS = ("version", "order", "dups")
+#: Values of ``car-version``, ``car-order`` and ``car-dups`` that are well-formed at all.
+_CAR_QUERY_VALUES = {"version": ("1", "2"), "order": ("dfs", "unk"), "dups": ("y", "n")}
+
+Query = Mapping[str, str]
 Format = Literal["raw", "car"]
 Scope = Literal["block", "entity", "all"]
 _SCOPES: dict[str, Scope] = {"block": "block", "entity": "entity", "all": "all"}
@@ -196,14 +203,6 @@ def parse_accept(header: str) -> list[MediaRange]:
     return ranges
 
 
-_CAR_KEYS = ("version", "order", "dups")
-#: Values of ``car-version``, ``car-order`` and ``car-dups`` that are well-formed at all.
-_CAR_QUERY_VALUES = {"version": ("1", "2"), "order": ("dfs", "unk"), "dups": ("y", "n")}
-_CAR_VARIANT = f"{CAR_TYPE}; version=1; order=dfs; dups=n"
-
-Query = Mapping[str, str]
-
-
 def _check_car_query(query: Query) -> None:
     """400 for a ``car-version``, ``car-order`` or ``car-dups`` value no gateway knows."""
     for key, values in _CAR_QUERY_VALUES.items():
@@ -231,7 +230,6 @@ def negotiate_format(query: Query, accept: str | None) -> tuple[Format, bool]:
     ``format`` named it. Raises 400 or 406 as the specification says."""
     if accept is not None and len(accept) > MAX_HEADER_LENGTH:
         raise _bad_request(f"Accept header longer than {MAX_HEADER_LENGTH} characters")
-    _check_car_query(query)
     ranges = [media for media in parse_accept(accept or "") if media.q > 0]
     cars = [media for media in ranges if media.type == CAR_TYPE]
     fmt = query.get("format")
@@ -244,6 +242,7 @@ def negotiate_format(query: Query, accept: str | None) -> tuple[Format, bool]:
             return "raw", True
         if fmt != "car":
             raise _bad_request("format must be raw or car")
+        _check_car_query(query)
         candidates: list[MediaRange | None] = [*cars] or [None]
         if not any(_car_variant_ok(media, query) for media in candidates):
             raise _not_acceptable(f"this trustless gateway serves CARs as {_CAR_VARIANT}")
@@ -256,8 +255,10 @@ def negotiate_format(query: Query, accept: str | None) -> tuple[Format, bool]:
     for media in ranges:
         if media.type == RAW_TYPE:
             return "raw", False
-        if media.type == CAR_TYPE and _car_variant_ok(media, query):
-            return "car", False
+        if media.type == CAR_TYPE:
+            _check_car_query(query)
+            if _car_variant_ok(media, query):
+                return "car", False
     raise _not_acceptable(f"this trustless gateway serves {RAW_TYPE} and {_CAR_VARIANT}")
 
 
