@@ -1,0 +1,266 @@
+"""Benchmark the archive pipeline against SHA-256 alone over the same bytes; print JSON.
+
+Fixture: ``--count`` artifacts (default 2,000) from ``--min-kib`` (1 KiB) to ``--max-mib``
+(50 MiB), ``--total-mib`` in all (1 GiB), most of them small as in a registry: sizes are
+``min * (max/min) ** (u ** k)`` for uniform ``u``, ``k`` solved so the sizes add up, with the
+smallest and largest sizes always present. The files are random bytes written to a scratch
+directory and served by ``python -m forage.fakes.files`` in a child process (loopback HTTP,
+sendfile).
+
+Measured in one run:
+
+- ``sha256``: ``hashlib.sha256`` over every file, read in 1 MiB pieces from the page cache
+  (best of two passes, one before and one after the pipeline);
+- ``pipeline``: ``forage archive``'s path (:func:`forage.archive.archive_many` with
+  ``--concurrency`` at once, as ``forage archive --pending`` runs it): row loads, HTTP
+  download with the host policy, the registry's digests (``--ecosystem pypi``: sha256 and
+  size; ``npm``: sha512 and sha1), the CIDv1 and its blocks staged then moved into a
+  durable :class:`~storage.FilesystemBlockstore`, one ``archived`` row per artifact in a
+  SQLite database;
+- ``peak_rss_mib``: the process's peak resident set (the fixture is never held in memory).
+
+``ratio`` is pipeline MB/s over SHA-256 MB/s; the goal is at least 0.6.
+
+Example (a smaller run): ``python scripts/bench_archive.py --total-mib 256 --count 500``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import hashlib
+import json
+import os
+import pstats
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MIB = 1024 * 1024
+PIECE = MIB
+
+
+def plan_sizes(count: int, total: int, low: int, high: int, rng: random.Random) -> list[int]:
+    """``count`` sizes in ``[low, high]`` adding up to ``total``, skewed towards small ones."""
+    if not low * count <= total <= high * count:
+        raise SystemExit(f"cannot fit {count} files of {low}..{high} bytes into {total} bytes")
+    draws = sorted(rng.random() for _ in range(count - 2))
+
+    def sizes(k: float) -> list[int]:
+        middle = [int(low * (high / low) ** (u**k)) for u in draws]
+        return [low, high, *middle]
+
+    lo_k, hi_k = 0.01, 1000.0
+    for _ in range(200):
+        k = (lo_k * hi_k) ** 0.5
+        if sum(sizes(k)) > total:
+            lo_k = k
+        else:
+            hi_k = k
+    planned = sizes(hi_k)
+    shortfall = total - sum(planned)
+    for index in range(2, count):  # spread the rounding left-over without passing ``high``
+        room = high - planned[index]
+        add = min(room, shortfall)
+        planned[index] += add
+        shortfall -= add
+        if not shortfall:
+            break
+    rng.shuffle(planned)
+    return planned
+
+
+def write_fixture(directory: Path, sizes: list[int], seed: int) -> list[Path]:
+    """Random files, written in 1 MiB pieces."""
+    rng = random.Random(seed)
+    paths = []
+    for index, size in enumerate(sizes):
+        path = directory / f"artifact-{index:05d}.bin"
+        with path.open("wb") as fh:
+            left = size
+            while left:
+                piece = rng.randbytes(min(PIECE, left))
+                fh.write(piece)
+                left -= len(piece)
+        paths.append(path)
+    return paths
+
+
+def hash_files(
+    paths: list[Path], algorithms: tuple[str, ...]
+) -> tuple[float, list[dict[str, str]]]:
+    """Seconds to hash every file with each of ``algorithms`` (one pass), and the digests."""
+    buffer = bytearray(PIECE)
+    view = memoryview(buffer)
+    digests = []
+    start = time.perf_counter()
+    for path in paths:
+        hashers = [hashlib.new(name) for name in algorithms]
+        with path.open("rb", buffering=0) as fh:
+            while count := fh.readinto(buffer):
+                for hasher in hashers:
+                    hasher.update(view[:count])
+        digests.append({h.name: h.hexdigest() for h in hashers})
+    return time.perf_counter() - start, digests
+
+
+def start_server(directory: Path) -> tuple[subprocess.Popen[str], str]:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "forage.fakes.files", str(directory)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    return server, server.stdout.readline().strip()
+
+
+def record_rows(
+    url: str, ecosystem: str, base: str, paths: list[Path], digests: list[Any]
+) -> list[int]:
+    from forage.archive import unarchived_ids
+    from forage.db import make_engine, make_sessionmaker
+    from forage.ingest import record_package
+    from indexers import Artifact, PackageInfo, Release
+
+    releases = []
+    for index, (path, values) in enumerate(zip(paths, digests, strict=True)):
+        size = path.stat().st_size
+        artifact = Artifact(
+            filename=path.name,
+            url=f"{base}/files/{path.name}",
+            size=size if ecosystem == "pypi" else None,
+            digests=values,
+        )
+        releases.append(Release(version=f"1.0.{index}", artifacts=(artifact,)))
+    info = PackageInfo(
+        ecosystem=ecosystem, name="bench", display_name="bench", releases=tuple(releases)
+    )
+    engine = make_engine(url)
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            record_package(session, info, archive=False)
+        with make_sessionmaker(engine)() as session:
+            return unarchived_ids(session, limit=len(paths) + 1)
+    finally:
+        engine.dispose()
+
+
+async def run_pipeline(config: Any, ids: list[int], concurrency: int) -> tuple[float, list[Any]]:
+    from forage.archive import archive_many
+    from forage.db import make_sessionmaker, open_database
+    from forage.worker import job_context
+
+    engine = open_database(config.database)
+    try:
+        async with job_context(config, make_sessionmaker(engine)) as ctx:
+            start = time.perf_counter()
+            outcomes = await archive_many(ctx, ids, concurrency=concurrency)
+            return time.perf_counter() - start, outcomes
+    finally:
+        engine.dispose()
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--total-mib", type=float, default=1024)
+    parser.add_argument("--min-kib", type=float, default=1)
+    parser.add_argument("--max-mib", type=float, default=50)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--ecosystem", choices=("pypi", "npm"), default="pypi")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, help="scratch directory (default: system temp)")
+    parser.add_argument("--profile", action="store_true", help="cProfile the pipeline to stderr")
+    args = parser.parse_args(argv)
+
+    from forage.config import load_config
+    from forage.db import open_database
+
+    rng = random.Random(args.seed)
+    total = int(args.total_mib * MIB)
+    sizes = plan_sizes(args.count, total, int(args.min_kib * 1024), int(args.max_mib * MIB), rng)
+    algorithms = ("sha256",) if args.ecosystem == "pypi" else ("sha512", "sha1")
+    with tempfile.TemporaryDirectory(prefix="bench-archive-", dir=args.workdir) as scratch:
+        root = Path(scratch)
+        files = root / "files"
+        files.mkdir()
+        paths = write_fixture(files, sizes, args.seed)
+        _, digests = hash_files(paths, algorithms)  # also warms the page cache
+        baseline_first, _ = hash_files(paths, ("sha256",))
+        server, base = start_server(files)
+        try:
+            environ = {
+                "FORAGE_DATA_DIR": str(root / "data"),
+                f"FORAGE_REGISTRIES_{args.ecosystem.upper()}_ALLOW_HTTP": "true",
+                f"FORAGE_REGISTRIES_{args.ecosystem.upper()}_MAX_DOWNLOAD_SIZE": str(2 * total),
+            }
+            if args.ecosystem == "pypi":
+                environ |= {
+                    "FORAGE_REGISTRIES_PYPI_INDEX_URL": f"{base}/simple",
+                    "FORAGE_REGISTRIES_PYPI_JSON_URL": f"{base}/pypi",
+                    "FORAGE_REGISTRIES_PYPI_XMLRPC_URL": f"{base}/pypi",
+                }
+            else:
+                environ |= {
+                    "FORAGE_REGISTRIES_NPM_REGISTRY_URL": base,
+                    "FORAGE_REGISTRIES_NPM_REPLICATE_URL": f"{base}/registry",
+                }
+            (root / "forage.toml").write_text("")
+            config = load_config(root / "forage.toml", environ=environ)
+            open_database(config.database).dispose()
+            ids = record_rows(config.database.url, args.ecosystem, base, paths, digests)
+            rss_before = rss_mib()
+            profiler = cProfile.Profile() if args.profile else None
+            if profiler is not None:
+                profiler.enable()
+            seconds, outcomes = asyncio.run(run_pipeline(config, ids, args.concurrency))
+            if profiler is not None:
+                profiler.disable()
+                pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
+                pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(20)
+            peak = rss_mib()
+        finally:
+            assert server.stdin is not None
+            server.stdin.close()
+            server.wait(timeout=30)
+        baseline_second, _ = hash_files(paths, ("sha256",))
+        failed = [o for o in outcomes if o.status != "archived"]
+        if failed:
+            raise SystemExit(f"{len(failed)} artifacts failed, e.g. {failed[0]}")
+    sha256_seconds = min(baseline_first, baseline_second)
+    mb = total / 1e6
+    report = {
+        "artifacts": args.count,
+        "bytes": total,
+        "smallest": min(sizes),
+        "largest": max(sizes),
+        "ecosystem": args.ecosystem,
+        "digests": list(algorithms),
+        "concurrency": args.concurrency,
+        "sha256_seconds": round(sha256_seconds, 3),
+        "sha256_mb_s": round(mb / sha256_seconds, 1),
+        "pipeline_seconds": round(seconds, 3),
+        "pipeline_mb_s": round(mb / seconds, 1),
+        "ratio": round(sha256_seconds / seconds, 3),
+        "rss_before_pipeline_mib": round(rss_before, 1),
+        "peak_rss_mib": round(peak, 1),
+        "cpus": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
