@@ -7,6 +7,9 @@ blockstore, and adds the routes of :mod:`forage.mirror.npm` (``/npm/``),
 :mod:`forage.mirror.pypi` (``/pypi/simple/``, ``/pypi/files/``) and :mod:`forage.mirror.golang`
 (``/go/``). Upstream requests share one ``httpx.AsyncClient``, closed with the application; it
 ignores proxy environment variables, so what the mirror reaches is what the configuration says.
+On SQLite the mirror reads through its own read-only engine (a deferred ``BEGIN``,
+``query_only``): the application's engine begins every transaction ``IMMEDIATE``, which would
+make concurrent mirror reads queue for the write lock.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import httpx
 from aiohttp import web
 
 from forage import __version__
+from forage.db import make_engine, make_sessionmaker
 from forage.mirror.golang import GoRoutes
 from forage.mirror.npm import NpmRoutes
 from forage.mirror.pypi import PyPIRoutes
@@ -37,13 +41,18 @@ def setup(app: web.Application) -> None:
         follow_redirects=False,
         trust_env=False,
     )
-    mirror = build_mirror(
-        config, sessionmaker=app[SESSIONMAKER], blockstore=app[BLOCKSTORE], client=client
-    )
+    sessions = app[SESSIONMAKER]
+    engine = None
+    if config.database.is_sqlite:
+        engine = make_engine(config.database, read_only=True)
+        sessions = make_sessionmaker(engine)
+    mirror = build_mirror(config, sessionmaker=sessions, blockstore=app[BLOCKSTORE], client=client)
     app[MIRROR] = mirror
 
     async def close(_app: web.Application) -> None:
         await client.aclose()
+        if engine is not None:
+            engine.dispose()
 
     app.on_cleanup.append(close)
     NpmRoutes(mirror).setup(app)

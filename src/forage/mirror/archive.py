@@ -235,6 +235,34 @@ def find_file(
     return files[0] if files else None
 
 
+def package_stamp(session: Session, ecosystem: str, name: str) -> tuple[Any, ...] | None:
+    """A cheap value that changes whenever a listing of ``name`` may change (``None``:
+    unknown package): the package row's update time plus counts and latest update times of
+    its versions, artifacts and archives."""
+    package = session.execute(
+        sa.select(Package.id, Package.updated_at, Package.deleted).where(
+            Package.ecosystem == ecosystem, Package.name == name
+        )
+    ).first()
+    if package is None:
+        return None
+    aggregates = session.execute(
+        sa.select(
+            sa.func.count(Version.id),
+            sa.func.max(Version.updated_at),
+            sa.func.count(Artifact.id),
+            sa.func.max(Artifact.updated_at),
+            sa.func.count(Archive.id),
+            sa.func.max(Archive.updated_at),
+        )
+        .select_from(Version)
+        .outerjoin(Artifact, Artifact.version_id == Version.id)
+        .outerjoin(Archive, Archive.artifact_id == Artifact.id)
+        .where(Version.package_id == package.id)
+    ).one()
+    return (package.id, package.updated_at, package.deleted, *aggregates)
+
+
 def package_rows(session: Session, ecosystem: str, name: str) -> PackageRows | None:
     """Everything a fallback listing of ``name`` needs, or ``None`` if the index lacks it."""
     package = session.execute(
@@ -363,4 +391,5 @@ __all__ = [
     "package_hold",
     "package_names",
     "package_rows",
+    "package_stamp",
 ]

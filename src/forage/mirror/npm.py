@@ -36,6 +36,7 @@ from forage.mirror.archive import (
     npm_manifest,
     package_hold,
     package_rows,
+    package_stamp,
 )
 from forage.mirror.service import (
     FileRef,
@@ -204,6 +205,18 @@ def fallback_packument(
     }
 
 
+def _dumps(document: Any) -> bytes:
+    return json.dumps(document).encode()
+
+
+def _tarball_rows(session: Any, name: str, filename: str) -> tuple[str | None, Any]:
+    """The package's hold and the archived tarball, in one session."""
+    return (
+        package_hold(session, ECOSYSTEM, name),
+        find_file(session, ECOSYSTEM, name=name, filename=filename),
+    )
+
+
 class NpmRoutes:
     """The handlers, bound to the application's :class:`Mirror`."""
 
@@ -241,42 +254,42 @@ class NpmRoutes:
     def _upstream_url(self, name: str) -> str:
         return f"{self.registry.base_url}/{escape_name(name)}"
 
-    async def packument_doc(
-        self, request: web.Request, name: str
-    ) -> tuple[dict[str, Any] | None, dict[str, str], UpstreamFailed | None]:
-        """The packument to answer with (``None``: 404), the headers saying who answered, and
-        the upstream's failure when the archive answered."""
-        base = self.mirror.public_base(str(request.url.origin()))
-        url = self._upstream_url(name)
-        try:
-            answer, _ = await self.registry.document(url, headers={"accept": JSON})
-            if answer.absent:
-                return None, source_headers("upstream"), None
-            try:
-                doc = json.loads(answer.body)
-            except ValueError:
-                doc = None
-            if not isinstance(doc, dict):
-                raise UpstreamFailed(url, "status", "packument is not a JSON object")
-        except UpstreamFailed as exc:
-            fallback = await self.fallback_doc(name, base)
-            return fallback, source_headers("archive", error=exc), exc
-        rewritten = rewrite_packument(doc, name=name, base=base, refs=self.registry)
-        return rewritten, source_headers("upstream"), None
+    async def upstream_doc(self, name: str, base: str) -> dict[str, Any] | None:
+        """The upstream's packument with Forage tarball URLs (``None``: the registry's 404).
 
-    async def fallback_doc(self, name: str, base: str) -> dict[str, Any] | None:
-        rows = await self.mirror.query(package_rows, ECOSYSTEM, name)
-        if rows is None or rows.hold is not None:
+        Raises ``UpstreamFailed`` when the upstream cannot answer with a JSON object.
+        """
+        url = self._upstream_url(name)
+        answer, _ = await self.registry.document(url, headers={"accept": JSON})
+        if answer.absent:
             return None
-        key = ("packument", name, base, rows.fingerprint())
+        try:
+            doc = json.loads(answer.body)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise UpstreamFailed(url, "status", "packument is not a JSON object")
+        return rewrite_packument(doc, name=name, base=base, refs=self.registry)
+
+    async def fallback_body(self, name: str, base: str, *, corgi: bool) -> bytes | None:
+        """The archive's packument, rendered once per change of the index (``None``: 404)."""
+        stamp = await self.mirror.query(package_stamp, ECOSYSTEM, name)
+        if stamp is None:
+            return None
+        key = ("packument", name, base, corgi, stamp)
         cached = self.registry.rendered.fresh(key)
         if cached is not None:
-            return json.loads(cached.value)  # type: ignore[no-any-return]
-        manifests = await self._manifests(rows.listed_files())
-        doc = fallback_packument(rows, manifests, base=base)
+            return cached.value or None
+        rows = await self.mirror.query(package_rows, ECOSYSTEM, name)
+        doc = None
+        if rows is not None and rows.hold is None:
+            manifests = await self._manifests(rows.listed_files())
+            doc = fallback_packument(rows, manifests, base=base)
+        body = b""
         if doc is not None:
-            self.registry.rendered.put(key, json.dumps(doc).encode())
-        return doc
+            body = await asyncio.to_thread(_dumps, abbreviate(doc) if corgi else doc)
+        self.registry.rendered.put(key, body)
+        return body or None
 
     async def _manifests(self, files: list[ArchivedFile]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
@@ -306,19 +319,33 @@ class NpmRoutes:
 
     async def packument(self, request: web.Request, name: str) -> web.StreamResponse:
         corgi = wants_corgi(request)
-        doc, headers, _ = await self.packument_doc(request, name)
+        base = self.mirror.public_base(str(request.url.origin()))
+        content_type = CORGI if corgi else JSON
+        try:
+            doc = await self.upstream_doc(name, base)
+        except UpstreamFailed as exc:
+            headers = source_headers("archive", error=exc)
+            body = await self.fallback_body(name, base, corgi=corgi)
+            if body is None:
+                return not_found(**headers)
+            return web.Response(body=body, content_type=content_type, headers=headers)
+        headers = source_headers("upstream")
         if doc is None:
             return not_found(**headers)
-        if corgi:
-            return web.Response(
-                body=json.dumps(abbreviate(doc)).encode(), content_type=CORGI, headers=headers
-            )
-        return web.Response(body=json.dumps(doc).encode(), content_type=JSON, headers=headers)
+        body = await asyncio.to_thread(_dumps, abbreviate(doc) if corgi else doc)
+        return web.Response(body=body, content_type=content_type, headers=headers)
 
     async def version_document(
         self, request: web.Request, name: str, version: str
     ) -> web.StreamResponse:
-        doc, headers, _ = await self.packument_doc(request, name)
+        base = self.mirror.public_base(str(request.url.origin()))
+        try:
+            doc = await self.upstream_doc(name, base)
+            headers = source_headers("upstream")
+        except UpstreamFailed as exc:
+            headers = source_headers("archive", error=exc)
+            body = await self.fallback_body(name, base, corgi=False)
+            doc = json.loads(body) if body else None
         if doc is None:
             return not_found(**headers)
         target = (doc.get("dist-tags") or {}).get(version, version)
@@ -330,10 +357,9 @@ class NpmRoutes:
     # -- tarballs ---------------------------------------------------------------------------
 
     async def tarball(self, request: web.Request, name: str, filename: str) -> web.StreamResponse:
-        hold = await self.mirror.query(package_hold, ECOSYSTEM, name)
+        hold, archived = await self.mirror.query(_tarball_rows, name, filename)
         if hold is not None:
             return not_found(f"{name} is not served: {hold}")
-        archived = await self.mirror.query(find_file, ECOSYSTEM, name=name, filename=filename)
         error: UpstreamFailed | None = None
         try:
             ref = await self._ref(request, name, filename, archived)
@@ -367,9 +393,7 @@ class NpmRoutes:
             return cached.value
         if archived is not None:
             return FileRef(archived.url, archived.digests)
-        _, _, error = await self.packument_doc(request, name)
-        if error is not None:
-            raise error
+        await self.upstream_doc(name, self.mirror.public_base(str(request.url.origin())))
         cached = self.registry.refs.stale((name, filename))
         return cached.value if cached is not None else None
 

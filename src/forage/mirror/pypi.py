@@ -17,6 +17,7 @@ archived files of releases the registry has not removed, yanks marked; a quarant
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
@@ -34,6 +35,7 @@ from forage.mirror.archive import (
     find_file,
     package_names,
     package_rows,
+    package_stamp,
 )
 from forage.mirror.service import FileRef, Mirror, source_headers, verified_algorithms
 from forage.mirror.spool import send_spool
@@ -288,12 +290,26 @@ class PyPIRoutes:
     async def fallback(
         self, request: web.Request, name: str, base: str, error: UpstreamFailed
     ) -> web.StreamResponse:
-        headers = source_headers("archive", error=error)
-        rows = await self.mirror.query(package_rows, ECOSYSTEM, name)
-        page = fallback_page(rows, base=base) if rows is not None else None
-        if page is None:
+        """The archive's page, rendered once per change of the index and form."""
+        headers = {**source_headers("archive", error=error), "Vary": "Accept"}
+        kind = negotiate(request.headers.get("Accept", ""))
+        stamp = await self.mirror.query(package_stamp, ECOSYSTEM, name)
+        body = b""
+        if stamp is not None:
+            key = ("page", name, base, kind, stamp)
+            cached = self.registry.rendered.fresh(key)
+            if cached is not None:
+                body = cached.value
+            else:
+                rows = await self.mirror.query(package_rows, ECOSYSTEM, name)
+                page = fallback_page(rows, base=base) if rows is not None else None
+                if page is not None:
+                    render = render_json if kind == SIMPLE_JSON else render_html
+                    body = await asyncio.to_thread(render, page)
+                self.registry.rendered.put(key, body)
+        if not body:
             return web.Response(status=404, text="404 Not Found\n", headers=headers)
-        return self._respond(request, page, headers)
+        return web.Response(body=body, content_type=kind, headers=headers)
 
     async def file(self, request: web.Request) -> web.StreamResponse:
         sha256 = request.match_info["sha256"]
