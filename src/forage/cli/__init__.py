@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jobs",
     "lookup",
     "mirror",
+    "pins",
     "run",
     "serve",
     "worker",
