@@ -611,7 +611,7 @@ async def test_client_leaving_mid_car_is_not_an_error(
 ) -> None:
     """A client that hangs up during a large CAR ends the stream quietly: no error logged,
     and the gateway keeps answering."""
-    cid = gateway.add(content(16 << 20, seed=4))
+    cid = gateway.add(content(8 << 20, seed=4))
     with caplog.at_level(logging.DEBUG):
         async with gateway.client.stream("GET", f"{gateway.url}/ipfs/{cid}?format=car") as resp:
             assert resp.status_code == 200
