@@ -53,6 +53,7 @@ from forage.errors import ConfigError, InvalidKey, JobError, NotFound, Permanent
 from forage.jobs import Job, describe_error, is_permanent
 from forage.keys import Key, parse_key
 from forage.models import Archive, ArchiveStatus, Artifact, ArtifactDigest, Package, Version
+from forage.pins import enqueue_pins
 from forage.registries import INDEXER_CLASSES
 from forage.worker import JobContext
 from indexers import DigestCheck, DigestMismatch, DigestVerifier, verify_go_zip
@@ -195,6 +196,8 @@ def record_archived(session: Session, artifact_id: int, result: ArchiveResult) -
         )
         .returning(Archive.id)
     ).scalar_one_or_none()
+    if archive_id is not None:
+        enqueue_pins(session, archive_id)
     return archive_id
 
 

@@ -610,10 +610,12 @@ def _apply_statuses(
 ) -> None:
     """Write a batch's new states in one statement; re-queue the pins that failed.
 
-    A row changed since it was read (a re-pin recorded a new request meanwhile) is left as is.
+    A row changed since it was read (a re-pin recorded a new request meanwhile, another check
+    got there first) is left as is, and only rows this call moved to ``failed`` (their
+    ``checked_at`` is this check's ``now``) are re-queued.
     """
     params = []
-    failed: list[tuple[int, str]] = []
+    failed: list[int] = []
     for due in batch:
         answer = answers.get(due.request_id)
         if answer is None:
@@ -627,7 +629,7 @@ def _apply_statuses(
                 else None
             )
         if status == PinStatus.FAILED:
-            failed.append((due.archive_id, backend))
+            failed.append(due.pin_id)
         pinned_at = (due.pinned_at or now) if status == PinStatus.PINNED else None
         report.states[status.value] = report.states.get(status.value, 0) + 1
         params.append(
@@ -643,7 +645,13 @@ def _apply_statuses(
         )
     if params:
         session.execute(_apply, params)
-    report.requeued += _requeue(session, failed, pinning=pinning, now=now)
+    if failed:
+        mine = session.execute(
+            sa.select(Pin.archive_id, Pin.backend).where(
+                Pin.id.in_(failed), Pin.status == PinStatus.FAILED, Pin.checked_at == now
+            )
+        ).all()
+        report.requeued += _requeue(session, [tuple(row) for row in mine], pinning=pinning, now=now)
 
 
 def _queue_unpinned(session: Session, backend: str, *, limit: int) -> int:

@@ -13,6 +13,8 @@ never reach logs, rows or job errors. The configuration section is checked here 
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import io
 import logging
 import math
@@ -27,15 +29,18 @@ import pytest
 import sqlalchemy as sa
 
 from forage import jobs
+from forage.archive import archive_job
 from forage.config import Config, load_config
 from forage.db import make_engine, make_sessionmaker, utcnow
 from forage.errors import ConfigError
 from forage.fakes.cluster import FakeCluster
+from forage.fakes.files import FakeFileServer
 from forage.fakes.kubo import FakeKubo
 from forage.fakes.pinning_service import FakePinningService
 from forage.fakes.server import serve
+from forage.ingest import ARCHIVE, record_package
 from forage.jobs import RetryPolicy
-from forage.models import JobRecord, JobState, Pin, PinStatus
+from forage.models import Archive, Artifact, JobRecord, JobState, Pin, PinStatus
 from forage.pins import (
     GONE,
     PIN,
@@ -46,8 +51,10 @@ from forage.pins import (
     pin_check_job,
     pin_job,
 )
-from forage.worker import JobContext, job_context
-from storage import FilesystemBlockstore, export_car, import_file, parse_cid
+from forage.worker import JobContext, Worker, job_context
+from indexers import Artifact as ArtifactInfo
+from indexers import PackageInfo, Release
+from storage import FilesystemBlockstore, compute_cid, export_car, import_file, parse_cid
 from tests.factories import make_archive, make_artifact
 
 KUBO_TOKEN = "kubo-tok-91c4e07d"
@@ -250,8 +257,6 @@ async def test_an_archive_is_pinned_on_every_backend_with_its_blocks(
 
 
 def _filename(ctx: JobContext, archive_id: int) -> str:
-    from forage.models import Archive, Artifact
-
     return rows(
         ctx,
         lambda s: s.scalar(
@@ -357,8 +362,6 @@ async def test_a_failed_pin_is_requeued_with_growing_delays_then_given_up(
 
 
 def pins_cid(ctx: JobContext, archive_id: int) -> str:
-    from forage.models import Archive
-
     return rows(ctx, lambda s: s.get(Archive, archive_id).cid)
 
 
@@ -408,6 +411,72 @@ async def test_kubo_refusing_at_once_marks_the_pin_failed_and_requeues_it(
             assert (pin.status, pin.error) == (PinStatus.FAILED, "disk quota exceeded")
             [repin] = queued(ctx, PIN)
             assert repin.payload == {"archive_id": archive_id, "backend": "home"}
+
+
+async def test_archiving_an_artifact_queues_its_pins(tmp_path: Path, migrated_url: str) -> None:
+    """The whole way: an imported PyPI file is downloaded, verified and stored by the archive
+    job, which queues the pin job in its transaction; the pin job sends Kubo the blocks."""
+    data = content(31, 600_000)
+    files = FakeFileServer()
+    async with running_fakes() as fakes, serve(files.make_app()) as host:
+        config = write_config(tmp_path, migrated_url, fakes.urls, backends=("home",))
+        path = tmp_path / "forage.toml"
+        path.write_text(
+            path.read_text() + f'[registries.pypi]\nindex_url = "{host.url}/simple"\n'
+            f'json_url = "{host.url}/pypi"\nxmlrpc_url = "{host.url}/pypi"\nallow_http = true\n'
+        )
+        config = load_config(path, environ={"FORAGE_PINNING_BACKENDS_HOME_TOKEN": KUBO_TOKEN})
+        artifact = ArtifactInfo(
+            filename="demo-1.0.tar.gz",
+            url=host.url + files.add("demo-1.0.tar.gz", data),
+            size=len(data),
+            digests={"sha256": hashlib.sha256(data).hexdigest()},
+            kind="sdist",
+        )
+        info = PackageInfo(
+            ecosystem="pypi",
+            name="demo",
+            display_name="demo",
+            releases=(Release(version="1.0", artifacts=(artifact,)),),
+        )
+        async with forage(config) as ctx:
+            with ctx.sessionmaker.begin() as session:
+                record_package(session, info)
+            worker = Worker(
+                ctx,
+                {ARCHIVE: archive_job, PIN: pin_job},
+                concurrency=2,
+                policy=POLICY,
+                poll_interval=0.01,
+            )
+            stats = await worker.run(mode="drain")
+            assert (stats.done, stats.dead, stats.retried) == (2, 0, 0)
+            archive = rows(ctx, lambda s: s.scalars(sa.select(Archive)).one())
+            pin = pins_of(ctx, archive.id)["home"]
+    assert archive.cid == str(compute_cid(data))
+    assert (pin.status, pin.request_id) == (PinStatus.PINNED, archive.cid)
+    assert fakes.kubo.is_pinned(archive.cid)
+    assert len(fakes.kubo.blocks) == 4  # three leaves and their root
+
+
+async def test_two_checks_at_once_requeue_a_failed_pin_once(
+    tmp_path: Path, migrated_url: str
+) -> None:
+    async with running_fakes() as fakes:
+        config = write_config(tmp_path, migrated_url, fakes.urls, backends=("psa",))
+        async with forage(config) as ctx:
+            archive_id = archive_bytes(ctx, content(33, 900))
+            fakes.psa.fail_cid(pins_cid(ctx, archive_id), "no provider could fetch it")
+            enqueue(ctx, archive_id)
+            await run_jobs(ctx)
+            fakes.psa.advance()
+            fakes.psa.advance()
+            results = await asyncio.gather(
+                check_pins(config, ctx.sessionmaker), check_pins(config, ctx.sessionmaker)
+            )
+            assert sum(report.requeued for [report] in results) == 1
+            assert len(queued(ctx, PIN)) == 1
+            assert pins_of(ctx, archive_id)["psa"].status == PinStatus.FAILED
 
 
 # -- errors -----------------------------------------------------------------------------------
