@@ -3,8 +3,8 @@ search, one page per package (every version's files with CID, pins, piece and ac
 and the deals page.
 
 Pages are Jinja2 templates (``templates/``, autoescaped, undefined names are errors) over plain
-values read in one read-only session per request, run in a worker thread so the event loop
-never waits on the database. Per-artifact queries come from :mod:`forage.lookup`, the query
+values read by one session per request (pages never write), in a worker thread so the event
+loop never waits on the database. Per-artifact queries come from :mod:`forage.lookup`, the query
 layer the JSON API shares, so a page and ``/api/v1/lookup`` always agree. Input from the URL is
 bounded and checked before it reaches SQL (a NUL byte alone makes PostgreSQL fail); bad input
 gets an HTML error page with a 4xx status, echoing nothing unescaped.
@@ -62,23 +62,23 @@ MAX_ECOSYSTEM_LENGTH = 32
 MAX_PAGE = 1_000_000
 
 
-class BadInput(Exception):
+class _BadInput(Exception):
     """A URL parameter a page cannot use; answered with a 400 page naming the parameter."""
 
 
 def _clean_text(value: str, what: str, *, limit: int) -> str:
     """``value`` stripped, refused if too long or holding control characters."""
     if len(value) > limit:
-        raise BadInput(f"{what} is longer than {limit} characters")
+        raise _BadInput(f"{what} is longer than {limit} characters")
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-        raise BadInput(f"{what} contains control characters")
+        raise _BadInput(f"{what} contains control characters")
     return value.strip()
 
 
 def _page_number(request: web.Request) -> int:
     raw = request.query.get("page", "1")
     if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
-        raise BadInput(f"page must be a whole number from 1 to {MAX_PAGE}")
+        raise _BadInput(f"page must be a whole number from 1 to {MAX_PAGE}")
     return int(raw)
 
 
@@ -412,7 +412,7 @@ async def search(request: web.Request) -> web.Response:
         ecosystem = _clean_text(
             request.query.get("ecosystem", ""), "ecosystem", limit=MAX_ECOSYSTEM_LENGTH
         )
-    except BadInput as exc:
+    except _BadInput as exc:
         return error_page(request, 400, str(exc))
     hits = await _read(request, search_packages, text, ecosystem or None) if text else []
     return render(request, "search.html", query=text, ecosystem=ecosystem, hits=hits)
@@ -426,7 +426,7 @@ async def package(request: web.Request) -> web.Response:
         ecosystem = _clean_text(ecosystem, "ecosystem", limit=MAX_ECOSYSTEM_LENGTH)
         name = _clean_text(name, "package name", limit=MAX_NAME_LENGTH)
         page = _page_number(request)
-    except BadInput as exc:
+    except _BadInput as exc:
         return error_page(request, 400, str(exc))
     found = await _read(request, package_page, ecosystem, name, page, utcnow())
     if found is None:
@@ -444,8 +444,8 @@ async def deals(request: web.Request) -> web.Response:
         page = _page_number(request)
         state = request.query.get("state") or None
         if state is not None and state not in {member.value for member in DealState}:
-            raise BadInput(f"state must be one of {', '.join(m.value for m in DealState)}")
-    except BadInput as exc:
+            raise _BadInput(f"state must be one of {', '.join(m.value for m in DealState)}")
+    except _BadInput as exc:
         return error_page(request, 400, str(exc))
     min_replicas = request.app[CONFIG].filecoin.min_replicas
     view = await _read(request, deals_page, state, page, utcnow(), min_replicas)
