@@ -24,10 +24,11 @@ Nothing leaves 127.0.0.1, and the temporary directory is removed when the demo e
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -242,13 +243,13 @@ async def run_demo(
     port: int = 0,
     within: float = 120.0,
     progress: Callable[[str], None] | None = None,
-    on_ready: Callable[[DemoReport], None] | None = None,
+    on_ready: Callable[[DemoReport], Awaitable[None] | None] | None = None,
 ) -> DemoReport:
     """Run the demo (see the module docstring); return its report once it ends.
 
-    ``progress`` receives one line per step; ``on_ready`` the report as soon as it exists
-    (before serving, when not ``once``). Raises :class:`DemoError` if the pipeline does not
-    finish within ``within`` seconds.
+    ``progress`` receives one line per step; ``on_ready`` (a function or a coroutine
+    function) the report as soon as it exists, while the server still runs. Raises
+    :class:`DemoError` if the pipeline does not finish within ``within`` seconds.
     """
     say = progress or (lambda line: log.info("%s", line))
     started = time.monotonic()
@@ -302,7 +303,9 @@ async def run_demo(
                     seconds=time.monotonic() - started,
                 )
                 if on_ready is not None:
-                    on_ready(report)
+                    shown = on_ready(report)
+                    if inspect.isawaitable(shown):
+                        await shown
                 if not once:
                     remove = install_signal_handlers(running)
                     try:

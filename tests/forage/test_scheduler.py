@@ -26,23 +26,27 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from forage import jobs
+from forage import jobs, pieces, pins
 from forage.archive import archive_job
 from forage.config import Config, load_config
-from forage.db import make_engine, make_sessionmaker, utcnow
+from forage.db import make_engine, make_sessionmaker, upgrade, utcnow
 from forage.errors import ConfigError
 from forage.ingest import ARCHIVE
 from forage.jobs import RetryPolicy
 from forage.models import Archive, ArchiveStatus, JobRecord, JobState
 from forage.scheduler import (
+    BUILD_PIECES,
     JOBSTORE_TABLE,
+    PIN_CHECK,
     REVERIFY,
+    SYNC_DEALS,
     WATCH,
     ArchiveSample,
     Scheduler,
     Task,
     current_leader,
     drain_archives,
+    enqueue_kind,
     enqueue_once,
     planned_tasks,
     prune_jobs,
@@ -140,6 +144,36 @@ def test_a_live_job_is_never_doubled(db_session: Any) -> None:
     jobs.complete(db_session, job.id, owner="w")
     assert enqueue_once(db_session, WATCH, {}, dedup_key="watch:npm")["queued"] == 1
     assert [j.state for j in keyed(db_session, "watch:npm")] == [JobState.DONE, JobState.QUEUED]
+
+
+def test_a_self_rescheduled_kind_is_made_due_not_doubled(db_session: Any, tmp_path: Path) -> None:
+    config = config_for(tmp_path, "sqlite:///unused.db")
+    later = utcnow() + timedelta(days=1)
+    # The pin check queued its own next run for tomorrow; the scheduler's tick moves it to now.
+    waiting = jobs.enqueue(db_session, PIN_CHECK, {}, dedup_key=PIN_CHECK, run_after=later)
+    assert enqueue_kind(PIN_CHECK)(db_session, config) == {"due": 1, "job_id": waiting}
+    [row] = keyed(db_session, PIN_CHECK)
+    db_session.refresh(row)
+    assert row.run_after <= utcnow()
+    # While it runs, the tick leaves it alone.
+    jobs.claim(db_session, owner="w", limit=1, policy=RetryPolicy(), kinds=[PIN_CHECK])
+    assert enqueue_kind(PIN_CHECK)(db_session, config)["skipped"] == 1
+    assert len(keyed(db_session, PIN_CHECK)) == 1
+
+
+def test_pipeline_kinds_are_scheduled_when_their_services_are_configured(tmp_path: Path) -> None:
+    bare = config_for(tmp_path, "sqlite:///x.db")
+    assert {t.name for t in schedule_table(bare)} & {PIN_CHECK, SYNC_DEALS} == set()
+    assert BUILD_PIECES in {t.name for t in schedule_table(bare)}
+    extra = (
+        '[pinning.backends.home]\ntype = "kubo"\nurl = "http://127.0.0.1:5001"\n'
+        '[filecoin]\nlotus_url = "https://lotus.invalid/rpc/v1"\n'
+    )
+    full = config_for(tmp_path, "sqlite:///x.db", "sync_deals = 120", extra)
+    table = {t.name: t.interval(full) for t in schedule_table(full)}
+    assert table[PIN_CHECK] == 3600.0 and table[SYNC_DEALS] == 120.0
+    # The kinds are those the pipeline's own modules register.
+    assert (PIN_CHECK, BUILD_PIECES) == (pins.PIN_CHECK, pieces.BUILD_PIECES)
 
 
 def test_drain_queues_only_artifacts_with_nothing_finished_or_in_flight(
@@ -352,7 +386,10 @@ async def test_one_leads_another_waits_then_takes_over(migrated_url: str, tmp_pa
 
 
 async def test_the_schedule_survives_a_restart(migrated_url: str, tmp_path: Path) -> None:
-    schedule = "drain_archives = 3600\nretry_failed = 0\nreverify = 0\nstats = 0\nprune_jobs = 0"
+    schedule = (
+        "drain_archives = 3600\nretry_failed = 0\nreverify = 0\nstats = 0\nprune_jobs = 0\n"
+        "build_pieces = 0"
+    )
     config = config_for(tmp_path, migrated_url, schedule)
     engine = make_engine(config.database)
     try:
@@ -471,10 +508,12 @@ def test_a_second_scheduler_takes_over_when_the_leader_is_killed(
         engine.dispose()
 
 
-def test_scheduler_run_runs_one_task_now(migrated_url: str, tmp_path: Path) -> None:
+def test_scheduler_run_runs_one_task_now(tmp_path: Path) -> None:
     """``forage scheduler --run TASK`` runs one task at once, whoever leads."""
-    config = config_file(tmp_path, migrated_url)
-    engine = make_engine(migrated_url)
+    url = f"sqlite:///{tmp_path / 'forage.db'}"
+    config = config_file(tmp_path, url)
+    engine = make_engine(url)
+    upgrade(engine)
     try:
         with make_sessionmaker(engine).begin() as session:
             make_artifact(session)
@@ -494,4 +533,6 @@ def test_scheduler_run_runs_one_task_now(migrated_url: str, tmp_path: Path) -> N
         text=True,
         timeout=60,
     )
-    assert bad.returncode == 2 and "no task 'nope'; known: drain_archives" in bad.stderr
+    assert (
+        bad.returncode == 2 and "no task 'nope'; known: build_pieces, drain_archives" in bad.stderr
+    )
