@@ -152,22 +152,20 @@ def test_sigkilled_workers_lose_no_job_and_leave_one_verified_archive_each(
         assert len(ids) == 300 and job_states(migrated_url) == {"queued": 300}
         data_dir = tmp_path / "data"
 
-        interrupted = 0
         log = stack.enter_context((tmp_path / "workers.log").open("wb"))
         for _ in range(KILLS):
             worker = start_worker(config, log)
             try:
                 deadline = time.monotonic() + 60
-                while held_by(migrated_url, worker.pid) == 0:
+                time.sleep(rng.uniform(0.0, 2.0))
+                while held_by(migrated_url, worker.pid) == 0:  # kill it with jobs in hand
                     assert worker.poll() is None, "the worker exited"
                     assert time.monotonic() < deadline, "the worker never started a job"
-                    time.sleep(0.05)
-                time.sleep(rng.uniform(0.0, 1.5))
-                interrupted += held_by(migrated_url, worker.pid) > 0
+                    time.sleep(rng.uniform(0.0, 0.1))
             finally:
                 worker.send_signal(signal.SIGKILL)
                 worker.wait(timeout=30)
-        assert interrupted == KILLS  # every kill hit jobs in hand, never an idle worker
+        assert job_states(migrated_url)["queued"] > 0  # the kills all came before the end
 
         last = start_worker(config, log, "--drain")
         last.wait(timeout=240)
