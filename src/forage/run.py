@@ -105,11 +105,11 @@ def build_http_app(
 ) -> web.Application:
     """The HTTP application ``forage serve`` runs, over this process's database and
     blockstore."""
+    from forage.blocks import open_blockstore
     from forage.server.app import make_app
 
-    if context.blockstore is None:
-        raise RuntimeError("job_context always opens the blockstore")
-    return make_app(config, sessionmaker=sessionmaker, blockstore=context.blockstore)
+    blockstore = context.blockstore or open_blockstore(config)
+    return make_app(config, sessionmaker=sessionmaker, blockstore=blockstore)
 
 
 async def _serve_http(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
