@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ from forage.server.pages import human_bytes, package_path
 from storage import FilesystemBlockstore, MemoryBlockstore, import_file, read_car, read_file
 from tests import factories
 
+#: The end date a deal source recorded for one deal (shown instead of the epoch's date).
+RECORDED_END = datetime(2031, 5, 6, 7, 8, tzinfo=UTC)
 HOSTILE_NAME = '"><script>window.__pwned = 1</script><img src=x onerror=alert(1)>'
 
 
@@ -33,10 +35,15 @@ HOSTILE_NAME = '"><script>window.__pwned = 1</script><img src=x onerror=alert(1)
 
 @dataclass
 class Element:
+    """A parsed element: its text and child elements in document order (``parts``)."""
+
     tag: str
     attrs: dict[str, str]
-    text: str = ""
-    children: list[Element] = field(default_factory=list)
+    parts: list[str | Element] = field(default_factory=list)
+
+    @property
+    def children(self) -> list[Element]:
+        return [part for part in self.parts if isinstance(part, Element)]
 
     def iter(self) -> Iterator[Element]:
         yield self
@@ -57,7 +64,9 @@ class Element:
 
     @property
     def all_text(self) -> str:
-        return " ".join((self.text + " " + " ".join(c.all_text for c in self.children)).split())
+        """The text content, whitespace collapsed (like ``textContent``, trimmed)."""
+        texts = (part if isinstance(part, str) else part.all_text for part in self.parts)
+        return " ".join(" ".join(texts).split())
 
 
 _VOID = {"meta", "link", "input", "img", "br", "hr"}
@@ -71,7 +80,7 @@ class _TreeBuilder(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         element = Element(tag, {k: v or "" for k, v in attrs})
-        self.stack[-1].children.append(element)
+        self.stack[-1].parts.append(element)
         if tag not in _VOID:
             self.stack.append(element)
 
@@ -82,7 +91,7 @@ class _TreeBuilder(HTMLParser):
                 return
 
     def handle_data(self, data: str) -> None:
-        self.stack[-1].text += data
+        self.stack[-1].parts.append(data)
 
 
 def parse_html(text: str) -> Element:
@@ -162,9 +171,9 @@ def build_archive(session: Session, store: FilesystemBlockstore) -> Archive_:
     bare_piece = factories.make_piece(session, archives=[wheel_archive])
     active = [
         factories.make_deal(
-            session, piece=piece, provider=provider, end_epoch=now_epoch + 1_000_000
+            session, piece=piece, provider=provider, end_epoch=now_epoch + 1_000_000, **dates
         )
-        for provider in ("f01111", "f02222")
+        for provider, dates in (("f01111", {"end_at": RECORDED_END}), ("f02222", {}))
     ]
     expired = factories.make_deal(
         session,
@@ -391,14 +400,21 @@ async def test_package_page_shows_piece_and_active_deals_per_artifact(site: Site
     assert "not in a piece yet" in pending.all_text
 
 
-async def test_deal_expiry_is_the_end_epoch_as_a_date(site: Site) -> None:
+async def test_deal_expiry_is_the_recorded_end_date_else_the_end_epoch(site: Site) -> None:
+    """A deal's expiry is the end date its source recorded; without one, the mainnet time of
+    its end epoch."""
     doc = await site.page("/packages/pypi/sampleproject")
-    (first,) = [
-        li for li in doc.find_all("li", "deal") if site.archive.active_deal_ids[0] in li.all_text
-    ]
+    recorded, derived = (
+        next(li.all_text for li in doc.find_all("li", "deal") if f"deal {deal_id} " in li.all_text)
+        for deal_id in site.archive.active_deal_ids
+    )
+    assert recorded.endswith("until 2031-05-06 07:08 UTC")
     end_epoch = current_epoch(utcnow()) + 1_000_000
     expected = {epoch_time(end_epoch + delta).strftime("%Y-%m-%d") for delta in (-100, 0)}
-    assert any(day in first.all_text for day in expected)
+    assert any(f"until {day}" in derived for day in expected)
+    deals = await site.page("/deals?state=active")
+    (row,) = [r for r in deals.find_all("tr", "deal") if "f01111" in r.all_text]
+    assert "2031-05-06 07:08 UTC" in row.all_text
 
 
 async def test_download_links_are_http_only(site: Site) -> None:

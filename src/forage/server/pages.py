@@ -103,6 +103,10 @@ def human_bytes(value: int | None) -> str:
     return f"{value / 1024**exponent:.1f} {'KMGTPE'[exponent - 1]}iB"
 
 
+def _epoch_time(epoch: int | None) -> datetime | None:
+    return None if epoch is None else lookup.epoch_time(epoch)
+
+
 def show_time(moment: datetime | None) -> str:
     return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
 
@@ -126,7 +130,6 @@ def make_environment() -> jinja2.Environment:
     env.filters["bytes"] = human_bytes
     env.filters["time"] = show_time
     env.filters["safe_url"] = safe_url
-    env.filters["epoch_time"] = lambda epoch: show_time(lookup.epoch_time(epoch))
     env.globals["package_path"] = package_path
     return env
 
@@ -157,11 +160,16 @@ async def _read(request: web.Request, query: Any, *args: Any) -> Any:
 
 
 def _active_deal(now: datetime) -> Any:
-    """The condition :mod:`forage.lookup` uses: active on chain and not past its end epoch."""
-    return sa.and_(
-        Deal.state == DealState.ACTIVE,
-        sa.or_(Deal.end_epoch.is_(None), Deal.end_epoch > lookup.current_epoch(now)),
+    """The condition :mod:`forage.lookup` uses: active on chain and not over, by the end
+    date the source recorded, else by the end epoch."""
+    not_over = sa.or_(
+        Deal.end_at > now,
+        sa.and_(
+            Deal.end_at.is_(None),
+            sa.or_(Deal.end_epoch.is_(None), Deal.end_epoch > lookup.current_epoch(now)),
+        ),
     )
+    return sa.and_(Deal.state == DealState.ACTIVE, not_over)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +333,9 @@ class DealRow:
     piece_cid: str
     start_epoch: int | None
     end_epoch: int | None
+    #: Dates the deal source recorded; else the mainnet times of the epochs.
+    start_at: datetime | None
+    end_at: datetime | None
     active: bool
 
 
@@ -356,6 +367,8 @@ def deals_page(
         Piece.piece_cid,
         Deal.start_epoch,
         Deal.end_epoch,
+        Deal.start_at,
+        Deal.end_at,
         _active_deal(now),
     ).join(Piece, Piece.id == Deal.piece_id)
     if state is not None:
@@ -372,7 +385,9 @@ def deals_page(
             piece_cid=row[4],
             start_epoch=row[5],
             end_epoch=row[6],
-            active=bool(row[7]),
+            start_at=row[7] or _epoch_time(row[5]),
+            end_at=row[8] or _epoch_time(row[6]),
+            active=bool(row[9]),
         )
         for row in rows
     ]
