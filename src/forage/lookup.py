@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import re
 import threading
 import time
 from collections import defaultdict
@@ -46,7 +47,7 @@ from forage import jobs
 from forage.config import Config, DatabaseConfig
 from forage.db import is_sqlite, make_engine, make_sessionmaker, utcnow
 from forage.errors import InvalidKey
-from forage.keys import Key, parse_key
+from forage.keys import MAX_KEY_LENGTH, Key, parse_key
 from forage.lockfiles import Entry
 from forage.models import (
     Archive,
@@ -65,12 +66,14 @@ from forage.models import (
     Version,
 )
 from forage.registries import INDEXER_CLASSES
+from indexers import IndexerError
 
 log = logging.getLogger(__name__)
 
 #: Filecoin mainnet genesis (2020-08-24T22:00:00Z) and the length of one epoch.
 FILECOIN_GENESIS = datetime(2020, 8, 24, 22, 0, tzinfo=UTC)
 EPOCH_SECONDS = 30
+_ARCHIVED = ArchiveStatus.ARCHIVED.value
 #: The job kind a backfill queues (the handler is :func:`forage.ingest.import_job`).
 IMPORT = "import"
 
@@ -99,7 +102,16 @@ def current_epoch(now: datetime) -> int:
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """RFC 3339 in UTC with ``Z`` (stored times are UTC already, see ``forage.db``)."""
+    if moment is None:
+        return None
+    text = moment.isoformat() if moment.utcoffset() else moment.astimezone(UTC).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def _raw(column: Any) -> Any:
+    """An enum column read as its stored string (no per-row enum conversion on hot paths)."""
+    return sa.type_coerce(column, sa.String).label(column.key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +234,21 @@ class KeyResult:
     deleted: bool = False
     artifacts: tuple[ArtifactView, ...] = ()
 
+    def answering(self, key: str) -> KeyResult:
+        """This result for ``key`` (another spelling of the same version)."""
+        return KeyResult(
+            key,
+            self.status,
+            self.parsed,
+            self.error,
+            self.reason,
+            self.job_id,
+            self.published_at,
+            self.yanked,
+            self.deleted,
+            self.artifacts,
+        )
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"key": self.key, "status": self.status.value}
         if self.parsed is not None:
@@ -291,11 +318,31 @@ def normalize_name(ecosystem: str, name: str) -> str:
     return name if indexer is None else indexer.normalize_name(name)
 
 
+#: Purls whose parse is plain: an indexed type, lowercase path segments (an npm scope as
+#: ``%40``), no qualifiers or subpath. ``packageurl`` would return them unchanged; reading
+#: them here costs a tenth of its parse, which dominates a 10,000-key batch otherwise. A test
+#: checks both paths agree.
+_PLAIN_PURL = re.compile(
+    r"pkg:(npm|pypi|golang)/((?:%40)?[a-z0-9][a-z0-9._-]*(?:/[a-z0-9][a-z0-9._-]*)*)"
+    r"@([A-Za-z0-9][A-Za-z0-9._-]*)"
+)
+
+
 def parse_lookup_key(raw: object) -> Key:
     """Parse and normalize one lookup key; a key naming no version is invalid here."""
     if not isinstance(raw, str):
         raise InvalidKey(json.dumps(raw)[:300], "a key must be a string")
-    key = parse_key(raw, normalize=normalize_name)
+    plain = _PLAIN_PURL.fullmatch(raw) if len(raw) <= MAX_KEY_LENGTH else None
+    if plain is None:
+        key = parse_key(raw, normalize=normalize_name)
+    else:
+        ecosystem, name, version = plain.groups()
+        if name.startswith("%40"):
+            name = "@" + name[3:]
+        try:
+            key = Key(ecosystem, normalize_name(ecosystem, name), version)
+        except IndexerError as exc:
+            raise InvalidKey(raw, str(exc)) from exc
     if key.version is None:
         raise InvalidKey(raw, "a lookup key must name a version (NAME@VERSION or NAME:VERSION)")
     return key
@@ -318,7 +365,7 @@ def _id_set(session: Session, column: Any, values: Sequence[Any], *, text: bool 
     return column == sa.any_(array)
 
 
-def _keys_table(session: Session, keys: Sequence[Key]) -> Any:
+def _keys_table(session: Session | sa.Connection, keys: Sequence[Key]) -> Any:
     """A derived table ``k(ecosystem, name, number)`` of ``keys``, bound as one parameter."""
     if is_sqlite(session):
         doc = json.dumps([[k.ecosystem, k.name, k.version] for k in keys])
@@ -340,10 +387,10 @@ def _keys_table(session: Session, keys: Sequence[Key]) -> Any:
     )
 
 
-def cid_query(session: Session, keys: Sequence[Key]) -> Any:
+def cid_query(bind: Session | sa.Connection, keys: Sequence[Key]) -> Any:
     """One statement: every archived file of ``keys`` with its CID (the legacy lookup's and
     the benchmark's bare query)."""
-    k = _keys_table(session, keys)
+    k = _keys_table(bind, keys)
     return (
         sa.select(
             k.c.ecosystem,
@@ -391,34 +438,42 @@ def load_artifacts(
         if version_ids
         else _id_set(session, Artifact.id, artifact_ids)
     )
-    rows = session.execute(
-        sa.select(
-            Artifact.id,
-            Artifact.version_id,
-            Artifact.filename,
-            Artifact.url,
-            Artifact.size,
-            Artifact.kind,
-            Artifact.yanked,
-            Archive.id.label("archive_id"),
-            Archive.status,
-            Archive.cid,
-            Archive.size.label("archived_size"),
-            Archive.archived_at,
+    rows = (
+        session.connection()
+        .execute(
+            sa.select(
+                Artifact.id,
+                Artifact.version_id,
+                Artifact.filename,
+                Artifact.url,
+                Artifact.size,
+                Artifact.kind,
+                Artifact.yanked,
+                Archive.id.label("archive_id"),
+                _raw(Archive.status),
+                Archive.cid,
+                Archive.size.label("archived_size"),
+                Archive.archived_at,
+            )
+            .outerjoin(Archive, Archive.artifact_id == Artifact.id)
+            .where(where)
+            .order_by(Artifact.version_id, Artifact.filename)
         )
-        .outerjoin(Archive, Archive.artifact_id == Artifact.id)
-        .where(where)
-        .order_by(Artifact.version_id, Artifact.filename)
-    ).all()
+        .all()
+    )
     if not rows:
         return {}
     ids = [row.id for row in rows]
     archive_ids = [row.archive_id for row in rows if row.archive_id is not None]
     digests: dict[int, dict[str, str]] = defaultdict(dict)
-    for artifact_id, algorithm, value in session.execute(
-        sa.select(ArtifactDigest.artifact_id, ArtifactDigest.algorithm, ArtifactDigest.value)
-        .where(_id_set(session, ArtifactDigest.artifact_id, ids))
-        .order_by(ArtifactDigest.artifact_id, ArtifactDigest.algorithm)
+    for artifact_id, algorithm, value in (
+        session.connection()
+        .execute(
+            sa.select(ArtifactDigest.artifact_id, ArtifactDigest.algorithm, ArtifactDigest.value)
+            .where(_id_set(session, ArtifactDigest.artifact_id, ids))
+            .order_by(ArtifactDigest.artifact_id, ArtifactDigest.algorithm)
+        )
+        .all()
     ):
         digests[artifact_id][algorithm] = value
     pins = _pins(session, archive_ids)
@@ -435,8 +490,8 @@ def load_artifacts(
                 kind=row.kind,
                 yanked=row.yanked,
                 digests=digests.get(row.id, {}),
-                archive_status=None if status is None else str(ArchiveStatus(status)),
-                cid=row.cid if status == ArchiveStatus.ARCHIVED else None,
+                archive_status=status,
+                cid=row.cid if status == _ARCHIVED else None,
                 archived_size=row.archived_size,
                 archived_at=row.archived_at,
                 pins=pins.get(row.archive_id, ()),
@@ -450,12 +505,16 @@ def _pins(session: Session, archive_ids: Sequence[int]) -> dict[int, tuple[PinVi
     if not archive_ids:
         return {}
     found: dict[int, list[PinView]] = defaultdict(list)
-    for archive_id, backend, status, pinned_at in session.execute(
-        sa.select(Pin.archive_id, Pin.backend, Pin.status, Pin.pinned_at)
-        .where(_id_set(session, Pin.archive_id, archive_ids))
-        .order_by(Pin.archive_id, Pin.backend)
+    for archive_id, backend, status, pinned_at in (
+        session.connection()
+        .execute(
+            sa.select(Pin.archive_id, Pin.backend, _raw(Pin.status), Pin.pinned_at)
+            .where(_id_set(session, Pin.archive_id, archive_ids))
+            .order_by(Pin.archive_id, Pin.backend)
+        )
+        .all()
     ):
-        found[archive_id].append(PinView(backend, str(PinStatus(status)), pinned_at))
+        found[archive_id].append(PinView(backend, status, pinned_at))
     return {key: tuple(value) for key, value in found.items()}
 
 
@@ -473,26 +532,30 @@ def _pieces(
         ),
     )
     active = sa.and_(Deal.piece_id == Piece.id, Deal.state == DealState.ACTIVE, not_over)
-    rows = session.execute(
-        sa.select(
-            PieceMember.archive_id,
-            PieceMember.offset,
-            PieceMember.length,
-            Piece.id.label("piece_id"),
-            Piece.piece_cid,
-            Piece.padded_size,
-            Deal.deal_id,
-            Deal.source,
-            Deal.provider,
-            Deal.state,
-            Deal.start_epoch,
-            Deal.end_epoch,
-            Deal.end_at,
+    rows = (
+        session.connection()
+        .execute(
+            sa.select(
+                PieceMember.archive_id,
+                PieceMember.offset,
+                PieceMember.length,
+                Piece.id.label("piece_id"),
+                Piece.piece_cid,
+                Piece.padded_size,
+                Deal.deal_id,
+                Deal.source,
+                Deal.provider,
+                _raw(Deal.state),
+                Deal.start_epoch,
+                Deal.end_epoch,
+                Deal.end_at,
+            )
+            .join(Piece, Piece.id == PieceMember.piece_id)
+            .outerjoin(Deal, active)
+            .where(_id_set(session, PieceMember.archive_id, archive_ids))
+            .order_by(PieceMember.archive_id, Piece.id, Deal.end_epoch.desc(), Deal.deal_id)
         )
-        .join(Piece, Piece.id == PieceMember.piece_id)
-        .outerjoin(Deal, active)
-        .where(_id_set(session, PieceMember.archive_id, archive_ids))
-        .order_by(PieceMember.archive_id, Piece.id, Deal.end_epoch.desc(), Deal.deal_id)
+        .all()
     )
     grouped: dict[tuple[int, int], tuple[Any, list[DealView]]] = {}
     for row in rows:
@@ -503,7 +566,7 @@ def _pieces(
                     row.deal_id,
                     row.source,
                     row.provider,
-                    str(DealState(row.state)),
+                    row.state,
                     row.start_epoch,
                     row.end_epoch,
                     row.end_at,
@@ -556,7 +619,7 @@ def resolve(
                 Version, sa.and_(Version.package_id == Package.id, Version.number == k.c.number)
             )
         )
-        for row in session.execute(statement):
+        for row in session.connection().execute(statement).all():
             key = Key(row.ecosystem, row.name, row.number)
             if row.version_id is not None:
                 versions[key] = row
@@ -592,7 +655,7 @@ def resolve(
         if isinstance(item, InvalidKey):
             results.append(KeyResult(_echo(raw), KeyStatus.INVALID, error=item.reason))
         elif item in found:
-            results.append(replace(found[item], key=_echo(raw)))
+            results.append(found[item].answering(_echo(raw)))
         else:
             reason = "not in the index"
             results.append(KeyResult(_echo(raw), KeyStatus.NOT_FOUND, item, reason=reason))

@@ -12,6 +12,8 @@ CID, the package view, the legacy one-CID answer and the statistics.
 
 from __future__ import annotations
 
+import random
+import string
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,8 +23,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from forage.db import make_engine, make_sessionmaker
+from forage.errors import InvalidKey
 from forage.ingest import enqueue_changes
+from forage.keys import Key, parse_key
 from forage.lookup import (
+    _PLAIN_PURL,
     FILECOIN_GENESIS,
     BackfillPolicy,
     KeyStatus,
@@ -33,7 +38,9 @@ from forage.lookup import (
     current_epoch,
     epoch_time,
     lookup,
+    normalize_name,
     package_view,
+    parse_lookup_key,
     preferred_cid,
     resolve,
     summarize,
@@ -354,3 +361,50 @@ def test_lookup_reads_then_backfills_in_its_own_transaction(migrated_url: str) -
         assert (alone.status, alone.reason) == (KeyStatus.NOT_FOUND, "not in the index")
     finally:
         engine.dispose()
+
+
+def test_the_plain_purl_fast_path_agrees_with_the_purl_library() -> None:
+    """Generated purls (many taking the fast path, many not) parse to the same key, or are
+    refused alike, whichever path reads them."""
+    rng = random.Random(7)
+    plain = string.ascii_lowercase + string.digits + "._-"
+    tricky = string.ascii_letters + string.digits + "._-/%@+~:! "
+
+    def segment() -> str:
+        alphabet = plain if rng.random() < 0.7 else tricky
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+
+    def generated() -> str:
+        kind = rng.choice(["npm", "pypi", "golang", "cargo", "NPM"])
+        name = "/".join(segment() for _ in range(rng.randint(1, 3)))
+        scope = "%40" if rng.random() < 0.2 else ""
+        version = "".join(rng.choice(plain + "+ABC") for _ in range(rng.randint(0, 6)))
+        return f"pkg:{kind}/{scope}{name}@{version}"
+
+    def reference(text: str) -> Key | None:
+        try:
+            key = parse_key(text, normalize=normalize_name)
+        except InvalidKey:
+            return None
+        return key if key.version is not None else None
+
+    def ours(text: str) -> Key | None:
+        try:
+            return parse_lookup_key(text)
+        except InvalidKey:
+            return None
+
+    crafted = [
+        "pkg:npm/%40babel/core@7.23.2",
+        "pkg:pypi/zope_interface@6.1",
+        "pkg:pypi/Django@5.0",
+        "pkg:golang/github.com/BurntSushi/toml@v1.3.2",
+        "pkg:golang/golang.org//x/text@v0.3.0",
+        "pkg:npm/left-pad/@1.0.0",
+        "pkg:npm/left-pad@1.0.0+build.1",
+        "pkg:npm/left-pad@1." + "0" * 2000,
+    ]
+    keys = crafted + [generated() for _ in range(5_000)]
+    fast = sum(1 for text in keys if _PLAIN_PURL.fullmatch(text))
+    assert fast > 800  # both paths are exercised
+    assert [ours(text) for text in keys] == [reference(text) for text in keys]
