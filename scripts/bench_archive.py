@@ -167,6 +167,11 @@ async def run_pipeline(config: Any, ids: list[int], concurrency: int) -> tuple[f
         engine.dispose()
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -224,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             profiler = cProfile.Profile() if args.profile else None
             if profiler is not None:
                 profiler.enable()
+            cpu_before = cpu_seconds()
             seconds, outcomes = asyncio.run(run_pipeline(config, ids, args.concurrency))
+            cpu = cpu_seconds() - cpu_before
             if profiler is not None:
                 profiler.disable()
                 pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
@@ -253,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline_seconds": round(seconds, 3),
         "pipeline_mb_s": round(mb / seconds, 1),
         "ratio": round(sha256_seconds / seconds, 3),
+        "pipeline_cpu_seconds": round(cpu, 3),
         "rss_before_pipeline_mib": round(rss_before, 1),
         "peak_rss_mib": round(peak, 1),
         "cpus": os.cpu_count(),
