@@ -27,6 +27,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import orjson
 from aiohttp import web
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -91,12 +92,9 @@ def setup(app: web.Application) -> None:
     router.add_post("/api/v1/import", import_package)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def _json(value: Any, *, status: int = 200) -> web.Response:
-    return web.json_response(value, status=status, dumps=_dumps)
+    """A JSON response, encoded with orjson (a 10,000-key answer is megabytes of JSON)."""
+    return web.Response(body=orjson.dumps(value), status=status, content_type="application/json")
 
 
 def _bad_request(message: str) -> web.HTTPError:
