@@ -273,7 +273,9 @@ class NpmRoutes:
 
     async def fallback_body(self, name: str, base: str, *, corgi: bool) -> bytes | None:
         """The archive's packument, rendered once per change of the index (``None``: 404)."""
-        stamp = await self.mirror.query(package_stamp, ECOSYSTEM, name)
+        stamp = await self.registry.remembered(
+            ("stamp", name), lambda: self.mirror.query(package_stamp, ECOSYSTEM, name)
+        )
         if stamp is None:
             return None
         key = ("packument", name, base, corgi, stamp)

@@ -293,7 +293,9 @@ class PyPIRoutes:
         """The archive's page, rendered once per change of the index and form."""
         headers = {**source_headers("archive", error=error), "Vary": "Accept"}
         kind = negotiate(request.headers.get("Accept", ""))
-        stamp = await self.mirror.query(package_stamp, ECOSYSTEM, name)
+        stamp = await self.registry.remembered(
+            ("stamp", name), lambda: self.mirror.query(package_stamp, ECOSYSTEM, name)
+        )
         body = b""
         if stamp is not None:
             key = ("page", name, base, kind, stamp)

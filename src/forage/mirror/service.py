@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +51,8 @@ VERIFIED = "Forage-Verified"
 MAX_DOCUMENT_SIZE = 256 * 1024**2
 #: How many upstream file locations (learnt from upstream documents) are remembered.
 MAX_FILE_REFS = 200_000
+#: Seconds a listing's index stamp is reused: a listing may lag the index by this much.
+RECENT_TTL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +124,27 @@ class RegistryMirror:
         self.derived: MetadataCache[Any] = MetadataCache(
             ttl=math.inf, negative_ttl=0, max_entries=max(settings.cache_entries, 20_000)
         )
+        #: Short-lived answers from the index (listing stamps), so a burst of requests for
+        #: one listing makes one query a second, not one each.
+        self.recent: MetadataCache[Any] = MetadataCache(
+            ttl=RECENT_TTL, negative_ttl=RECENT_TTL, max_entries=settings.cache_entries
+        )
         self.flights: SingleFlight[Any] = SingleFlight()
+
+    async def remembered(self, key: Hashable, factory: Callable[[], Awaitable[T]]) -> T:
+        """``await factory()``, reused for :data:`RECENT_TTL` seconds and shared in flight."""
+        cached = self.recent.fresh(key)
+        if cached is not None:
+            value: T = cached.value
+            return value
+
+        async def load() -> T:
+            result = await factory()
+            self.recent.put(key, result)
+            return result
+
+        loaded: T = await self.flights.run(("recent", key), load)
+        return loaded
 
     def new_spool(self) -> Spool:
         return Spool(memory=self.settings.spool_memory, directory=self.spool_dir)
@@ -220,7 +242,7 @@ class Mirror:
         return self.config.mirror
 
     async def query(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(session, *args, **kwargs)`` in a thread with a short read-only session."""
+        """Run ``fn(session, *args, **kwargs)`` in a thread, in a short session of its own."""
 
         def run() -> T:
             with self.sessionmaker() as session:
