@@ -163,3 +163,27 @@ def test_hostile_names_in_a_bundle_are_refused(name: str, tmp_path: Path, db_url
         import_bundle(
             io.BytesIO(bundle(manifest)), blockstore=MemoryBlockstore(), sessions=sessions
         )
+
+
+async def test_prime_reports_releases_the_registry_does_not_list(
+    tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = FakeNpmRegistry()
+    registry.publish("left-pad", "1.1.0")
+    lockfile = tmp_path / "requirements-like.json"
+    components = [
+        {"bom-ref": "a", "purl": "pkg:npm/left-pad@1.1.0"},
+        {"bom-ref": "b", "purl": "pkg:npm/left-pad@9.9.9"},
+        {"bom-ref": "c", "name": "no purl"},
+    ]
+    lockfile.write_text(json.dumps({"bomFormat": "CycloneDX", "components": components}))
+    async with serve(registry.make_app()) as fake:
+        config = mirror_config(tmp_path, db_url, npm=fake.url)
+        code = await asyncio.to_thread(
+            cli, "-c", str(config.source), "prime", "--lockfile", str(lockfile)
+        )
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "primed 2 releases: 1 archived, 0 already archived, 1 failed" in captured.out
+    assert "pkg:npm/left-pad@9.9.9: the registry does not list this release" in captured.err
+    assert "skipping c: component has no purl" in captured.err
