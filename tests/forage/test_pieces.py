@@ -208,18 +208,27 @@ def test_an_archive_bigger_than_the_target_gets_its_own_piece(env: Env) -> None:
     assert [[m.archive_id for m in check_piece(env, p)] for p in by_size] == [[small], [big]]
 
 
-def test_an_archive_with_missing_blocks_is_skipped(
+def test_archives_with_missing_blocks_are_skipped(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
     good = env.archive(payload(3, 2 * KIB))
-    broken = env.archive(payload(4, 3 * KIB))
+    broken = env.archive(payload(4, 3 * KIB))  # one block: its root is gone
+    torn = env.archive(payload(5, 300 * KIB))  # two leaves: its second leaf is gone
     with env.sessionmaker() as session:
         cid = session.get(Archive, broken).cid  # type: ignore[union-attr]
+        torn_cid = parse_cid(session.get(Archive, torn).cid)  # type: ignore[union-attr]
     env.blockstore.delete(parse_cid(cid))
+    env.blockstore.delete(list(walk_dag(env.blockstore, torn_cid))[-1].cid)
+    env.config = load_config(
+        env.config.source, environ={"FORAGE_FILECOIN_PIECE_TARGET_SIZE": str(1 << 20)}
+    )
     built = build_pieces(env.config, env.sessionmaker, env.blockstore, partial=True, now=NOW)
     assert [b.members for b in built] == [1]
     assert [m.archive_id for m in check_piece(env, pieces(env)[0])] == [good]
     assert f"archive {broken} ({cid}) cannot be packed" in caplog.text
+    assert f"archive {torn} ({torn_cid}) cannot be read" in caplog.text
+    assert "planning again without it" in caplog.text
+    assert list((env.config.data.dir / "pieces").glob(".building-*")) == []
 
 
 def test_a_race_on_an_archive_leaves_no_file(env: Env) -> None:
