@@ -40,7 +40,7 @@ from forage.archive import (
     unarchived_ids,
 )
 from forage.config import Config, load_config
-from forage.db import make_engine, make_sessionmaker
+from forage.db import make_engine, make_sessionmaker, upgrade
 from forage.errors import InvalidKey, NotFound, PermanentJobError
 from forage.fakes.files import FakeFileServer
 from forage.fakes.golang import GoFake
@@ -579,18 +579,20 @@ FULL_DISK = textwrap.dedent(
 )
 
 
-def test_a_full_disk_leaves_nothing_behind_and_the_job_retryable(
-    tmp_path: Path, migrated_url: str, store: str
-) -> None:
+def test_a_full_disk_leaves_nothing_behind_and_the_job_retryable(tmp_path: Path) -> None:
     """The data directory is a real 1 MiB tmpfs (private mount namespace); a 3 MiB artifact
     fills it while staging: BlockstoreFull, a failed row, the job queued again, no block
     and no staging directory left."""
-    if store != "sqlite":
-        pytest.skip("the disk check is about the blockstore; one store is enough")
     if shutil.which("unshare") is None or os.geteuid() != 0:
         if os.environ.get("CI"):
             pytest.fail("the full-disk check needs root and unshare under CI")
         pytest.skip("needs root and unshare to mount a small tmpfs")
+    url = f"sqlite:///{tmp_path / 'forage.db'}"  # the disk check is about the blockstore
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     mount = f"mount -t tmpfs -o size=1m tmpfs {data_dir}"
@@ -598,7 +600,7 @@ def test_a_full_disk_leaves_nothing_behind_and_the_job_retryable(
     done = subprocess.run(
         [
             *("unshare", "--mount", "sh", "-c", f'{mount} && exec "$0" -c "$1" "$2" "$3"'),
-            *(sys.executable, FULL_DISK, str(tmp_path), migrated_url),
+            *(sys.executable, FULL_DISK, str(tmp_path), url),
         ],
         capture_output=True,
         text=True,
