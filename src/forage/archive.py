@@ -363,11 +363,21 @@ async def _settle(task: asyncio.Future[Any] | None) -> None:
         task.exception()  # retrieved: the error that matters is already propagating
 
 
-def _hand_over(work: _Pass, segment: bytearray) -> asyncio.Future[Any]:
-    """Hash-and-verify and import-and-stage one segment, in two threads at once."""
-    return asyncio.gather(
-        asyncio.to_thread(work.verify, segment), asyncio.to_thread(work.store, segment)
+async def _both(work: _Pass, segment: bytearray) -> None:
+    """Hash-and-verify and import-and-stage one segment in two threads at once; return only
+    when both threads have (so no thread outlives a failure), raising the first error."""
+    results = await asyncio.gather(
+        asyncio.to_thread(work.verify, segment),
+        asyncio.to_thread(work.store, segment),
+        return_exceptions=True,
     )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+def _hand_over(work: _Pass, segment: bytearray) -> asyncio.Future[Any]:
+    return asyncio.ensure_future(_both(work, segment))
 
 
 async def _stream(
