@@ -110,8 +110,17 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def _raw(column: Any) -> Any:
-    """An enum column read as its stored string (no per-row enum conversion on hot paths)."""
+    """A column read as the driver returns it, skipping SQLAlchemy's per-row conversion on hot
+    paths: enums as their stored strings, times as SQLite's text (see :func:`_when`)."""
     return sa.type_coerce(column, sa.String).label(column.key)
+
+
+def _when(value: str | datetime | None) -> datetime | None:
+    """A time read with :func:`_raw`: SQLite's UTC text (parsed by the C ``fromisoformat``,
+    many times faster than the generic DATETIME processor), or PostgreSQL's aware value."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +262,7 @@ class KeyResult:
         out: dict[str, Any] = {"key": self.key, "status": self.status.value}
         if self.parsed is not None:
             out.update(
-                purl=self.parsed.purl(),
+                purl=canonical_purl(self.parsed),
                 ecosystem=self.parsed.ecosystem,
                 name=self.parsed.name,
                 version=self.parsed.version,
@@ -328,6 +337,24 @@ _PLAIN_PURL = re.compile(
 )
 
 
+_PLAIN_NAME = re.compile(r"@?[a-z0-9][a-z0-9._-]*(?:/[a-z0-9][a-z0-9._-]*)*")
+_PLAIN_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def canonical_purl(key: Key) -> str:
+    """``key.purl()``, spelled here without the purl library for plain names (as
+    :data:`_PLAIN_PURL` reads them): building a ``PackageURL`` costs more than a lookup."""
+    plain = (
+        key.ecosystem in INDEXER_CLASSES
+        and _PLAIN_NAME.fullmatch(key.name)
+        and (key.version is None or _PLAIN_VERSION.fullmatch(key.version))
+    )
+    if not plain:
+        return key.purl()
+    name = "%40" + key.name[1:] if key.name.startswith("@") else key.name
+    return f"pkg:{key.ecosystem}/{name}" + (f"@{key.version}" if key.version else "")
+
+
 def parse_lookup_key(raw: object) -> Key:
     """Parse and normalize one lookup key; a key naming no version is invalid here."""
     if not isinstance(raw, str):
@@ -387,25 +414,44 @@ def _keys_table(session: Session | sa.Connection, keys: Sequence[Key]) -> Any:
     )
 
 
-def cid_query(bind: Session | sa.Connection, keys: Sequence[Key]) -> Any:
-    """One statement: every archived file of ``keys`` with its CID (the legacy lookup's and
-    the benchmark's bare query)."""
+def full_query(bind: Session | sa.Connection, keys: Sequence[Key]) -> Any:
+    """What :func:`resolve` reads for ``keys``, as one statement of outer joins (a row per
+    file x digest x pin x active deal): the benchmark's bare-SQL baseline."""
     k = _keys_table(bind, keys)
     return (
         sa.select(
             k.c.ecosystem,
             k.c.name,
             k.c.number,
+            Version.id,
+            Version.published_at,
             Artifact.filename,
+            Artifact.url,
+            Artifact.size,
             Artifact.kind,
+            Archive.status,
             Archive.cid,
+            Archive.archived_at,
+            ArtifactDigest.algorithm,
+            ArtifactDigest.value,
+            Pin.backend,
+            Pin.status,
+            Piece.piece_cid,
+            PieceMember.offset,
+            Deal.deal_id,
+            Deal.provider,
+            Deal.end_epoch,
         )
         .select_from(k)
         .join(Package, sa.and_(Package.ecosystem == k.c.ecosystem, Package.name == k.c.name))
         .join(Version, sa.and_(Version.package_id == Package.id, Version.number == k.c.number))
-        .join(Artifact, Artifact.version_id == Version.id)
-        .join(Archive, Archive.artifact_id == Artifact.id)
-        .where(Archive.status == ArchiveStatus.ARCHIVED)
+        .outerjoin(Artifact, Artifact.version_id == Version.id)
+        .outerjoin(Archive, Archive.artifact_id == Artifact.id)
+        .outerjoin(ArtifactDigest, ArtifactDigest.artifact_id == Artifact.id)
+        .outerjoin(Pin, Pin.archive_id == Archive.id)
+        .outerjoin(PieceMember, PieceMember.archive_id == Archive.id)
+        .outerjoin(Piece, Piece.id == PieceMember.piece_id)
+        .outerjoin(Deal, sa.and_(Deal.piece_id == Piece.id, Deal.state == DealState.ACTIVE))
     )
 
 
@@ -453,7 +499,7 @@ def load_artifacts(
                 _raw(Archive.status),
                 Archive.cid,
                 Archive.size.label("archived_size"),
-                Archive.archived_at,
+                _raw(Archive.archived_at),
             )
             .outerjoin(Archive, Archive.artifact_id == Artifact.id)
             .where(where)
@@ -493,7 +539,7 @@ def load_artifacts(
                 archive_status=status,
                 cid=row.cid if status == _ARCHIVED else None,
                 archived_size=row.archived_size,
-                archived_at=row.archived_at,
+                archived_at=_when(row.archived_at),
                 pins=pins.get(row.archive_id, ()),
                 pieces=pieces.get(row.archive_id, ()),
             )
@@ -508,13 +554,13 @@ def _pins(session: Session, archive_ids: Sequence[int]) -> dict[int, tuple[PinVi
     for archive_id, backend, status, pinned_at in (
         session.connection()
         .execute(
-            sa.select(Pin.archive_id, Pin.backend, _raw(Pin.status), Pin.pinned_at)
+            sa.select(Pin.archive_id, Pin.backend, _raw(Pin.status), _raw(Pin.pinned_at))
             .where(_id_set(session, Pin.archive_id, archive_ids))
             .order_by(Pin.archive_id, Pin.backend)
         )
         .all()
     ):
-        found[archive_id].append(PinView(backend, status, pinned_at))
+        found[archive_id].append(PinView(backend, status, _when(pinned_at)))
     return {key: tuple(value) for key, value in found.items()}
 
 
@@ -548,7 +594,7 @@ def _pieces(
                 _raw(Deal.state),
                 Deal.start_epoch,
                 Deal.end_epoch,
-                Deal.end_at,
+                _raw(Deal.end_at),
             )
             .join(Piece, Piece.id == PieceMember.piece_id)
             .outerjoin(Deal, active)
@@ -569,7 +615,7 @@ def _pieces(
                     row.state,
                     row.start_epoch,
                     row.end_epoch,
-                    row.end_at,
+                    _when(row.end_at),
                 )
             )
     out: dict[int, list[PieceView]] = defaultdict(list)
@@ -605,9 +651,9 @@ def resolve(
                 k.c.number,
                 Package.id.label("package_id"),
                 Package.deleted.label("package_deleted"),
-                Package.last_synced,
+                _raw(Package.last_synced),
                 Version.id.label("version_id"),
-                Version.published_at,
+                _raw(Version.published_at),
                 Version.yanked,
                 Version.deleted,
             )
@@ -637,7 +683,7 @@ def resolve(
                 "",
                 KeyStatus.FOUND,
                 key,
-                published_at=row.published_at,
+                published_at=_when(row.published_at),
                 yanked=row.yanked,
                 deleted=row.deleted,
                 artifacts=tuple(artifacts.get(row.version_id, ())),
@@ -648,7 +694,7 @@ def resolve(
             key,
             package_known=package is not None,
             package_deleted=bool(package and package.package_deleted),
-            last_synced=package.last_synced if package is not None else None,
+            last_synced=_when(package.last_synced) if package is not None else None,
         )
     results: list[KeyResult] = []
     for raw, item in zip(raw_keys, parsed, strict=True):
@@ -850,7 +896,7 @@ class CidMatch:
     def to_json(self) -> dict[str, Any]:
         key = Key(self.ecosystem, self.name, self.version)
         return {
-            "purl": key.purl(),
+            "purl": canonical_purl(key),
             "ecosystem": self.ecosystem,
             "name": self.name,
             "version": self.version,
@@ -908,7 +954,7 @@ class PackageView:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "purl": Key(self.ecosystem, self.name, None).purl(),
+            "purl": canonical_purl(Key(self.ecosystem, self.name, None)),
             "ecosystem": self.ecosystem,
             "name": self.name,
             "display_name": self.display_name,

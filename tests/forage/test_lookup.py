@@ -35,8 +35,10 @@ from forage.lookup import (
     archive_stats,
     artifacts_by_cid,
     backfill,
+    canonical_purl,
     current_epoch,
     epoch_time,
+    full_query,
     lookup,
     normalize_name,
     package_view,
@@ -407,4 +409,19 @@ def test_the_plain_purl_fast_path_agrees_with_the_purl_library() -> None:
     keys = crafted + [generated() for _ in range(5_000)]
     fast = sum(1 for text in keys if _PLAIN_PURL.fullmatch(text))
     assert fast > 800  # both paths are exercised
-    assert [ours(text) for text in keys] == [reference(text) for text in keys]
+    parsed = [ours(text) for text in keys]
+    assert parsed == [reference(text) for text in keys]
+    # The canonical purl is spelled alike too, for these keys and for every key normalized.
+    found = [key for key in parsed if key is not None]
+    found += [Key("npm", "@Scope/Name", "1.0"), Key("golang", "a.b/C", "v1"), Key("gem", "x", "1")]
+    assert [canonical_purl(key) for key in found] == [key.purl() for key in found]
+
+
+def test_the_bare_query_reads_what_resolve_answers(db_session: Session) -> None:
+    django(db_session)
+    keys = [Key("pypi", "django", "5.0"), Key("npm", "absent", "1")]
+    rows = db_session.execute(full_query(db_session, keys)).all()
+    (answer,) = resolve(db_session, ["pypi:django:5.0"], now=NOW).results
+    assert {row.cid for row in rows} == {a.cid for a in answer.artifacts}
+    assert {row.algorithm for row in rows} == {"sha1", "sha256", "sha512"}
+    assert {row.deal_id for row in rows} >= {"7001", "7004"}
