@@ -217,6 +217,21 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+#: APScheduler's job store table (see :mod:`forage.scheduler`): APScheduler creates and owns it.
+SCHEDULER_TABLE = "apscheduler_jobs"
+#: Tables in Forage's database that migrations do not manage.
+UNMANAGED_TABLES = frozenset({SCHEDULER_TABLE})
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Alembic filter: leave tables we do not manage (and everything on them) alone, so
+    ``forage db check`` stays clean and autogenerate never drops them."""
+    table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
+    return table not in UNMANAGED_TABLES
+
+
 def schema_diff(engine: Engine) -> Sequence[Any]:
     """Differences between the live schema and the models (empty when they match)."""
     from alembic.autogenerate import compare_metadata
@@ -229,6 +244,7 @@ def schema_diff(engine: Engine) -> Sequence[Any]:
             connection,
             opts={
                 "compare_type": True,
+                "include_object": include_object,
                 # Also compare CHECK constraints (all ours are named).
                 "autogenerate_plugins": [
                     "alembic.autogenerate.*",

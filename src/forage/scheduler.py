@@ -76,7 +76,7 @@ from sqlalchemy.pool import NullPool
 
 from forage import jobs
 from forage.config import Config
-from forage.db import make_sessionmaker, utcnow
+from forage.db import SCHEDULER_TABLE, make_sessionmaker, utcnow
 from forage.errors import ConfigError, PermanentJobError
 from forage.logs import log_context
 from forage.models import Archive, ArchiveStatus, Artifact, JobRecord, JobState
@@ -102,7 +102,7 @@ SYNC_DEALS = "sync_deals"
 #: Go's module hash: not a hash of the archived zip's bytes.
 H1 = "h1"
 #: Where APScheduler keeps the schedule, in Forage's database.
-JOBSTORE_TABLE = "apscheduler_jobs"
+JOBSTORE_TABLE = SCHEDULER_TABLE
 #: The PostgreSQL advisory lock the leader holds: a fixed 64-bit key derived from a name.
 LEADER_LOCK_KEY = int.from_bytes(hashlib.sha256(b"forage.scheduler").digest()[:8], signed=True)
 #: How long a vanished leader host may keep the lock: keepalive idle + interval * count.

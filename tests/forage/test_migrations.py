@@ -110,3 +110,24 @@ def test_db_upgrade_command_creates_then_reports_current(
     assert main(["db", "current"]) == 0
     assert capsys.readouterr().out.strip() == f"{head_revision()} (head)"
     assert main(["db", "check"]) == 0
+
+
+def test_scheduler_table_is_left_alone(migrated_url: str) -> None:
+    # APScheduler creates its own job store table in Forage's database: the schema check
+    # stays clean with it present, while an unknown extra table is still reported (a
+    # generated migration would otherwise drop the schedule).
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    from forage.db import SCHEDULER_TABLE
+
+    engine = make_engine(migrated_url)
+    try:
+        store = SQLAlchemyJobStore(engine=engine, tablename=SCHEDULER_TABLE)
+        store.start(None, "default")
+        assert SCHEDULER_TABLE in sa.inspect(engine).get_table_names()
+        assert schema_diff(engine) == []
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE stray (id INTEGER PRIMARY KEY)"))
+        assert [(op[0], op[1].name) for op in schema_diff(engine)] == [("remove_table", "stray")]
+    finally:
+        engine.dispose()

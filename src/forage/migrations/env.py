@@ -9,7 +9,7 @@ from __future__ import annotations
 from alembic import context
 
 import forage.models  # noqa: F401  (registers every table on Base.metadata)
-from forage.db import Base
+from forage.db import Base, include_object
 
 connection = context.config.attributes.get("connection")
 if connection is None:
@@ -20,6 +20,7 @@ context.configure(
     target_metadata=Base.metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    include_object=include_object,
     autogenerate_plugins=["alembic.autogenerate.*", "alembic.ext.checkconstraint_byname"],
 )
 with context.begin_transaction():
