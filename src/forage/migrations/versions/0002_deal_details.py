@@ -37,9 +37,7 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("piece_members", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_piece_members_archive_id"))
-        batch_op.create_unique_constraint(
-            batch_op.f("uq_piece_members_archive_id"), ["archive_id"]
-        )
+        batch_op.create_unique_constraint(batch_op.f("uq_piece_members_archive_id"), ["archive_id"])
 
 
 def downgrade() -> None:
