@@ -31,6 +31,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "forage.server.gateway",
     "forage.server.pages",
     "forage.server.pieces",
+    "forage.mirror",
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -55,18 +56,30 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
-        response = json_error(exc.status, exc.reason if exc.text is None else exc.text)
+        error: Exception = exc
+    except Exception as exc:
+        error = exc
+    if request.writer.output_size > 0:
+        # Part of a response is already on the wire: a second one would corrupt it. Raising
+        # lets aiohttp close the connection, so the client sees a cut body.
+        log.error("error while streaming %s %s", request.method, request.path, exc_info=error)
+        raise error
+    return _error_response(request, error)
+
+
+def _error_response(request: web.Request, error: Exception) -> web.Response:
+    if isinstance(error, web.HTTPException):
+        response = json_error(error.status, error.reason if error.text is None else error.text)
         for name in _KEPT_HEADERS:
-            if name in exc.headers:
-                response.headers[name] = exc.headers[name]
+            if name in error.headers:
+                response.headers[name] = error.headers[name]
         return response
-    except (InvalidKey, InvalidCID) as exc:
-        return json_error(400, str(exc))
-    except NotFound as exc:
-        return json_error(404, str(exc))
-    except Exception:
-        log.exception("unhandled error answering %s %s", request.method, request.path)
-        return json_error(500, "internal server error")
+    if isinstance(error, InvalidKey | InvalidCID):
+        return json_error(400, str(error))
+    if isinstance(error, NotFound):
+        return json_error(404, str(error))
+    log.error("unhandled error answering %s %s", request.method, request.path, exc_info=error)
+    return json_error(500, "internal server error")
 
 
 def make_app(
