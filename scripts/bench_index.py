@@ -110,6 +110,7 @@ async def run(url: str, database_url: str, *, concurrency: int, data_dir: Path) 
         async with job_context(config, make_sessionmaker(engine)) as ctx:
             # Start the feed at its beginning rather than its head, so it replays everything.
             start = time.perf_counter()
+            cpu_start = time.process_time()
             await ctx.transaction(create_cursor, "npm", {"seq": 0})
             watch = await watch_feed(ctx, "npm")
             watched = time.perf_counter()
@@ -122,6 +123,7 @@ async def run(url: str, database_url: str, *, concurrency: int, data_dir: Path) 
             )
             stats = await worker.run(mode="drain")
             elapsed = time.perf_counter() - start
+            cpu = time.process_time() - cpu_start
             with ctx.sessionmaker() as session:
                 recorded = session.execute(sa.select(sa.func.count()).select_from(Version))
                 versions = int(recorded.scalar_one())
@@ -136,6 +138,8 @@ async def run(url: str, database_url: str, *, concurrency: int, data_dir: Path) 
         "watch_seconds": round(watched - start, 2),
         "total_seconds": round(elapsed, 2),
         "versions_per_second": round(versions / elapsed, 1),
+        "cpu_seconds": round(cpu, 2),
+        "versions_per_cpu_second": round(versions / cpu, 1),
     }
 
 

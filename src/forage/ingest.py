@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from forage import jobs
 from forage.db import is_sqlite, utcnow
 from forage.errors import ForageError
 from forage.models import Artifact, ArtifactDigest, FeedCursor, Package, Version
-from forage.registries import RESCAN_WINDOW, fetch_package, make_indexer
+from forage.registries import RESCAN_WINDOW, make_indexer
 from forage.worker import JobContext
 from indexers import Change, Indexer, PackageInfo, PackageNotFound, Page, UpstreamUnavailable
 
@@ -74,17 +75,56 @@ def _insert(session: Session, table: Any) -> Any:
     return (sqlite.insert if is_sqlite(session) else postgresql.insert)(table)
 
 
-def _package_row(session: Session, ecosystem: str, name: str, display: str) -> int:
-    statement = (
-        _insert(session, Package.__table__)
-        .values(ecosystem=ecosystem, name=name, display_name=display, extra={})
-        .on_conflict_do_nothing(index_elements=["ecosystem", "name"])
-    )
-    session.execute(statement)
-    return int(
-        session.execute(
-            sa.select(Package.id).where(Package.ecosystem == ecosystem, Package.name == name)
-        ).scalar_one()
+# Core tables: statements on them skip the ORM's per-statement bookkeeping.
+_packages = Package.__table__
+_versions = Version.__table__
+_artifacts = Artifact.__table__
+_digests = ArtifactDigest.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """The statements of :func:`record_package`, built once with bind parameters so each
+    call only binds values (no construction, cache key or compilation per call)."""
+
+    upsert_package: Any
+    known_versions: Any
+    insert_versions: Any
+    known_artifacts: Any
+    insert_artifacts: Any
+    insert_digests: Any
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(_packages)
+    refreshed = ("display_name", "deleted", "extra", "last_synced", "last_serial", "updated_at")
+    return _Statements(
+        upsert_package=insert.on_conflict_do_update(
+            index_elements=["ecosystem", "name"],
+            set_={column: insert.excluded[column] for column in refreshed},
+        ).returning(_packages.c.id),
+        known_versions=sa.select(
+            _versions.c.id,
+            _versions.c.number,
+            _versions.c.yanked,
+            _versions.c.deleted,
+            _versions.c.deprecated,
+        ).where(_versions.c.package_id == sa.bindparam("package_id")),
+        # Rows come back keyed by their natural key, so they need not come back in order
+        # (asking for order makes SQLAlchemy send SQLite one INSERT per row).
+        insert_versions=sa.insert(_versions).returning(_versions.c.id, _versions.c.number),
+        known_artifacts=sa.select(
+            _artifacts.c.id,
+            _artifacts.c.version_id,
+            _artifacts.c.filename,
+            _artifacts.c.url,
+            _artifacts.c.yanked,
+        ).where(_artifacts.c.version_id.in_(sa.bindparam("version_ids", expanding=True))),
+        insert_artifacts=sa.insert(_artifacts).returning(
+            _artifacts.c.id, _artifacts.c.version_id, _artifacts.c.filename
+        ),
+        insert_digests=sa.insert(_digests),
     )
 
 
@@ -96,26 +136,31 @@ def newest_releases(info: PackageInfo, count: int) -> PackageInfo:
 
 
 def record_package(session: Session, info: PackageInfo, *, archive: bool = True) -> RecordStats:
-    """Write ``info`` as rows; queue an archive job per new artifact when ``archive``."""
-    package_id = _package_row(session, info.ecosystem, info.name, info.display_name)
-    session.execute(
-        sa.update(Package)
-        .where(Package.id == package_id)
-        .values(
-            display_name=info.display_name,
-            deleted=info.deleted,
-            extra=dict(info.extra),
-            last_synced=utcnow(),
-            last_serial=info.serial,
-        )
-    )
+    """Write ``info`` as rows; queue an archive job per new artifact when ``archive``.
+
+    A handful of statements whatever the package's size: one upsert of the package, one read
+    of its known versions (and of their artifacts), one multi-row insert each for new
+    versions, artifacts, digests and archive jobs, and an update per changed flag.
+    """
+    connection = session.connection()
+    statements = _statements(connection.dialect.name)
+    now = utcnow()
+    package_id = connection.execute(
+        statements.upsert_package,
+        {
+            "ecosystem": info.ecosystem,
+            "name": info.name,
+            "display_name": info.display_name,
+            "deleted": info.deleted,
+            "extra": dict(info.extra),
+            "last_synced": now,
+            "last_serial": info.serial,
+            "updated_at": now,
+        },
+    ).scalar_one()
     known = {
         row.number: row
-        for row in session.execute(
-            sa.select(
-                Version.id, Version.number, Version.yanked, Version.deleted, Version.deprecated
-            ).where(Version.package_id == package_id)
-        )
+        for row in connection.execute(statements.known_versions, {"package_id": package_id})
     }
     new_rows = [
         {
@@ -129,33 +174,33 @@ def record_package(session: Session, info: PackageInfo, *, archive: bool = True)
         for release in info.releases
         if release.version not in known
     ]
-    version_ids = {row.number: row.id for row in known.values()}
+    version_ids = {number: row.id for number, row in known.items()}
     if new_rows:
-        inserted = session.execute(
-            sa.insert(Version).returning(Version.id, Version.number, sort_by_parameter_order=True),
-            new_rows,
-        )
+        inserted = connection.execute(statements.insert_versions, new_rows)
         version_ids.update({row.number: row.id for row in inserted})
     updated = 0
     for release in info.releases:
         row = known.get(release.version)
         flags = (release.yanked, release.deleted, release.deprecated)
         if row is not None and (row.yanked, row.deleted, row.deprecated) != flags:
-            session.execute(
-                sa.update(Version)
-                .where(Version.id == row.id)
+            connection.execute(
+                sa.update(_versions)
+                .where(_versions.c.id == row.id)
                 .values(
                     yanked=release.yanked, deleted=release.deleted, deprecated=release.deprecated
                 )
             )
             updated += 1
     if info.deleted:
-        session.execute(
-            sa.update(Version)
-            .where(Version.package_id == package_id, Version.deleted.is_(False))
+        connection.execute(
+            sa.update(_versions)
+            .where(_versions.c.package_id == package_id, _versions.c.deleted.is_(False))
             .values(deleted=True)
         )
-    new_artifacts = _record_artifacts(session, info, version_ids, archive=archive)
+    known_ids = [row.id for row in known.values()]
+    new_artifacts = _record_artifacts(
+        session, connection, statements, info, version_ids, known_ids, archive=archive
+    )
     log.info(
         "recorded %s/%s: %d new versions, %d new artifacts",
         info.ecosystem,
@@ -167,27 +212,26 @@ def record_package(session: Session, info: PackageInfo, *, archive: bool = True)
 
 
 def _record_artifacts(
-    session: Session, info: PackageInfo, version_ids: Mapping[str, int], *, archive: bool
+    session: Session,
+    connection: sa.Connection,
+    statements: _Statements,
+    info: PackageInfo,
+    version_ids: Mapping[str, int],
+    known_ids: list[int],
+    *,
+    archive: bool,
 ) -> int:
-    ids = list(version_ids.values())
+    """Insert the artifacts not yet recorded (only versions known before can have any)."""
     existing = (
         {
             (row.version_id, row.filename): row
-            for row in session.execute(
-                sa.select(
-                    Artifact.id,
-                    Artifact.version_id,
-                    Artifact.filename,
-                    Artifact.url,
-                    Artifact.yanked,
-                ).where(Artifact.version_id.in_(ids))
-            )
+            for row in connection.execute(statements.known_artifacts, {"version_ids": known_ids})
         }
-        if ids
+        if known_ids
         else {}
     )
     rows: list[dict[str, Any]] = []
-    digests: list[Mapping[str, str]] = []
+    digests: dict[tuple[int, str], Mapping[str, str]] = {}
     for release in info.releases:
         version_id = version_ids[release.version]
         for artifact in release.artifacts:
@@ -206,11 +250,11 @@ def _record_artifacts(
                         "uploaded_at": artifact.uploaded_at,
                     }
                 )
-                digests.append(artifact.digests)
+                digests[version_id, artifact.filename] = artifact.digests
             elif (old.url, old.yanked) != (artifact.url, artifact.yanked):
-                session.execute(
-                    sa.update(Artifact)
-                    .where(Artifact.id == old.id)
+                connection.execute(
+                    sa.update(_artifacts)
+                    .where(_artifacts.c.id == old.id)
                     .values(
                         url=artifact.url,
                         yanked=artifact.yanked,
@@ -219,25 +263,21 @@ def _record_artifacts(
                 )
     if not rows:
         return 0
-    new_ids = (
-        session.execute(
-            sa.insert(Artifact).returning(Artifact.id, sort_by_parameter_order=True), rows
-        )
-        .scalars()
-        .all()
-    )
+    inserted = connection.execute(statements.insert_artifacts, rows).all()
+    new_ids = sorted(row.id for row in inserted)
     digest_rows = [
-        {"artifact_id": artifact_id, "algorithm": algorithm, "value": value}
-        for artifact_id, values in zip(new_ids, digests, strict=True)
-        for algorithm, value in values.items()
+        {"artifact_id": row.id, "algorithm": algorithm, "value": value}
+        for row in inserted
+        for algorithm, value in digests[row.version_id, row.filename].items()
     ]
     if digest_rows:
-        session.execute(sa.insert(ArtifactDigest), digest_rows)
+        connection.execute(statements.insert_digests, digest_rows)
     if archive:
-        for artifact_id in new_ids:
-            jobs.enqueue(
-                session, ARCHIVE, {"artifact_id": artifact_id}, dedup_key=f"archive:{artifact_id}"
-            )
+        jobs.enqueue_many(
+            session,
+            ARCHIVE,
+            {f"{ARCHIVE}:{artifact_id}": {"artifact_id": artifact_id} for artifact_id in new_ids},
+        )
     return len(new_ids)
 
 
@@ -271,11 +311,15 @@ async def import_package(
     newest: int | None = None,
     archive: bool = True,
 ) -> RecordStats | None:
-    """Fetch one package from its registry and record it; ``None`` if the registry lost it."""
+    """Fetch one package from its registry and record it; ``None`` if the registry lost it.
+
+    ``hints`` are the freshness hints of the feed change that asked for it (an ``import``
+    job's payload, :func:`change_payload`): an answer older than them is retried later.
+    """
     indexer = make_indexer(ctx.config, ecosystem, _client(ctx, ecosystem))
     name = indexer.normalize_name(name)
     try:
-        info = await fetch_package(indexer, {**(hints or {}), "name": name})
+        info = await indexer.package(name, change=change_of(name, hints or {}))
     except PackageNotFound:
         gone = await ctx.transaction(mark_package_deleted, ecosystem, name)
         log.info("%s/%s is gone upstream (known: %s)", ecosystem, name, gone)
@@ -301,22 +345,37 @@ def change_payload(ecosystem: str, change: Change) -> dict[str, Any]:
     return payload
 
 
+def change_of(name: str, hints: Mapping[str, Any]) -> Change:
+    """The feed change an ``import`` payload (or any hints mapping) describes, for ``name``."""
+    serial, revision, version = hints.get("serial"), hints.get("revision"), hints.get("version")
+    return Change(
+        name=name,
+        serial=int(serial) if serial is not None else None,
+        deleted=bool(hints.get("deleted", False)),
+        revision=str(revision) if revision is not None else None,
+        version=str(version) if version is not None else None,
+    )
+
+
 def _dedup_key(ecosystem: str, change: Change) -> str:
     suffix = f"@{change.version}" if ecosystem == "golang" and change.version else ""
     return f"{IMPORT}:{ecosystem}:{change.name}{suffix}"
 
 
 def enqueue_changes(session: Session, ecosystem: str, changes: Iterable[Change]) -> int:
-    """Queue one ``import`` job per change (a change already queued is absorbed)."""
+    """Queue one ``import`` job per change, in one statement; returns how many changes.
+
+    A change already queued is absorbed by its queued job; of two changes to one package in
+    one page, the later one's hints are kept (feeds list entries oldest first).
+    """
+    payloads: dict[str, dict[str, Any]] = {}
     count = 0
     for change in changes:
-        jobs.enqueue(
-            session,
-            IMPORT,
-            change_payload(ecosystem, change),
-            dedup_key=_dedup_key(ecosystem, change),
-        )
+        key = _dedup_key(ecosystem, change)
+        payloads.pop(key, None)
+        payloads[key] = change_payload(ecosystem, change)
         count += 1
+    jobs.enqueue_many(session, IMPORT, payloads)
     return count
 
 

@@ -32,6 +32,10 @@ where the write transaction (``BEGIN IMMEDIATE``) already serializes claimers.
 returns that job (moving its ``run_after`` earlier if asked) instead of adding one; a job
 already running does not absorb new requests, so a change arriving mid-run is not lost.
 
+:func:`enqueue_many` and :func:`complete_many` are the batch forms of :func:`enqueue` and
+:func:`complete`: one statement for many jobs, for callers that queue or finish them by the
+hundred (an import's archive jobs, a feed page's imports, a worker's finished jobs).
+
 All functions take a ``Session`` and leave committing to the caller (``with
 sessionmaker.begin() as session: ...``); ``now`` may be passed for tests and defaults to the
 current UTC time.
@@ -39,6 +43,7 @@ current UTC time.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -137,10 +142,7 @@ def enqueue(
     """
     if not kind:
         raise ValueError("job kind must not be empty")
-    try:
-        body = json.loads(json.dumps(dict(payload)))
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"job {kind!r}: payload must be JSON-serializable: {exc}") from exc
+    body = _json_body(kind, payload)
     now = now or utcnow()
     values = {
         "kind": kind,
@@ -182,6 +184,71 @@ def enqueue(
         )
     log.debug("job %s %s deduplicated into job %d", kind, dedup_key, twin.id)
     return int(twin.id)
+
+
+def enqueue_many(
+    session: Session,
+    kind: str,
+    payloads: Mapping[str, Mapping[str, Any]],
+    *,
+    run_after: datetime | None = None,
+    max_attempts: int | None = None,
+    now: datetime | None = None,
+) -> dict[str, int]:
+    """Add one job per ``dedup_key -> payload`` in one statement; return each key's job id.
+
+    The batch form of :func:`enqueue` with a ``dedup_key`` for every job, and the same
+    semantics: a queued job with the same key absorbs the request (its ``run_after`` moves
+    to the earlier of the two) and its id is returned. One ``INSERT ... ON CONFLICT DO
+    UPDATE ... RETURNING`` replaces a statement (or two) per job.
+    """
+    if not kind:
+        raise ValueError("job kind must not be empty")
+    if not payloads:
+        return {}
+    now = now or utcnow()
+    when = run_after or now
+    rows = [
+        {
+            "kind": kind,
+            "payload": _json_body(kind, payload),
+            "state": JobState.QUEUED,
+            "attempts": 0,
+            "max_attempts": max_attempts,
+            "run_after": when,
+            "dedup_key": dedup_key,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for dedup_key, payload in payloads.items()
+    ]
+    connection = session.connection()
+    result = connection.execute(_enqueue_statement(connection.dialect.name), rows)
+    return {key: int(job_id) for key, job_id in result}
+
+
+@functools.cache
+def _enqueue_statement(dialect: str) -> Any:
+    """``INSERT ... ON CONFLICT (dedup_key) WHERE queued DO UPDATE`` (the earlier
+    ``run_after`` wins) ``RETURNING dedup_key, id``, built once per dialect; run with many
+    parameter sets, SQLAlchemy sends it as multi-row INSERTs ("insertmanyvalues")."""
+    insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(_jobs)
+    earlier = insert.excluded.run_after < _jobs.c.run_after
+    return insert.on_conflict_do_update(
+        index_elements=["dedup_key"],
+        index_where=sa.text("state = 'queued'"),
+        set_={
+            "run_after": sa.case((earlier, insert.excluded.run_after), else_=_jobs.c.run_after),
+            "updated_at": sa.case((earlier, insert.excluded.updated_at), else_=_jobs.c.updated_at),
+        },
+    ).returning(_jobs.c.dedup_key, _jobs.c.id)
+
+
+def _json_body(kind: str, payload: Mapping[str, Any]) -> Any:
+    try:
+        return json.loads(json.dumps(dict(payload)))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"job {kind!r}: payload must be JSON-serializable: {exc}") from exc
 
 
 def _claimable(now: datetime, policy: RetryPolicy, kinds: Collection[str] | None) -> Any:
@@ -300,10 +367,20 @@ def heartbeat(
 
 def complete(session: Session, job_id: int, *, owner: str, now: datetime | None = None) -> bool:
     """Mark a job ``owner`` holds as done; False if the lease was lost meanwhile."""
+    return job_id in complete_many(session, [job_id], owner=owner, now=now)
+
+
+def complete_many(
+    session: Session, job_ids: Collection[int], *, owner: str, now: datetime | None = None
+) -> set[int]:
+    """Mark the jobs ``owner`` holds among ``job_ids`` as done in one statement; return
+    those ids (a job missing from the result had lost its lease meanwhile)."""
+    if not job_ids:
+        return set()
     now = now or utcnow()
     result = session.execute(
         sa.update(_jobs)
-        .where(_held([job_id], owner))
+        .where(_held(job_ids, owner))
         .values(
             state=JobState.DONE,
             lease_owner=None,
@@ -313,7 +390,7 @@ def complete(session: Session, job_id: int, *, owner: str, now: datetime | None 
         )
         .returning(_jobs.c.id)
     )
-    return result.scalar_one_or_none() is not None
+    return {int(job_id) for job_id in result.scalars()}
 
 
 def describe_error(error: BaseException | str) -> str:

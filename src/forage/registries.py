@@ -1,9 +1,9 @@
 """Which indexer serves which registry, built from configuration.
 
 The explicit mapping from ecosystem (purl type) to indexer class lives here; an unknown name
-is refused with the list of known ones. ``fetch_package`` turns a feed change's hints into the
-freshness arguments each indexer's ``package()`` understands (npm's announced revision,
-PyPI's serial, the version the Go index named).
+is refused with the list of known ones. Every indexer's ``package(name, change=...)`` takes
+the feed change itself and reads the freshness hint its registry carries (npm's announced
+revision, PyPI's serial, the version the Go index named), so callers need not know which.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import httpx
 
 from forage.config import Config
 from forage.errors import ConfigError
-from indexers import GoIndexer, Indexer, NpmIndexer, PackageInfo, PyPIIndexer
+from indexers import GoIndexer, Indexer, NpmIndexer, PyPIIndexer
 
 INDEXER_CLASSES: Mapping[str, type[Indexer[Any]]] = {
     "npm": NpmIndexer,
@@ -71,16 +71,3 @@ def check_ecosystem(ecosystem: str) -> str:
 def make_indexer(config: Config, ecosystem: str, client: httpx.AsyncClient) -> Indexer[Any]:
     """Build the indexer of a configured registry over the caller's HTTP client."""
     return _FACTORIES[check_ecosystem(ecosystem)](config, client)
-
-
-async def fetch_package(indexer: Indexer[Any], hints: Mapping[str, Any]) -> PackageInfo:
-    """Call ``indexer.package`` with the freshness hints a feed change carried."""
-    name = str(hints["name"])
-    if isinstance(indexer, NpmIndexer):
-        return await indexer.package(name, min_revision=hints.get("revision"))
-    if isinstance(indexer, PyPIIndexer):
-        return await indexer.package(name, min_serial=hints.get("serial"))
-    if isinstance(indexer, GoIndexer):
-        version = hints.get("version")
-        return await indexer.package(name, versions=(version,) if version else ())
-    return await indexer.package(name)

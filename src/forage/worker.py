@@ -27,6 +27,7 @@ import os
 import secrets
 import signal
 import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from forage import __version__, jobs
 from forage.blocks import open_blockstore
 from forage.config import Config
+from forage.db import is_sqlite
 from forage.errors import ConfigError
 from forage.jobs import Job, RetryPolicy
 from storage.blockstore import Blockstore
@@ -63,15 +65,26 @@ class JobContext:
     owner: str
     http: Mapping[str, httpx.AsyncClient] = field(default_factory=dict)
     blockstore: Blockstore | None = None
+    _writer: threading.Lock | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        bind = self.sessionmaker.kw.get("bind")
+        if bind is not None and is_sqlite(bind):
+            # SQLite has one writer. Threads of this process queue on a lock and hand the
+            # database over at once; left to SQLite, a waiting writer polls with sleeps of up
+            # to 100 ms (its busy handler) while the lock sits free.
+            self._writer = threading.Lock()
 
     async def transaction(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(session, *args, **kwargs)`` in one committed transaction, in a thread."""
+        return await asyncio.to_thread(self._run, fn, args, kwargs)
 
-        def run() -> T:
+    def _run(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        if self._writer is None:
             with self.sessionmaker.begin() as session:
                 return fn(session, *args, **kwargs)
-
-        return await asyncio.to_thread(run)
+        with self._writer, self.sessionmaker.begin() as session:
+            return fn(session, *args, **kwargs)
 
 
 Handler = Callable[[JobContext, Job], Awaitable[None]]
@@ -128,6 +141,8 @@ class Worker:
         self._in_hand: dict[int, _InHand] = {}
         self._stopping = asyncio.Event()
         self._aborting = False
+        self._finished: list[tuple[int, asyncio.Future[bool]]] = []
+        self._completer: asyncio.Task[None] | None = None
 
     @property
     def owner(self) -> str:
@@ -197,6 +212,8 @@ class Worker:
             heartbeat.cancel()
             stop_wait.cancel()
             await asyncio.gather(heartbeat, stop_wait, return_exceptions=True)
+            if self._completer is not None:
+                await asyncio.gather(self._completer, return_exceptions=True)
         log.info("worker %s finished: %s", self.owner, self.stats)
         return self.stats
 
@@ -233,7 +250,7 @@ class Worker:
                 self._count(job, state)
                 return
             self._in_hand[job.id].finishing = True
-            if await self._db(jobs.complete, job.id, owner=self.owner):
+            if await self._complete(job.id):
                 self.stats.done += 1
                 log.debug("job %d %s done", job.id, job.kind)
             else:
@@ -244,6 +261,34 @@ class Worker:
             log.exception("worker %s could not record the end of job %d", self.owner, job.id)
         finally:
             self._in_hand.pop(job.id, None)
+
+    async def _complete(self, job_id: int) -> bool:
+        """Mark a job done; False if its lease was lost.
+
+        Group commit: jobs that finish while a completion transaction runs share the next
+        one, so a busy worker spends one transaction on many jobs rather than one each.
+        """
+        future = asyncio.get_running_loop().create_future()
+        self._finished.append((job_id, future))
+        if self._completer is None or self._completer.done():
+            self._completer = asyncio.create_task(self._complete_batches())
+        return await future
+
+    async def _complete_batches(self) -> None:
+        while self._finished:
+            batch, self._finished = self._finished, []
+            try:
+                held = await self._db(
+                    jobs.complete_many, [job_id for job_id, _ in batch], owner=self.owner
+                )
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for job_id, future in batch:
+                    if not future.done():
+                        future.set_result(job_id in held)
 
     def _count(self, job: Job, state: jobs.JobState | None) -> None:
         if state is None:

@@ -12,7 +12,10 @@ To add a registry, subclass :class:`Indexer` and implement:
   the docstring must say whether the cursor is inclusive, how entries are ordered and what an
   empty page means;
 - :meth:`package` -- everything the registry says about one package, mapped to
-  :class:`~indexers.types.PackageInfo` by a pure function of its documents;
+  :class:`~indexers.types.PackageInfo` by a pure function of its documents; when the call
+  answers a feed entry, the caller passes that :class:`~indexers.types.Change` and the
+  indexer uses whatever freshness hint its registry puts there (a revision, a serial, a
+  version the feed named);
 - :meth:`normalize_name` -- the registry's canonical name, raising
   :class:`~indexers.errors.InvalidName` for anything that is not a valid name.
 
@@ -37,7 +40,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from indexers.errors import FeedError, PackageNotFound, UpstreamUnavailable
-from indexers.types import CursorT, PackageInfo, Page
+from indexers.types import Change, CursorT, PackageInfo, Page
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +101,13 @@ class Indexer(ABC, Generic[CursorT]):
         """Return the page of changes after ``cursor`` and the cursor that follows it."""
 
     @abstractmethod
-    async def package(self, name: str) -> PackageInfo:
-        """Return what the registry says about ``name`` (already normalized)."""
+    async def package(self, name: str, *, change: Change | None = None) -> PackageInfo:
+        """Return what the registry says about ``name`` (already normalized).
+
+        ``change`` is the feed entry that prompted the call, if any: an answer older than it
+        raises :class:`~indexers.errors.StaleMetadata` (retry later) rather than hiding what
+        the feed announced. Its ``name`` is not compared with ``name``.
+        """
 
     @staticmethod
     @abstractmethod

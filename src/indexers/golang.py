@@ -328,8 +328,8 @@ class GoIndexer(Indexer[GoCursor]):
     ``page_size`` entries share one Timestamp the index offers no way past them, which is
     logged. An empty page means nothing new, cursor unchanged.
 
-    ``package(path, versions=...)`` lists ``@v/list`` (tagged versions only) plus the versions
-    passed in (the index names pseudo-versions that no list shows), or ``@latest`` when both
+    ``package(path, change=...)`` lists ``@v/list`` (tagged versions only) plus the change's
+    ``version`` (the index names pseudo-versions that no list shows), or ``@latest`` when both
     are empty; each version becomes a :class:`Release` with one ``.zip`` artifact whose
     ``digests`` hold the checksum database's ``h1:`` (absent when ``sumdb_url`` is ``None`` or
     the database answers 404/410, e.g. for a private module). The go.mod hashes go to
@@ -505,13 +505,14 @@ class GoIndexer(Indexer[GoCursor]):
         )
         return release, mod_h1
 
-    async def package(self, name: str, *, versions: Iterable[str] = ()) -> PackageInfo:
-        """Every version of module ``name``; ``versions`` adds ones the index announced.
+    async def package(self, name: str, *, change: Change | None = None) -> PackageInfo:
+        """Every version of module ``name``, plus the one the index ``change`` announced.
 
         A listed version whose ``.info`` is gone (404/410) becomes a ``deleted`` release.
         """
         path = self.normalize_name(name)
-        wanted = {check_version(version, path=path) for version in versions}
+        announced = change.version if change is not None else None
+        wanted = {check_version(announced, path=path)} if announced else set()
         wanted.update(await self.list_versions(path))
         if not wanted:
             wanted.add(await self.latest(path))

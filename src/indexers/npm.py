@@ -286,8 +286,8 @@ class NpmIndexer(Indexer[NpmCursor]):
     page means caught up and returns the same cursor, which ends the run. Entries are hints:
     they may arrive behind the cursor, twice, or never, so the watcher re-scans a window with
     :meth:`NpmCursor.rewind` and diffs each packument against what it holds. Each change
-    carries its ``rev``; pass it as ``package(name, min_revision=...)`` to detect a packument
-    that lags the feed.
+    carries its ``rev``; pass the change as ``package(name, change=...)`` to detect a
+    packument that lags the feed.
     """
 
     ecosystem = ECOSYSTEM
@@ -339,13 +339,14 @@ class NpmIndexer(Indexer[NpmCursor]):
             done=count < self.page_size,
         )
 
-    async def package(self, name: str, *, min_revision: str | None = None) -> PackageInfo:
+    async def package(self, name: str, *, change: Change | None = None) -> PackageInfo:
         """Fetch and map ``name``'s full packument.
 
-        With ``min_revision`` (a feed entry's ``rev``), a packument whose ``_rev`` generation
-        is lower raises ``StaleMetadata``: the registry has not caught up with the feed yet.
-        A packument without ``_rev`` cannot be checked and is accepted.
+        With a ``change`` carrying a ``revision`` (the feed entry's ``rev``), a packument whose
+        ``_rev`` generation is lower raises ``StaleMetadata``: the registry has not caught up
+        with the feed yet. A packument without ``_rev`` cannot be checked and is accepted.
         """
+        min_revision = change.revision if change is not None else None
         url = self.packument_url(name)
         doc = await self.get_json(url, headers=_FULL_PACKUMENT, not_found=(ECOSYSTEM, name))
         info = map_packument(doc, name=name, url=url)

@@ -319,8 +319,8 @@ class PyPIIndexer(Indexer[PyPICursor]):
     ``xmlrpc_url`` is the XML-RPC endpoint (``<pypi>/pypi``), ``simple_url`` the simple index
     root (``<pypi>/simple``). See :class:`PyPICursor` for the cursor semantics: call
     :meth:`changes` until a page is ``done``. Each change names a normalized project with the
-    highest serial the page announced for it; pass it as ``package(name, min_serial=...)`` so a
-    CDN page older than the announcement raises ``StaleMetadata`` (retry later) instead of
+    highest serial the page announced for it; pass the change as ``package(name, change=...)``
+    so a CDN page older than the announcement raises ``StaleMetadata`` (retry later) instead of
     silently missing files. A removed project appears as a change with ``deleted`` set; its
     page then answers 404 (``PackageNotFound``).
     """
@@ -366,12 +366,13 @@ class PyPIIndexer(Indexer[PyPICursor]):
         )
         return Page(changes=changes, cursor=PyPICursor(next_serial), done=not rows)
 
-    async def package(self, name: str, *, min_serial: int | None = None) -> PackageInfo:
-        """Fetch and map a project's PEP 691 page; raise ``StaleMetadata`` below ``min_serial``.
+    async def package(self, name: str, *, change: Change | None = None) -> PackageInfo:
+        """Fetch and map a project's PEP 691 page; ``StaleMetadata`` below ``change.serial``.
 
-        The page's serial is ``X-PyPI-Last-Serial`` (else ``meta._last-serial``); with
-        ``min_serial`` set, a page without either counts as stale, as in bandersnatch.
+        The page's serial is ``X-PyPI-Last-Serial`` (else ``meta._last-serial``); when the
+        change carries a serial, a page without either counts as stale, as in bandersnatch.
         """
+        min_serial = change.serial if change is not None else None
         key = normalize(name)
         url = self.project_url(key)
         response = await self.get(url, headers={"accept": SIMPLE_JSON}, not_found=(ECOSYSTEM, key))

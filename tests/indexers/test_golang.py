@@ -611,7 +611,9 @@ async def test_package_maps_versions_info_and_checksums(
 ) -> None:
     """Listed versions plus the index's pseudo-version become releases with the fake's h1,
     .info time, an escaped zip URL and the go.mod hashes; v1.2.1 is retracted by v1.3.0."""
-    info = await indexer_for(fake, http_client).package(TOML, versions=[TOML_PSEUDO])
+    info = await indexer_for(fake, http_client).package(
+        TOML, change=Change(TOML, version=TOML_PSEUDO)
+    )
     published = fake.modules[TOML]
     assert [r.version for r in info.releases] == ["v1.2.0", "v1.2.1", "v1.3.0", TOML_PSEUDO]
     for release in info.releases:

@@ -244,9 +244,9 @@ async def test_packument_lagging_the_feed_raises_stale_metadata_once(
     npm_registry.lag("laggy")
 
     with pytest.raises(StaleMetadata) as caught:
-        await npm.package("laggy", min_revision=change.revision)
+        await npm.package("laggy", change=change)
     assert (caught.value.expected, caught.value.actual) == (2, 1)
-    info = await npm.package("laggy", min_revision=change.revision)
+    info = await npm.package("laggy", change=change)
     assert [r.version for r in info.releases] == ["1.0.0", "1.1.0"]
 
 

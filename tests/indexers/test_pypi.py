@@ -197,11 +197,11 @@ async def test_stale_page_raises_then_fresh_page_passes(
     pypi.stale("fresh")
 
     with pytest.raises(StaleMetadata) as caught:
-        await client.package(change.name, min_serial=change.serial)
+        await client.package(change.name, change=change)
     assert caught.value.expected == change.serial
     assert caught.value.actual is not None and caught.value.actual < change.serial
 
-    info = await client.package(change.name, min_serial=change.serial)
+    info = await client.package(change.name, change=change)
     assert info.serial == change.serial
     assert [r.version for r in info.releases] == ["1.0", "1.1"]
 
