@@ -378,13 +378,6 @@ def _record_error(
 # -- the pin job ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    backend: str
-    error: BaseException
-    transient: bool
-
-
 async def pin_archive(
     ctx: JobContext,
     archive_id: int,
@@ -417,14 +410,15 @@ async def pin_archive(
         return {}
     source = ctx.blockstore or open_blockstore(ctx.config)
     outcome: dict[str, PinStatus] = {}
-    failures: list[_Failure] = []
+    transient: list[BaseException] = []
+    refused: list[BaseException] = []
     async with open_backends(pinning, [t.backend for t in targets]) as clients:
         for target in targets:
             kind = pinning.backend(target.backend).type
             try:
                 status = await _submit(ctx, clients[target.backend], kind, target, source)
             except (BackendUnavailable, BlockstoreError) as exc:
-                failures.append(_Failure(target.backend, exc, transient=True))
+                transient.append(exc)
                 await ctx.transaction(
                     _record_error,
                     target,
@@ -436,7 +430,7 @@ async def pin_archive(
                 )
                 log.warning("archive %d: %s unavailable: %s", archive_id, target.backend, exc)
             except (BackendRejected, InvalidCID, PermanentJobError) as exc:
-                failures.append(_Failure(target.backend, exc, transient=False))
+                refused.append(exc)
                 await ctx.transaction(
                     _record_error,
                     target,
@@ -446,11 +440,11 @@ async def pin_archive(
                     pinning=pinning,
                     now=utcnow(),
                 )
-                log.error("archive %d: %s refused the pin: %s", archive_id, target.backend, exc)
+                log.error("archive %d: %s cannot pin it: %s", archive_id, target.backend, exc)
             else:
                 outcome[target.backend] = status
-    if failures:
-        raise ([f for f in failures if f.transient] or failures)[0].error
+    if transient or refused:
+        raise (transient or refused)[0]
     return outcome
 
 
