@@ -27,6 +27,7 @@ else the mainnet time of its end epoch: ``genesis + 30 s x epoch``
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import logging
 import re
@@ -47,6 +48,7 @@ from forage import jobs
 from forage.config import Config, DatabaseConfig
 from forage.db import is_sqlite, make_engine, make_sessionmaker, utcnow
 from forage.errors import InvalidKey
+from forage.ingest import IMPORT
 from forage.keys import MAX_KEY_LENGTH, Key, parse_key
 from forage.lockfiles import Entry
 from forage.models import (
@@ -74,8 +76,8 @@ log = logging.getLogger(__name__)
 FILECOIN_GENESIS = datetime(2020, 8, 24, 22, 0, tzinfo=UTC)
 EPOCH_SECONDS = 30
 _ARCHIVED = ArchiveStatus.ARCHIVED.value
-#: The job kind a backfill queues (the handler is :func:`forage.ingest.import_job`).
-IMPORT = "import"
+#: The longest ``jobs.dedup_key`` (its column's length).
+DEDUP_KEY_LENGTH = JobRecord.__table__.c.dedup_key.type.length
 
 
 class KeyStatus(enum.StrEnum):
@@ -764,9 +766,14 @@ class BackfillPolicy:
 
 def import_dedup_key(key: Key) -> str:
     """The ``dedup_key`` of the import job for ``key`` (the watchers' spelling: a Go import
-    is per module version, other registries' per package)."""
+    is per module version, other registries' per package); a key too long for the column
+    is named by its SHA-256."""
     suffix = f"@{key.version}" if key.ecosystem == "golang" and key.version else ""
-    return f"{IMPORT}:{key.ecosystem}:{key.name}{suffix}"
+    dedup = f"{IMPORT}:{key.ecosystem}:{key.name}{suffix}"
+    if len(dedup) <= DEDUP_KEY_LENGTH:
+        return dedup
+    digest = hashlib.sha256(f"{key.name}{suffix}".encode()).hexdigest()
+    return f"{IMPORT}:{key.ecosystem}:sha256:{digest}"
 
 
 def _not_found(key: Key, reason: str) -> KeyResult:

@@ -290,6 +290,11 @@ async def test_import_requires_the_configured_token(api: Api) -> None:
     )
     assert first["job_id"] == again["job_id"]
     assert [job.payload for job in api.jobs()] == [{"ecosystem": "npm", "name": "left-pad"}]
+    # A name as long as a key may be still queues (its dedup key is then a digest).
+    long = {"ecosystem": "pypi", "name": "a" * 1000}
+    await api.json("POST", "/api/v1/import", json=long, headers=auth, status=202)
+    longer = {"ecosystem": "pypi", "name": "a" * 5000}
+    await api.json("POST", "/api/v1/import", json=longer, headers=auth, status=400)
     unconfigured = await api.json(
         "POST", "/api/v1/import", json={"key": "go:golang.org/x/text"}, headers=auth, status=409
     )
@@ -352,6 +357,7 @@ HOSTILE: list[tuple[str, str, Any, int]] = [
     ("POST", "/api/v1/lookup", b'["a", "b"]', 400),
     ("POST", "/api/v1/lookup", b'{"keys": "npm:a:1"}', 400),
     ("POST", "/api/v1/lookup", b'{"keys": [null, {}, [], 1e999, "\\u0000"]}', 200),
+    ("POST", "/api/v1/lookup", b'{"keys": ["pkg:pypi/' + b"a" * 1000 + b'@1"]}', 200),
     ("GET", "/api/v1/lookup", None, 400),
     ("GET", "/api/v1/lookup?keys=%ff%fe,,", None, 200),
     ("GET", "/api/v1/lookup?keys=" + "x" * 5000, None, 200),

@@ -33,10 +33,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from forage import jobs
 from forage.errors import InvalidKey
-from forage.keys import PLATFORMS, Key, parse_key
+from forage.ingest import IMPORT
+from forage.keys import MAX_KEY_LENGTH, PLATFORMS, Key, parse_key
 from forage.lockfiles import LockfileError, read_lockfile
 from forage.lookup import (
-    IMPORT,
     BackfillPolicy,
     KeyResult,
     KeyStatus,
@@ -149,29 +149,37 @@ def _body_keys(body: Any) -> list[Any]:
     return keys
 
 
-async def _lookup(request: web.Request, keys: Sequence[object]) -> tuple[KeyResult, ...]:
+async def _lookup(
+    request: web.Request,
+    keys: Sequence[object],
+    reply: Callable[[Sequence[KeyResult]], Any],
+) -> web.Response:
+    """Look ``keys`` up and answer ``reply(results)``, both in a worker thread: encoding
+    10,000 results would otherwise hold the event loop."""
     _check_count(request, len(keys))
     app = request.app
-    return await asyncio.to_thread(
-        lookup, app[READER], app[SESSIONMAKER], keys, policy=app[BACKFILL]
-    )
+
+    def work() -> bytes:
+        results = lookup(app[READER], app[SESSIONMAKER], keys, policy=app[BACKFILL])
+        return orjson.dumps(reply(results))
+
+    body = await asyncio.to_thread(work)
+    return web.Response(body=body, content_type="application/json")
 
 
-def _lookup_reply(results: Sequence[KeyResult]) -> web.Response:
-    return _json(
-        {"results": [result.to_json() for result in results], "summary": summarize(results)}
-    )
+def _lookup_reply(results: Sequence[KeyResult]) -> dict[str, Any]:
+    return {"results": [result.to_json() for result in results], "summary": summarize(results)}
 
 
 async def lookup_post(request: web.Request) -> web.Response:
     """``POST /api/v1/lookup``: ``{"keys": [...]}`` to one result per key."""
     keys = _body_keys(await _json_body(request))
-    return _lookup_reply(await _lookup(request, keys))
+    return await _lookup(request, keys, _lookup_reply)
 
 
 async def lookup_get(request: web.Request) -> web.Response:
     """``GET /api/v1/lookup?keys=a,b``: the same answer as the POST."""
-    return _lookup_reply(await _lookup(request, _query_keys(request)))
+    return await _lookup(request, _query_keys(request), _lookup_reply)
 
 
 async def lookup_lockfile(request: web.Request) -> web.Response:
@@ -188,7 +196,7 @@ async def lookup_lockfile(request: web.Request) -> web.Response:
         raise _bad_request("the JSON document nests too deeply") from exc
     keyed = [entry.key for entry in entries if entry.key is not None]
     _check_count(request, len(keyed), "dependencies")
-    return _json(lockfile_reply(entries, await _lookup(request, keyed)))
+    return await _lookup(request, keyed, lambda results: lockfile_reply(entries, results))
 
 
 async def legacy_lookup(request: web.Request) -> web.Response:
@@ -208,8 +216,11 @@ async def legacy_lookup(request: web.Request) -> web.Response:
             raise _bad_request("give the keys to look up: keys=KEY,KEY,...")
     else:
         keys = _query_keys(request)
-    results = await _lookup(request, keys)
-    return _json({result.key: preferred_cid(result.artifacts) for result in results})
+    return await _lookup(
+        request,
+        keys,
+        lambda results: {result.key: preferred_cid(result.artifacts) for result in results},
+    )
 
 
 async def cid_lookup(request: web.Request) -> web.Response:
@@ -319,6 +330,8 @@ def _import_key(body: dict[str, Any]) -> Key:
             version = body.get("version")
             if not isinstance(ecosystem, str) or not isinstance(name, str) or not name:
                 raise _bad_request('give {"key": PURL} or {"ecosystem": ..., "name": ...}')
+            if len(name) > MAX_KEY_LENGTH:
+                raise _bad_request(f"name longer than {MAX_KEY_LENGTH} characters")
             if version is not None and not isinstance(version, str):
                 raise _bad_request("version must be a string")
             ecosystem = PLATFORMS.get(ecosystem.lower(), ecosystem.lower())
