@@ -46,9 +46,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from forage.db import make_engine, upgrade  # noqa: E402
+from forage.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
 from forage.keys import Key  # noqa: E402
-from forage.lookup import full_query  # noqa: E402
+from forage.lookup import full_query, read_only_sessionmaker  # noqa: E402
 from forage.models import (  # noqa: E402
     Archive,
     Artifact,
@@ -170,6 +170,19 @@ def build(url: str, artifacts: int) -> tuple[Index, float]:
         connection.commit()
     engine.dispose()
     return Index(count, ids["version"], ids["artifact"]), time.perf_counter() - started
+
+
+def existing(url: str, artifacts: int) -> Index:
+    """The size of an index built earlier for ``artifacts`` files (refused if it differs)."""
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        count = connection.execute(sa.select(sa.func.max(Package.id))).scalar_one()
+        versions = connection.execute(sa.select(sa.func.max(Version.id))).scalar_one()
+        files = connection.execute(sa.select(sa.func.max(Artifact.id))).scalar_one()
+    engine.dispose()
+    if count != packages_for(artifacts):
+        raise SystemExit(f"{url} holds {count} packages, not an index of {artifacts} artifacts")
+    return Index(count, versions, files)
 
 
 def _artifact_rows(
@@ -352,7 +365,9 @@ def measure(
     ready = context.Event()
     child = context.Process(target=serve, args=(url, data_dir, port, ready), daemon=True)
     child.start()
-    engine = make_engine(url, read_only=True)
+    writer = make_engine(url)
+    # The same read-only sessions as the server's (on SQLite: plain BEGIN, file mapped).
+    reader, engine = read_only_sessionmaker(make_sessionmaker(writer))
     results: dict[str, Any] = {}
     try:
         ready.wait(60)
@@ -376,8 +391,9 @@ def measure(
                     elapsed = time.perf_counter() - started
                     assert response.status_code == 200, body[:300]
                     parsed = [key_of(i, v) for i, v in zip(picks, versions, strict=True)]
-                    with engine.connect() as connection:
-                        statement = full_query(connection, parsed)
+                    with reader() as session:
+                        statement = full_query(session, parsed)
+                        connection = session.connection()
                         started_sql = time.perf_counter()
                         found = connection.execute(statement).all()
                         sql_elapsed = time.perf_counter() - started_sql
@@ -395,8 +411,11 @@ def measure(
                     "sql": sql,
                     "http_over_sql_p50": round(http["p50_ms"] / max(sql["p50_ms"], 0.001), 2),
                 }
+                print(f"  {batch} keys: {json.dumps(results[str(batch)])}", file=sys.stderr)
     finally:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
+        writer.dispose()
         child.terminate()
         child.join(30)
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -476,6 +495,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="timed rounds per batch size")
     parser.add_argument("--stores", default="sqlite,postgresql")
     parser.add_argument("--postgres-url", help="an empty PostgreSQL database to use")
+    parser.add_argument(
+        "--sqlite-path", help="keep the SQLite index here, and reuse it if it already exists"
+    )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -487,15 +509,25 @@ def main() -> None:
     }
     for store in args.stores.split(","):
         with contextlib.ExitStack() as stack:
+            reuse = False
             if store == "sqlite":
-                directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="forage-bench-"))
-                url = f"sqlite:///{directory}/forage.db"
+                if args.sqlite_path:
+                    path = Path(args.sqlite_path).resolve()
+                    reuse = path.exists()
+                else:
+                    temporary = tempfile.TemporaryDirectory(prefix="forage-bench-")
+                    path = Path(stack.enter_context(temporary)) / "forage.db"
+                url = f"sqlite:///{path}"
             elif store == "postgresql":
                 url = args.postgres_url or stack.enter_context(throwaway_postgres())
             else:
                 raise SystemExit(f"unknown store {store!r}: sqlite or postgresql")
-            index, seconds = build(url, args.artifacts)
-            print(f"{store}: built {index} in {seconds:.1f}s", file=sys.stderr)
+            if reuse:
+                index, seconds = existing(url, args.artifacts), 0.0
+                print(f"{store}: reusing {index} from {path}", file=sys.stderr)
+            else:
+                index, seconds = build(url, args.artifacts)
+                print(f"{store}: built {index} in {seconds:.1f}s", file=sys.stderr)
             report["stores"][store] = {
                 "index": {
                     "packages": index.packages,
