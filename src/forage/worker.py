@@ -15,7 +15,8 @@ at once. Modes: ``forever`` (until stopped), ``once`` (one batch), ``drain`` (un
 ready and none runs anywhere; jobs scheduled for later are left).
 
 Shared resources live in :class:`JobContext`, built once per worker by :func:`job_context`:
-the config, the sessionmaker, one ``httpx.AsyncClient`` per configured registry.
+the config, the sessionmaker, one ``httpx.AsyncClient`` per configured registry
+(:func:`registry_client`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -330,6 +332,24 @@ class Worker:
                     entry.task.cancel()
 
 
+def registry_client(*, max_connections: int) -> httpx.AsyncClient:
+    """One registry's shared client: the httpx API over aiohttp's connection pool.
+
+    httpcore's pool costs about 2 ms of CPU per request and grows with the number of
+    connections (each request scans every connection's state), a third of an import's CPU;
+    aiohttp's pool (through ``httpx-aiohttp``) costs about a quarter of that. Proxies named
+    in the environment still apply: httpx mounts its own transport for them.
+    """
+    limits = httpx.Limits(max_connections=max_connections)
+    return httpx.AsyncClient(
+        transport=AiohttpTransport(limits=limits),
+        headers={"User-Agent": USER_AGENT},
+        limits=limits,
+        timeout=httpx.Timeout(60.0, connect=15.0),
+        follow_redirects=False,
+    )
+
+
 @asynccontextmanager
 async def job_context(
     config: Config, sessionmaker: sessionmaker[Session], *, owner: str | None = None
@@ -339,12 +359,7 @@ async def job_context(
     try:
         for ecosystem in config.configured_registries():
             registry = config.registry(ecosystem)
-            clients[ecosystem] = httpx.AsyncClient(
-                headers={"User-Agent": USER_AGENT},
-                limits=httpx.Limits(max_connections=registry.max_connections),
-                timeout=httpx.Timeout(60.0, connect=15.0),
-                follow_redirects=False,
-            )
+            clients[ecosystem] = registry_client(max_connections=registry.max_connections)
         yield JobContext(
             config=config,
             sessionmaker=sessionmaker,
