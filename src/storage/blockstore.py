@@ -8,31 +8,46 @@ does the same).
 ``FilesystemBlockstore`` is the embedded default. Its layout follows Kubo's flatfs
 ``next-to-last/2`` sharding: ``blocks/<XY>/<KEY>.data`` where KEY is the unpadded upper-case
 base32 of the multihash and XY its next-to-last two characters. Paths are only ever built from
-a parsed CID's multihash, never from caller text. Writes are atomic (temp file, fsync,
-rename, fsync of the directory). Staged batches (``store.batch()``) write into a private
-directory under ``staging/`` on the same filesystem and move into place only when the
-``with`` block exits cleanly; on an exception or a full disk they are removed. Each staging
-directory is guarded by an ``flock``-ed lock file, so opening the store removes what killed
-processes left behind and never what live writers (threads or processes) are using.
+a parsed CID's multihash, never from caller text.
 
-Spec of the layout: https://github.com/ipfs/go-ds-flatfs (``next-to-last/2``).
+Writes go through batches (``store.batch()``; ``put`` is a batch of one). A batch keeps its
+first blocks in memory (at most ``BATCH_BUFFER`` bytes) and writes the rest as files in the
+store's staging directory, ``staging/<id>/``, on the same filesystem; nothing is visible
+until the ``with`` block exits cleanly, and on an exception or a full disk the staged files
+are removed. A clean exit commits: staged data is made durable, each file is renamed into its
+shard, and the renames are made durable before ``commit`` returns, so a block is never
+visible half-written and a committed batch survives a power cut. Batches of different threads
+that commit at the same moment share those syncs (group commit): with ``sync="syncfs"`` (the
+default on Linux) one ``syncfs(2)`` before the renames and one after serve every batch of the
+group, however many files it holds; with ``sync="fsync"`` each staged file is fsynced as it
+is written and each shard directory once per group. The staging directory lives while any
+batch is open and is guarded by an ``flock``-ed ``<id>.lock``, so opening the store removes
+what killed processes left behind and never what live writers (threads or processes) use.
+
+Spec of the layout: https://github.com/ipfs/go-ds-flatfs (``next-to-last/2``); of the syncs:
+syncfs(2), fsync(2) and rename(2) in the Linux man-pages.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
+import ctypes.util
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import re
 import shutil
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from multiformats import CID
 
@@ -40,9 +55,11 @@ from storage.cid import RAW, Block, parse_cid, verify_block
 from storage.errors import BlockNotFound, BlockstoreError, BlockstoreFull, StorageError
 
 __all__ = [
+    "BATCH_BUFFER",
     "BlockSink",
     "BlockSource",
     "Blockstore",
+    "CommitStats",
     "FilesystemBlockstore",
     "MemoryBlockstore",
 ]
@@ -51,6 +68,12 @@ log = logging.getLogger(__name__)
 
 _KEY_FILE = re.compile(r"[A-Z2-7]{4,}\.data")
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+#: Bytes a filesystem batch keeps in memory before it writes staged files: a small artifact's
+#: blocks reach the disk once, at commit, and a batch never holds more than this.
+BATCH_BUFFER = 256 * 1024
+
+Sync = Literal["syncfs", "fsync"]
 
 
 class BlockSink(Protocol):
@@ -170,6 +193,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _load_syncfs() -> Callable[[int], int] | None:
+    """``syncfs(2)`` from the C library, or ``None`` where there is none (not Linux)."""
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNCFS = _load_syncfs()
+
+
+def _syncfs(path: Path) -> None:
+    """Write back every dirty page and inode of the filesystem holding ``path``."""
+    if _SYNCFS is None:
+        raise OSError(errno.ENOSYS, "syncfs(2) is not available", str(path))
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _SYNCFS(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), str(path))
+    finally:
+        os.close(fd)
+
+
 class _StagingArea:
     """A private directory under ``staging/``, guarded by an ``flock`` on ``<name>.lock``.
 
@@ -209,6 +259,35 @@ class _StagingArea:
         os.close(self._lock_fd)
 
 
+class _Staging:
+    """The store's staging area, shared by its open batches: created when the first one needs
+    it, removed when the last one ends (one directory and lock per busy period, not per batch).
+    """
+
+    def __init__(self, staging: Path) -> None:
+        self._staging = staging
+        self._lock = threading.Lock()
+        self._area: _StagingArea | None = None
+        self._users = 0
+        self._names = itertools.count()
+
+    def acquire(self) -> tuple[Path, str]:
+        """The area's directory and a file-name prefix no other batch uses; pair with
+        ``release``."""
+        with self._lock:
+            if self._area is None:
+                self._area = _StagingArea(self._staging)
+            self._users += 1
+            return self._area.path, f"{next(self._names)}."
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._area is not None:
+                self._area.release()
+                self._area = None
+
+
 def _remove_stale_staging(staging: Path) -> int:
     """Remove staging directories and lock files whose writer is gone; return how many."""
     removed = 0
@@ -245,54 +324,162 @@ def _remove_stale_staging(staging: Path) -> int:
 
 
 class _FilesystemBatch:
-    """Blocks written to a staging directory, moved into the store by ``commit``."""
+    """Blocks held in memory (up to ``BATCH_BUFFER`` bytes) or written to staged files, moved
+    into the store by ``commit``. Entering a batch does no I/O."""
 
     def __init__(self, store: FilesystemBlockstore) -> None:
         self._store = store
-        self._area = _StagingArea(store.root / "staging")
-        self._keys: dict[str, None] = {}
+        self._buffer: dict[str, bytes] = {}
+        self._buffered = 0
+        self._staged: dict[str, Path] = {}
+        self._present: set[Path] = set()
+        self._area: tuple[Path, str] | None = None
         self._closed = False
 
     def put(self, block: Block) -> None:
-        """Stage ``block`` (written and fsynced now, visible after commit)."""
+        """Stage ``block`` (kept or written now, visible after commit)."""
         if self._closed:
             raise StorageError("put() on a batch that is already committed or discarded")
         key = self._store._key(block.cid)
-        if key in self._keys or self._store._path(key).exists():
+        if key in self._buffer or key in self._staged:
             return
-        staged = self._area.path / f"{key}.data"
+        final = self._store._path(key)
+        if final.exists():
+            # Another writer's rename may not be durable yet: the commit syncs its shard.
+            self._present.add(final.parent)
+            return
+        data = bytes(block.data)
+        if self._buffered + len(data) <= BATCH_BUFFER:
+            self._buffer[key] = data
+            self._buffered += len(data)
+            return
         try:
-            _write_file(staged, block.data, durable=self._store.durable)
+            self._write_buffer()
+            self._write(key, data)
         except OSError as exc:
             raise _translate(exc, f"staging block {block.cid}") from exc
-        self._keys[key] = None
+
+    def _write(self, key: str, data: bytes) -> None:
+        if self._area is None:
+            self._area = self._store._staging.acquire()  # the batch's first file
+        directory, prefix = self._area
+        path = directory / f"{prefix}{key}.data"
+        _write_file(path, data, fsync=self._store._sync == "fsync")
+        self._staged[key] = path
+
+    def _write_buffer(self) -> None:
+        while self._buffer:
+            key, data = next(iter(self._buffer.items()))
+            self._write(key, data)
+            del self._buffer[key]
+        self._buffered = 0
 
     def commit(self) -> None:
-        """Move every staged block into place, then make the renames durable."""
+        """Write what is still in memory, then move every staged block into place durably."""
         self._closed = True
-        shards: set[Path] = set()
         try:
-            for key in self._keys:
-                final = self._store._path(key)
-                if final.parent not in shards:
-                    final.parent.mkdir(exist_ok=True)
-                    shards.add(final.parent)
-                os.replace(self._area.path / f"{key}.data", final)
-            if self._store.durable:
-                for shard in shards:
-                    _fsync_dir(shard)
+            self._write_buffer()
+            if self._staged or (self._present and self._store.durable):
+                self._store._committer.commit(self._staged.items(), self._present)
         except OSError as exc:
+            self.discard()
             raise _translate(exc, "committing staged blocks") from exc
-        finally:
-            self._area.release()
+        except BaseException:
+            self.discard()
+            raise
+        self._release()
 
     def discard(self) -> None:
-        """Remove every staged block."""
+        """Forget every staged block and remove whatever of it is still in staging."""
         self._closed = True
-        self._area.release()
+        self._buffer.clear()
+        self._buffered = 0
+        for path in self._staged.values():
+            path.unlink(missing_ok=True)
+        self._release()
+
+    def _release(self) -> None:
+        self._staged.clear()
+        self._present.clear()
+        if self._area is not None:
+            self._area = None
+            self._store._staging.release()
 
 
-def _write_file(path: Path, data: bytes, *, durable: bool) -> None:
+@dataclass(frozen=True, slots=True)
+class CommitStats:
+    """How many batches wrote files and were committed, and in how many groups (sync rounds):
+    the ratio is what group commit saved."""
+
+    batches: int
+    groups: int
+
+
+class _Group:
+    """What the batches that commit together need: their staged files, the shards of blocks
+    they found already in place, and how their commit ended."""
+
+    __slots__ = ("done", "error", "files", "present")
+
+    def __init__(self) -> None:
+        self.files: list[tuple[str, Path]] = []
+        self.present: set[Path] = set()
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class _GroupCommitter:
+    """Moves staged files into place for every thread committing at the same moment.
+
+    A thread that commits while another group is being committed joins the next group; the
+    first of its members to get there commits it for all. So concurrent batches share the
+    store's syncs instead of paying for them one by one.
+    """
+
+    def __init__(self, store: FilesystemBlockstore) -> None:
+        self._store = store
+        self._cond = threading.Condition()
+        self._next = _Group()
+        self._busy = False
+        self.batches = 0
+        self.groups = 0
+
+    def commit(self, files: Iterable[tuple[str, Path]], present: Iterable[Path] = ()) -> None:
+        """Return once the staged ``(key, path)`` files are in place and they and the
+        ``present`` shards are durable; raise ``OSError`` if the group they were committed
+        with failed (then some of its files may be in place, none half-written)."""
+        with self._cond:
+            group = self._next
+            group.files.extend(files)
+            group.present.update(present)
+            self.batches += 1
+            while not group.done:
+                if self._busy:
+                    self._cond.wait()
+                    continue
+                self._busy = True
+                self._next = _Group()
+                self.groups += 1
+                self._cond.release()
+                try:
+                    self._store._move_into_place(group.files, group.present)
+                except BaseException as exc:
+                    group.error = exc
+                    if not isinstance(exc, Exception):
+                        raise
+                finally:
+                    self._cond.acquire()
+                    group.done = True
+                    self._busy = False
+                    self._cond.notify_all()
+        error = group.error
+        if isinstance(error, OSError):
+            raise OSError(error.errno, error.strerror, error.filename) from error
+        if error is not None:
+            raise BlockstoreError(f"committing staged blocks: {error!r}") from error
+
+
+def _write_file(path: Path, data: bytes, *, fsync: bool) -> None:
     """Write ``data`` to a new file; on any failure remove what was written."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -300,7 +487,7 @@ def _write_file(path: Path, data: bytes, *, durable: bool) -> None:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        if durable:
+        if fsync:
             os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -312,13 +499,24 @@ def _write_file(path: Path, data: bytes, *, durable: bool) -> None:
 class FilesystemBlockstore:
     """Blocks as files under ``root``, flatfs-style; see the module docstring for the layout.
 
-    ``durable=False`` skips fsync (for tests and throwaway stores). Opening the store creates
-    its directories and removes staging left by killed writers.
+    ``durable=False`` skips every sync (for tests and throwaway stores). ``sync`` chooses how
+    a commit is made durable: ``"syncfs"`` (one ``syncfs(2)`` before and one after a group's
+    renames; the default where the C library has it, else ``"fsync"``) or ``"fsync"`` (each
+    staged file as it is written, then each shard directory a group touched). Opening the
+    store creates its directories and removes staging left by killed writers.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, durable: bool = True) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, durable: bool = True, sync: Sync | None = None
+    ) -> None:
+        if sync not in (None, "syncfs", "fsync"):
+            raise StorageError(f"unknown sync {sync!r}: use 'syncfs' or 'fsync'")
+        if sync == "syncfs" and _SYNCFS is None:
+            raise StorageError("syncfs(2) is not available on this system: use sync='fsync'")
         self.root = Path(root)
         self.durable = durable
+        chosen: Sync = sync or ("syncfs" if _SYNCFS is not None else "fsync")
+        self._sync: Sync | None = chosen if durable else None
         try:
             (self.root / "blocks").mkdir(parents=True, exist_ok=True)
             (self.root / "staging").mkdir(exist_ok=True)
@@ -327,6 +525,18 @@ class FilesystemBlockstore:
             raise _translate(exc, f"opening blockstore {self.root}") from exc
         if removed:
             log.info("blockstore %s: removed %d stale staging entries", self.root, removed)
+        self._staging = _Staging(self.root / "staging")
+        self._committer = _GroupCommitter(self)
+
+    @property
+    def sync(self) -> Sync | None:
+        """How commits are made durable (``None`` when the store is not durable)."""
+        return self._sync
+
+    @property
+    def commit_stats(self) -> CommitStats:
+        """Batches committed so far by this instance, and the sync rounds they took."""
+        return CommitStats(self._committer.batches, self._committer.groups)
 
     def __repr__(self) -> str:
         return f"FilesystemBlockstore({str(self.root)!r})"
@@ -338,6 +548,33 @@ class FilesystemBlockstore:
 
     def _path(self, key: str) -> Path:
         return self.root / "blocks" / key[-3:-1] / f"{key}.data"
+
+    def _move_into_place(self, staged: list[tuple[str, Path]], present: set[Path]) -> None:
+        """Make the staged files' data durable, rename each into its shard (creating the
+        shard on first use), then make the renames, and those of the ``present`` shards'
+        blocks, durable."""
+        if self._sync == "syncfs":
+            _syncfs(self.root)
+            if not staged:
+                return
+        shards = set(present)
+        created = False
+        for key, path in staged:
+            final = self._path(key)
+            try:
+                os.replace(path, final)
+            except FileNotFoundError:
+                final.parent.mkdir(exist_ok=True)
+                created = True
+                os.replace(path, final)
+            shards.add(final.parent)
+        if self._sync == "syncfs":
+            _syncfs(self.root)
+        elif self._sync == "fsync":
+            for shard in shards:
+                _fsync_dir(shard)
+            if created:
+                _fsync_dir(self.root / "blocks")
 
     def has(self, cid: CID) -> bool:
         """Whether a block with ``cid``'s multihash is stored."""
@@ -357,8 +594,6 @@ class FilesystemBlockstore:
 
     def put(self, block: Block) -> None:
         """Store ``block`` atomically and durably (a batch of one)."""
-        if self.has(block.cid):
-            return
         with self.batch() as batch:
             batch.put(block)
 
@@ -392,10 +627,7 @@ class FilesystemBlockstore:
 
         Raises ``BlockstoreFull`` (staged blocks removed) when the disk fills up.
         """
-        try:
-            batch = _FilesystemBatch(self)
-        except OSError as exc:
-            raise _translate(exc, f"creating a staging area in {self.root}") from exc
+        batch = _FilesystemBatch(self)
         try:
             yield batch
         except BaseException:

@@ -1,11 +1,15 @@
-"""Blockstores (storage.blockstore): one conformance suite for every backend, then the
-filesystem store's layout, corruption checks, concurrency, crash cleanup and full disks."""
+"""Blockstores (storage.blockstore): one conformance suite for every backend (the filesystem
+store in both sync modes), then the filesystem store's layout, corruption checks, concurrency,
+crash cleanup, full disks, and durability: a commit returns only once its pages are written
+back, and batches committing at once share their syncs."""
 
 from __future__ import annotations
 
 import base64
+import ctypes
 import inspect
 import json
+import mmap
 import os
 import shutil
 import signal
@@ -18,7 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from storage.blockstore import Blockstore, FilesystemBlockstore, MemoryBlockstore
+from storage.blockstore import (
+    BATCH_BUFFER,
+    Blockstore,
+    CommitStats,
+    FilesystemBlockstore,
+    MemoryBlockstore,
+)
 from storage.cid import DAG_PB, Block, block_cid, parse_cid
 from storage.errors import BlockNotFound, IntegrityError, InvalidCID, StorageError
 
@@ -28,12 +38,16 @@ def _block(data: bytes, *, codec: int = 0x55) -> Block:
 
 
 BLOCKS = [_block(b"block %d" % index) for index in range(20)]
+#: Blocks that overflow a batch's memory buffer, so most of them are staged as files.
+STAGED = [_block(b"staged block %d;" % index * 2048) for index in range(20)]
 
 
-@pytest.fixture(params=["filesystem", "memory"])
+@pytest.fixture(params=["filesystem", "filesystem-fsync", "memory"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Blockstore]:
     if request.param == "filesystem":
         yield FilesystemBlockstore(tmp_path / "blocks")
+    elif request.param == "filesystem-fsync":
+        yield FilesystemBlockstore(tmp_path / "blocks", sync="fsync")
     else:
         yield MemoryBlockstore()
 
@@ -200,7 +214,8 @@ WRITER = textwrap.dedent(
     from storage import Block, FilesystemBlockstore, block_cid
     root, mode = sys.argv[1], sys.argv[2]
     store = FilesystemBlockstore(root)
-    blocks = [Block(block_cid(b"block %d" % i), b"block %d" % i) for i in range(20)]
+    data = [b"staged block %d;" % i * 2048 for i in range(20)]
+    blocks = [Block(block_cid(d), d) for d in data]
     with store.batch() as batch:
         for block in blocks:
             batch.put(block)
@@ -229,19 +244,21 @@ def test_concurrent_processes_writing_the_same_blocks(tmp_path: Path) -> None:
     assert [writer.returncode for writer in writers] == [0, 0, 0, 0]
     assert all(output.split() == ["staged", "committed"] for output in outputs)
     store = FilesystemBlockstore(tmp_path)
-    assert all(store.get(block.cid) == block for block in BLOCKS)
+    assert all(store.get(block.cid) == block for block in STAGED)
     assert list((tmp_path / "staging").iterdir()) == []
 
 
 def test_staging_of_a_killed_writer_is_removed_when_the_store_is_opened(tmp_path: Path) -> None:
+    assert sum(len(block.data) for block in STAGED) > BATCH_BUFFER
     writer = _writer(tmp_path, "kill")
     writer.communicate(timeout=60)
     assert writer.returncode == -signal.SIGKILL
     leftovers = list((tmp_path / "staging").iterdir())
     assert len(leftovers) == 2  # the batch directory and its lock
+    assert len(list((tmp_path / "staging").rglob("*.data"))) > 10  # staged blocks
     store = FilesystemBlockstore(tmp_path)
     assert list((tmp_path / "staging").iterdir()) == []
-    assert not any(store.has(block.cid) for block in BLOCKS)
+    assert not any(store.has(block.cid) for block in STAGED)
 
 
 def test_opening_the_store_leaves_a_live_writers_staging_alone(tmp_path: Path) -> None:
@@ -253,7 +270,7 @@ def test_opening_the_store_leaves_a_live_writers_staging_alone(tmp_path: Path) -
     assert writer.communicate("go\n", timeout=60)[0] == "committed\n"
     assert writer.returncode == 0
     store = FilesystemBlockstore(tmp_path)
-    assert all(store.get(block.cid) == block for block in BLOCKS)
+    assert all(store.get(block.cid) == block for block in STAGED)
 
 
 FULL_DISK = textwrap.dedent(
@@ -306,6 +323,138 @@ def test_a_full_disk_raises_blockstore_full_and_removes_the_staged_blocks(
     assert report["staging"] == []
     assert report["stored"] == []
     assert report["after"] is True
+
+
+# Durability --------------------------------------------------------------------------------
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _resident_pages(path: Path) -> int:
+    """How many of the file's pages sit in the page cache (mincore(2) over a mapping)."""
+    size = path.stat().st_size
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        flags = (ctypes.c_ubyte * -(-size // mmap.PAGESIZE))()
+        start = ctypes.c_char.from_buffer(mapped)
+        try:
+            address = ctypes.c_void_p(ctypes.addressof(start))
+            assert _LIBC.mincore(address, ctypes.c_size_t(size), flags) == 0, ctypes.get_errno()
+        finally:
+            del start
+    return sum(flag & 1 for flag in flags)
+
+
+def _unwritten_pages(root: Path) -> int:
+    """Pages of stored blocks that are still only in memory: clean pages are dropped from the
+    cache on request, pages not yet written back (dirty or in flight) are not."""
+    unwritten = 0
+    for path in (root / "blocks").rglob("*.data"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        unwritten += _resident_pages(path)
+    return unwritten
+
+
+@pytest.mark.parametrize("sync", ["syncfs", "fsync"])
+def test_a_commit_returns_only_once_its_blocks_are_on_disk(tmp_path: Path, sync: str) -> None:
+    """After a durable commit (both sync modes) every stored page has been written back; a
+    store with durable=False returns with its pages still in memory (the check can fail)."""
+    if "tmpfs" in _filesystem_type(tmp_path):
+        pytest.skip("tmpfs pages are never written back")
+    durable = FilesystemBlockstore(tmp_path / "durable", sync=sync)  # type: ignore[arg-type]
+    assert durable.sync == sync
+    with durable.batch() as batch:
+        for block in STAGED:
+            batch.put(block)
+    assert _unwritten_pages(tmp_path / "durable") == 0
+    fast = FilesystemBlockstore(tmp_path / "fast", durable=False)
+    assert fast.sync is None
+    with fast.batch() as batch:
+        for block in STAGED:
+            batch.put(block)
+    assert _unwritten_pages(tmp_path / "fast") > 0
+
+
+def _filesystem_type(path: Path) -> str:
+    """The type of the filesystem mounted deepest above ``path`` (from /proc/mounts)."""
+    best, kind = "", ""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        mount_point, fs_type = line.split()[1:3]
+        if str(path).startswith(mount_point) and len(mount_point) > len(best):
+            best, kind = mount_point, fs_type
+    return kind
+
+
+@pytest.mark.parametrize("sync", ["syncfs", "fsync"])
+def test_batches_committing_at_once_share_their_syncs(tmp_path: Path, sync: str) -> None:
+    """Eight threads stage their own blocks and commit at the same moment: every block lands,
+    and the commits were made durable in fewer sync rounds than there were batches."""
+    store = FilesystemBlockstore(tmp_path, sync=sync)  # type: ignore[arg-type]
+    start = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def write(index: int) -> None:
+        try:
+            with store.batch() as batch:
+                for number in range(40):
+                    data = b"thread %d block %d;" % (index, number) * 1024
+                    batch.put(Block(block_cid(data), data))
+                start.wait(timeout=30)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(list(store.iterate())) == 8 * 40
+    stats = store.commit_stats
+    assert stats.batches == 8
+    assert 1 <= stats.groups < 8
+    assert list((tmp_path / "staging").iterdir()) == []
+
+
+def test_a_batch_of_blocks_already_stored_still_waits_for_a_sync(tmp_path: Path) -> None:
+    """Another writer's rename of the same block may not be durable yet, so a batch that
+    found every block in place commits a sync round of its own (durable stores only)."""
+    store = FilesystemBlockstore(tmp_path / "a")
+    store.put(BLOCKS[9])
+    before = store.commit_stats
+    with store.batch() as batch:
+        batch.put(BLOCKS[9])
+    assert store.commit_stats == CommitStats(before.batches + 1, before.groups + 1)
+    fast = FilesystemBlockstore(tmp_path / "b", durable=False)
+    fast.put(BLOCKS[9])
+    fast.put(BLOCKS[9])
+    assert fast.commit_stats == CommitStats(1, 1)
+
+
+def test_small_batches_stay_in_memory_until_they_commit(tmp_path: Path) -> None:
+    """Blocks up to BATCH_BUFFER bytes are written once, at commit; past it they are staged
+    as files as they come (so memory stays bounded), and a discard removes those files."""
+    store = FilesystemBlockstore(tmp_path)
+    staging = tmp_path / "staging"
+    with store.batch() as batch:
+        batch.put(BLOCKS[10])
+        assert list(staging.iterdir()) == []
+    assert store.get(BLOCKS[10].cid) == BLOCKS[10]
+    with pytest.raises(KeyError), store.batch() as batch:
+        for block in STAGED:
+            batch.put(block)
+        assert len(list(staging.rglob("*.data"))) > 10
+        raise KeyError("a digest mismatch, say")
+    assert list(staging.iterdir()) == []
+    assert not any(store.has(block.cid) for block in STAGED)
+
+
+def test_an_unknown_sync_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="unknown sync 'fdatasync'"):
+        FilesystemBlockstore(tmp_path, sync="fdatasync")  # type: ignore[arg-type]
 
 
 def test_parse_cid_is_how_keys_are_made(tmp_path: Path) -> None:
