@@ -20,7 +20,8 @@ jitter, or makes it ``dead`` when attempts are used up or the error is permanent
 extend their leases with :func:`heartbeat`; an expired lease makes the job claimable again,
 and :func:`reap_expired` buries a job whose lease expired on its last attempt.
 
-Claiming is one statement. On PostgreSQL: ``WITH claimable AS MATERIALIZED (SELECT id ...
+Claiming is one statement per kind of ready job (expired leases, then due queued jobs), each
+reading its index in order. On PostgreSQL: ``WITH claimable AS MATERIALIZED (SELECT id ...
 LIMIT n FOR UPDATE SKIP LOCKED) UPDATE jobs ... FROM claimable ... RETURNING ...``: workers
 on many machines never wait for each other nor take the same row
 (https://www.postgresql.org/docs/current/sql-select.html#SQL-FOR-UPDATE-SHARE); the CTE
@@ -251,19 +252,25 @@ def _json_body(kind: str, payload: Mapping[str, Any]) -> Any:
         raise TypeError(f"job {kind!r}: payload must be JSON-serializable: {exc}") from exc
 
 
-def _claimable(now: datetime, policy: RetryPolicy, kinds: Collection[str] | None) -> Any:
+def _claimable(
+    now: datetime, policy: RetryPolicy, kinds: Collection[str] | None
+) -> tuple[Any, Any]:
+    """The two kinds of claimable job, each matching one index, so that each claim reads
+    ``limit`` rows in index order: running under an expired lease with attempts left
+    (``state, lease_expires_at``), and queued and due (``state, run_after``; SQLite
+    appends the rowid, so that index is already in ``run_after, id`` order). One ``OR``
+    of both made the databases gather and sort every due job of every kind, on each claim."""
     limit = sa.func.coalesce(_jobs.c.max_attempts, policy.max_attempts)
-    condition = sa.or_(
-        sa.and_(_jobs.c.state == JobState.QUEUED, _jobs.c.run_after <= now),
-        sa.and_(
-            _jobs.c.state == JobState.RUNNING,
-            _jobs.c.lease_expires_at < now,
-            _jobs.c.attempts < limit,
-        ),
+    expired = sa.and_(
+        _jobs.c.state == JobState.RUNNING,
+        _jobs.c.lease_expires_at < now,
+        _jobs.c.attempts < limit,
     )
+    due = sa.and_(_jobs.c.state == JobState.QUEUED, _jobs.c.run_after <= now)
     if kinds is not None:
-        condition = sa.and_(condition, _jobs.c.kind.in_(sorted(kinds)))
-    return condition
+        chosen = _jobs.c.kind.in_(sorted(kinds))
+        expired, due = sa.and_(expired, chosen), sa.and_(due, chosen)
+    return expired, due
 
 
 def claim(
@@ -277,19 +284,39 @@ def claim(
 ) -> list[Job]:
     """Lease up to ``limit`` ready jobs (of ``kinds``, if given) to ``owner``, oldest first.
 
-    Ready means queued with ``run_after`` passed, or running under an expired lease with
-    attempts left. Commit right after: the lease counts from ``now``.
+    Ready means running under an expired lease with attempts left (taken first: their
+    worker died), or queued with ``run_after`` passed. Commit right after: the lease counts
+    from ``now``.
     """
     if limit < 1 or (kinds is not None and not kinds):
         return []
     now = now or utcnow()
-    eligible = _claimable(now, policy, kinds)
-    candidates = (
-        sa.select(_jobs.c.id).where(eligible).order_by(_jobs.c.run_after, _jobs.c.id).limit(limit)
-    )
-    if _is_sqlite(session):
-        # SQLite runs the uncorrelated subquery once, under the writer's lock.
-        chosen = _jobs.c.id.in_(candidates.scalar_subquery())
+    rows: list[Any] = []
+    for eligible in _claimable(now, policy, kinds):
+        if len(rows) < limit:
+            rows += session.execute(
+                _claim_statement(session, eligible, limit - len(rows), owner, policy, now)
+            ).all()
+    jobs = sorted((_job(row, policy) for row in rows), key=lambda job: job.id)
+    for job in jobs:
+        log.debug("claimed job %d %s attempt %d for %s", job.id, job.kind, job.attempt, owner)
+    return jobs
+
+
+def _claim_statement(
+    session: Session, eligible: Any, limit: int, owner: str, policy: RetryPolicy, now: datetime
+) -> Any:
+    # Oldest first, in the order of the index the condition uses, so that the scan stops
+    # after ``limit`` rows: SQLite's index ends with the rowid; a PostgreSQL index does not,
+    # and ordering ties (a batch enqueued at one instant) by id would sort them all.
+    sqlite = _is_sqlite(session)
+    order = (_jobs.c.run_after, _jobs.c.id) if sqlite else (_jobs.c.run_after,)
+    candidates = sa.select(_jobs.c.id).where(eligible).order_by(*order).limit(limit)
+    if sqlite:
+        # SQLite runs the uncorrelated subquery once, under the writer's lock, so the rows
+        # it picks are still eligible; repeating the condition outside would make SQLite
+        # scan the condition's index for the UPDATE instead of looking the ids up.
+        where = _jobs.c.id.in_(candidates.scalar_subquery())
     else:
         # A materialized CTE locks exactly ``limit`` rows once; ``IN (subquery)`` may be
         # rescanned by the planner and claim more than asked.
@@ -298,10 +325,10 @@ def claim(
             .cte("claimable")
             .prefix_with("MATERIALIZED")
         )
-        chosen = _jobs.c.id == locked.c.id
-    statement = (
+        where = sa.and_(_jobs.c.id == locked.c.id, eligible)
+    return (
         sa.update(_jobs)
-        .where(chosen, eligible)
+        .where(where)
         .values(
             state=JobState.RUNNING,
             attempts=_jobs.c.attempts + 1,
@@ -311,11 +338,6 @@ def claim(
         )
         .returning(*_jobs.c)
     )
-    rows = session.execute(statement).all()
-    jobs = sorted((_job(row, policy) for row in rows), key=lambda job: job.id)
-    for job in jobs:
-        log.debug("claimed job %d %s attempt %d for %s", job.id, job.kind, job.attempt, owner)
-    return jobs
 
 
 def _job(row: Any, policy: RetryPolicy) -> Job:

@@ -79,6 +79,76 @@ def test_running_job_does_not_absorb_a_new_request(db_session: Session) -> None:
     assert row(db_session, second).state is JobState.QUEUED
 
 
+def test_enqueue_many_adds_one_job_per_key_in_the_callers_transaction(
+    db_session: Session,
+) -> None:
+    ids = jobs.enqueue_many(
+        db_session, "archive", {f"archive:{n}": {"artifact_id": n} for n in (7, 8, 9)}, now=NOW
+    )
+    assert sorted(ids) == ["archive:7", "archive:8", "archive:9"]
+    assert len(set(ids.values())) == 3
+    for key, job_id in ids.items():
+        record = row(db_session, job_id)
+        assert (record.kind, record.dedup_key, record.state) == ("archive", key, JobState.QUEUED)
+        assert record.payload == {"artifact_id": int(key.split(":")[1])}
+        assert (record.run_after, record.attempts) == (NOW, 0)
+    nested = db_session.begin_nested()
+    rolled_back = jobs.enqueue_many(db_session, "archive", {"archive:10": {}}, now=NOW)
+    nested.rollback()
+    assert db_session.get(JobRecord, rolled_back["archive:10"]) is None
+
+
+def test_enqueue_many_merges_into_queued_twins_like_enqueue(db_session: Session) -> None:
+    """A queued job with the key absorbs the request (the earlier run_after wins); a running
+    one does not, so the change gets a run of its own."""
+    later = NOW + timedelta(hours=1)
+    queued = jobs.enqueue(db_session, "sync", {"n": 1}, dedup_key="a", run_after=later, now=NOW)
+    running = jobs.enqueue(db_session, "sync", {"n": 2}, dedup_key="b", now=NOW)
+    assert [j.id for j in claim(db_session, kinds={"sync"}, limit=1, at=NOW)] == [running]
+
+    ids = jobs.enqueue_many(db_session, "sync", {"a": {"n": 1}, "b": {"n": 2}}, now=NOW)
+    assert ids["a"] == queued
+    assert row(db_session, queued).run_after == NOW
+    assert ids["b"] != running
+    assert row(db_session, ids["b"]).state is JobState.QUEUED
+
+    # A later wish does not postpone the queued job.
+    again = jobs.enqueue_many(db_session, "sync", {"a": {"n": 1}}, run_after=later, now=NOW)
+    assert again == {"a": queued}
+    assert row(db_session, queued).run_after == NOW
+    count = db_session.execute(sa.select(sa.func.count()).select_from(JobRecord)).scalar_one()
+    assert count == 3
+
+
+def test_enqueue_many_checks_its_input(db_session: Session) -> None:
+    assert jobs.enqueue_many(db_session, "sync", {}) == {}
+    with pytest.raises(ValueError, match="kind must not be empty"):
+        jobs.enqueue_many(db_session, "", {"a": {}})
+    with pytest.raises(TypeError, match="'sync': payload must be JSON-serializable"):
+        jobs.enqueue_many(db_session, "sync", {"a": {"when": NOW}})
+
+
+def test_complete_many_finishes_only_the_jobs_the_owner_holds(db_session: Session) -> None:
+    mine = [jobs.enqueue(db_session, "sync", {"n": n}, now=NOW) for n in range(3)]
+    theirs = jobs.enqueue(db_session, "other", {}, now=NOW)
+    claim(db_session, "w1", kinds={"sync"})
+    claim(db_session, "w2", kinds={"other"})
+    done_at = NOW + timedelta(seconds=5)
+
+    held = jobs.complete_many(db_session, [*mine, theirs], owner="w1", now=done_at)
+    assert held == set(mine)
+    for job_id in mine:
+        record = row(db_session, job_id)
+        assert (record.state, record.finished_at, record.lease_owner) == (
+            JobState.DONE,
+            done_at,
+            None,
+        )
+    assert row(db_session, theirs).state is JobState.RUNNING
+    assert jobs.complete_many(db_session, mine, owner="w1", now=done_at) == set()
+    assert jobs.complete_many(db_session, [], owner="w1") == set()
+
+
 def test_claim_leases_ready_jobs_oldest_first(db_session: Session) -> None:
     later = jobs.enqueue(db_session, "a", {}, run_after=NOW + timedelta(seconds=1))
     old = jobs.enqueue(db_session, "a", {}, run_after=NOW - timedelta(hours=1))

@@ -23,7 +23,13 @@ import sqlalchemy as sa
 
 from forage import jobs
 from forage.config import Config, load_config
-from forage.db import current_revision, head_revision, make_engine, make_sessionmaker
+from forage.db import (
+    current_revision,
+    head_revision,
+    make_engine,
+    make_sessionmaker,
+    upgrade,
+)
 from forage.errors import ConfigError, PermanentJobError
 from forage.jobs import Job, RetryPolicy
 from forage.models import JobRecord, JobState
@@ -275,6 +281,56 @@ async def test_job_context_has_a_client_per_configured_registry(worker_url: str)
         assert client.is_closed
     finally:
         engine.dispose()
+
+
+async def test_jobs_finishing_together_are_completed_together(worker_url: str) -> None:
+    """Completions are group-committed: a lease lost in the batch spoils only its own job."""
+    ids = enqueue_many(worker_url, "gate", [{"n": n} for n in range(6)])
+    gate = asyncio.Event()
+    arrived = 0
+
+    async def wait_at_gate(ctx: JobContext, job: Job) -> None:
+        nonlocal arrived
+        arrived += 1
+        if job.payload["n"] == 0:
+
+            def take_over(session: Any) -> None:
+                session.execute(
+                    sa.update(JobRecord).where(JobRecord.id == job.id).values(lease_owner="other")
+                )
+
+            await ctx.transaction(take_over)
+        if arrived == 6:
+            gate.set()
+        await gate.wait()
+
+    async with running_worker(worker_url, {"gate": wait_at_gate}, concurrency=6) as worker:
+        stats = await asyncio.wait_for(worker.run(mode="once"), 30)
+    assert (stats.done, stats.lost) == (5, 1)
+    rows = job_rows(worker_url)
+    assert [rows[i].state for i in ids[1:]] == [JobState.DONE] * 5
+    assert (rows[ids[0]].state, rows[ids[0]].lease_owner) == (JobState.RUNNING, "other")
+
+
+async def test_sqlite_writers_of_one_context_queue_instead_of_failing(tmp_path: Path) -> None:
+    """With no busy timeout at all, SQLite refuses a second writer at once ("database is
+    locked"); the context's writers take turns, so 24 overlapping transactions all commit."""
+    config = config_for(f"sqlite:///{tmp_path / 'forage.db'}", FORAGE_DATABASE_BUSY_TIMEOUT="0")
+    engine = make_engine(config.database)
+    try:
+        upgrade(engine)
+        async with job_context(config, make_sessionmaker(engine)) as ctx:
+
+            def write(session: Any, n: int) -> int:
+                job_id = jobs.enqueue(session, "slow", {"n": n})
+                time.sleep(0.005)  # hold the write lock while the others arrive
+                return job_id
+
+            ids = await asyncio.gather(*(ctx.transaction(write, n) for n in range(24)))
+    finally:
+        engine.dispose()
+    assert len(set(ids)) == 24
+    assert sorted(r.payload["n"] for r in job_rows(config.database.url).values()) == list(range(24))
 
 
 async def test_worker_refuses_an_unmigrated_shared_database(database_url: str, store: str) -> None:
