@@ -77,7 +77,7 @@ FILECOIN_GENESIS = datetime(2020, 8, 24, 22, 0, tzinfo=UTC)
 EPOCH_SECONDS = 30
 _ARCHIVED = ArchiveStatus.ARCHIVED.value
 #: The longest ``jobs.dedup_key`` (its column's length).
-DEDUP_KEY_LENGTH = JobRecord.__table__.c.dedup_key.type.length
+DEDUP_KEY_LENGTH: int = JobRecord.dedup_key.type.length
 
 
 class KeyStatus(enum.StrEnum):
@@ -679,16 +679,16 @@ def resolve(
     found: dict[Key, KeyResult] = {}
     missing: dict[Key, Missing] = {}
     for key in unique:
-        row = versions.get(key)
-        if row is not None:
+        version = versions.get(key)
+        if version is not None:
             found[key] = KeyResult(
                 "",
                 KeyStatus.FOUND,
                 key,
-                published_at=_when(row.published_at),
-                yanked=row.yanked,
-                deleted=row.deleted,
-                artifacts=tuple(artifacts.get(row.version_id, ())),
+                published_at=_when(version.published_at),
+                yanked=version.yanked,
+                deleted=version.deleted,
+                artifacts=tuple(artifacts.get(version.version_id, ())),
             )
             continue
         package = packages.get(key)
@@ -1048,7 +1048,7 @@ def archive_stats(session: Session) -> dict[str, Any]:
         "versions": scalar(sa.select(sa.func.count()).select_from(Version)).scalar_one(),
         "artifacts": scalar(sa.select(sa.func.count()).select_from(Artifact)).scalar_one(),
         "archives": by(Archive.status, ArchiveStatus),
-        "archived_bytes": int(archived_bytes),
+        "archived_bytes": int(archived_bytes or 0),
         "pins": by(Pin.status, PinStatus),
         "pieces": int(pieces),
         "piece_bytes": int(piece_bytes),
