@@ -38,7 +38,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -64,6 +72,12 @@ log = logging.getLogger(__name__)
 #: Bytes gathered from the network before a segment is handed to the hashing threads: a
 #: multiple of the 256 KiB UnixFS chunk, large enough to amortize the hand-over.
 SEGMENT_SIZE = 1024 * 1024
+#: Artifacts up to this size are hashed on the event loop (a few dozen microseconds, less
+#: than handing them to threads) and their one block stays in the batch's memory until the
+#: commit writes it; most registry artifacts are this small.
+INLINE_SIZE = 64 * 1024
+#: Artifacts whose rows ``archive_many`` reads in one transaction.
+LOAD_PAGE = 100
 #: Where Go module zips are spooled for the ``h1:`` check, under ``data.dir``.
 SPOOL_DIR = "spool"
 #: Digest algorithms that are not a hash of the byte stream (checked over a spooled copy).
@@ -126,7 +140,15 @@ class ArchiveOutcome:
 
 def load_target(session: Session, artifact_id: int) -> ArchiveTarget | None:
     """The artifact's download facts and current archive CID; ``None`` if it is gone."""
-    row = session.execute(
+    return load_targets(session, [artifact_id]).get(artifact_id)
+
+
+def load_targets(session: Session, artifact_ids: Collection[int]) -> dict[int, ArchiveTarget]:
+    """Several artifacts' targets in two queries, by id; ids that are gone are left out
+    (``forage archive`` loads a page at a time rather than a transaction per artifact)."""
+    if not artifact_ids:
+        return {}
+    rows = session.execute(
         sa.select(
             Artifact.id,
             Artifact.filename,
@@ -141,38 +163,41 @@ def load_target(session: Session, artifact_id: int) -> ArchiveTarget | None:
         .join(Version, Artifact.version_id == Version.id)
         .join(Package, Version.package_id == Package.id)
         .outerjoin(Archive, Archive.artifact_id == Artifact.id)
-        .where(Artifact.id == artifact_id)
-    ).one_or_none()
-    if row is None:
-        return None
-    digests = dict(
-        session.execute(
-            sa.select(ArtifactDigest.algorithm, ArtifactDigest.value).where(
-                ArtifactDigest.artifact_id == artifact_id
-            )
-        ).all()
-    )
-    return ArchiveTarget(
-        artifact_id=row.id,
-        ecosystem=row.ecosystem,
-        name=row.name,
-        version=row.number,
-        filename=row.filename,
-        url=row.url,
-        size=row.size,
-        digests=digests,
-        archived_cid=row.cid if row.status == ArchiveStatus.ARCHIVED else None,
-    )
+        .where(Artifact.id.in_(list(artifact_ids)))
+    ).all()
+    digests: dict[int, dict[str, str]] = {row.id: {} for row in rows}
+    for artifact_id, algorithm, value in session.execute(
+        sa.select(ArtifactDigest.artifact_id, ArtifactDigest.algorithm, ArtifactDigest.value).where(
+            ArtifactDigest.artifact_id.in_(list(digests))
+        )
+    ):
+        digests[artifact_id][algorithm] = value
+    return {
+        row.id: ArchiveTarget(
+            artifact_id=row.id,
+            ecosystem=row.ecosystem,
+            name=row.name,
+            version=row.number,
+            filename=row.filename,
+            url=row.url,
+            size=row.size,
+            digests=digests[row.id],
+            archived_cid=row.cid if row.status == ArchiveStatus.ARCHIVED else None,
+        )
+        for row in rows
+    }
+
+
+def _ensure_rows(session: Session, artifact_ids: Collection[int]) -> None:
+    """Insert a ``pending`` archive row for each artifact that has none, in one statement (a
+    race ends in one row each)."""
+    insert = (sqlite.insert if is_sqlite(session) else postgresql.insert)(Archive)
+    rows = [{"artifact_id": i, "status": ArchiveStatus.PENDING} for i in artifact_ids]
+    session.execute(insert.values(rows).on_conflict_do_nothing(index_elements=["artifact_id"]))
 
 
 def _ensure_row(session: Session, artifact_id: int) -> None:
-    """Insert a ``pending`` archive row unless one exists (a race ends in one row)."""
-    insert = (sqlite.insert if is_sqlite(session) else postgresql.insert)(Archive.__table__)
-    session.execute(
-        insert.values(artifact_id=artifact_id, status=ArchiveStatus.PENDING).on_conflict_do_nothing(
-            index_elements=["artifact_id"]
-        )
-    )
+    _ensure_rows(session, [artifact_id])
 
 
 def record_archived(session: Session, artifact_id: int, result: ArchiveResult) -> int | None:
@@ -181,24 +206,52 @@ def record_archived(session: Session, artifact_id: int, result: ArchiveResult) -
     Only the call that moves the row to ``archived`` gets an id, so follow-up work is queued
     exactly once, here, in this transaction (pin jobs belong here).
     """
-    _ensure_row(session, artifact_id)
-    archive_id: int | None = session.execute(
-        sa.update(Archive)
-        .where(Archive.artifact_id == artifact_id, Archive.status != ArchiveStatus.ARCHIVED)
-        .values(
-            status=ArchiveStatus.ARCHIVED,
-            cid=result.cid,
-            size=result.size,
-            verified_algorithm=result.verified_algorithm,
-            verified_digest=result.verified_digest,
-            error=None,
-            archived_at=utcnow(),
+    return record_archived_many(session, [(artifact_id, result)])[0]
+
+
+def record_archived_many(
+    session: Session, results: Sequence[tuple[int, ArchiveResult]]
+) -> list[int | None]:
+    """:func:`record_archived` for several ``(artifact_id, result)`` pairs in one transaction
+    and a few statements (concurrent archives share it: group commit); one id or ``None``
+    per pair, in order (a repeated artifact gets its id once)."""
+    if not results:
+        return []
+    wanted = {artifact_id for artifact_id, _ in results}
+    _ensure_rows(session, wanted)
+    open_rows = dict(
+        session.execute(
+            sa.select(Archive.artifact_id, Archive.id)
+            .where(Archive.artifact_id.in_(wanted), Archive.status != ArchiveStatus.ARCHIVED)
+            .with_for_update()  # PostgreSQL: the rows stay ours until commit
+        ).all()
+    )
+    now = utcnow()
+    updates: list[dict[str, Any]] = []
+    archive_ids: list[int | None] = []
+    for artifact_id, result in results:
+        archive_id = open_rows.pop(artifact_id, None)
+        archive_ids.append(archive_id)
+        if archive_id is None:
+            continue
+        updates.append(
+            {
+                "id": archive_id,
+                "status": ArchiveStatus.ARCHIVED,
+                "cid": result.cid,
+                "size": result.size,
+                "verified_algorithm": result.verified_algorithm,
+                "verified_digest": result.verified_digest,
+                "error": None,
+                "archived_at": now,
+            }
         )
-        .returning(Archive.id)
-    ).scalar_one_or_none()
-    if archive_id is not None:
-        enqueue_pins(session, archive_id)
-    return archive_id
+    if updates:
+        session.execute(sa.update(Archive), updates)  # bulk UPDATE by primary key
+    for archive_id in archive_ids:
+        if archive_id is not None:
+            enqueue_pins(session, archive_id)
+    return archive_ids
 
 
 def record_failed(session: Session, artifact_id: int, error: str) -> None:
@@ -302,6 +355,17 @@ class _Pass:
         self.importer = UnixFSImporter()
         self.batch = batch
         self.spool = spool
+        self.received = 0
+
+    @property
+    def small(self) -> bool:
+        """Whether everything so far may be handled on the event loop (see ``INLINE_SIZE``)."""
+        return self.received <= INLINE_SIZE and self.spool is None
+
+    def both(self, segment: bytearray) -> None:
+        """Hash-and-verify then import-and-stage, in the calling thread."""
+        self.verify(segment)
+        self.store(segment)
 
     def verify(self, segment: bytearray) -> None:
         self.verifier.update(segment)  # type: ignore[arg-type]  # any buffer hashes
@@ -395,12 +459,19 @@ async def _stream(
             async for segment in _segments(iter_body(response, policy=policy), on_bytes):
                 if inflight is not None:
                     await asyncio.shield(inflight)
-                inflight = _hand_over(work, segment)
+                    inflight = None
+                work.received += len(segment)
+                if work.small:
+                    work.both(segment)
+                else:
+                    inflight = _hand_over(work, segment)
         if inflight is not None:
             await asyncio.shield(inflight)
     finally:
         # A thread may still be staging blocks: let it return before the batch is cleaned up.
         await _settle(inflight)
+    if work.small:
+        return work.finish()
     return await asyncio.to_thread(work.finish)
 
 
@@ -427,7 +498,7 @@ async def fetch_and_store(
     spool = _spool(ctx, target)
     try:
         staging = blockstore.batch()
-        batch = await asyncio.to_thread(staging.__enter__)
+        batch = staging.__enter__()  # no I/O: a batch touches the disk when blocks arrive
         try:
             result = await _stream(ctx, target, _Pass(target, batch, spool), on_bytes)
         except BaseException as exc:
@@ -455,8 +526,15 @@ async def _load(ctx: JobContext, artifact_id: int) -> ArchiveTarget:
     return target
 
 
-async def _run(ctx: JobContext, target: ArchiveTarget, on_bytes: OnBytes | None) -> ArchiveOutcome:
-    """Archive ``target`` unless it already is; record a failure, then raise it."""
+_Record = Callable[[int, ArchiveResult], Awaitable[int | None]]
+
+
+async def _run(
+    ctx: JobContext, target: ArchiveTarget, on_bytes: OnBytes | None, record: _Record | None = None
+) -> ArchiveOutcome:
+    """Archive ``target`` unless it already is; record a failure, then raise it.
+
+    ``record`` writes the ``archived`` row (default: a transaction of its own)."""
     if target.archived_cid is not None:
         log.debug("%s %s already archived as %s", target.purl, target.filename, target.archived_cid)
         return ArchiveOutcome(
@@ -482,7 +560,10 @@ async def _run(ctx: JobContext, target: ArchiveTarget, on_bytes: OnBytes | None)
         if not retryable and not is_permanent(exc):
             raise PermanentJobError(describe_error(exc)) from exc
         raise
-    archive_id = await ctx.transaction(record_archived, target.artifact_id, result)
+    if record is None:
+        archive_id = await ctx.transaction(record_archived, target.artifact_id, result)
+    else:
+        archive_id = await record(target.artifact_id, result)
     log.info(
         "archived %s %s as %s (%d bytes, %s verified, archive %s)",
         target.purl,
@@ -530,6 +611,74 @@ def _reason(error: BaseException) -> str:
     return describe_error(error)
 
 
+class _Targets:
+    """Targets of ``archive_many``'s ids, loaded a page per transaction as the lanes reach
+    them (only the current and next pages are kept)."""
+
+    def __init__(self, ctx: JobContext, ids: Sequence[int]) -> None:
+        self._ctx = ctx
+        self._ids = ids
+        self._pages: dict[int, asyncio.Future[dict[int, ArchiveTarget]]] = {}
+
+    async def get(self, index: int) -> ArchiveTarget:
+        """The target of ``ids[index]``; ``NotFound`` if its artifact is gone."""
+        page = index // LOAD_PAGE
+        if page not in self._pages:
+            for old in [p for p in self._pages if p < page - 1]:
+                del self._pages[old]
+            chunk = self._ids[page * LOAD_PAGE : (page + 1) * LOAD_PAGE]
+            self._pages[page] = asyncio.ensure_future(self._ctx.transaction(load_targets, chunk))
+        targets = await asyncio.shield(self._pages[page])
+        artifact_id = self._ids[index]
+        if artifact_id not in targets:
+            raise NotFound(f"no artifact {artifact_id}")
+        return targets[artifact_id]
+
+    def close(self) -> None:
+        for future in self._pages.values():
+            future.cancel()
+
+
+class _Recorder:
+    """Writes the ``archived`` rows of concurrent lanes in shared transactions: results that
+    finish while one transaction runs go in the next (group commit, as the blockstore does
+    for its syncs). A row is written only after its blocks' commit returned."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self._ctx = ctx
+        self._waiting: list[tuple[int, ArchiveResult, asyncio.Future[int | None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def record(self, artifact_id: int, result: ArchiveResult) -> int | None:
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((artifact_id, result, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        return await future
+
+    async def _write(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                pairs = [(artifact_id, result) for artifact_id, result, _ in group]
+                try:
+                    archive_ids = await self._ctx.transaction(record_archived_many, pairs)
+                except Exception as exc:
+                    for *_, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (*_, future), archive_id in zip(group, archive_ids, strict=True):
+                    if not future.done():
+                        future.set_result(archive_id)
+        finally:
+            self._writer = None
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+
+
 async def archive_many(
     ctx: JobContext,
     artifact_ids: Iterable[int],
@@ -541,21 +690,24 @@ async def archive_many(
     """Archive artifacts now, ``concurrency`` at a time; one outcome each, in input order.
 
     Failures are outcomes here rather than exceptions (each is also recorded on its row).
+    Rows are read a page per transaction and ``archived`` rows written in shared ones.
     """
     if concurrency < 1:
         raise ConfigError("--concurrency", f"must be >= 1, got {concurrency}")
     ids = list(artifact_ids)
     outcomes: dict[int, ArchiveOutcome] = {}
     pending = iter(enumerate(ids))
+    targets = _Targets(ctx, ids)
+    recorder = _Recorder(ctx)
 
-    async def one(artifact_id: int) -> ArchiveOutcome:
+    async def one(index: int, artifact_id: int) -> ArchiveOutcome:
         try:
-            target = await _load(ctx, artifact_id)
+            target = await targets.get(index)
         except NotFound as exc:
             label = f"artifact {artifact_id}"
             return ArchiveOutcome(artifact_id, label, "", ArchiveStatus.FAILED, error=str(exc))
         try:
-            return await _run(ctx, target, on_bytes)
+            return await _run(ctx, target, on_bytes, recorder.record)
         except Exception as exc:
             return ArchiveOutcome(
                 artifact_id,
@@ -568,10 +720,14 @@ async def archive_many(
 
     async def lane() -> None:
         for index, artifact_id in pending:
-            outcome = await one(artifact_id)
+            outcome = await one(index, artifact_id)
             outcomes[index] = outcome
             if on_outcome is not None:
                 on_outcome(outcome)
 
-    await asyncio.gather(*(lane() for _ in range(min(concurrency, len(ids)))))
+    try:
+        await asyncio.gather(*(lane() for _ in range(min(concurrency, len(ids)))))
+    finally:
+        targets.close()
+        recorder.close()
     return [outcomes[index] for index in range(len(ids))]
