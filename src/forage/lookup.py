@@ -569,17 +569,12 @@ def _pins(session: Session, archive_ids: Sequence[int]) -> dict[int, tuple[PinVi
 def _pieces(
     session: Session, archive_ids: Sequence[int], *, now: datetime
 ) -> dict[int, tuple[PieceView, ...]]:
-    """Pieces holding the archives, each with its deals that are active and not yet over."""
+    """Pieces holding the archives, each with its active deals that are not over yet, the
+    latest ending first (ends are checked here, on the few active deals, so the statement
+    stays a plain join without sorting)."""
     if not archive_ids:
         return {}
-    not_over = sa.or_(
-        Deal.end_at > now,
-        sa.and_(
-            Deal.end_at.is_(None),
-            sa.or_(Deal.end_epoch.is_(None), Deal.end_epoch > current_epoch(now)),
-        ),
-    )
-    active = sa.and_(Deal.piece_id == Piece.id, Deal.state == DealState.ACTIVE, not_over)
+    active = sa.and_(Deal.piece_id == Piece.id, Deal.state == DealState.ACTIVE)
     rows = (
         session.connection()
         .execute(
@@ -601,31 +596,41 @@ def _pieces(
             .join(Piece, Piece.id == PieceMember.piece_id)
             .outerjoin(Deal, active)
             .where(_id_set(session, PieceMember.archive_id, archive_ids))
-            .order_by(PieceMember.archive_id, Piece.id, Deal.end_epoch.desc(), Deal.deal_id)
         )
         .all()
     )
     grouped: dict[tuple[int, int], tuple[Any, list[DealView]]] = {}
     for row in rows:
-        entry = grouped.setdefault((row.archive_id, row.piece_id), (row, []))
-        if row.deal_id is not None:
-            entry[1].append(
-                DealView(
-                    row.deal_id,
-                    row.source,
-                    row.provider,
-                    row.state,
-                    row.start_epoch,
-                    row.end_epoch,
-                    _when(row.end_at),
-                )
-            )
+        place = (row.archive_id, row.piece_id)
+        entry = grouped.get(place)
+        if entry is None:
+            entry = grouped[place] = (row, [])
+        if row.deal_id is None:
+            continue
+        deal = DealView(
+            row.deal_id,
+            row.source,
+            row.provider,
+            row.state,
+            row.start_epoch,
+            row.end_epoch,
+            _when(row.end_at),
+        )
+        expires = deal.expires_at
+        if expires is None or expires > now:
+            entry[1].append(deal)
     out: dict[int, list[PieceView]] = defaultdict(list)
-    for (archive_id, _piece), (row, deals) in grouped.items():
+    for (archive_id, _piece), (row, deals) in sorted(grouped.items(), key=lambda item: item[0]):
+        deals.sort(key=_latest_end_first)
         out[archive_id].append(
             PieceView(row.piece_cid, row.padded_size, row.offset, row.length, tuple(deals))
         )
     return {key: tuple(value) for key, value in out.items()}
+
+
+def _latest_end_first(deal: DealView) -> tuple[bool, float, str]:
+    expires = deal.expires_at
+    return (expires is not None, -expires.timestamp() if expires else 0.0, deal.deal_id)
 
 
 # -- the two halves of a lookup -------------------------------------------------------------
