@@ -42,7 +42,7 @@ def start(tmp_path: Path, url: str, *args: str) -> tuple[subprocess.Popen[str], 
     raise AssertionError(f"forage serve exited {process.returncode} without serving")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serves_then_stops_cleanly_on_a_signal(
     tmp_path: Path, migrated_url: str, signum: signal.Signals
 ) -> None:
