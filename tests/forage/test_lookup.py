@@ -16,6 +16,7 @@ import random
 import string
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from forage.db import make_engine, make_sessionmaker
 from forage.errors import InvalidKey
+from forage.fakes.npm import FakeNpmRegistry
 from forage.ingest import enqueue_changes
 from forage.keys import Key, parse_key
 from forage.lookup import (
@@ -60,6 +62,7 @@ from tests.factories import (
     make_version,
     raw_cid,
 )
+from tests.forage.test_ingest import drain, forage_with
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 EVERYWHERE = frozenset({"npm", "pypi", "golang"})
@@ -425,3 +428,23 @@ def test_the_bare_query_reads_what_resolve_answers(db_session: Session) -> None:
     assert {row.cid for row in rows} == {a.cid for a in answer.artifacts}
     assert {row.algorithm for row in rows} == {"sha1", "sha256", "sha512"}
     assert {row.deal_id for row in rows} >= {"7001", "7004"}
+
+
+async def test_a_backfill_import_runs_and_the_next_lookup_finds_the_version(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    """The queued job is a real ``import`` job: the worker records the package from the
+    (loopback) registry, and the same key is then found with its file."""
+    registry = FakeNpmRegistry()
+    registry.publish("left-pad", "1.3.0")
+    async with forage_with(registry.make_app(), tmp_path, migrated_url, "npm") as ctx:
+        policy = BackfillPolicy.from_config(ctx.config)
+        sessions = ctx.sessionmaker
+        (first,) = lookup(sessions, sessions, ["pkg:npm/left-pad@1.3.0"], policy=policy)
+        assert first.status is KeyStatus.QUEUED
+        await drain(ctx)
+        (second,) = lookup(sessions, sessions, ["npm:left-pad:1.3.0"], policy=policy)
+    assert second.status is KeyStatus.FOUND
+    assert [a.filename for a in second.artifacts] == ["left-pad-1.3.0.tgz"]
+    # Not archived yet (the archive job the import queued comes next): no archive, no CID.
+    assert (second.artifacts[0].archive_status, second.artifacts[0].cid) == (None, None)
