@@ -118,7 +118,7 @@ def parse_cid(value: str | bytes | bytearray | memoryview | CID) -> CID:
             cid = CID.decode(value)
         except ImportError as exc:  # multiformats lacks the hash function's module
             raise InvalidCID(value, f"hash function not supported: {exc}") from exc
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise InvalidCID(value, str(exc)) from exc
     else:
         raise InvalidCID(value, f"expected a CID, str or bytes, not {type(value).__name__}")

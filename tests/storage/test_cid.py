@@ -200,3 +200,11 @@ def test_varint_limits_differ_between_protobuf_and_multiformats() -> None:
         decode_varint(b"\x80")
     with pytest.raises(VarintError, match="over 64 bits"):
         decode_varint(b"\xff" * 9 + b"\x7f")
+
+
+@pytest.mark.parametrize("text", ["z", "b", "f", "Q", "bafy", "\x00", "b" + "a" * 3])
+def test_parse_cid_rejects_short_and_bare_multibase_text(text: str) -> None:
+    # A lone multibase prefix made multiformats raise IndexError, which escaped as a 500
+    # from the gateway; every malformed text is an InvalidCID naming the input.
+    with pytest.raises(InvalidCID, match="invalid CID"):
+        parse_cid(text)
