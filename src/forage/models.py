@@ -477,3 +477,23 @@ class JobRecord(Base):
 
     def __repr__(self) -> str:
         return f"<JobRecord {self.id} {self.kind} {self.state}>"
+
+
+class VersionAnswer(Base):
+    """One version's lookup answer, rendered once (:mod:`forage.lookup`), so a batch lookup of
+    known versions is one indexed read whose JSON is spliced into the response.
+
+    Triggers (migration 0003) turn a row into a tombstone, ``body`` NULL and ``stamp`` bumped,
+    whenever anything the answer shows changes: the version, its files, digests, archives,
+    pins, pieces and deals. A lookup stores a freshly computed answer only where the stamp is
+    still the one it read, so an answer computed before a change never outlives it.
+    ``valid_until`` is the earliest end of any deal shown: past it the answer is recomputed.
+    """
+
+    __tablename__ = "version_answers"
+
+    version_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=False)
+    #: The JSON members of the version's result after ``"key"``, without the braces.
+    body: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    valid_until: Mapped[datetime | None]
+    stamp: Mapped[int] = mapped_column(default=0, server_default="0")
