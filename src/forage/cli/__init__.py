@@ -88,10 +88,15 @@ def configure_logging(verbose: int, quiet: bool, log_format: str | None = None) 
     configure(format=log_format or "text", verbose=verbose, quiet=quiet)
 
 
-def use_config_logging(args: argparse.Namespace, config: Config) -> None:
-    """Switch to the configuration's ``[logging] format`` unless ``--log-format`` was given."""
+def load_cli_config(args: argparse.Namespace) -> Config:
+    """Load the configuration a command runs with (``-c FILE`` or the defaults) and switch
+    logging to its ``[logging] format`` unless ``--log-format`` was given."""
+    from forage.config import load_config
+
+    config = load_config(args.config)
     if getattr(args, "log_format", None) is None and config.logging.format != "text":
         configure_logging(args.verbose, args.quiet, config.logging.format)
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:

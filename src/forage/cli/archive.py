@@ -17,7 +17,7 @@ import asyncio
 import sys
 from typing import Any
 
-from forage.cli import EXIT_FAILURE, EXIT_USAGE
+from forage.cli import EXIT_FAILURE, EXIT_USAGE, load_cli_config
 
 #: Artifact ids read per query with ``--pending``.
 PAGE = 500
@@ -48,7 +48,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forage.config import load_config
 
     if not args.keys and not args.pending:
         print("forage: name artifacts to archive (KEY...) or pass --pending", file=sys.stderr)
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.concurrency is not None and args.concurrency < 1:
         print("forage: --concurrency must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    config = load_config(args.config)
+    config = load_cli_config(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     return asyncio.run(_archive(config, args, progress=progress))
 

@@ -9,6 +9,8 @@ import json
 import sys
 from typing import Any
 
+from forage.cli import load_cli_config
+
 
 def register(subparsers: Any) -> None:
     """Add the ``config`` subcommand."""
@@ -44,9 +46,8 @@ def _emit(table: dict[str, Any], path: str, lines: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forage.config import load_config
 
-    config = load_config(args.config)
+    config = load_cli_config(args)
     lines = [f"# source: {config.source or '(defaults and environment only)'}", ""]
     _emit(config.to_dict(), "", lines)
     sys.stdout.write("\n".join(lines).rstrip("\n") + "\n")

@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Any
 
-from forage.cli import EXIT_FAILURE
+from forage.cli import EXIT_FAILURE, load_cli_config
 
 
 def register(subparsers: Any) -> None:
@@ -36,14 +36,13 @@ def register(subparsers: Any) -> None:
 
 
 def _engine(args: argparse.Namespace) -> Any:
-    from forage.config import load_config
     from forage.db import make_engine
 
     if not args.verbose:
         # Alembic narrates every step at INFO; our own summary line is enough.
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
-    config = load_config(args.config)
+    config = load_cli_config(args)
     return config, make_engine(config.database)
 
 

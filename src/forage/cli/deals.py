@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
+from forage.cli import load_cli_config
+
 STATES = (
     "proposed",
     "published",
@@ -57,10 +59,9 @@ def register(subparsers: Any) -> None:
 @contextmanager
 def _database(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
     """The configuration and a sessionmaker (SQLite is migrated on first use)."""
-    from forage.config import load_config
     from forage.db import make_sessionmaker, open_database
 
-    config = load_config(args.config)
+    config = load_cli_config(args)
     engine = open_database(config.database)
     try:
         yield config, make_sessionmaker(engine)

@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-from forage.cli import EXIT_FAILURE, EXIT_USAGE
+from forage.cli import EXIT_FAILURE, EXIT_USAGE, load_cli_config
 
 
 def register(subparsers: Any) -> None:
@@ -51,10 +51,9 @@ def register(subparsers: Any) -> None:
 
 
 def run_watch(args: argparse.Namespace) -> int:
-    from forage.config import load_config
     from forage.registries import INDEXER_CLASSES, check_ecosystem
 
-    config = load_config(args.config)
+    config = load_cli_config(args)
     ecosystem = check_ecosystem(args.ecosystem)
     registry = config.registry(ecosystem)
     interval = registry.interval or INDEXER_CLASSES[ecosystem].default_interval.total_seconds()
@@ -91,13 +90,12 @@ async def _watch(config: Any, ecosystem: str, *, once: bool, interval: float) ->
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from forage.config import load_config
     from forage.registries import check_ecosystem
 
     if args.versions is not None and args.versions < 1:
         print("forage: --versions must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    config = load_config(args.config)
+    config = load_cli_config(args)
     return asyncio.run(_import(config, check_ecosystem(args.ecosystem), args))
 
 
@@ -126,11 +124,10 @@ async def _import(config: Any, ecosystem: str, args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from forage.config import load_config
     from forage.db import make_sessionmaker, open_database
     from forage.status import registry_status
 
-    config = load_config(args.config)
+    config = load_cli_config(args)
     engine = open_database(config.database)
     try:
         with make_sessionmaker(engine)() as session:

@@ -13,7 +13,7 @@ import sys
 from datetime import timedelta
 from typing import Any
 
-from forage.cli import EXIT_USAGE
+from forage.cli import EXIT_USAGE, load_cli_config
 
 STATES = ("queued", "running", "done", "dead")
 
@@ -41,10 +41,9 @@ def register(subparsers: Any) -> None:
 
 
 def _sessionmaker(args: argparse.Namespace) -> Any:
-    from forage.config import load_config
     from forage.db import make_engine, make_sessionmaker
 
-    engine = make_engine(load_config(args.config).database)
+    engine = make_engine(load_cli_config(args).database)
     return engine, make_sessionmaker(engine)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from forage.cli import EXIT_NOT_FOUND, EXIT_USAGE
+from forage.cli import EXIT_NOT_FOUND, EXIT_USAGE, load_cli_config
 
 if TYPE_CHECKING:
     from forage.lookup import KeyResult
@@ -48,7 +48,6 @@ def register(subparsers: Any) -> None:
 
 
 def run_lookup(args: argparse.Namespace) -> int:
-    from forage.config import load_config
     from forage.db import make_sessionmaker, open_database
     from forage.lockfiles import Entry, read_lockfile
     from forage.lookup import BackfillPolicy, lockfile_reply, lookup, read_only_sessionmaker
@@ -65,7 +64,7 @@ def run_lookup(args: argparse.Namespace) -> int:
             print(f"forage: cannot read {path}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
         entries += read_lockfile(data, filename=path.name)
-    config = load_config(args.config)
+    config = load_cli_config(args)
     engine = open_database(config.database)
     writer = make_sessionmaker(engine)
     reader, reader_engine = read_only_sessionmaker(writer)

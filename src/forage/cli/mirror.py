@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from forage.cli import EXIT_FAILURE
+from forage.cli import EXIT_FAILURE, load_cli_config
 
 
 def register(subparsers: Any) -> None:
@@ -65,9 +65,8 @@ def _keys(path: Path) -> Any:
 
 
 def run_prime(args: argparse.Namespace) -> int:
-    from forage.config import load_config
 
-    config = load_config(args.config)
+    config = load_cli_config(args)
     keys = _keys(args.lockfile)
     return asyncio.run(_prime(config, keys, args.concurrency))
 
@@ -94,11 +93,10 @@ async def _prime(config: Any, keys: Any, concurrency: int) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from forage.blocks import open_blockstore
-    from forage.config import load_config
     from forage.db import make_sessionmaker, open_database
     from forage.mirror.offline import bundle_manifest, export_bundle
 
-    config = load_config(args.config)
+    config = load_cli_config(args)
     keys = _keys(args.lockfile)
     engine = open_database(config.database)
     try:
@@ -120,11 +118,10 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_import_car(args: argparse.Namespace) -> int:
     from forage.blocks import open_blockstore
-    from forage.config import load_config
     from forage.db import make_sessionmaker, open_database
     from forage.mirror.offline import import_bundle
 
-    config = load_config(args.config)
+    config = load_cli_config(args)
     engine = open_database(config.database)
     try:
         with args.car.open("rb") as stream:

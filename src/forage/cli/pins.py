@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-from forage.cli import EXIT_FAILURE
+from forage.cli import EXIT_FAILURE, load_cli_config
 
 STATES = ("queued", "pinning", "pinned", "failed")
 
@@ -43,11 +43,10 @@ def _short(text: str | None, width: int = 70) -> str:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from forage.config import load_config
     from forage.db import make_sessionmaker, open_database
     from forage.pins import failed_pins, pin_counts
 
-    config = load_config(args.config)
+    config = load_cli_config(args)
     engine = open_database(config.database)
     try:
         with make_sessionmaker(engine)() as session:
@@ -87,11 +86,10 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from forage.config import load_config
     from forage.db import make_sessionmaker, open_database
     from forage.pins import check_pins
 
-    config = load_config(args.config)
+    config = load_cli_config(args)
     backend = args.check_backend or args.backend
     if backend is not None:
         config.pinning.backend(backend)

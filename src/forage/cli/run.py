@@ -15,7 +15,7 @@ import asyncio
 import sys
 from typing import Any
 
-from forage.cli import EXIT_USAGE, use_config_logging
+from forage.cli import EXIT_USAGE, load_cli_config
 
 
 def register(subparsers: Any) -> None:
@@ -50,7 +50,6 @@ def register(subparsers: Any) -> None:
 
 
 def run_all(args: argparse.Namespace) -> int:
-    from forage.config import load_config
     from forage.run import run_forage
 
     if args.concurrency is not None and args.concurrency < 1:
@@ -59,8 +58,7 @@ def run_all(args: argparse.Namespace) -> int:
     if args.port is not None and not 0 <= args.port <= 65535:
         print("forage: --port must be between 0 and 65535", file=sys.stderr)
         return EXIT_USAGE
-    config = load_config(args.config)
-    use_config_logging(args, config)
+    config = load_cli_config(args)
 
     def ready(running: Any) -> None:
         print(f"forage: serving {running.url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
@@ -77,10 +75,8 @@ def run_all(args: argparse.Namespace) -> int:
 
 
 def run_scheduler(args: argparse.Namespace) -> int:
-    from forage.config import load_config
 
-    config = load_config(args.config)
-    use_config_logging(args, config)
+    config = load_cli_config(args)
     if args.list:
         return _list(config)
     if args.run:

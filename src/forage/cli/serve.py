@@ -17,6 +17,8 @@ import signal
 import sys
 from typing import Any
 
+from forage.cli import load_cli_config
+
 #: Seconds requests in flight get to finish once a stop signal arrives.
 SHUTDOWN_TIMEOUT = 10.0
 
@@ -37,9 +39,8 @@ def register(subparsers: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from forage.config import load_config
 
-    config = load_config(args.config)
+    config = load_cli_config(args)
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
     if not 0 <= port <= 65535:

@@ -17,7 +17,7 @@ import asyncio
 import sys
 from typing import Any
 
-from forage.cli import EXIT_USAGE
+from forage.cli import EXIT_USAGE, load_cli_config
 
 
 def register(subparsers: Any) -> None:
@@ -42,10 +42,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forage.config import load_config
     from forage.worker import load_handlers, run_worker
 
-    config = load_config(args.config)
+    config = load_cli_config(args)
     handlers = load_handlers(args.handlers)
     if args.concurrency is not None and args.concurrency < 1:
         print("forage: --concurrency must be at least 1", file=sys.stderr)
