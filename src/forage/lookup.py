@@ -39,8 +39,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -66,6 +67,7 @@ from forage.models import (
     Pin,
     PinStatus,
     Version,
+    VersionAnswer,
 )
 from forage.registries import INDEXER_CLASSES
 from indexers import IndexerError
@@ -244,6 +246,9 @@ class KeyResult:
     yanked: bool = False
     deleted: bool = False
     artifacts: tuple[ArtifactView, ...] = ()
+    #: The JSON members after ``"key"`` (see :func:`render_fragment`): set by a lookup with
+    #: ``rendered=True``, where a version's stored answer stands in for ``artifacts``.
+    rendered: bytes | None = None
 
     def answering(self, key: str) -> KeyResult:
         """This result for ``key`` (another spelling of the same version)."""
@@ -258,7 +263,14 @@ class KeyResult:
             self.yanked,
             self.deleted,
             self.artifacts,
+            self.rendered,
         )
+
+    def to_json_bytes(self) -> bytes:
+        """``to_json()`` encoded, splicing the stored fragment when there is one."""
+        if self.rendered is None:
+            return orjson.dumps(self.to_json())
+        return b'{"key":' + orjson.dumps(self.key) + b"," + self.rendered + b"}"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"key": self.key, "status": self.status.value}
@@ -296,12 +308,45 @@ class Missing:
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerFill:
+    """A version's freshly rendered answer, to store where its row still has ``stamp``
+    (``None``: there was no row)."""
+
+    version_id: int
+    stamp: int | None
+    body: bytes
+    valid_until: datetime | None
+
+
+def render_fragment(result: KeyResult) -> bytes:
+    """The JSON members of ``result`` after ``"key"`` (no braces): the same for every spelling
+    of a version's key, so it is stored once and spliced after each request's own key."""
+    members = result.to_json()
+    del members["key"]
+    return orjson.dumps(members)[1:-1]
+
+
+def valid_until(artifacts: Iterable[ArtifactView]) -> datetime | None:
+    """When an answer showing ``artifacts`` goes stale on its own: the earliest end of a deal
+    it shows (a deal past its end is no longer shown)."""
+    ends = [
+        deal.expires_at
+        for artifact in artifacts
+        for piece in artifact.pieces
+        for deal in piece.deals
+        if deal.expires_at is not None
+    ]
+    return min(ends, default=None)
+
+
+@dataclass(frozen=True, slots=True)
 class Resolution:
     """The read half of a lookup: results (missing keys provisionally ``not_found``) and the
     distinct missing keys for :func:`backfill`."""
 
     results: tuple[KeyResult, ...]
     missing: tuple[Missing, ...]
+    fills: tuple[AnswerFill, ...] = ()
 
     def with_outcomes(self, outcomes: Mapping[Key, KeyResult]) -> tuple[KeyResult, ...]:
         """The results with each missing key's backfill outcome filled in."""
@@ -637,9 +682,19 @@ def _latest_end_first(deal: DealView) -> tuple[bool, float, str]:
 
 
 def resolve(
-    session: Session, raw_keys: Sequence[object], *, now: datetime | None = None
+    session: Session,
+    raw_keys: Sequence[object],
+    *,
+    now: datetime | None = None,
+    rendered: bool = False,
 ) -> Resolution:
-    """Answer ``raw_keys`` from the index (read-only); see the module docstring."""
+    """Answer ``raw_keys`` from the index (read-only); see the module docstring.
+
+    With ``rendered``, a found version's stored answer (:class:`~forage.models.VersionAnswer`)
+    is used as is, and the versions without a current one are computed, rendered and
+    returned as :attr:`Resolution.fills`; every found result then carries ``rendered``.
+    """
+    now = now or utcnow()
     parsed: list[Key | InvalidKey] = []
     for raw in raw_keys:
         try:
@@ -663,6 +718,11 @@ def resolve(
                 _raw(Version.published_at),
                 Version.yanked,
                 Version.deleted,
+                *(
+                    (VersionAnswer.body, _raw(VersionAnswer.valid_until), VersionAnswer.stamp)
+                    if rendered
+                    else ()
+                ),
             )
             .select_from(k)
             .outerjoin(
@@ -672,29 +732,51 @@ def resolve(
                 Version, sa.and_(Version.package_id == Package.id, Version.number == k.c.number)
             )
         )
+        if rendered:
+            statement = statement.outerjoin(VersionAnswer, VersionAnswer.version_id == Version.id)
         for row in session.connection().execute(statement).all():
             key = Key(row.ecosystem, row.name, row.number)
             if row.version_id is not None:
                 versions[key] = row
             elif row.package_id is not None:
                 packages[key] = row
+    stored = {
+        key: row.body
+        for key, row in versions.items()
+        if rendered and row.body is not None and _current(_when(row.valid_until), now)
+    }
     artifacts = load_artifacts(
-        session, version_ids=sorted({row.version_id for row in versions.values()}), now=now
+        session,
+        version_ids=sorted({row.version_id for key, row in versions.items() if key not in stored}),
+        now=now,
     )
     found: dict[Key, KeyResult] = {}
     missing: dict[Key, Missing] = {}
+    fills: dict[int, AnswerFill] = {}
     for key in unique:
         version = versions.get(key)
         if version is not None:
-            found[key] = KeyResult(
+            body = stored.get(key)
+            if body is not None:
+                found[key] = KeyResult("", KeyStatus.FOUND, key, rendered=body)
+                continue
+            views = tuple(artifacts.get(version.version_id, ()))
+            result = KeyResult(
                 "",
                 KeyStatus.FOUND,
                 key,
                 published_at=_when(version.published_at),
                 yanked=version.yanked,
                 deleted=version.deleted,
-                artifacts=tuple(artifacts.get(version.version_id, ())),
+                artifacts=views,
             )
+            if rendered:
+                body = render_fragment(result)
+                result = replace(result, rendered=body)
+                fills[version.version_id] = AnswerFill(
+                    version.version_id, version.stamp, body, valid_until(views)
+                )
+            found[key] = result
             continue
         package = packages.get(key)
         missing[key] = Missing(
@@ -712,7 +794,53 @@ def resolve(
         else:
             reason = "not in the index"
             results.append(KeyResult(_echo(raw), KeyStatus.NOT_FOUND, item, reason=reason))
-    return Resolution(tuple(results), tuple(missing.values()))
+    return Resolution(tuple(results), tuple(missing.values()), tuple(fills.values()))
+
+
+def save_answers(write: Callable[[], Session], fills: Sequence[AnswerFill]) -> int:
+    """:func:`store_answers` in a write transaction of its own; a store that fails (a busy
+    database) is logged and skipped: the answers are computed again next time."""
+    try:
+        with write() as session, session.begin():
+            return store_answers(session, fills)
+    except sa.exc.OperationalError as exc:
+        log.warning("%d rendered answers not stored: %s", len(fills), exc)
+        return 0
+
+
+def _current(until: datetime | None, now: datetime) -> bool:
+    return until is None or until > now
+
+
+def store_answers(session: Session, fills: Sequence[AnswerFill]) -> int:
+    """Store rendered answers (in the caller's write transaction) where each version's row
+    is as the lookup read it: absent, or with the same stamp. A row a trigger retired in
+    between keeps its tombstone. Returns how many were stored."""
+    table = VersionAnswer.__table__
+    fresh = [
+        {"version_id": f.version_id, "body": f.body, "valid_until": f.valid_until, "stamp": 0}
+        for f in fills
+        if f.stamp is None
+    ]
+    again = [
+        {"v": f.version_id, "s": f.stamp, "b": f.body, "u": f.valid_until}
+        for f in fills
+        if f.stamp is not None
+    ]
+    connection = session.connection()
+    stored = 0
+    if fresh:
+        dialect = sqlite if is_sqlite(session) else postgresql
+        insert = dialect.insert(table).on_conflict_do_nothing(index_elements=["version_id"])
+        stored += connection.execute(insert, fresh).rowcount
+    if again:
+        update = (
+            sa.update(table)
+            .where(table.c.version_id == sa.bindparam("v"), table.c.stamp == sa.bindparam("s"))
+            .values(body=sa.bindparam("b"), valid_until=sa.bindparam("u"))
+        )
+        stored += connection.execute(update, again).rowcount
+    return stored
 
 
 class TokenBucket:
@@ -849,12 +977,20 @@ def lookup(
     *,
     policy: BackfillPolicy | None,
     now: datetime | None = None,
+    rendered: bool = False,
+    keep: Callable[[Sequence[AnswerFill]], object] | None = None,
 ) -> tuple[KeyResult, ...]:
     """Resolve ``raw_keys`` on a ``read`` session, then (given ``write`` and ``policy``)
-    backfill the missing ones in one write transaction."""
+    backfill the missing ones in one write transaction. With ``rendered`` (see
+    :func:`resolve`), answers computed here are handed to ``keep`` (a server stores them off
+    the request's path), else stored with :func:`save_answers` given ``write``."""
     now = now or utcnow()
     with read() as session, session.begin():
-        resolution = resolve(session, raw_keys, now=now)
+        resolution = resolve(session, raw_keys, now=now, rendered=rendered)
+    if resolution.fills and keep is not None:
+        keep(resolution.fills)
+    elif resolution.fills and write is not None:
+        save_answers(write, resolution.fills)
     if not resolution.missing or write is None or policy is None:
         return resolution.results
     with write() as session, session.begin():

@@ -24,7 +24,9 @@ import asyncio
 import json
 import logging
 import re
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -37,6 +39,7 @@ from forage.ingest import IMPORT
 from forage.keys import MAX_KEY_LENGTH, PLATFORMS, Key, parse_key
 from forage.lockfiles import LockfileError, read_lockfile
 from forage.lookup import (
+    AnswerFill,
     BackfillPolicy,
     KeyResult,
     KeyStatus,
@@ -49,6 +52,7 @@ from forage.lookup import (
     package_view,
     preferred_cid,
     read_only_sessionmaker,
+    save_answers,
     summarize,
 )
 from forage.registries import INDEXER_CLASSES
@@ -63,6 +67,33 @@ log = logging.getLogger(__name__)
 _CID_TEXT = re.compile(r"[A-Za-z0-9+/=_-]{8,256}")
 #: Read-only sessions for lookups (the app's own sessionmaker except on SQLite).
 READER = web.AppKey("lookup_reader", sessionmaker[Session])
+#: Batches of answers waiting to be stored beyond which new ones are dropped (recomputed on
+#: their next lookup) rather than queued without bound.
+MAX_PENDING_ANSWERS = 8
+
+
+class AnswerWriter:
+    """Stores rendered lookup answers (:func:`forage.lookup.save_answers`) one batch at a
+    time in a thread of its own, off the requests' path, so a lookup never waits for the
+    database's write lock."""
+
+    def __init__(self, write: sessionmaker[Session]) -> None:
+        self._write = write
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="forage-answers")
+        self._slots = threading.BoundedSemaphore(MAX_PENDING_ANSWERS)
+
+    def keep(self, fills: Sequence[AnswerFill]) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.info("answer writer busy: %d rendered answers not stored", len(fills))
+            return
+        future = self._executor.submit(save_answers, self._write, fills)
+        future.add_done_callback(lambda _: self._slots.release())
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+ANSWERS = web.AppKey("answer_writer", AnswerWriter)
 #: Which unknown keys may queue imports, and the rate limiter shared by all requests.
 BACKFILL = web.AppKey("backfill_policy", BackfillPolicy)
 
@@ -70,7 +101,9 @@ BACKFILL = web.AppKey("backfill_policy", BackfillPolicy)
 async def _reader_context(app: web.Application) -> AsyncIterator[None]:
     reader, engine = read_only_sessionmaker(app[SESSIONMAKER])
     app[READER] = reader
+    app[ANSWERS] = AnswerWriter(app[SESSIONMAKER])
     yield
+    app[ANSWERS].close()
     if engine is not None:
         engine.dispose()
 
@@ -153,33 +186,47 @@ async def _lookup(
     request: web.Request,
     keys: Sequence[object],
     reply: Callable[[Sequence[KeyResult]], Any],
+    *,
+    rendered: bool = False,
 ) -> web.Response:
-    """Look ``keys`` up and answer ``reply(results)``, both in a worker thread: encoding
-    10,000 results would otherwise hold the event loop."""
+    """Look ``keys`` up and answer ``reply(results)`` (already JSON bytes with ``rendered``:
+    results with their stored fragments), both in a worker thread: encoding 10,000 results
+    would otherwise hold the event loop."""
     _check_count(request, len(keys))
     app = request.app
 
     def work() -> bytes:
-        results = lookup(app[READER], app[SESSIONMAKER], keys, policy=app[BACKFILL])
-        return orjson.dumps(reply(results))
+        results = lookup(
+            app[READER],
+            app[SESSIONMAKER],
+            keys,
+            policy=app[BACKFILL],
+            rendered=rendered,
+            keep=app[ANSWERS].keep,
+        )
+        answer = reply(results)
+        return answer if isinstance(answer, bytes) else orjson.dumps(answer)
 
     body = await asyncio.to_thread(work)
     return web.Response(body=body, content_type="application/json")
 
 
-def _lookup_reply(results: Sequence[KeyResult]) -> dict[str, Any]:
-    return {"results": [result.to_json() for result in results], "summary": summarize(results)}
+def _lookup_reply(results: Sequence[KeyResult]) -> bytes:
+    """``{"results": [...], "summary": {...}}`` with each version's stored answer spliced in
+    as bytes (the same JSON ``orjson`` would write for the whole)."""
+    parts = b",".join(result.to_json_bytes() for result in results)
+    return b'{"results":[' + parts + b'],"summary":' + orjson.dumps(summarize(results)) + b"}"
 
 
 async def lookup_post(request: web.Request) -> web.Response:
     """``POST /api/v1/lookup``: ``{"keys": [...]}`` to one result per key."""
     keys = _body_keys(await _json_body(request))
-    return await _lookup(request, keys, _lookup_reply)
+    return await _lookup(request, keys, _lookup_reply, rendered=True)
 
 
 async def lookup_get(request: web.Request) -> web.Response:
     """``GET /api/v1/lookup?keys=a,b``: the same answer as the POST."""
-    return await _lookup(request, _query_keys(request), _lookup_reply)
+    return await _lookup(request, _query_keys(request), _lookup_reply, rendered=True)
 
 
 async def lookup_lockfile(request: web.Request) -> web.Response:

@@ -73,8 +73,8 @@ def _retire(row: str, versions: str) -> str:
     from this module's constants only."""
     select = versions.format(row=row)
     return (
-        "INSERT INTO version_answers (version_id, body, valid_until, stamp)"  # noqa: S608
-        f" SELECT DISTINCT t.version_id, NULL, NULL, 1 FROM ({select}) AS t"
+        "INSERT INTO version_answers (version_id, stamp)"  # noqa: S608
+        f" SELECT DISTINCT t.version_id, 1 FROM ({select}) AS t"
         " WHERE t.version_id IS NOT NULL"
         " ON CONFLICT (version_id) DO UPDATE"
         " SET body = NULL, valid_until = NULL, stamp = version_answers.stamp + 1"
