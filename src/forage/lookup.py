@@ -439,7 +439,7 @@ def _id_set(session: Session, column: Any, values: Sequence[Any], *, text: bool 
     return column == sa.any_(array)
 
 
-def _keys_table(session: Session | sa.Connection, keys: Sequence[Key]) -> Any:
+def keys_table(session: Session | sa.Connection, keys: Sequence[Key]) -> Any:
     """A derived table ``k(ecosystem, name, number)`` of ``keys``, bound as one parameter."""
     if is_sqlite(session):
         doc = json.dumps([[k.ecosystem, k.name, k.version] for k in keys])
@@ -464,7 +464,7 @@ def _keys_table(session: Session | sa.Connection, keys: Sequence[Key]) -> Any:
 def full_query(bind: Session | sa.Connection, keys: Sequence[Key]) -> Any:
     """What :func:`resolve` reads for ``keys``, as one statement of outer joins (a row per
     file x digest x pin x active deal): the benchmark's bare-SQL baseline."""
-    k = _keys_table(bind, keys)
+    k = keys_table(bind, keys)
     return (
         sa.select(
             k.c.ecosystem,
@@ -705,7 +705,7 @@ def resolve(
     versions: dict[Key, Any] = {}
     packages: dict[Key, Any] = {}
     if unique:
-        k = _keys_table(session, unique)
+        k = keys_table(session, unique)
         statement = (
             sa.select(
                 k.c.ecosystem,
