@@ -7,7 +7,10 @@ with provider and expiry; unknown keys queue one deduplicated import per package
 version for Go), absorbed by an import already queued (also one a watcher queued), limited by
 a token bucket, and never for unindexed or unconfigured registries or packages checked
 recently; a 10,000-key batch costs the same few statements as a 3-key one; reverse lookup by
-CID, the package view, the legacy one-CID answer and the statistics.
+CID, the package view, the legacy one-CID answer and the statistics; a version's stored
+answer is the computed one byte for byte until anything it shows changes (archive, pin,
+deal, yank, file) or a deal it shows ends, and an answer computed before a change never
+lands after it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -47,9 +51,17 @@ from forage.lookup import (
     parse_lookup_key,
     preferred_cid,
     resolve,
+    store_answers,
     summarize,
 )
-from forage.models import ArchiveStatus, DealState, JobRecord, JobState, PinStatus
+from forage.models import (
+    ArchiveStatus,
+    DealState,
+    JobRecord,
+    JobState,
+    PinStatus,
+    VersionAnswer,
+)
 from indexers import Change
 from tests.factories import (
     artifact_content,
@@ -448,3 +460,107 @@ async def test_a_backfill_import_runs_and_the_next_lookup_finds_the_version(
     assert [a.filename for a in second.artifacts] == ["left-pad-1.3.0.tgz"]
     # Not archived yet (the archive job the import queued comes next): no archive, no CID.
     assert (second.artifacts[0].archive_status, second.artifacts[0].cid) == (None, None)
+
+
+def _rendered(session: Session, key: str, *, now: datetime = NOW) -> tuple[Any, bytes]:
+    """Resolve ``key`` with stored answers; store what was computed; the resolution and
+    the key's JSON as the API sends it."""
+    resolution = resolve(session, [key], now=now, rendered=True)
+    store_answers(session, resolution.fills)
+    return resolution, resolution.results[0].to_json_bytes()
+
+
+def _computed(session: Session, key: str, *, now: datetime = NOW) -> bytes:
+    """The key's JSON computed from the tables, no stored answer involved."""
+    return orjson.dumps(resolve(session, [key], now=now).results[0].to_json())
+
+
+def _archive_wheel(session: Session, rows: dict[str, Any]) -> None:
+    archive = rows["wheel"].archive
+    archive.status, archive.cid, archive.size = ArchiveStatus.ARCHIVED, raw_cid(b"wheel"), 5
+    archive.archived_at = NOW
+
+
+def _pin(session: Session, rows: dict[str, Any]) -> None:
+    make_pin(session, archive=rows["archive"], backend="psa")
+
+
+def _unpin(session: Session, rows: dict[str, Any]) -> None:
+    session.delete(rows["archive"].pins[0])
+
+
+def _new_deal(session: Session, rows: dict[str, Any]) -> None:
+    make_deal(session, piece=rows["piece"], deal_id="7009", provider="f0999")
+
+
+def _slash(session: Session, rows: dict[str, Any]) -> None:
+    rows["deal"].state = DealState.SLASHED
+
+
+def _yank(session: Session, rows: dict[str, Any]) -> None:
+    rows["sdist"].version.yanked = True
+
+
+def _new_file(session: Session, rows: dict[str, Any]) -> None:
+    make_artifact(session, version=rows["sdist"].version, filename="Django-5.0.zip")
+
+
+CHANGES = [_archive_wheel, _pin, _unpin, _new_deal, _slash, _yank, _new_file]
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=[c.__name__.strip("_") for c in CHANGES])
+def test_a_stored_answer_is_the_computed_one_until_anything_it_shows_changes(
+    db_session: Session, change: Any
+) -> None:
+    rows = django(db_session)
+    key = "pkg:pypi/django@5.0"
+    first, sent = _rendered(db_session, key)
+    assert len(first.fills) == 1 and sent == _computed(db_session, key)
+    # Asked again (another spelling): the stored bytes, no files loaded, nothing to store.
+    again = resolve(db_session, ["Pypi:Django:5.0"], now=NOW, rendered=True)
+    (result,) = again.results
+    assert again.fills == () and result.artifacts == () and result.rendered is not None
+    assert result.to_json_bytes() == _computed(db_session, "Pypi:Django:5.0")
+    # A change to anything the answer shows retires it (a trigger); the next lookup shows it.
+    change(db_session, rows)
+    db_session.flush()
+    db_session.expire_all()
+    after, shown = _rendered(db_session, key)
+    assert len(after.fills) == 1
+    assert shown == _computed(db_session, key) != sent
+
+
+def test_a_package_sync_does_not_retire_its_answers(db_session: Session) -> None:
+    rows = django(db_session)
+    _rendered(db_session, "pypi:django:5.0")
+    rows["sdist"].version.package.last_synced = NOW  # shown nowhere in the answer
+    db_session.flush()
+    assert resolve(db_session, ["pypi:django:5.0"], now=NOW, rendered=True).fills == ()
+
+
+def test_a_deal_past_its_end_leaves_the_stored_answer(db_session: Session) -> None:
+    django(db_session)
+    _, sent = _rendered(db_session, "pypi:django:5.0")
+    assert b'"7004"' in sent  # ends NOW + 9 days: the earliest end shown
+    stored = db_session.execute(sa.select(VersionAnswer.valid_until)).scalar_one()
+    assert stored == NOW + timedelta(9)
+    later = NOW + timedelta(10)
+    resolution, shown = _rendered(db_session, "pypi:django:5.0", now=later)
+    assert len(resolution.fills) == 1  # recomputed, not served from the store
+    assert b'"7004"' not in shown and b'"7001"' in shown
+
+
+def test_an_answer_computed_before_a_change_is_not_stored_after_it(
+    db_session: Session,
+) -> None:
+    rows = django(db_session)
+    early = resolve(db_session, ["pypi:django:5.0"], now=NOW, rendered=True)
+    _yank(db_session, rows)  # commits between the lookup's read and its store
+    db_session.flush()
+    assert store_answers(db_session, early.fills) == 0  # the tombstone's stamp moved on
+    db_session.expire_all()
+    _, shown = _rendered(db_session, "pypi:django:5.0")
+    assert b'"yanked":true' in shown
+    # Once stored, a stale store of the same version loses to the row already there.
+    assert store_answers(db_session, early.fills) == 0
+    assert _rendered(db_session, "pypi:django:5.0")[1] == shown
