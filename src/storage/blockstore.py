@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -185,7 +186,7 @@ def _translate(exc: OSError, what: str) -> BlockstoreError:
     return BlockstoreError(f"{what}: {exc}")
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -271,14 +272,14 @@ class _Staging:
         self._users = 0
         self._names = itertools.count()
 
-    def acquire(self) -> tuple[Path, str]:
+    def acquire(self) -> tuple[str, str]:
         """The area's directory and a file-name prefix no other batch uses; pair with
         ``release``."""
         with self._lock:
             if self._area is None:
                 self._area = _StagingArea(self._staging)
             self._users += 1
-            return self._area.path, f"{next(self._names)}."
+            return str(self._area.path), f"{next(self._names)}."
 
     def release(self) -> None:
         with self._lock:
@@ -331,9 +332,9 @@ class _FilesystemBatch:
         self._store = store
         self._buffer: dict[str, bytes] = {}
         self._buffered = 0
-        self._staged: dict[str, Path] = {}
-        self._present: set[Path] = set()
-        self._area: tuple[Path, str] | None = None
+        self._staged: dict[str, str] = {}
+        self._present: set[str] = set()
+        self._area: tuple[str, str] | None = None
         self._closed = False
 
     def put(self, block: Block) -> None:
@@ -343,10 +344,10 @@ class _FilesystemBatch:
         key = self._store._key(block.cid)
         if key in self._buffer or key in self._staged:
             return
-        final = self._store._path(key)
-        if final.exists():
+        final = self._store._file(key)
+        if os.path.exists(final):
             # Another writer's rename may not be durable yet: the commit syncs its shard.
-            self._present.add(final.parent)
+            self._present.add(os.path.dirname(final))
             return
         data = bytes(block.data)
         if self._buffered + len(data) <= BATCH_BUFFER:
@@ -363,7 +364,7 @@ class _FilesystemBatch:
         if self._area is None:
             self._area = self._store._staging.acquire()  # the batch's first file
         directory, prefix = self._area
-        path = directory / f"{prefix}{key}.data"
+        path = f"{directory}/{prefix}{key}.data"
         _write_file(path, data, fsync=self._store._sync == "fsync")
         self._staged[key] = path
 
@@ -395,7 +396,8 @@ class _FilesystemBatch:
         self._buffer.clear()
         self._buffered = 0
         for path in self._staged.values():
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         self._release()
 
     def _release(self) -> None:
@@ -422,8 +424,8 @@ class _Group:
     __slots__ = ("done", "error", "files", "present")
 
     def __init__(self) -> None:
-        self.files: list[tuple[str, Path]] = []
-        self.present: set[Path] = set()
+        self.files: list[tuple[str, str]] = []
+        self.present: set[str] = set()
         self.done = False
         self.error: BaseException | None = None
 
@@ -444,7 +446,7 @@ class _GroupCommitter:
         self.batches = 0
         self.groups = 0
 
-    def commit(self, files: Iterable[tuple[str, Path]], present: Iterable[Path] = ()) -> None:
+    def commit(self, files: Iterable[tuple[str, str]], present: Iterable[str] = ()) -> None:
         """Return once the staged ``(key, path)`` files are in place and they and the
         ``present`` shards are durable; raise ``OSError`` if the group they were committed
         with failed (then some of its files may be in place, none half-written)."""
@@ -479,7 +481,7 @@ class _GroupCommitter:
             raise BlockstoreError(f"committing staged blocks: {error!r}") from error
 
 
-def _write_file(path: Path, data: bytes, *, fsync: bool) -> None:
+def _write_file(path: str, data: bytes, *, fsync: bool) -> None:
     """Write ``data`` to a new file; on any failure remove what was written."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -491,7 +493,8 @@ def _write_file(path: Path, data: bytes, *, fsync: bool) -> None:
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         raise
     os.close(fd)
 
@@ -514,6 +517,7 @@ class FilesystemBlockstore:
         if sync == "syncfs" and _SYNCFS is None:
             raise StorageError("syncfs(2) is not available on this system: use sync='fsync'")
         self.root = Path(root)
+        self._blocks = str(self.root / "blocks")
         self.durable = durable
         chosen: Sync = sync or ("syncfs" if _SYNCFS is not None else "fsync")
         self._sync: Sync | None = chosen if durable else None
@@ -549,7 +553,11 @@ class FilesystemBlockstore:
     def _path(self, key: str) -> Path:
         return self.root / "blocks" / key[-3:-1] / f"{key}.data"
 
-    def _move_into_place(self, staged: list[tuple[str, Path]], present: set[Path]) -> None:
+    def _file(self, key: str) -> str:
+        """``_path`` as text, built without pathlib (it is on every block's path)."""
+        return f"{self._blocks}/{key[-3:-1]}/{key}.data"
+
+    def _move_into_place(self, staged: list[tuple[str, str]], present: set[str]) -> None:
         """Make the staged files' data durable, rename each into its shard (creating the
         shard on first use), then make the renames, and those of the ``present`` shards'
         blocks, durable."""
@@ -560,14 +568,15 @@ class FilesystemBlockstore:
         shards = set(present)
         created = False
         for key, path in staged:
-            final = self._path(key)
+            final = self._file(key)
             try:
                 os.replace(path, final)
             except FileNotFoundError:
-                final.parent.mkdir(exist_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(os.path.dirname(final))
                 created = True
                 os.replace(path, final)
-            shards.add(final.parent)
+            shards.add(os.path.dirname(final))
         if self._sync == "syncfs":
             _syncfs(self.root)
         elif self._sync == "fsync":
@@ -578,7 +587,7 @@ class FilesystemBlockstore:
 
     def has(self, cid: CID) -> bool:
         """Whether a block with ``cid``'s multihash is stored."""
-        return self._path(self._key(cid)).exists()
+        return os.path.exists(self._file(self._key(cid)))
 
     def get(self, cid: CID) -> Block:
         """The stored block, verified against ``cid`` (``IntegrityError`` if corrupt)."""

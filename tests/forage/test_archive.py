@@ -36,6 +36,7 @@ from forage.archive import (
     artifact_ids_for_key,
     count_unarchived,
     record_archived,
+    record_archived_many,
     record_failed,
     unarchived_ids,
 )
@@ -499,6 +500,37 @@ def test_recording_is_idempotent_and_never_downgrades(db_session: Any) -> None:
     record_failed(db_session, artifact.id, "late failure of a concurrent attempt")
     [row] = db_session.scalars(sa.select(Archive).where(Archive.artifact_id == artifact.id))
     assert (row.id, row.status, row.cid, row.error) == (first, "archived", result.cid, None)
+
+
+def test_a_group_of_results_is_recorded_in_one_go_with_one_pin_job_each(db_session: Any) -> None:
+    """record_archived_many (concurrent archives sharing a transaction): a new artifact, a
+    failed one and an archived one; the last keeps its row and gets no id, a repeated
+    artifact gets its id once, and one pin job is queued per archive that moved."""
+    fresh, failed, done = (make_artifact(db_session) for _ in range(3))
+    record_failed(db_session, failed.id, "DownloadUnavailable: reset")
+    earlier = make_archive(db_session, artifact=done)
+    result = ArchiveResult(
+        cid=str(compute_cid(b"y")), size=1, verified_algorithm="sha512", verified_digest="cd" * 64
+    )
+    ids = record_archived_many(
+        db_session, [(fresh.id, result), (failed.id, result), (done.id, result), (fresh.id, result)]
+    )
+    assert ids[0] is not None and ids[1] is not None and ids[2:] == [None, None]
+    rows = {
+        row.artifact_id: row
+        for row in db_session.scalars(
+            sa.select(Archive).where(Archive.artifact_id.in_([fresh.id, failed.id, done.id]))
+        )
+    }
+    assert (rows[fresh.id].id, rows[fresh.id].status, rows[fresh.id].cid) == (
+        ids[0],
+        "archived",
+        result.cid,
+    )
+    assert (rows[failed.id].id, rows[failed.id].error, rows[failed.id].size) == (ids[1], None, 1)
+    assert (rows[done.id].id, rows[done.id].cid) == (earlier.id, earlier.cid)
+    pins = db_session.scalars(sa.select(JobRecord.payload).where(JobRecord.kind == "pin")).all()
+    assert sorted(payload["archive_id"] for payload in pins) == sorted(ids[:2])
 
 
 def test_pending_artifacts_are_those_without_an_archived_row(db_session: Any) -> None:
