@@ -50,6 +50,8 @@ def test_purl_round_trip_keeps_scope_encoded() -> None:
         ("pkg:npm/", "name"),
         ("npm::1.0.0", "missing package name"),
         ("npm:lo\x00dash:1.0.0", "control character"),
+        ("npm:lo\x1fdash:1.0.0", "control character"),
+        ("npm:lo\x7fdash:1.0.0", "control character"),
         ("x" * (MAX_KEY_LENGTH + 1), "longer than"),
     ],
 )
