@@ -6,11 +6,13 @@ alike; lockfiles and SBOMs are answered per dependency; the legacy ``{key: cid}`
 reverse lookup by CID (CIDv0 too); package and version pages of the API; stats; the import
 endpoint requires the configured bearer token; batches above the key limit and bodies above
 the size limit are refused with 413 naming the limit; hostile input gets a 4xx, never a 500;
-on SQLite a lookup does not wait for a writer holding the database lock.
+on SQLite a lookup does not wait for a writer holding the database lock; versions' stored
+answers are sent byte for byte as first computed, until the version changes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -28,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from forage.blocks import open_blockstore
 from forage.config import Config, load_config
 from forage.db import make_engine, make_sessionmaker
-from forage.models import JobRecord
+from forage.models import Artifact, JobRecord, PinStatus, VersionAnswer
 from forage.server.app import make_app
 from tests.factories import (
     artifact_content,
@@ -405,3 +407,40 @@ async def test_a_lookup_does_not_wait_for_a_writer_on_sqlite(
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+async def _stored_answers(api: Api, count: int) -> None:
+    """Until the server's answer writer has stored ``count`` answers (it runs off the
+    request's path)."""
+    deadline = time.monotonic() + 10
+    while True:
+        with api.sessions() as session:
+            stored = session.execute(
+                sa.select(sa.func.count()).where(VersionAnswer.body.is_not(None))
+            ).scalar_one()
+        if stored >= count:
+            return
+        assert time.monotonic() < deadline, f"{stored} of {count} answers stored"
+        await asyncio.sleep(0.05)
+
+
+async def test_stored_answers_are_sent_byte_for_byte_until_the_version_changes(
+    api: Api,
+) -> None:
+    keys = {"keys": KEYS[:2]}
+    first = await api.client.post("/api/v1/lookup", json=keys)
+    sent = await first.read()
+    await _stored_answers(api, 2)
+    again = await api.client.post("/api/v1/lookup", json=keys)
+    # Spliced from the stored answers: the very bytes computed the first time.
+    assert await again.read() == sent
+    with api.sessions.begin() as session:
+        sdist = session.get(Artifact, api.rows["sdist"].id)
+        assert sdist is not None and sdist.archive is not None
+        sdist.version.yanked = True
+        sdist.archive.pins[0].status = PinStatus.FAILED
+    body = await api.json("POST", "/api/v1/lookup", json=keys)
+    django, scoped = body["results"]
+    assert django["yanked"] is True
+    assert django["artifacts"][0]["pins"][0]["status"] == "failed"
+    assert scoped == json.loads(sent)["results"][1]  # untouched, still the stored answer
