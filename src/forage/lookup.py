@@ -37,7 +37,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import sqlalchemy as sa
@@ -816,7 +816,7 @@ def store_answers(session: Session, fills: Sequence[AnswerFill]) -> int:
     """Store rendered answers (in the caller's write transaction) where each version's row
     is as the lookup read it: absent, or with the same stamp. A row a trigger retired in
     between keeps its tombstone. Returns how many were stored."""
-    table = VersionAnswer.__table__
+    table = cast(sa.Table, VersionAnswer.__table__)
     fresh = [
         {"version_id": f.version_id, "body": f.body, "valid_until": f.valid_until, "stamp": 0}
         for f in fills
