@@ -27,6 +27,7 @@ else the mainnet time of its end epoch: ``genesis + 30 s x epoch``
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import logging
@@ -388,6 +389,17 @@ _PLAIN_NAME = re.compile(r"@?[a-z0-9][a-z0-9._-]*(?:/[a-z0-9][a-z0-9._-]*)*")
 _PLAIN_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+#: Plain names whose canonical spelling is remembered: the registries' checks cost more than
+#: the rest of a known key's lookup, and the same names come back in batch after batch.
+NAME_CACHE_SIZE = 65_536
+
+
+@functools.lru_cache(maxsize=NAME_CACHE_SIZE)
+def _normalized(ecosystem: str, name: str) -> str:
+    """:func:`normalize_name`, remembered (a name it refuses raises again every time)."""
+    return normalize_name(ecosystem, name)
+
+
 def canonical_purl(key: Key) -> str:
     """``key.purl()``, spelled here without the purl library for plain names (as
     :data:`_PLAIN_PURL` reads them): building a ``PackageURL`` costs more than a lookup."""
@@ -414,7 +426,7 @@ def parse_lookup_key(raw: object) -> Key:
         if name.startswith("%40"):
             name = "@" + name[3:]
         try:
-            key = Key(ecosystem, normalize_name(ecosystem, name), version)
+            key = Key(ecosystem, _normalized(ecosystem, name), version)
         except IndexerError as exc:
             raise InvalidKey(raw, str(exc)) from exc
     if key.version is None:
@@ -704,6 +716,9 @@ def resolve(
     unique = list(dict.fromkeys(k for k in parsed if isinstance(k, Key)))
     versions: dict[Key, Any] = {}
     packages: dict[Key, Any] = {}
+    found: dict[Key, KeyResult] = {}
+    missing: dict[Key, Missing] = {}
+    fills: dict[int, AnswerFill] = {}
     if unique:
         k = keys_table(session, unique)
         statement = (
@@ -736,47 +751,36 @@ def resolve(
             statement = statement.outerjoin(VersionAnswer, VersionAnswer.version_id == Version.id)
         for row in session.connection().execute(statement).all():
             key = Key(row.ecosystem, row.name, row.number)
-            if row.version_id is not None:
+            if row.version_id is None:
+                if row.package_id is not None:
+                    packages[key] = row
+            elif rendered and row.body is not None and _current(_when(row.valid_until), now):
+                found[key] = KeyResult("", KeyStatus.FOUND, key, rendered=row.body)
+            else:
                 versions[key] = row
-            elif row.package_id is not None:
-                packages[key] = row
-    stored = {
-        key: row.body
-        for key, row in versions.items()
-        if rendered and row.body is not None and _current(_when(row.valid_until), now)
-    }
     artifacts = load_artifacts(
-        session,
-        version_ids=sorted({row.version_id for key, row in versions.items() if key not in stored}),
-        now=now,
+        session, version_ids=sorted({row.version_id for row in versions.values()}), now=now
     )
-    found: dict[Key, KeyResult] = {}
-    missing: dict[Key, Missing] = {}
-    fills: dict[int, AnswerFill] = {}
-    for key in unique:
-        version = versions.get(key)
-        if version is not None:
-            body = stored.get(key)
-            if body is not None:
-                found[key] = KeyResult("", KeyStatus.FOUND, key, rendered=body)
-                continue
-            views = tuple(artifacts.get(version.version_id, ()))
-            result = KeyResult(
-                "",
-                KeyStatus.FOUND,
-                key,
-                published_at=_when(version.published_at),
-                yanked=version.yanked,
-                deleted=version.deleted,
-                artifacts=views,
+    for key, version in versions.items():
+        views = tuple(artifacts.get(version.version_id, ()))
+        result = KeyResult(
+            "",
+            KeyStatus.FOUND,
+            key,
+            published_at=_when(version.published_at),
+            yanked=version.yanked,
+            deleted=version.deleted,
+            artifacts=views,
+        )
+        if rendered:
+            body = render_fragment(result)
+            result = replace(result, rendered=body)
+            fills[version.version_id] = AnswerFill(
+                version.version_id, version.stamp, body, valid_until(views)
             )
-            if rendered:
-                body = render_fragment(result)
-                result = replace(result, rendered=body)
-                fills[version.version_id] = AnswerFill(
-                    version.version_id, version.stamp, body, valid_until(views)
-                )
-            found[key] = result
+        found[key] = result
+    for key in unique:
+        if key in found:
             continue
         package = packages.get(key)
         missing[key] = Missing(
@@ -789,8 +793,8 @@ def resolve(
     for raw, item in zip(raw_keys, parsed, strict=True):
         if isinstance(item, InvalidKey):
             results.append(KeyResult(_echo(raw), KeyStatus.INVALID, error=item.reason))
-        elif item in found:
-            results.append(found[item].answering(_echo(raw)))
+        elif (hit := found.get(item)) is not None:
+            results.append(hit.answering(_echo(raw)))
         else:
             reason = "not in the index"
             results.append(KeyResult(_echo(raw), KeyStatus.NOT_FOUND, item, reason=reason))
