@@ -41,7 +41,6 @@ import functools
 import logging
 import tempfile
 from collections.abc import (
-    AsyncIterator,
     Awaitable,
     Callable,
     Collection,
@@ -387,15 +386,15 @@ class _Pass:
         """Whether everything so far may be handled on the event loop (see ``INLINE_SIZE``)."""
         return self.received <= INLINE_SIZE and self.spool is None
 
-    def both(self, segment: bytearray) -> None:
+    def both(self, segment: bytes | bytearray) -> None:
         """Hash-and-verify then import-and-stage, in the calling thread."""
         self.verify(segment)
         self.store(segment)
 
-    def verify(self, segment: bytearray) -> None:
+    def verify(self, segment: bytes | bytearray) -> None:
         self.verifier.update(segment)  # type: ignore[arg-type]  # any buffer hashes
 
-    def store(self, segment: bytearray) -> None:
+    def store(self, segment: bytes | bytearray) -> None:
         for block in self.importer.update(segment):
             self.batch.put(block)
         if self.spool is not None:
@@ -432,22 +431,6 @@ def _result(importer: UnixFSImporter, check: DigestCheck, target: ArchiveTarget)
     )
 
 
-async def _segments(
-    chunks: AsyncIterator[bytes], on_bytes: OnBytes | None
-) -> AsyncIterator[bytearray]:
-    """Gather network chunks into segments of about ``SEGMENT_SIZE`` bytes."""
-    segment = bytearray()
-    async for chunk in chunks:
-        segment += chunk
-        if on_bytes is not None:
-            on_bytes(len(chunk))
-        if len(segment) >= SEGMENT_SIZE:
-            yield segment
-            segment = bytearray()
-    if segment:
-        yield segment
-
-
 async def _settle(task: asyncio.Future[Any] | None) -> None:
     """Wait until a hashing task's thread has returned, whatever it raised."""
     if task is None:
@@ -458,7 +441,7 @@ async def _settle(task: asyncio.Future[Any] | None) -> None:
         task.exception()  # retrieved: the error that matters is already propagating
 
 
-async def _both(work: _Pass, segment: bytearray) -> None:
+async def _both(work: _Pass, segment: bytes | bytearray) -> None:
     """Hash-and-verify and import-and-stage one segment in two threads at once; return only
     when both threads have (so no thread outlives a failure), raising the first error."""
     results = await asyncio.gather(
@@ -471,7 +454,7 @@ async def _both(work: _Pass, segment: bytearray) -> None:
             raise result
 
 
-def _hand_over(work: _Pass, segment: bytearray) -> asyncio.Future[Any]:
+def _hand_over(work: _Pass, segment: bytes | bytearray) -> asyncio.Future[Any]:
     return asyncio.ensure_future(_both(work, segment))
 
 
@@ -487,7 +470,8 @@ async def _stream(
         async with open_download(
             client, target.url, policy=policy, expected_size=target.size
         ) as response:
-            async for segment in _segments(iter_body(response, policy=policy), on_bytes):
+            segments = iter_body(response, policy=policy, gather=SEGMENT_SIZE, on_bytes=on_bytes)
+            async for segment in segments:
                 if inflight is not None:
                     await asyncio.shield(inflight)
                     inflight = None

@@ -15,7 +15,7 @@ as ``ConnectTimeout``; either way it is retryable.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -123,23 +123,43 @@ def _check_status(response: httpx.Response, url: httpx.URL) -> None:
         raise DownloadRefused(redact(url), f"HTTP {status}")
 
 
-async def iter_body(response: httpx.Response, *, policy: HostPolicy) -> AsyncIterator[bytes]:
+async def iter_body(
+    response: httpx.Response,
+    *,
+    policy: HostPolicy,
+    gather: int = 0,
+    on_bytes: Callable[[int], None] | None = None,
+) -> AsyncIterator[bytes | bytearray]:
     """Yield the body as sent, in chunks, enforcing the size cap and turning cuts into errors.
 
     The bytes are never decoded: an upstream digest covers the file, and some servers label
     ``.tar.gz`` files ``Content-Encoding: gzip`` (pip reads those raw for the same reason).
-    Reading raw also skips httpx's decoder layer, a sixth of the download's CPU.
+    Reading raw also skips httpx's decoder layer, a sixth of the download's CPU. With
+    ``gather``, network chunks are joined into pieces of at least that many bytes (the last
+    may be shorter), each a new ``bytearray`` the caller may keep; ``on_bytes(n)`` is called
+    as chunks arrive (progress bars).
     """
     received = 0
+    piece = bytearray()
     try:
         async for chunk in response.aiter_raw():
             received += len(chunk)
             if received > policy.max_size:
                 raise DownloadRefused(redact(response.url), f"body exceeds cap {policy.max_size}")
-            yield chunk
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+            if not gather:
+                yield chunk
+                continue
+            piece += chunk
+            if len(piece) >= gather:
+                yield piece
+                piece = bytearray()
     except httpx.TimeoutException as exc:
         raise DownloadUnavailable(redact(response.url), "timeout while reading body") from exc
     except httpx.TransportError as exc:
         raise DownloadUnavailable(
             redact(response.url), f"body cut short after {received} bytes: {exc!r}"
         ) from exc
+    if piece:
+        yield piece
