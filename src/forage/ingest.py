@@ -124,7 +124,9 @@ def _statements(dialect: str) -> _Statements:
         insert_artifacts=sa.insert(_artifacts).returning(
             _artifacts.c.id, _artifacts.c.version_id, _artifacts.c.filename
         ),
-        insert_digests=sa.insert(_digests),
+        # RETURNING makes SQLAlchemy send one multi-row INSERT ("insertmanyvalues"); without
+        # it psycopg pipelines one INSERT per row.
+        insert_digests=sa.insert(_digests).returning(_digests.c.artifact_id),
     )
 
 

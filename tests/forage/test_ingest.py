@@ -10,6 +10,7 @@ watchers cannot both move one cursor.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from aiohttp import web
+from sqlalchemy.orm import Session
 
 from forage.config import Config, load_config
 from forage.db import make_engine, make_sessionmaker
@@ -30,9 +32,13 @@ from forage.ingest import (
     ARCHIVE,
     IMPORT,
     CursorConflict,
+    RecordStats,
+    change_of,
     commit_page,
+    enqueue_changes,
     import_job,
     import_package,
+    record_package,
     watch_feed,
 )
 from forage.jobs import RetryPolicy
@@ -46,7 +52,15 @@ from forage.models import (
     Version,
 )
 from forage.worker import JobContext, Worker, job_context
-from indexers import FeedError, Page, UpstreamUnavailable
+from indexers import Artifact as FileInfo
+from indexers import (
+    Change,
+    FeedError,
+    PackageInfo,
+    Page,
+    Release,
+    UpstreamUnavailable,
+)
 
 
 def write_config(
@@ -438,3 +452,102 @@ async def test_concurrency_per_registry_is_bounded_by_max_connections(
         stats = await drain(ctx)  # 4 jobs at once, but only 2 connections to npm
         assert stats.done == 12
         assert peak == 2
+
+
+def release_of(version: str, *filenames: str) -> Release:
+    """A release whose every file has its own sha256 (of its name)."""
+    return Release(
+        version=version,
+        artifacts=tuple(
+            FileInfo(
+                filename=name,
+                url=f"https://files.example/{name}",
+                size=len(name),
+                digests={"sha256": hashlib.sha256(name.encode()).hexdigest()},
+            )
+            for name in filenames
+        ),
+    )
+
+
+def test_record_package_adds_only_what_is_new_each_file_with_its_own_digest(
+    db_session: Session,
+) -> None:
+    """A re-import that brings a new file to a known release and a new many-file release
+    inserts exactly those, each with its own digest and archive job, and refreshes the
+    package row."""
+    first = PackageInfo("pypi", "demo", "Demo", (release_of("1.0", "demo-1.0.tar.gz"),), serial=3)
+    created = record_package(db_session, first)
+    assert (created.new_versions, created.new_artifacts) == (1, 1)
+
+    files_11 = ("demo-1.1.tar.gz", "demo-1.1-py3-none-any.whl", "demo-1.1-cp311-win32.whl")
+    second = PackageInfo(
+        "pypi",
+        "demo",
+        "DEMO",
+        (
+            release_of("1.0", "demo-1.0.tar.gz", "demo-1.0-py3-none-any.whl"),
+            release_of("1.1", *files_11),
+        ),
+        serial=9,
+        extra={"summary": "a demo"},
+    )
+    assert record_package(db_session, second) == RecordStats(created.package_id, 1, 4, 0)
+    assert record_package(db_session, second) == RecordStats(created.package_id, 0, 0, 0)
+
+    recorded = dict(
+        db_session.execute(
+            sa.select(Artifact.filename, ArtifactDigest.value)
+            .join(ArtifactDigest)
+            .where(ArtifactDigest.algorithm == "sha256")
+        ).all()
+    )
+    names = ["demo-1.0.tar.gz", "demo-1.0-py3-none-any.whl", *files_11]
+    assert recorded == {name: hashlib.sha256(name.encode()).hexdigest() for name in names}
+    archive_payloads = db_session.execute(
+        sa.select(JobRecord.payload, JobRecord.dedup_key).where(JobRecord.kind == ARCHIVE)
+    ).all()
+    artifact_ids = set(db_session.execute(sa.select(Artifact.id)).scalars())
+    assert {payload["artifact_id"] for payload, _ in archive_payloads} == artifact_ids
+    assert {key for _, key in archive_payloads} == {f"archive:{i}" for i in artifact_ids}
+    package = db_session.execute(sa.select(Package)).scalar_one()
+    assert (package.display_name, package.last_serial, package.extra) == (
+        "DEMO",
+        9,
+        {"summary": "a demo"},
+    )
+
+
+def test_feed_changes_become_import_jobs_with_their_freshness_hints(db_session: Session) -> None:
+    """One job per package (the later hint of a package listed twice wins), and the job's
+    payload gives back the change the indexer checks freshness against."""
+    changes = [
+        Change("left-pad", serial=10, revision="3-aaa"),
+        Change("@scope/pkg", serial=11, revision="1-bbb"),
+        Change("left-pad", serial=12, revision="4-ccc"),
+    ]
+    assert enqueue_changes(db_session, "npm", changes) == 3
+    payloads = {
+        row.dedup_key: row.payload
+        for row in db_session.execute(sa.select(JobRecord).where(JobRecord.kind == IMPORT))
+        .scalars()
+        .all()
+    }
+    assert payloads == {
+        "import:npm:left-pad": {
+            "ecosystem": "npm",
+            "name": "left-pad",
+            "serial": 12,
+            "revision": "4-ccc",
+        },
+        "import:npm:@scope/pkg": {
+            "ecosystem": "npm",
+            "name": "@scope/pkg",
+            "serial": 11,
+            "revision": "1-bbb",
+        },
+    }
+    hints = payloads["import:npm:left-pad"]
+    assert change_of("left-pad", hints) == changes[2]
+    go = change_of("example.com/m", {"ecosystem": "golang", "version": "v1.0.0", "deleted": True})
+    assert go == Change("example.com/m", version="v1.0.0", deleted=True)
