@@ -4,10 +4,15 @@ A fake npm registry (in a child process, so its CPU is not ours) serves a replic
 ``--packages`` changes whose packuments carry ``--versions`` versions each, every request
 delayed by ``--latency`` seconds. Forage watches the feed to its head, then a worker imports
 every package. Prints JSON: versions recorded per second (watch + import, wall clock), the
-count recorded, and peak RSS of this process, for each database URL given.
+count recorded, the CPU seconds this process spent on it (all threads; the registry's CPU is
+not counted) with versions per CPU second, and peak RSS of this process, for each database
+URL given. On a shared machine the wall-clock rate follows the load; versions per CPU second
+much less so, which makes it the figure to compare between runs.
 
     python scripts/bench_index.py                                  # SQLite in a temp dir
     python scripts/bench_index.py --database-url postgresql+psycopg://user@127.0.0.1:5432/db
+
+A PostgreSQL database must be at the code's revision first (``forage db upgrade``).
 """
 
 from __future__ import annotations

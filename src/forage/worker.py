@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import httpx
-from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp import HttpxAiohttpClient
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -60,6 +60,8 @@ class JobContext:
 
     ``http`` maps an ecosystem (``npm``, ``pypi``, ``golang``) to that registry's shared
     client; ``blockstore`` is the configured blockstore (:func:`forage.blocks.open_blockstore`).
+    On SQLite, the transactions of one context run one at a time (a function given to
+    :meth:`transaction` must not wait for another one).
     """
 
     config: Config
@@ -338,13 +340,11 @@ def registry_client(*, max_connections: int) -> httpx.AsyncClient:
     httpcore's pool costs about 2 ms of CPU per request and grows with the number of
     connections (each request scans every connection's state), a third of an import's CPU;
     aiohttp's pool (through ``httpx-aiohttp``) costs about a quarter of that. Proxies named
-    in the environment still apply: httpx mounts its own transport for them.
+    in the environment apply as with plain httpx.
     """
-    limits = httpx.Limits(max_connections=max_connections)
-    return httpx.AsyncClient(
-        transport=AiohttpTransport(limits=limits),
+    return HttpxAiohttpClient(
         headers={"User-Agent": USER_AGENT},
-        limits=limits,
+        limits=httpx.Limits(max_connections=max_connections),
         timeout=httpx.Timeout(60.0, connect=15.0),
         follow_redirects=False,
     )
