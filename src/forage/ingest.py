@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -76,10 +76,10 @@ def _insert(session: Session, table: Any) -> Any:
 
 
 # Core tables: statements on them skip the ORM's per-statement bookkeeping.
-_packages = Package.__table__
-_versions = Version.__table__
-_artifacts = Artifact.__table__
-_digests = ArtifactDigest.__table__
+_packages = cast(sa.Table, Package.__table__)
+_versions = cast(sa.Table, Version.__table__)
+_artifacts = cast(sa.Table, Artifact.__table__)
+_digests = cast(sa.Table, ArtifactDigest.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,8 +441,9 @@ def commit_page(
             version=expected_version + 1,
             updated_at=utcnow(),
         )
+        .returning(FeedCursor.version)
     )
-    if result.rowcount != 1:
+    if result.scalar_one_or_none() is None:
         raise CursorConflict(f"feed {feed}: cursor moved by another watcher; stopping this run")
     return expected_version + 1
 

@@ -51,7 +51,7 @@ import random
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -80,7 +80,7 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
 #: Longest error text kept in ``last_error``.
 MAX_ERROR_LENGTH = 4000
 
-_jobs = JobRecord.__table__
+_jobs = cast(sa.Table, JobRecord.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +316,7 @@ def _claim_statement(
         # SQLite runs the uncorrelated subquery once, under the writer's lock, so the rows
         # it picks are still eligible; repeating the condition outside would make SQLite
         # scan the condition's index for the UPDATE instead of looking the ids up.
-        where = _jobs.c.id.in_(candidates.scalar_subquery())
+        where: sa.ColumnElement[bool] = _jobs.c.id.in_(candidates.scalar_subquery())
     else:
         # A materialized CTE locks exactly ``limit`` rows once; ``IN (subquery)`` may be
         # rescanned by the planner and claim more than asked.

@@ -45,6 +45,7 @@ from forage.config import Config
 from forage.db import is_sqlite
 from forage.errors import ConfigError
 from forage.jobs import Job, RetryPolicy
+from forage.models import JobState
 from storage.blockstore import Blockstore
 
 log = logging.getLogger(__name__)
@@ -272,7 +273,7 @@ class Worker:
         Group commit: jobs that finish while a completion transaction runs share the next
         one, so a busy worker spends one transaction on many jobs rather than one each.
         """
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._finished.append((job_id, future))
         if self._completer is None or self._completer.done():
             self._completer = asyncio.create_task(self._complete_batches())
@@ -294,13 +295,13 @@ class Worker:
                     if not future.done():
                         future.set_result(job_id in held)
 
-    def _count(self, job: Job, state: jobs.JobState | None) -> None:
+    def _count(self, job: Job, state: JobState | None) -> None:
         if state is None:
             self.stats.lost += 1
             log.warning("job %d %s failed after its lease was lost", job.id, job.kind)
-        elif state == jobs.JobState.DEAD:
+        elif state == JobState.DEAD:
             self.stats.dead += 1
-        elif state == jobs.JobState.QUEUED:
+        elif state == JobState.QUEUED:
             self.stats.retried += 1
         else:
             self.stats.done += 1
