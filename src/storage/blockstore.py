@@ -344,14 +344,9 @@ class _FilesystemBatch:
         key = self._store._key(block.cid)
         if key in self._buffer or key in self._staged:
             return
-        final = self._store._file(key)
-        if os.path.exists(final):
-            # Another writer's rename may not be durable yet: the commit syncs its shard.
-            self._present.add(os.path.dirname(final))
-            return
         data = bytes(block.data)
         if self._buffered + len(data) <= BATCH_BUFFER:
-            self._buffer[key] = data
+            self._buffer[key] = data  # looked up in the store when written: no I/O here
             self._buffered += len(data)
             return
         try:
@@ -361,6 +356,12 @@ class _FilesystemBatch:
             raise _translate(exc, f"staging block {block.cid}") from exc
 
     def _write(self, key: str, data: bytes) -> None:
+        """Stage ``data`` as a file, unless the store already holds the block."""
+        final = self._store._file(key)
+        if os.path.exists(final):
+            # Another writer's rename may not be durable yet: the commit syncs its shard.
+            self._present.add(os.path.dirname(final))
+            return
         if self._area is None:
             self._area = self._store._staging.acquire()  # the batch's first file
         directory, prefix = self._area
