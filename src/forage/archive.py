@@ -9,20 +9,25 @@ One streaming pass per artifact (DESIGN.md, "The way data flows"; issue 4):
    defaults to the hosts of the registry's own endpoint URLs, so a hostile packument cannot
    make Forage fetch an internal address), every redirect checked, a declared size over
    ``max_download_size`` refused before a byte is read.
-3. Network chunks are gathered into 1 MiB segments. Each segment goes to worker threads
-   (hashlib releases the GIL) that feed the :class:`indexers.DigestVerifier` (npm sha512 and
-   sha1, PyPI sha256, the size when known) and, in parallel, the
-   :class:`~storage.unixfs.UnixFSImporter` (CIDv1, raw leaves, 256 KiB chunks, as
-   ``ipfs add --cid-version=1``) whose blocks are staged in a blockstore batch. Go module
+3. The body is read as sent (never decoded) and gathered into 1 MiB segments. Each segment
+   goes to worker threads (hashlib releases the GIL) that feed the
+   :class:`indexers.DigestVerifier` (npm sha512 and sha1, PyPI sha256, the size when known)
+   and, in parallel, the :class:`~storage.unixfs.UnixFSImporter` (CIDv1, raw leaves, 256 KiB
+   chunks, as ``ipfs add --cid-version=1``) whose blocks are staged in a blockstore batch.
+   An artifact of at most ``INLINE_SIZE`` bytes (most of a registry) is hashed on the event
+   loop instead, and its block stays in the batch's memory until the commit. Go module
    zips are also spooled to an unnamed temporary file under ``<data.dir>/spool``
    (``O_TMPFILE``: gone on close and on SIGKILL alike) so :func:`indexers.verify_go_zip` can
    check the ``h1:`` over the zip's files. The next segment downloads while the last one is
    hashed; at most two segments are held, so memory is flat whatever the artifact's size.
 4. After the last byte every digest is compared. A mismatch discards the staged blocks and
    records a ``failed`` archive with the reason and no CID; the job is dead at once.
-5. Otherwise the staged blocks are moved into the store, then :func:`record_archived` writes
+5. Otherwise the batch commits (the blocks are durable in the store when it returns; batches
+   of concurrent archives share the blockstore's syncs), then :func:`record_archived` writes
    the ``archived`` row in one transaction: the one place where work that follows a
-   successful archive is queued.
+   successful archive is queued. :func:`archive_many` (``forage archive``) loads rows a page
+   per transaction and writes the rows of archives that finish together in one
+   (:func:`record_archived_many`), so the per-artifact cost stays small.
 
 Crash safety: blocks become visible only after every digest matched, and the row only after
 the blocks; a kill in between leaves verified blocks and no row, and the job's next run
