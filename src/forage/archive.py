@@ -235,17 +235,20 @@ def _archived_upsert(dialect: str) -> Any:
     ).returning(table.c.artifact_id, table.c.id)
 
 
-def record_archived(session: Session, artifact_id: int, result: ArchiveResult) -> int | None:
+def record_archived(
+    session: Session, artifact_id: int, result: ArchiveResult, *, pin: bool = True
+) -> int | None:
     """Mark the artifact archived; return the archive id, or ``None`` if it already was.
 
     Only the call that moves the row to ``archived`` gets an id, so follow-up work is queued
-    exactly once, here, in this transaction (pin jobs belong here).
+    exactly once, here, in this transaction: a pin job when ``pin`` (some pinning backend is
+    configured; archives made without one are picked up by the pin check once one is).
     """
-    return record_archived_many(session, [(artifact_id, result)])[0]
+    return record_archived_many(session, [(artifact_id, result)], pin=pin)[0]
 
 
 def record_archived_many(
-    session: Session, results: Sequence[tuple[int, ArchiveResult]]
+    session: Session, results: Sequence[tuple[int, ArchiveResult]], *, pin: bool = True
 ) -> list[int | None]:
     """:func:`record_archived` for several ``(artifact_id, result)`` pairs in one transaction
     and one upsert (concurrent archives share it: group commit); one id or ``None`` per pair,
@@ -278,7 +281,7 @@ def record_archived_many(
     for artifact_id, _ in results:
         archive_id = moved.pop(artifact_id, None)
         archive_ids.append(archive_id)
-        if archive_id is not None:
+        if archive_id is not None and pin:
             enqueue_pins(session, archive_id)
     return archive_ids
 
@@ -581,7 +584,9 @@ async def _run(
             raise PermanentJobError(describe_error(exc)) from exc
         raise
     if record is None:
-        archive_id = await ctx.transaction(record_archived, target.artifact_id, result)
+        archive_id = await ctx.transaction(
+            record_archived, target.artifact_id, result, pin=bool(ctx.config.pinning.backends)
+        )
     else:
         archive_id = await record(target.artifact_id, result)
     log.info(
@@ -682,7 +687,9 @@ class _Recorder:
                 group, self._waiting = self._waiting, []
                 pairs = [(artifact_id, result) for artifact_id, result, _ in group]
                 try:
-                    archive_ids = await self._ctx.transaction(record_archived_many, pairs)
+                    archive_ids = await self._ctx.transaction(
+                        record_archived_many, pairs, pin=bool(self._ctx.config.pinning.backends)
+                    )
                 except Exception as exc:
                     for *_, future in group:
                         if not future.done():

@@ -647,3 +647,16 @@ def test_a_full_disk_leaves_nothing_behind_and_the_job_retryable(tmp_path: Path)
     assert "BlockstoreFull" in report["error"] and "no space left" in report["error"]
     assert report["job"] == "queued" and "BlockstoreFull" in report["last_error"]
     assert report["staging"] == [] and report["blocks"] == []
+
+
+def test_no_pin_job_without_a_pinning_backend(db_session: Any) -> None:
+    # With no backend configured the archive queues no pin job (half the queue's work on a
+    # plain install); the pin check picks such archives up once a backend is added.
+    artifact = make_artifact(db_session)
+    result = ArchiveResult(
+        cid=str(compute_cid(b"z")), size=1, verified_algorithm="sha256", verified_digest="ef" * 32
+    )
+    archive_id = record_archived(db_session, artifact.id, result, pin=False)
+    assert archive_id is not None
+    pins = db_session.scalars(sa.select(JobRecord.payload).where(JobRecord.kind == "pin")).all()
+    assert archive_id not in [payload["archive_id"] for payload in pins]
