@@ -4,19 +4,23 @@ how many active deals (replicas) each piece has, and which pieces have fewer tha
 
 Sizes are archive bytes (the artifacts' own sizes), so "archived", "in pieces" and "in active
 deals" compare directly; piece totals (CAR and padded bytes) are given beside them. A replica
-is a distinct chain deal in state ``active`` (one deal reported by two sources counts once).
+is a distinct chain deal that is live (:func:`forage.lookup.live_deal`: active and not past
+its end, as lookups show it; one deal reported by two sources counts once).
 :func:`archive_health` is what ``/api/v1/stats`` and the home page call.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from forage.models import Archive, ArchiveStatus, Deal, DealState, Piece, PieceMember
+from forage.db import utcnow
+from forage.lookup import live_deal
+from forage.models import Archive, ArchiveStatus, Deal, Piece, PieceMember
 
 #: Under-replicated pieces listed in full (the count covers them all).
 DEFAULT_LIST_LIMIT = 100
@@ -65,7 +69,11 @@ class ArchiveHealth:
 
 
 def archive_health(
-    session: Session, *, min_replicas: int, limit: int = DEFAULT_LIST_LIMIT
+    session: Session,
+    *,
+    min_replicas: int,
+    limit: int = DEFAULT_LIST_LIMIT,
+    now: datetime | None = None,
 ) -> ArchiveHealth:
     """Compute the archive's health in a few aggregate queries (no per-row loading)."""
     archived = Archive.status == ArchiveStatus.ARCHIVED
@@ -84,7 +92,7 @@ def archive_health(
             sa.func.coalesce(sa.func.sum(Piece.padded_size), 0),
         )
     ).one()
-    active = Deal.state == DealState.ACTIVE
+    active = live_deal(now or utcnow())
     replicas_of = (
         sa.select(Piece.id.label("piece_id"), sa.func.count(sa.distinct(Deal.deal_id)).label("n"))
         .select_from(Piece)

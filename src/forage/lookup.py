@@ -106,6 +106,19 @@ def current_epoch(now: datetime) -> int:
     return int((now - FILECOIN_GENESIS).total_seconds()) // EPOCH_SECONDS
 
 
+def live_deal(now: datetime) -> sa.ColumnElement[bool]:
+    """A deal that counts at ``now``: active on chain and not over, by the end date its
+    source recorded, else by its end epoch (the one rule for lookups, pages and health)."""
+    not_over = sa.or_(
+        Deal.end_at > now,
+        sa.and_(
+            Deal.end_at.is_(None),
+            sa.or_(Deal.end_epoch.is_(None), Deal.end_epoch > current_epoch(now)),
+        ),
+    )
+    return sa.and_(Deal.state == DealState.ACTIVE, not_over)
+
+
 def _iso(moment: datetime | None) -> str | None:
     """RFC 3339 in UTC with ``Z`` (stored times are UTC already, see ``forage.db``)."""
     if moment is None:

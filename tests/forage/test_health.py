@@ -5,12 +5,16 @@ pieces under the configured minimum, fewest replicas first, with their providers
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
 from forage.health import archive_health
 from forage.models import ArchiveStatus, DealState
 from tests.factories import make_archive, make_artifact, make_deal, make_piece
+
+#: Inside the factory deals' life (end epoch 5,500,000 is 2025-11-16 on mainnet).
+DURING = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def test_totals_replicas_and_under_replicated_pieces(db_session: Session) -> None:
@@ -27,7 +31,7 @@ def test_totals_replicas_and_under_replicated_pieces(db_session: Session) -> Non
     make_deal(db_session, piece=thin, deal_id="22", provider="f04", state=DealState.EXPIRED)
     make_deal(db_session, piece=bare, deal_id="31", provider="f05", state=DealState.SLASHED)
 
-    health = archive_health(db_session, min_replicas=2)
+    health = archive_health(db_session, min_replicas=2, now=DURING)
 
     assert (health.archives, health.bytes_archived) == (5, sum(sizes.values()))
     assert (health.archives_in_pieces, health.bytes_in_pieces) == (
@@ -50,10 +54,15 @@ def test_totals_replicas_and_under_replicated_pieces(db_session: Session) -> Non
     body = json.loads(json.dumps(health.to_dict()))
     assert body["replicas"] == {"0": 1, "1": 1, "2": 1}
     assert body["under_replicated"][1]["providers"] == ["f03"]
-    assert archive_health(db_session, min_replicas=1, limit=5).under_replicated_count == 1
-    assert archive_health(db_session, min_replicas=3, limit=1).under_replicated[0].piece_cid == (
-        bare.piece_cid
+    assert (
+        archive_health(db_session, min_replicas=1, limit=5, now=DURING).under_replicated_count == 1
     )
+    assert archive_health(db_session, min_replicas=3, limit=1, now=DURING).under_replicated[
+        0
+    ].piece_cid == (bare.piece_cid)
+    # Past their end the same active deals hold nothing, as lookups and pages show them.
+    over = archive_health(db_session, min_replicas=1, now=datetime(2026, 1, 1, tzinfo=UTC))
+    assert (over.active_deals, over.bytes_in_active_deals, over.replicas) == (0, 0, {0: 3})
 
 
 def test_an_empty_archive_is_healthy_and_zero(db_session: Session) -> None:

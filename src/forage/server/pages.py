@@ -159,19 +159,6 @@ async def _read(request: web.Request, query: Any, *args: Any) -> Any:
 # -- queries ---------------------------------------------------------------------------------
 
 
-def _active_deal(now: datetime) -> Any:
-    """The condition :mod:`forage.lookup` uses: active on chain and not over, by the end
-    date the source recorded, else by the end epoch."""
-    not_over = sa.or_(
-        Deal.end_at > now,
-        sa.and_(
-            Deal.end_at.is_(None),
-            sa.or_(Deal.end_epoch.is_(None), Deal.end_epoch > lookup.current_epoch(now)),
-        ),
-    )
-    return sa.and_(Deal.state == DealState.ACTIVE, not_over)
-
-
 @dataclass(frozen=True, slots=True)
 class RecentVersion:
     ecosystem: str
@@ -369,7 +356,7 @@ def deals_page(
         Deal.end_epoch,
         Deal.start_at,
         Deal.end_at,
-        _active_deal(now),
+        lookup.live_deal(now),
     ).join(Piece, Piece.id == Deal.piece_id)
     if state is not None:
         statement = statement.where(Deal.state == state)
