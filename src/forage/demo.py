@@ -46,7 +46,8 @@ from forage.fakes.npm import FakeNpmRegistry
 from forage.fakes.pypi import FakePyPI
 from forage.fakes.server import start_fake
 from forage.models import Archive, ArchiveStatus, FeedCursor, JobRecord, JobState, Pin, PinStatus
-from forage.run import Running, install_signal_handlers, start
+from forage.run import Running, start
+from forage.worker import install_signal_handlers
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ async def run_demo(
                     if inspect.isawaitable(shown):
                         await shown
                 if not once:
-                    remove = install_signal_handlers(running)
+                    remove = install_signal_handlers(running.stop, running.abort)
                     try:
                         await running.wait()
                     finally:

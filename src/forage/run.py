@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from forage.config import Config
 from forage.jobs import RetryPolicy
 from forage.scheduler import Scheduler
-from forage.worker import Handler, JobContext, Worker, job_context
+from forage.worker import Handler, JobContext, Worker, install_signal_handlers, job_context
 
 log = logging.getLogger(__name__)
 
@@ -193,30 +192,6 @@ async def _finish(running: Running) -> None:
             log.error("forage %s failed: %r", name, result, exc_info=result)
 
 
-def install_signal_handlers(running: Running) -> Callable[[], None]:
-    """First SIGTERM/SIGINT stops gracefully, a second aborts; returns the remover."""
-    loop = asyncio.get_running_loop()
-    received = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal received
-        received += 1
-        log.warning("received %s", signal.Signals(signum).name)
-        if received == 1:
-            running.stop()
-        else:
-            running.abort()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-
-    def remove() -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-
-    return remove
-
-
 async def run_forage(
     config: Config,
     *,
@@ -238,7 +213,7 @@ async def run_forage(
         port=port,
         concurrency=concurrency,
     ) as running:
-        remove = install_signal_handlers(running)
+        remove = install_signal_handlers(running.stop, running.abort)
         try:
             if on_ready is not None:
                 on_ready(running)

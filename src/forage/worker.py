@@ -388,9 +388,12 @@ def load_handlers(spec: str) -> Mapping[str, Handler]:
     return handlers
 
 
-def install_signal_handlers(worker: Worker) -> Callable[[], None]:
-    """First SIGTERM/SIGINT stops the worker gracefully, a second aborts it; returns a
-    function removing the handlers."""
+def install_signal_handlers(
+    stop: Callable[[], None], abort: Callable[[], None]
+) -> Callable[[], None]:
+    """First SIGTERM/SIGINT calls ``stop`` (finish what is in hand), a second ``abort``
+    (interrupt it); returns a function removing the handlers. Used by every long-running
+    command (``worker``, ``run``, ``demo``)."""
     loop = asyncio.get_running_loop()
     received = 0
 
@@ -399,9 +402,9 @@ def install_signal_handlers(worker: Worker) -> Callable[[], None]:
         received += 1
         log.warning("received %s", signal.Signals(signum).name)
         if received == 1:
-            worker.stop()
+            stop()
         else:
-            worker.abort()
+            abort()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
@@ -447,7 +450,7 @@ async def run_worker(
                 policy=RetryPolicy.from_config(config.jobs),
                 poll_interval=config.jobs.poll_interval,
             )
-            remove = install_signal_handlers(worker) if handle_signals else None
+            remove = install_signal_handlers(worker.stop, worker.abort) if handle_signals else None
             try:
                 return await worker.run(mode=mode)
             finally:
