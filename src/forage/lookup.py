@@ -246,9 +246,10 @@ class ArtifactView:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KeyResult:
-    """The answer for one key, in the order the keys were given."""
+    """The answer for one key, in the order the keys were given. Not frozen: a batch builds
+    thousands, and a frozen dataclass's ``__init__`` costs four times as much."""
 
     key: str
     status: KeyStatus
@@ -280,11 +281,16 @@ class KeyResult:
             self.rendered,
         )
 
-    def to_json_bytes(self) -> bytes:
-        """``to_json()`` encoded, splicing the stored fragment when there is one."""
+    def json_parts(self) -> tuple[bytes, ...]:
+        """``to_json()`` encoded, in pieces that splice the stored fragment in as is: a reply
+        joins the pieces of all its results once instead of copying each fragment twice."""
         if self.rendered is None:
-            return orjson.dumps(self.to_json())
-        return b'{"key":' + orjson.dumps(self.key) + b"," + self.rendered + b"}"
+            return (orjson.dumps(self.to_json()),)
+        return (b'{"key":', orjson.dumps(self.key), b",", self.rendered, b"}")
+
+    def to_json_bytes(self) -> bytes:
+        """``to_json()`` encoded (:meth:`json_parts` joined)."""
+        return b"".join(self.json_parts())
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"key": self.key, "status": self.status.value}
@@ -330,6 +336,7 @@ class AnswerFill:
     stamp: int | None
     body: bytes
     valid_until: datetime | None
+    purl: str
 
 
 def render_fragment(result: KeyResult) -> bytes:
@@ -465,14 +472,18 @@ def _id_set(session: Session, column: Any, values: Sequence[Any], *, text: bool 
 
 
 def keys_table(session: Session | sa.Connection, keys: Sequence[Key]) -> Any:
-    """A derived table ``k(ecosystem, name, number)`` of ``keys``, bound as one parameter."""
+    """A derived table ``k(ecosystem, name, number, position)`` of ``keys``, bound as one
+    parameter; ``position`` is a key's place in ``keys``, counted from 1."""
     if is_sqlite(session):
-        doc = json.dumps([[k.ecosystem, k.name, k.version] for k in keys])
-        each = sa.func.json_each(sa.bindparam(None, doc, type_=sa.Text)).table_valued("value")
+        doc = orjson.dumps([(k.ecosystem, k.name, k.version) for k in keys]).decode()
+        each = sa.func.json_each(sa.bindparam(None, doc, type_=sa.Text)).table_valued(
+            "key", "value"
+        )
         return sa.select(
             sa.func.json_extract(each.c.value, "$[0]").label("ecosystem"),
             sa.func.json_extract(each.c.value, "$[1]").label("name"),
             sa.func.json_extract(each.c.value, "$[2]").label("number"),
+            (each.c.key + 1).label("position"),
         ).subquery("k")
     texts = postgresql.ARRAY(sa.Text())
     return (
@@ -481,7 +492,7 @@ def keys_table(session: Session | sa.Connection, keys: Sequence[Key]) -> Any:
             sa.bindparam(None, [k.name for k in keys], type_=texts),
             sa.bindparam(None, [k.version for k in keys], type_=texts),
         )
-        .table_valued("ecosystem", "name", "number")
+        .table_valued("ecosystem", "name", "number", with_ordinality="position")
         .render_derived(name="k", with_types=False)
     )
 
@@ -703,6 +714,58 @@ def _latest_end_first(deal: DealView) -> tuple[bool, float, str]:
     return (expires is not None, -expires.timestamp() if expires else 0.0, deal.deal_id)
 
 
+def _stored_answers(session: Session, keys: Sequence[Key], now: datetime) -> Any:
+    """``(position, body)`` for each of ``keys`` (counted from 1) with a stored answer current
+    at ``now``: one probe of the answers' purl index per key, the whole of a lookup of known
+    versions."""
+    purls = [canonical_purl(key) for key in keys]
+    if is_sqlite(session):
+        each = sa.func.json_each(
+            sa.bindparam(None, orjson.dumps(purls).decode(), type_=sa.Text)
+        ).table_valued("key", "value")
+        k = sa.select((each.c.key + 1).label("position"), each.c.value.label("purl")).subquery("k")
+    else:
+        k = (
+            sa.func.unnest(sa.bindparam(None, purls, type_=postgresql.ARRAY(sa.Text())))
+            .table_valued("purl", with_ordinality="position")
+            .render_derived(name="k", with_types=False)
+        )
+    current = sa.or_(VersionAnswer.valid_until.is_(None), VersionAnswer.valid_until > now)
+    return (
+        sa.select(k.c.position, VersionAnswer.body)
+        .select_from(k)
+        .join(VersionAnswer, VersionAnswer.purl == k.c.purl)
+        .where(VersionAnswer.body.is_not(None), current)
+    )
+
+
+def _version_rows(session: Session, keys: Sequence[Key], *, rendered: bool) -> Any:
+    """Each of ``keys`` with its package and version (NULLs where unknown) and, with
+    ``rendered``, the stamp of the version's stored answer."""
+    k = keys_table(session, keys)
+    statement = (
+        sa.select(
+            k.c.ecosystem,
+            k.c.name,
+            k.c.number,
+            Package.id.label("package_id"),
+            Package.deleted.label("package_deleted"),
+            _raw(Package.last_synced),
+            Version.id.label("version_id"),
+            _raw(Version.published_at),
+            Version.yanked,
+            Version.deleted,
+            *((VersionAnswer.stamp,) if rendered else ()),
+        )
+        .select_from(k)
+        .outerjoin(Package, sa.and_(Package.ecosystem == k.c.ecosystem, Package.name == k.c.name))
+        .outerjoin(Version, sa.and_(Version.package_id == Package.id, Version.number == k.c.number))
+    )
+    if rendered:
+        statement = statement.outerjoin(VersionAnswer, VersionAnswer.version_id == Version.id)
+    return statement
+
+
 # -- the two halves of a lookup -------------------------------------------------------------
 
 
@@ -726,51 +789,30 @@ def resolve(
             parsed.append(parse_lookup_key(raw))
         except InvalidKey as exc:
             parsed.append(exc)
-    unique = list(dict.fromkeys(k for k in parsed if isinstance(k, Key)))
+    # Each distinct key's place in ``unique``; -1 for an invalid one.
+    slots: dict[Key, int] = {}
+    places = [slots.setdefault(k, len(slots)) if isinstance(k, Key) else -1 for k in parsed]
+    unique = list(slots)
+    bodies: list[bytes | None] = [None] * len(unique)  # stored answers
+    answers: list[KeyResult | None] = [None] * len(unique)  # computed ones
     versions: dict[Key, Any] = {}
     packages: dict[Key, Any] = {}
-    found: dict[Key, KeyResult] = {}
-    missing: dict[Key, Missing] = {}
+    missing: list[Missing] = []
     fills: dict[int, AnswerFill] = {}
-    if unique:
-        k = keys_table(session, unique)
-        statement = (
-            sa.select(
-                k.c.ecosystem,
-                k.c.name,
-                k.c.number,
-                Package.id.label("package_id"),
-                Package.deleted.label("package_deleted"),
-                _raw(Package.last_synced),
-                Version.id.label("version_id"),
-                _raw(Version.published_at),
-                Version.yanked,
-                Version.deleted,
-                *(
-                    (VersionAnswer.body, _raw(VersionAnswer.valid_until), VersionAnswer.stamp)
-                    if rendered
-                    else ()
-                ),
-            )
-            .select_from(k)
-            .outerjoin(
-                Package, sa.and_(Package.ecosystem == k.c.ecosystem, Package.name == k.c.name)
-            )
-            .outerjoin(
-                Version, sa.and_(Version.package_id == Package.id, Version.number == k.c.number)
-            )
-        )
-        if rendered:
-            statement = statement.outerjoin(VersionAnswer, VersionAnswer.version_id == Version.id)
+    rest = unique
+    if unique and rendered:
+        stored = session.connection().execute(_stored_answers(session, unique, now)).all()
+        for position, body in stored:
+            bodies[position - 1] = body
+        rest = [key for key, body in zip(unique, bodies, strict=True) if body is None]
+    if rest:
+        statement = _version_rows(session, rest, rendered=rendered)
         for row in session.connection().execute(statement).all():
             key = Key(row.ecosystem, row.name, row.number)
-            if row.version_id is None:
-                if row.package_id is not None:
-                    packages[key] = row
-            elif rendered and row.body is not None and _current(_when(row.valid_until), now):
-                found[key] = KeyResult("", KeyStatus.FOUND, key, rendered=row.body)
-            else:
+            if row.version_id is not None:
                 versions[key] = row
+            elif row.package_id is not None:
+                packages[key] = row
     artifacts = load_artifacts(
         session, version_ids=sorted({row.version_id for row in versions.values()}), now=now
     )
@@ -789,29 +831,33 @@ def resolve(
             body = render_fragment(result)
             result = replace(result, rendered=body)
             fills[version.version_id] = AnswerFill(
-                version.version_id, version.stamp, body, valid_until(views)
+                version.version_id, version.stamp, body, valid_until(views), canonical_purl(key)
             )
-        found[key] = result
-    for key in unique:
-        if key in found:
+        answers[slots[key]] = result
+    for key, body, answer in zip(unique, bodies, answers, strict=True):
+        if body is not None or answer is not None:
             continue
         package = packages.get(key)
-        missing[key] = Missing(
-            key,
-            package_known=package is not None,
-            package_deleted=bool(package and package.package_deleted),
-            last_synced=_when(package.last_synced) if package is not None else None,
+        missing.append(
+            Missing(
+                key,
+                package_known=package is not None,
+                package_deleted=bool(package and package.package_deleted),
+                last_synced=_when(package.last_synced) if package is not None else None,
+            )
         )
     results: list[KeyResult] = []
-    for raw, item in zip(raw_keys, parsed, strict=True):
+    for raw, item, place in zip(raw_keys, parsed, places, strict=True):
         if isinstance(item, InvalidKey):
             results.append(KeyResult(_echo(raw), KeyStatus.INVALID, error=item.reason))
-        elif (hit := found.get(item)) is not None:
+        elif (body := bodies[place]) is not None:
+            results.append(KeyResult(_echo(raw), KeyStatus.FOUND, item, rendered=body))
+        elif (hit := answers[place]) is not None:
             results.append(hit.answering(_echo(raw)))
         else:
             reason = "not in the index"
             results.append(KeyResult(_echo(raw), KeyStatus.NOT_FOUND, item, reason=reason))
-    return Resolution(tuple(results), tuple(missing.values()), tuple(fills.values()))
+    return Resolution(tuple(results), tuple(missing), tuple(fills.values()))
 
 
 def save_answers(write: Callable[[], Session], fills: Sequence[AnswerFill]) -> int:
@@ -825,22 +871,24 @@ def save_answers(write: Callable[[], Session], fills: Sequence[AnswerFill]) -> i
         return 0
 
 
-def _current(until: datetime | None, now: datetime) -> bool:
-    return until is None or until > now
-
-
 def store_answers(session: Session, fills: Sequence[AnswerFill]) -> int:
     """Store rendered answers (in the caller's write transaction) where each version's row
     is as the lookup read it: absent, or with the same stamp. A row a trigger retired in
     between keeps its tombstone. Returns how many were stored."""
     table = cast(sa.Table, VersionAnswer.__table__)
     fresh = [
-        {"version_id": f.version_id, "body": f.body, "valid_until": f.valid_until, "stamp": 0}
+        {
+            "version_id": f.version_id,
+            "body": f.body,
+            "valid_until": f.valid_until,
+            "stamp": 0,
+            "purl": f.purl,
+        }
         for f in fills
         if f.stamp is None
     ]
     again = [
-        {"v": f.version_id, "s": f.stamp, "b": f.body, "u": f.valid_until}
+        {"v": f.version_id, "s": f.stamp, "b": f.body, "u": f.valid_until, "p": f.purl}
         for f in fills
         if f.stamp is not None
     ]
@@ -854,7 +902,7 @@ def store_answers(session: Session, fills: Sequence[AnswerFill]) -> int:
         update = (
             sa.update(table)
             .where(table.c.version_id == sa.bindparam("v"), table.c.stamp == sa.bindparam("s"))
-            .values(body=sa.bindparam("b"), valid_until=sa.bindparam("u"))
+            .values(body=sa.bindparam("b"), valid_until=sa.bindparam("u"), purl=sa.bindparam("p"))
         )
         stored += connection.execute(update, again).rowcount
     return stored

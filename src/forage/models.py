@@ -488,6 +488,7 @@ class VersionAnswer(Base):
     pins, pieces and deals. A lookup stores a freshly computed answer only where the stamp is
     still the one it read, so an answer computed before a change never outlives it.
     ``valid_until`` is the earliest end of any deal shown: past it the answer is recomputed.
+    A lookup reads only rows with a body (and ``valid_until`` ahead), by ``purl``.
     """
 
     __tablename__ = "version_answers"
@@ -497,3 +498,6 @@ class VersionAnswer(Base):
     body: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     valid_until: Mapped[datetime | None]
     stamp: Mapped[int] = mapped_column(default=0, server_default="0")
+    #: The canonical purl of the version as rendered (:func:`forage.lookup.canonical_purl`):
+    #: how a lookup finds its answer. Not unique: tombstones of a renamed package keep theirs.
+    purl: Mapped[str | None] = mapped_column(sa.Text, index=True)

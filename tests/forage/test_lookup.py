@@ -530,6 +530,47 @@ def test_a_stored_answer_is_the_computed_one_until_anything_it_shows_changes(
     assert shown == _computed(db_session, key) != sent
 
 
+def test_a_renamed_package_leaves_no_stored_answer_under_its_old_name(
+    db_session: Session,
+) -> None:
+    """Answers are found by purl: after a rename the old purl's row is a tombstone (no body),
+    so a new package taking the old name is answered from its own files, not the old ones."""
+    rows = django(db_session)
+    _, sent = _rendered(db_session, "pkg:pypi/django@5.0")
+    rows["sdist"].version.package.name = "django-classic"
+    db_session.flush()
+    newcomer = make_package(db_session, ecosystem="pypi", name="django")
+    make_artifact(
+        db_session,
+        version=make_version(db_session, package=newcomer, number="5.0"),
+        filename="x.zip",
+    )
+    db_session.flush()
+    db_session.expire_all()
+    first, shown = _rendered(db_session, "pkg:pypi/django@5.0")
+    assert len(first.fills) == 1 and shown != sent
+    assert [a["filename"] for a in orjson.loads(shown)["artifacts"]] == ["x.zip"]
+    again, stored = _rendered(db_session, "pkg:pypi/django@5.0")
+    assert again.fills == () and stored == shown  # the newcomer's own answer, stored
+    _, moved = _rendered(db_session, "pkg:pypi/django-classic@5.0")
+    assert b"Django-5.0.tar.gz" in moved and b'"purl":"pkg:pypi/django-classic@5.0"' in moved
+
+
+def test_an_answer_stored_without_a_purl_is_computed_again_and_then_found(
+    db_session: Session,
+) -> None:
+    """Rows stored before migration 0004 have no purl: such a version is answered by the full
+    read, the same bytes, and its answer is stored again with the purl."""
+    django(db_session)
+    _, sent = _rendered(db_session, "pkg:pypi/django@5.0")
+    db_session.execute(sa.update(VersionAnswer).values(purl=None))
+    first, shown = _rendered(db_session, "pypi:Django:5.0")
+    assert len(first.fills) == 1 and shown == _computed(db_session, "pypi:Django:5.0")
+    stored = db_session.execute(sa.select(VersionAnswer.purl)).scalar_one()
+    assert stored == "pkg:pypi/django@5.0"
+    assert resolve(db_session, ["pkg:pypi/django@5.0"], now=NOW, rendered=True).fills == ()
+
+
 def test_a_package_sync_does_not_retire_its_answers(db_session: Session) -> None:
     rows = django(db_session)
     _rendered(db_session, "pypi:django:5.0")

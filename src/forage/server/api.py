@@ -214,8 +214,13 @@ async def _lookup(
 def _lookup_reply(results: Sequence[KeyResult]) -> bytes:
     """``{"results": [...], "summary": {...}}`` with each version's stored answer spliced in
     as bytes (the same JSON ``orjson`` would write for the whole)."""
-    parts = b",".join(result.to_json_bytes() for result in results)
-    return b'{"results":[' + parts + b'],"summary":' + orjson.dumps(summarize(results)) + b"}"
+    parts = [b'{"results":[']
+    for index, result in enumerate(results):
+        if index:
+            parts.append(b",")
+        parts += result.json_parts()
+    parts += (b'],"summary":', orjson.dumps(summarize(results)), b"}")
+    return b"".join(parts)
 
 
 async def lookup_post(request: web.Request) -> web.Response:
