@@ -25,6 +25,17 @@ Measured in one run:
   ``store_only_mb_s`` (CID and blocks into a fresh durable blockstore, files read from the
   page cache, ``--concurrency`` threads), to show which stage bounds the pipeline.
 
+- with ``--floor``, the least work any archiver that meets the issue does per byte, each part
+  timed alone in the most direct Python, as CPU seconds: ``download`` (``http.client`` into
+  one reused buffer, ``--concurrency`` threads, bytes discarded) and the fixture server's
+  CPU for it; ``digest`` (the registry's SHA-256 over every byte, ``sha256_seconds``) and
+  ``leaves`` (the CID's SHA-256 over the 256 KiB chunks of files larger than one chunk; a
+  smaller file's CID hashes the same bytes as its digest); ``write`` (every byte written once
+  into a new file per artifact: fewer creations than any store of 256 KiB blocks, and no
+  sync). ``ratio_ceiling`` is ``sha256_seconds`` over their sum spread evenly over every core:
+  the best ratio a pipeline with no other cost and perfect parallelism could reach here
+  (``ratio_ceiling_client_only`` leaves the fixture server's CPU out).
+
 ``ratio`` is pipeline MB/s over SHA-256 MB/s; the goal is at least 0.6. The pipeline hashes
 every byte twice (the registry's digest and the CID's leaves) and writes it once.
 
@@ -240,6 +251,84 @@ def store_only(root: Path, paths: list[Path], concurrency: int) -> float:
     return time.perf_counter() - start
 
 
+#: The CID's chunk size (kubo's default, ``storage.UnixFSImporter``).
+CHUNK = 256 * 1024
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def floor_download(base: str, paths: list[Path], concurrency: int, server_pid: int) -> dict:
+    """CPU seconds to fetch every file with the plainest client, bytes discarded, and the
+    fixture server's CPU seconds for serving them."""
+    import http.client
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from urllib.parse import urlsplit
+
+    address = urlsplit(base)
+    local = threading.local()
+
+    def fetch(path: Path) -> int:
+        if not hasattr(local, "connection"):
+            local.connection = http.client.HTTPConnection(address.hostname, address.port)
+            local.buffer = memoryview(bytearray(PIECE))
+        local.connection.request("GET", f"/files/{path.name}")
+        response = local.connection.getresponse()
+        got = 0
+        while count := response.readinto(local.buffer):
+            got += count
+        return got
+
+    client, server = cpu_seconds(), process_cpu_seconds(server_pid)
+    with ThreadPoolExecutor(concurrency) as pool:
+        fetched = sum(pool.map(fetch, paths))
+    assert fetched == sum(path.stat().st_size for path in paths)
+    return {
+        "download": cpu_seconds() - client,
+        "server": process_cpu_seconds(server_pid) - server,
+    }
+
+
+def floor_leaves(paths: list[Path]) -> float:
+    """CPU seconds of the CID's SHA-256 over the chunks of files larger than one chunk."""
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    start = cpu_seconds()
+    for path in paths:
+        if path.stat().st_size <= CHUNK:
+            continue
+        with path.open("rb", buffering=0) as fh:
+            while count := fh.readinto(buffer):
+                hashlib.sha256(view[:count]).digest()
+    return cpu_seconds() - start
+
+
+def floor_write(root: Path, sizes: list[int], concurrency: int) -> float:
+    """CPU seconds to write ``sizes`` bytes into new files, one per artifact, from memory."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root.mkdir()
+    data = memoryview(random.Random(0).randbytes(PIECE))
+
+    def write(item: tuple[int, int]) -> None:
+        index, size = item
+        fd = os.open(root / f"{index}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            while size:
+                size -= os.write(fd, data[: min(size, PIECE)])
+        finally:
+            os.close(fd)
+
+    start = cpu_seconds()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(write, enumerate(sizes)))
+    return cpu_seconds() - start
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -262,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="cProfile the pipeline to stderr")
     parser.add_argument(
         "--breakdown", action="store_true", help="also time download alone and store alone"
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure the least CPU per byte any archiver spends here, and the best "
+        "ratio it allows",
     )
     args = parser.parse_args(argv)
 
@@ -321,6 +416,11 @@ def main(argv: list[str] | None = None) -> int:
                     download_only(config, args.ecosystem, urls, args.concurrency)
                 )
                 stages["store_only"] = store_only(root / "store-only", paths, args.concurrency)
+            floor: dict[str, float] = {}
+            if args.floor:
+                floor = floor_download(base, paths, args.concurrency, server.pid)
+                floor["leaves"] = floor_leaves(paths)
+                floor["write"] = floor_write(root / "floor-write", sizes, args.concurrency)
         finally:
             assert server.stdin is not None
             server.stdin.close()
@@ -331,6 +431,16 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{len(failed)} artifacts failed, e.g. {failed[0]}")
     sha256_seconds = min(baseline_first, baseline_second)
     mb = total / 1e6
+    cpus = os.cpu_count() or 1
+    ceiling: dict[str, Any] = {}
+    if floor:
+        floor["digest"] = sha256_seconds
+        client_only = sum(spent for part, spent in floor.items() if part != "server")
+        ceiling = {
+            "floor_cpu_seconds": {part: round(spent, 3) for part, spent in floor.items()},
+            "ratio_ceiling": round(sha256_seconds / (sum(floor.values()) / cpus), 3),
+            "ratio_ceiling_client_only": round(sha256_seconds / (client_only / cpus), 3),
+        }
     report = {
         "artifacts": args.count,
         "bytes": total,
@@ -349,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mib": round(peak, 1),
         **stats,
         **{f"{stage}_mb_s": round(mb / spent, 1) for stage, spent in stages.items()},
-        "cpus": os.cpu_count(),
+        **ceiling,
+        "cpus": cpus,
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(report, indent=2))

@@ -566,6 +566,7 @@ def test_an_answer_stored_without_a_purl_is_computed_again_and_then_found(
     db_session.execute(sa.update(VersionAnswer).values(purl=None))
     first, shown = _rendered(db_session, "pypi:Django:5.0")
     assert len(first.fills) == 1 and shown == _computed(db_session, "pypi:Django:5.0")
+    assert shown.split(b",", 1)[1] == sent.split(b",", 1)[1]  # all but the key as asked
     stored = db_session.execute(sa.select(VersionAnswer.purl)).scalar_one()
     assert stored == "pkg:pypi/django@5.0"
     assert resolve(db_session, ["pkg:pypi/django@5.0"], now=NOW, rendered=True).fills == ()

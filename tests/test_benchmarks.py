@@ -1,0 +1,75 @@
+"""The benchmark scripts run end to end on small inputs and print the JSON the README quotes.
+
+Timings are never asserted: the scripts' own checks (every artifact archived, every key found,
+stored answers byte-identical to computed ones) and the reports' shape are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+pytestmark = pytest.mark.slow
+
+
+def run_script(name: str, *args: str, cwd: Path) -> dict[str, Any]:
+    """Run ``scripts/<name>`` and return the JSON it printed (it fails the test on error)."""
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(SCRIPTS.parent)},
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_the_archive_benchmark_reports_the_pipeline_and_the_floor(tmp_path: Path) -> None:
+    report = run_script(
+        "bench_archive.py",
+        "--total-mib=4",
+        "--count=24",
+        "--max-mib=1",
+        "--floor",
+        "--breakdown",
+        f"--workdir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert report["artifacts"] == 24 and report["bytes"] == 4 * 1024 * 1024
+    assert report["largest"] == 1024 * 1024 and report["smallest"] == 1024
+    assert report["commit_batches"] == 24  # one durable batch per artifact archived
+    assert report["ratio"] > 0 and report["peak_rss_mib"] >= report["rss_before_pipeline_mib"]
+    floor = report["floor_cpu_seconds"]
+    assert set(floor) == {"download", "server", "leaves", "write", "digest"}
+    # Leaving the server's CPU out can only raise the ceiling.
+    assert report["ratio_ceiling_client_only"] >= report["ratio_ceiling"] > 0
+    assert list(tmp_path.iterdir()) == []  # the scratch directory is cleaned up
+
+
+def test_the_lookup_benchmark_reports_both_paths_against_the_bare_query(tmp_path: Path) -> None:
+    report = run_script(
+        "bench_lookup.py",
+        "--artifacts=2000",
+        "--rounds=3",
+        "--stores=sqlite",
+        "--batches=1,1000",
+        cwd=tmp_path,
+    )
+    sqlite = report["stores"]["sqlite"]
+    assert sqlite["index"]["artifacts"] == 2000
+    assert set(sqlite["batches"]) == {"1", "1000"}
+    for batch in sqlite["batches"].values():
+        assert set(batch) == {"http", "http_first_sight", "sql", "http_over_sql_p50"}
+        assert batch["http"]["p50_ms"] <= batch["http"]["p99_ms"]
+    assert set(report["goals"]) >= {"sqlite_p50_at_most_30ms", "http_at_most_2x_bare_query"}
