@@ -194,6 +194,8 @@ class ScheduleConfig:
     still is. ``batch`` bounds the jobs one drain queues and one retry run re-queues;
     ``reverify_sample`` is how many archives a re-verification reads back from the
     blockstore; ``keep_done_jobs`` is how long finished jobs stay before pruning.
+    ``render_answers`` is how often lookup answers changed or never rendered are rendered
+    ahead of lookups (:mod:`forage.answers`), at most ``render_batch`` a run.
     """
 
     drain_archives: float = _bounded(300.0, low=0)
@@ -204,6 +206,8 @@ class ScheduleConfig:
     reverify: float = _bounded(86400.0, low=0)
     stats: float = _bounded(300.0, low=0)
     prune_jobs: float = _bounded(86400.0, low=0)
+    render_answers: float = _bounded(60.0, low=0)
+    render_batch: int = _bounded(20_000, low=1, high=10_000_000)
     reverify_sample: int = _bounded(100, low=1, high=1_000_000)
     batch: int = _bounded(1000, low=1, high=1_000_000)
     keep_done_jobs: float = _bounded(7 * 86400.0, low=0)

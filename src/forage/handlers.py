@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 def default_handlers() -> Mapping[str, Handler]:
     """Every job kind Forage knows, mapped to its handler (wrapped so that its log lines
     name the job: :func:`forage.logs.with_job_context`)."""
+    from forage.answers import RENDER_ANSWERS, render_answers_job
     from forage.archive import archive_job
     from forage.deals import SYNC_DEALS, sync_deals_job
     from forage.ingest import ARCHIVE, IMPORT, import_job
@@ -29,5 +30,6 @@ def default_handlers() -> Mapping[str, Handler]:
 
     handlers = {IMPORT: import_job, ARCHIVE: archive_job, PIN: pin_job, PIN_CHECK: pin_check_job}
     handlers.update({BUILD_PIECES: build_pieces_job, SYNC_DEALS: sync_deals_job})
+    handlers[RENDER_ANSWERS] = render_answers_job
     handlers.update(scheduled_handlers())
     return {kind: with_job_context(handler) for kind, handler in handlers.items()}

@@ -24,6 +24,9 @@ reverify       schedule.reverify                queue a ``reverify`` job: read a
 stats          schedule.stats                   log one line of index statistics
 prune_jobs     schedule.prune_jobs              delete finished jobs older than
                                                 ``schedule.keep_done_jobs``
+render_answers schedule.render_answers          queue the rendering of lookup answers that
+                                                changed or were never rendered
+                                                (:mod:`forage.answers`)
 ============== ================================ =============================================
 
 An interval of 0 disables a task. Adding a task is one row in :data:`TASKS` (or a handler
@@ -99,6 +102,7 @@ ARCHIVE = "archive"
 PIN_CHECK = "pin_check"
 BUILD_PIECES = "build_pieces"
 SYNC_DEALS = "sync_deals"
+RENDER_ANSWERS = "render_answers"
 #: Go's module hash: not a hash of the archived zip's bytes.
 H1 = "h1"
 #: Where APScheduler keeps the schedule, in Forage's database.
@@ -283,6 +287,7 @@ TASKS: tuple[Task, ...] = (
     Task("reverify", "schedule.reverify", enqueue_reverify),
     Task("stats", "schedule.stats", log_stats),
     Task("prune_jobs", "schedule.prune_jobs", prune_jobs),
+    Task(RENDER_ANSWERS, "schedule.render_answers", enqueue_kind(RENDER_ANSWERS)),
 )
 
 

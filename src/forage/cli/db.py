@@ -3,7 +3,8 @@
 ``forage db upgrade`` creates the schema on an empty database or migrates it to the newest
 revision; ``downgrade REV`` goes back; ``current`` prints where the database is; ``check``
 fails if the live schema and the models differ; ``revision -m MSG`` (developers) writes a new
-migration script by comparing the models with the database.
+migration script by comparing the models with the database; ``render-answers`` renders the
+lookup answers that changed or were never rendered (the scheduler does it a batch at a time).
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ def register(subparsers: Any) -> None:
     current.set_defaults(handler=run_current)
     check = commands.add_parser("check", help="fail if the schema differs from the models")
     check.set_defaults(handler=run_check)
+    render = commands.add_parser(
+        "render-answers",
+        help="render lookup answers ahead of lookups",
+        description="Compute and store the lookup answer of every version whose answer is "
+        "missing, changed or past its deals' end, so lookups of them read one stored answer. "
+        "The scheduler's render_answers task does the same, schedule.render_batch at a time.",
+    )
+    render.add_argument("--limit", type=int, help="stop after about this many answers")
+    render.set_defaults(handler=run_render_answers)
     revision = commands.add_parser("revision", help="write a new migration (developers)")
     revision.add_argument("-m", "--message", required=True, help="what the migration does")
     revision.set_defaults(handler=run_revision)
@@ -102,6 +112,28 @@ def run_check(args: argparse.Namespace) -> int:
     for item in diff:
         print(f"forage: schema differs: {item}", file=sys.stderr)
     return EXIT_FAILURE if diff else 0
+
+
+def run_render_answers(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from forage.answers import render_stale
+    from forage.db import make_sessionmaker
+
+    if args.limit is not None and args.limit < 1:
+        print("forage: --limit must be at least 1", file=sys.stderr)
+        return 2
+    config, engine = _engine(args)
+    try:
+        with tqdm(unit=" answers", desc="rendering", disable=None, file=sys.stderr) as bar:
+            stored = render_stale(make_sessionmaker(engine), limit=args.limit, progress=bar.update)
+    finally:
+        engine.dispose()
+    print(
+        f"forage: {stored} lookup answers rendered in {config.database.display_url}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def run_revision(args: argparse.Namespace) -> int:
