@@ -28,13 +28,13 @@ Measured in one run:
 - with ``--floor``, the least work any archiver that meets the issue does per byte, each part
   timed alone in the most direct Python, as CPU seconds: ``download`` (``http.client`` into
   one reused buffer, ``--concurrency`` threads, bytes discarded) and the fixture server's
-  CPU for it; ``digest`` (the registry's SHA-256 over every byte, ``sha256_seconds``) and
-  ``leaves`` (the CID's SHA-256 over the 256 KiB chunks of files larger than one chunk; a
-  smaller file's CID hashes the same bytes as its digest); ``write`` (every byte written once
-  into a new file per artifact: fewer creations than any store of 256 KiB blocks, and no
-  sync). ``ratio_ceiling`` is ``sha256_seconds`` over their sum spread evenly over every core:
-  the best ratio a pipeline with no other cost and perfect parallelism could reach here
-  (``ratio_ceiling_client_only`` leaves the fixture server's CPU out).
+  CPU for it; ``digest`` (the registry's SHA-256 over every byte) and ``leaves`` (the CID's
+  SHA-256 over the 256 KiB chunks of files larger than one chunk; a smaller file's CID
+  hashes the same bytes as its digest), both over bytes in memory; ``write`` (every byte
+  written once into a new file per artifact: fewer creations than any store of 256 KiB
+  blocks, and no sync). ``ratio_ceiling`` is ``sha256_seconds`` over their sum spread
+  evenly over every core: the best ratio a pipeline with no other cost and perfect
+  parallelism could reach here (``ratio_ceiling_client_only`` leaves the server's CPU out).
 
 ``ratio`` is pipeline MB/s over SHA-256 MB/s; the goal is at least 0.6. The pipeline hashes
 every byte twice (the registry's digest and the CID's leaves) and writes it once.
@@ -251,10 +251,6 @@ def store_only(root: Path, paths: list[Path], concurrency: int) -> float:
     return time.perf_counter() - start
 
 
-#: The CID's chunk size (kubo's default, ``storage.UnixFSImporter``).
-CHUNK = 256 * 1024
-
-
 def process_cpu_seconds(pid: int) -> float:
     """User plus system CPU seconds of process ``pid`` so far (``/proc/PID/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -293,18 +289,24 @@ def floor_download(base: str, paths: list[Path], concurrency: int, server_pid: i
     }
 
 
-def floor_leaves(paths: list[Path]) -> float:
-    """CPU seconds of the CID's SHA-256 over the chunks of files larger than one chunk."""
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
+def floor_hashes(sizes: list[int]) -> dict[str, float]:
+    """CPU seconds of the two SHA-256 passes over bytes already in memory: the registry's
+    digest over every byte, and the CID's over the chunks of files larger than one chunk."""
+    from storage.unixfs import DEFAULT_CHUNK_SIZE
+
+    data = memoryview(random.Random(0).randbytes(PIECE))
     start = cpu_seconds()
-    for path in paths:
-        if path.stat().st_size <= CHUNK:
-            continue
-        with path.open("rb", buffering=0) as fh:
-            while count := fh.readinto(buffer):
-                hashlib.sha256(view[:count]).digest()
-    return cpu_seconds() - start
+    for size in sizes:
+        digest = hashlib.sha256()
+        for offset in range(0, size, PIECE):
+            digest.update(data[: min(PIECE, size - offset)])
+        digest.digest()
+    middle = cpu_seconds()
+    for size in sizes:
+        if size > DEFAULT_CHUNK_SIZE:
+            for offset in range(0, size, DEFAULT_CHUNK_SIZE):
+                hashlib.sha256(data[: min(DEFAULT_CHUNK_SIZE, size - offset)]).digest()
+    return {"digest": middle - start, "leaves": cpu_seconds() - middle}
 
 
 def floor_write(root: Path, sizes: list[int], concurrency: int) -> float:
@@ -419,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             floor: dict[str, float] = {}
             if args.floor:
                 floor = floor_download(base, paths, args.concurrency, server.pid)
-                floor["leaves"] = floor_leaves(paths)
+                floor |= floor_hashes(sizes)
                 floor["write"] = floor_write(root / "floor-write", sizes, args.concurrency)
         finally:
             assert server.stdin is not None
@@ -434,7 +436,6 @@ def main(argv: list[str] | None = None) -> int:
     cpus = os.cpu_count() or 1
     ceiling: dict[str, Any] = {}
     if floor:
-        floor["digest"] = sha256_seconds
         client_only = sum(spent for part, spent in floor.items() if part != "server")
         ceiling = {
             "floor_cpu_seconds": {part: round(spent, 3) for part, spent in floor.items()},

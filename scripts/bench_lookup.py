@@ -180,11 +180,14 @@ def build(url: str, artifacts: int) -> tuple[Index, float]:
 
 def existing(url: str, artifacts: int) -> Index:
     """The size of an index built earlier for ``artifacts`` files (refused if it differs),
-    migrated to the current schema, its stored answers dropped (so first sights are)."""
+    migrated to the current schema, its stored answers retired as a change would retire them
+    (so first sights are)."""
     engine = make_engine(url)
     upgrade(engine)
     with engine.begin() as connection:
-        connection.execute(sa.delete(VersionAnswer))
+        connection.execute(
+            sa.update(VersionAnswer).values(body=None, stamp=VersionAnswer.stamp + 1)
+        )
         count = connection.execute(sa.select(sa.func.max(Package.id))).scalar_one()
         versions = connection.execute(sa.select(sa.func.max(Version.id))).scalar_one()
         files = connection.execute(sa.select(sa.func.max(Artifact.id))).scalar_one()

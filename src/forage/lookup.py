@@ -461,11 +461,17 @@ def _echo(raw: object) -> str:
 # -- set-based building blocks -------------------------------------------------------------
 
 
+def _json_each(values: Sequence[Any]) -> Any:
+    """SQLite's ``json_each(:values)`` as a table ``(key, value)``: ``values`` bound as one
+    JSON array parameter, ``key`` each one's index from 0."""
+    doc = orjson.dumps(values).decode()
+    return sa.func.json_each(sa.bindparam(None, doc, type_=sa.Text)).table_valued("key", "value")
+
+
 def _id_set(session: Session, column: Any, values: Sequence[Any], *, text: bool = False) -> Any:
     """``column IN <values>`` with ``values`` bound as one parameter, whatever their count."""
     if is_sqlite(session):
-        each = sa.func.json_each(sa.bindparam(None, json.dumps(list(values)), type_=sa.Text))
-        return column.in_(sa.select(each.table_valued("value").c.value))
+        return column.in_(sa.select(_json_each(list(values)).c.value))
     element = sa.Text() if text else sa.BigInteger()
     array = sa.bindparam(None, list(values), type_=postgresql.ARRAY(element))
     return column == sa.any_(array)
@@ -475,10 +481,7 @@ def keys_table(session: Session | sa.Connection, keys: Sequence[Key]) -> Any:
     """A derived table ``k(ecosystem, name, number, position)`` of ``keys``, bound as one
     parameter; ``position`` is a key's place in ``keys``, counted from 1."""
     if is_sqlite(session):
-        doc = orjson.dumps([(k.ecosystem, k.name, k.version) for k in keys]).decode()
-        each = sa.func.json_each(sa.bindparam(None, doc, type_=sa.Text)).table_valued(
-            "key", "value"
-        )
+        each = _json_each([(k.ecosystem, k.name, k.version) for k in keys])
         return sa.select(
             sa.func.json_extract(each.c.value, "$[0]").label("ecosystem"),
             sa.func.json_extract(each.c.value, "$[1]").label("name"),
@@ -720,9 +723,7 @@ def _stored_answers(session: Session, keys: Sequence[Key], now: datetime) -> Any
     versions."""
     purls = [canonical_purl(key) for key in keys]
     if is_sqlite(session):
-        each = sa.func.json_each(
-            sa.bindparam(None, orjson.dumps(purls).decode(), type_=sa.Text)
-        ).table_valued("key", "value")
+        each = _json_each(purls)
         k = sa.select((each.c.key + 1).label("position"), each.c.value.label("purl")).subquery("k")
     else:
         k = (

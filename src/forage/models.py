@@ -488,15 +488,26 @@ class VersionAnswer(Base):
     pins, pieces and deals. A lookup stores a freshly computed answer only where the stamp is
     still the one it read, so an answer computed before a change never outlives it.
     ``valid_until`` is the earliest end of any deal shown: past it the answer is recomputed.
-    A lookup reads only rows with a body (and ``valid_until`` ahead), by ``purl``.
+    A lookup reads only rows with a body (and ``valid_until`` ahead), by ``purl``. Every
+    version has a row from its insert on (the trigger's tombstone; 0004 added the older
+    ones), so the answers to render are found from this table's indexes alone.
     """
 
     __tablename__ = "version_answers"
+    __table_args__ = (
+        # The answers to render again (forage.answers): retired, or stored before 0004.
+        sa.Index(
+            "ix_version_answers_stale",
+            "version_id",
+            sqlite_where=sa.text("body IS NULL OR purl IS NULL"),
+            postgresql_where=sa.text("body IS NULL OR purl IS NULL"),
+        ),
+    )
 
     version_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=False)
     #: The JSON members of the version's result after ``"key"``, without the braces.
     body: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
-    valid_until: Mapped[datetime | None]
+    valid_until: Mapped[datetime | None] = mapped_column(index=True)
     stamp: Mapped[int] = mapped_column(default=0, server_default="0")
     #: The canonical purl of the version as rendered (:func:`forage.lookup.canonical_purl`):
     #: how a lookup finds its answer. Not unique: tombstones of a renamed package keep theirs.

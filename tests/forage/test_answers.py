@@ -17,14 +17,15 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from forage import jobs
-from forage.answers import RENDER_ANSWERS, render_answers_job, render_stale
+from forage.answers import RENDER_ANSWERS, render_answers_job, render_stale, stale_ids
 from forage.cli import main
-from forage.db import make_engine, make_sessionmaker
+from forage.db import make_engine, make_sessionmaker, upgrade, utcnow
 from forage.jobs import RetryPolicy
 from forage.lookup import resolve
 from forage.models import JobRecord, JobState, Version, VersionAnswer
 from forage.scheduler import schedule_table
 from forage.worker import Worker
+from tests.factories import make_package, make_version
 from tests.forage.test_api import seed
 from tests.forage.test_ingest import context, write_config
 
@@ -52,11 +53,61 @@ def stored_purls(sessions: sessionmaker[Session]) -> set[str | None]:
         return set(session.execute(query).scalars())
 
 
+def answer_rows(session: Session) -> int:
+    return session.execute(sa.select(sa.func.count()).select_from(VersionAnswer)).scalar_one()
+
+
+def versions(session: Session) -> int:
+    return session.execute(sa.select(sa.func.count()).select_from(Version)).scalar_one()
+
+
+def test_versions_from_before_answers_get_a_row_and_are_rendered(database_url: str) -> None:
+    """Migration 0004 gives versions indexed before answers existed (0003) a tombstone, so
+    the stale scan, which reads only the answers' indexes, finds them."""
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine, "0002")
+        with make_sessionmaker(engine).begin() as session:
+            make_version(session, package=make_package(session, name="old"), number="1.0.0")
+        upgrade(engine)
+        sessions = make_sessionmaker(engine)
+        with sessions() as session:
+            assert answer_rows(session) == versions(session) == 1
+        assert render_stale(sessions) == 1
+        assert stored_purls(sessions) == {"pkg:npm/old@1.0.0"}
+    finally:
+        engine.dispose()
+
+
+def test_the_stale_scan_searches_indexes_not_every_row(tmp_path: Path) -> None:
+    """SQLite's plan for :func:`stale_ids` (PostgreSQL's planner scans tables this small
+    whatever the indexes): a search of each index, never a scan of the table."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'plan.db'}")
+    try:
+        upgrade(engine)
+        compiled = stale_ids(after=0, now=utcnow()).compile(engine)
+        parameters = tuple(compiled.params[name] for name in compiled.positiontup or ())
+        with engine.connect() as connection:
+            plan = [
+                row[-1]
+                for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", parameters)
+            ]
+    finally:
+        engine.dispose()
+    searches = [step for step in plan if "version_answers" in step]
+    assert len(searches) == 2, plan
+    assert any("USING INDEX ix_version_answers_stale" in step for step in searches), plan
+    assert any("ix_version_answers_valid_until" in step for step in searches), plan
+    assert all(step.startswith("SEARCH") for step in searches), plan
+
+
 def test_rendered_answers_are_the_ones_a_lookup_computes_and_only_changes_are_redone(
     sessions: sessionmaker[Session],
 ) -> None:
     with sessions.begin() as session:
         seed(session)
+        # Every version has an answer row from its insert on: a tombstone until rendered.
+        assert answer_rows(session) == versions(session) == 3
     computed = lookup_once(sessions)
     assert len(computed.fills) == 3  # nothing stored yet: every answer computed
 
