@@ -466,8 +466,12 @@ def start_scheduler(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 def leader_pid(engine: Any) -> int | None:
+    """The leader's pid; None while nobody leads, or while a new leader (holding the lock)
+    has not yet written its ``host:pid:token`` name, which ``current_leader`` reports as
+    ``(unknown)``."""
     owner = current_leader(engine)
-    return int(owner.split(":")[1]) if owner else None
+    parts = owner.split(":") if owner else []
+    return int(parts[1]) if len(parts) == 3 else None
 
 
 def test_a_second_scheduler_takes_over_when_the_leader_is_killed(
