@@ -8,7 +8,7 @@ setup(
     ext_modules=[
         Extension(
             "storage._commp",
-            sources=["src/storage/_commp.c"],
+            sources=["storage/_commp.c"],
             libraries=["crypto"],
             optional=True,
         )

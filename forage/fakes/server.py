@@ -1,6 +1,6 @@
 """Run a fake upstream (any ``aiohttp.web.Application``) on loopback, and make it misbehave.
 
-Every fake registry in ``src/forage/fakes/`` is a plain aiohttp app; this module serves one on
+Every fake registry in ``forage/fakes/`` is a plain aiohttp app; this module serves one on
 ``127.0.0.1`` with an OS-chosen port (the aiohttp ``examples/fake_server.py`` pattern) and
 provides two middlewares every fake can install:
 
