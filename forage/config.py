@@ -195,7 +195,7 @@ class ScheduleConfig:
     ``reverify_sample`` is how many archives a re-verification reads back from the
     blockstore; ``keep_done_jobs`` is how long finished jobs stay before pruning.
     ``render_answers`` is how often lookup answers changed or never rendered are rendered
-    ahead of lookups (:mod:`forage.answers`), at most ``render_batch`` a run.
+    ahead of lookups (:mod:`forage.lookup.answers`), at most ``render_batch`` a run.
     """
 
     drain_archives: float = _bounded(300.0, low=0)

@@ -11,8 +11,8 @@ Every record carries the ids of what it is about. Fields come from two places:
 
 Formats (``--log-format`` or ``[logging] format``):
 
-- ``text``: ``2024-05-01 12:00:00,123 INFO forage.ingest recorded npm/left-pad [job=7 ...]``;
-- ``logfmt``: ``ts=... level=info logger=forage.ingest msg="recorded ..." job=7 kind=import``
+- ``text``: ``2024-05-01 12:00:00,123 INFO forage.index.ingest recorded npm/left-pad [job=7 ...]``;
+- ``logfmt``: ``ts=... level=info logger=forage.index.ingest msg="recorded ..." job=7 kind=import``
   (https://brandur.org/logfmt);
 - ``json``: one JSON object per line with the same keys.
 
@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from forage.config import LOG_FORMATS
 
 if TYPE_CHECKING:
-    from forage.jobs import Job
-    from forage.worker import Handler, JobContext
+    from forage.jobs.queue import Job
+    from forage.jobs.worker import Handler, JobContext
 
 __all__ = [
     "LOG_FORMATS",

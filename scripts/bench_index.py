@@ -39,12 +39,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from forage.config import load_config  # noqa: E402
-from forage.db import make_sessionmaker, open_database  # noqa: E402
+from forage.db.engine import make_sessionmaker, open_database  # noqa: E402
+from forage.db.models import Version  # noqa: E402
 from forage.fakes.npm import UPSTREAM, FakeNpmRegistry  # noqa: E402
-from forage.ingest import IMPORT, create_cursor, import_job, watch_feed  # noqa: E402
-from forage.jobs import RetryPolicy  # noqa: E402
-from forage.models import Version  # noqa: E402
-from forage.worker import Worker, job_context  # noqa: E402
+from forage.index.ingest import IMPORT, create_cursor, import_job, watch_feed  # noqa: E402
+from forage.jobs.queue import RetryPolicy  # noqa: E402
+from forage.jobs.worker import Worker, job_context  # noqa: E402
 
 
 def packument(name: str, versions: int) -> dict[str, Any]:

@@ -64,11 +64,11 @@ def write_config(root: Path) -> Path:
 
 def populate(config: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Write the index rows and archive the bytes; return what the load generator asks for."""
-    from forage.blocks import blockstore_path
-    from forage.db import make_sessionmaker, open_database
+    from forage.archive.blocks import blockstore_path
+    from forage.db.engine import make_sessionmaker, open_database
+    from forage.db.models import Archive, ArchiveStatus, Artifact, Package, Version
     from forage.fakes.npm import make_tarball, sri_sha512
-    from forage.ingest import record_package
-    from forage.models import Archive, ArchiveStatus, Artifact, Package, Version
+    from forage.index.ingest import record_package
     from indexers import Artifact as ArtifactInfo
     from indexers import PackageInfo, Release, parse_sri
     from storage import FilesystemBlockstore, import_file
@@ -261,8 +261,8 @@ async def serve_and_measure(
     from aiohttp import web
 
     import forage.mirror
-    from forage.blocks import open_blockstore
-    from forage.db import make_engine, make_sessionmaker
+    from forage.archive.blocks import open_blockstore
+    from forage.db.engine import make_engine, make_sessionmaker
     from forage.fakes.server import start_fake
     from forage.server.app import error_middleware
     from forage.server.state import BLOCKSTORE, CONFIG, SESSIONMAKER

@@ -18,7 +18,7 @@ Fixtures, parametrized over ``sqlite`` and ``postgresql`` (PostgreSQL cases carr
 - ``db_session``: a ``Session`` on ``db_engine`` inside an outer transaction that is rolled
   back after the test; the session's own commits become SAVEPOINT releases (SQLAlchemy's
   "joining a session into an external transaction" recipe; SQLite gets its SAVEPOINT support
-  from :func:`forage.db.make_engine`).
+  from :func:`forage.db.engine.make_engine`).
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def postgres_server() -> Iterator[PostgresServer]:
 @pytest.fixture(scope="session")
 def _postgres_template(postgres_server: PostgresServer) -> str:
     """A database at the head revision, cloned (fast) for every ``migrated_url``."""
-    from forage.db import make_engine, upgrade
+    from forage.db.engine import make_engine, upgrade
 
     name = postgres_server.create_database()
     engine = make_engine(postgres_server.url(name))
@@ -182,7 +182,7 @@ def _postgres_template(postgres_server: PostgresServer) -> str:
 
 @pytest.fixture(scope="session")
 def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from forage.db import make_engine, upgrade
+    from forage.db.engine import make_engine, upgrade
 
     path = tmp_path_factory.mktemp("sqlite-template") / "forage.db"
     engine = make_engine(f"sqlite:///{path}")
@@ -234,7 +234,7 @@ def db_engine(
     store: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
     """An engine on a migrated database shared by the test module."""
-    from forage.db import make_engine
+    from forage.db.engine import make_engine
 
     urls = _new_url(store, request, tmp_path_factory.mktemp("db"), migrated=True)
     engine = make_engine(next(urls))

@@ -18,7 +18,7 @@ from typing import Any
 from multiformats import CID, multihash
 from sqlalchemy.orm import Session
 
-from forage.models import (
+from forage.db.models import (
     Archive,
     ArchiveStatus,
     Artifact,

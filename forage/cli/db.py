@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
 
 
 def _engine(args: argparse.Namespace) -> Any:
-    from forage.db import make_engine
+    from forage.db.engine import make_engine
 
     if not args.verbose:
         # Alembic narrates every step at INFO; our own summary line is enough.
@@ -57,7 +57,7 @@ def _engine(args: argparse.Namespace) -> Any:
 
 
 def run_upgrade(args: argparse.Namespace) -> int:
-    from forage.db import current_revision, upgrade
+    from forage.db.engine import current_revision, upgrade
 
     config, engine = _engine(args)
     try:
@@ -75,7 +75,7 @@ def run_upgrade(args: argparse.Namespace) -> int:
 
 
 def run_downgrade(args: argparse.Namespace) -> int:
-    from forage.db import current_revision, downgrade
+    from forage.db.engine import current_revision, downgrade
 
     config, engine = _engine(args)
     try:
@@ -88,7 +88,7 @@ def run_downgrade(args: argparse.Namespace) -> int:
 
 
 def run_current(args: argparse.Namespace) -> int:
-    from forage.db import current_revision, head_revision
+    from forage.db.engine import current_revision, head_revision
 
     _config, engine = _engine(args)
     try:
@@ -102,7 +102,7 @@ def run_current(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from forage.db import schema_diff
+    from forage.db.engine import schema_diff
 
     _config, engine = _engine(args)
     try:
@@ -117,8 +117,8 @@ def run_check(args: argparse.Namespace) -> int:
 def run_render_answers(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from forage.answers import render_stale
-    from forage.db import make_sessionmaker
+    from forage.db.engine import make_sessionmaker
+    from forage.lookup.answers import render_stale
 
     if args.limit is not None and args.limit < 1:
         print("forage: --limit must be at least 1", file=sys.stderr)
@@ -139,7 +139,7 @@ def run_render_answers(args: argparse.Namespace) -> int:
 def run_revision(args: argparse.Namespace) -> int:
     from alembic import command
 
-    from forage.db import alembic_config
+    from forage.db.engine import alembic_config
 
     _config, engine = _engine(args)
     try:

@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
 @contextmanager
 def _database(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
     """The configuration and a sessionmaker (SQLite is migrated on first use)."""
-    from forage.db import make_sessionmaker, open_database
+    from forage.db.engine import make_sessionmaker, open_database
 
     config = load_cli_config(args)
     engine = open_database(config.database)
@@ -74,7 +74,7 @@ def _json_line(value: dict[str, Any]) -> str:
 
 
 def run_pieces(args: argparse.Namespace) -> int:
-    from forage.pieces import list_pieces
+    from forage.filecoin.pieces import list_pieces
 
     with _database(args) as (_, sessionmaker), sessionmaker() as session:
         rows = list_pieces(session, limit=args.limit)
@@ -92,8 +92,8 @@ def run_pieces(args: argparse.Namespace) -> int:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from forage.blocks import open_blockstore
-    from forage.pieces import build_pieces
+    from forage.archive.blocks import open_blockstore
+    from forage.filecoin.pieces import build_pieces
 
     with _database(args) as (config, sessionmaker):
         built = build_pieces(config, sessionmaker, open_blockstore(config), partial=args.partial)
@@ -104,8 +104,8 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_deals(args: argparse.Namespace) -> int:
-    from forage.deals import list_deals
-    from forage.models import DealState
+    from forage.db.models import DealState
+    from forage.filecoin.deals import list_deals
 
     state = DealState(args.state) if args.state else None
     with _database(args) as (_, sessionmaker), sessionmaker() as session:
@@ -125,7 +125,7 @@ def run_deals(args: argparse.Namespace) -> int:
 
 
 def run_sync(args: argparse.Namespace) -> int:
-    from forage.deals import open_sources, sync_deals
+    from forage.filecoin.deals import open_sources, sync_deals
 
     async def run(config: Any, sessionmaker: Any) -> Any:
         async with open_sources(config.filecoin) as sources:

@@ -4,7 +4,7 @@ Starts local npm, PyPI and Go registries and a Kubo node (loopback fakes), point
 temporary Forage at them, publishes a handful of small packages, and waits until every file
 is archived and pinned; then prints a batch lookup answer (JSON, on stdout) and the URL of a
 package's web page, and keeps serving until Ctrl-C (``--once``: exits at once). The
-temporary directory is removed at the end. See :mod:`forage.demo`.
+temporary directory is removed at the end. See :mod:`forage.runtime.demo`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forage.demo import DemoReport, run_demo
+    from forage.runtime.demo import DemoReport, run_demo
 
     if not 0 <= args.port <= 65535:
         print("forage: --port must be between 0 and 65535", file=sys.stderr)

@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_watch(args: argparse.Namespace) -> int:
-    from forage.registries import INDEXER_CLASSES, check_ecosystem
+    from forage.index.registries import INDEXER_CLASSES, check_ecosystem
 
     config = load_cli_config(args)
     ecosystem = check_ecosystem(args.ecosystem)
@@ -61,9 +61,9 @@ def run_watch(args: argparse.Namespace) -> int:
 
 
 async def _watch(config: Any, ecosystem: str, *, once: bool, interval: float) -> int:
-    from forage.db import make_sessionmaker, open_database
-    from forage.ingest import watch_feed
-    from forage.worker import job_context
+    from forage.db.engine import make_sessionmaker, open_database
+    from forage.index.ingest import watch_feed
+    from forage.jobs.worker import job_context
 
     def progress(stats: Any) -> None:
         print(
@@ -90,7 +90,7 @@ async def _watch(config: Any, ecosystem: str, *, once: bool, interval: float) ->
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from forage.registries import check_ecosystem
+    from forage.index.registries import check_ecosystem
 
     if args.versions is not None and args.versions < 1:
         print("forage: --versions must be at least 1", file=sys.stderr)
@@ -100,9 +100,9 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 async def _import(config: Any, ecosystem: str, args: argparse.Namespace) -> int:
-    from forage.db import make_sessionmaker, open_database
-    from forage.ingest import import_package
-    from forage.worker import job_context
+    from forage.db.engine import make_sessionmaker, open_database
+    from forage.index.ingest import import_package
+    from forage.jobs.worker import job_context
 
     engine = open_database(config.database)
     try:
@@ -124,8 +124,8 @@ async def _import(config: Any, ecosystem: str, args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from forage.db import make_sessionmaker, open_database
-    from forage.status import registry_status
+    from forage.db.engine import make_sessionmaker, open_database
+    from forage.index.status import registry_status
 
     config = load_cli_config(args)
     engine = open_database(config.database)

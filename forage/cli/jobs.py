@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
 
 
 def _sessionmaker(args: argparse.Namespace) -> Any:
-    from forage.db import make_engine, make_sessionmaker
+    from forage.db.engine import make_engine, make_sessionmaker
 
     engine = make_engine(load_cli_config(args).database)
     return engine, make_sessionmaker(engine)
@@ -55,7 +55,7 @@ def _short(text: str | None, width: int = 60) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from forage import jobs
+    from forage.jobs import queue as jobs
 
     engine, sessionmaker = _sessionmaker(args)
     try:
@@ -74,7 +74,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from forage import jobs
+    from forage.jobs import queue as jobs
 
     engine, sessionmaker = _sessionmaker(args)
     try:
@@ -90,7 +90,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_retry(args: argparse.Namespace) -> int:
-    from forage import jobs
+    from forage.jobs import queue as jobs
 
     if bool(args.ids) == bool(args.all_dead):
         print("forage: jobs retry: give job ids or --all-dead (not both)", file=sys.stderr)
@@ -109,8 +109,8 @@ def run_retry(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from forage import jobs
-    from forage.db import utcnow
+    from forage.db.engine import utcnow
+    from forage.jobs import queue as jobs
 
     engine, sessionmaker = _sessionmaker(args)
     try:

@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
 
 
 def _keys(path: Path) -> Any:
-    from forage.lockfiles import LockfileError, read_lockfile
+    from forage.lookup.lockfiles import LockfileError, read_lockfile
     from forage.mirror.offline import lockfile_keys
 
     try:
@@ -72,9 +72,9 @@ def run_prime(args: argparse.Namespace) -> int:
 
 
 async def _prime(config: Any, keys: Any, concurrency: int) -> int:
-    from forage.db import make_sessionmaker, open_database
+    from forage.db.engine import make_sessionmaker, open_database
+    from forage.jobs.worker import job_context
     from forage.mirror.offline import prime
-    from forage.worker import job_context
 
     engine = await asyncio.to_thread(open_database, config.database)
     try:
@@ -92,8 +92,8 @@ async def _prime(config: Any, keys: Any, concurrency: int) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from forage.blocks import open_blockstore
-    from forage.db import make_sessionmaker, open_database
+    from forage.archive.blocks import open_blockstore
+    from forage.db.engine import make_sessionmaker, open_database
     from forage.mirror.offline import bundle_manifest, export_bundle
 
     config = load_cli_config(args)
@@ -117,8 +117,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_import_car(args: argparse.Namespace) -> int:
-    from forage.blocks import open_blockstore
-    from forage.db import make_sessionmaker, open_database
+    from forage.archive.blocks import open_blockstore
+    from forage.db.engine import make_sessionmaker, open_database
     from forage.mirror.offline import import_bundle
 
     config = load_cli_config(args)

@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_all(args: argparse.Namespace) -> int:
-    from forage.run import run_forage
+    from forage.runtime.run import run_forage
 
     if args.concurrency is not None and args.concurrency < 1:
         print("forage: --concurrency must be at least 1", file=sys.stderr)
@@ -81,14 +81,14 @@ def run_scheduler(args: argparse.Namespace) -> int:
         return _list(config)
     if args.run:
         return _run_one(config, args.run)
-    from forage.run import run_forage
+    from forage.runtime.run import run_forage
 
     return asyncio.run(run_forage(config, http=False, workers=False))
 
 
 def _list(config: Any) -> int:
-    from forage.db import open_database
-    from forage.scheduler import current_leader, planned_tasks
+    from forage.db.engine import open_database
+    from forage.jobs.scheduler import current_leader, planned_tasks
 
     engine = open_database(config.database)
     try:
@@ -113,8 +113,8 @@ def _list(config: Any) -> int:
 
 
 def _run_one(config: Any, name: str) -> int:
-    from forage.db import open_database
-    from forage.scheduler import Scheduler
+    from forage.db.engine import open_database
+    from forage.jobs.scheduler import Scheduler
 
     engine = open_database(config.database)
     try:

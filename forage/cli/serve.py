@@ -90,8 +90,8 @@ async def run_app(app: Any, *, host: str, port: int, stop: asyncio.Event) -> Non
 
 async def serve(config: Any, *, host: str, port: int) -> int:
     """Open the database and blockstore, serve until SIGINT/SIGTERM, close everything."""
-    from forage.blocks import open_blockstore
-    from forage.db import make_sessionmaker, open_database
+    from forage.archive.blocks import open_blockstore
+    from forage.db.engine import make_sessionmaker, open_database
     from forage.server.app import make_app
 
     stop = asyncio.Event()

@@ -6,7 +6,7 @@ by backoff are left). SIGTERM or Ctrl-C stops claiming and waits for the jobs in
 exits 0; a second signal interrupts them and gives their leases back.
 
 Operator hook: ``--handlers MODULE:FUNCTION`` replaces the built-in job kinds
-(:func:`forage.handlers.default_handlers`) by the mapping that function returns, e.g. a
+(:func:`forage.jobs.handlers.default_handlers`) by the mapping that function returns, e.g. a
 site's own job kinds or the test suite's; ``--kind K`` (repeatable) runs only some kinds.
 """
 
@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--handlers",
         metavar="MODULE:FUNCTION",
-        default="forage.handlers:default_handlers",
+        default="forage.jobs.handlers:default_handlers",
         help="function returning the kind -> handler mapping (default: %(default)s)",
     )
     parser.add_argument(
@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forage.worker import load_handlers, run_worker
+    from forage.jobs.worker import load_handlers, run_worker
 
     config = load_cli_config(args)
     handlers = load_handlers(args.handlers)

@@ -18,7 +18,7 @@ import httpx
 from aiohttp import web
 
 from forage import __version__
-from forage.db import make_engine, make_sessionmaker
+from forage.db.engine import make_engine, make_sessionmaker
 from forage.mirror.golang import GoRoutes
 from forage.mirror.npm import NpmRoutes
 from forage.mirror.pypi import PyPIRoutes

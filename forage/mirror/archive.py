@@ -1,7 +1,7 @@
 """What the archive holds for the mirror: archived files with their upstream digests, re-verified.
 
 Rows come from the index (``Package -> Version -> Artifact (+ digests) -> Archive``, see
-:mod:`forage.models`); bytes from the blockstore through :func:`storage.read_file`, whose
+:mod:`forage.db.models`); bytes from the blockstore through :func:`storage.read_file`, whose
 blocks are each checked against their CID. Before a byte is served the whole file is read
 into a :class:`~forage.mirror.spool.Spool` and checked again against the digests the
 *registry* published (npm sha512/sha1, PyPI sha256, Go ``h1:`` over the module zip, plus the
@@ -35,9 +35,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from forage.db.models import Archive, ArchiveStatus, Artifact, ArtifactDigest, Package, Version
 from forage.errors import ArchiveInvalid
 from forage.mirror.spool import Spool
-from forage.models import Archive, ArchiveStatus, Artifact, ArtifactDigest, Package, Version
 from indexers import DigestMismatch, DigestVerifier, InvalidArchive, InvalidDigest, verify_go_zip
 from indexers.digests import HASHERS
 from storage import BlockSource, StorageError, parse_cid, read_file

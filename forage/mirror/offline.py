@@ -1,8 +1,8 @@
 """Offline and air-gapped use: prime the archive from a lockfile, carry it as one CAR.
 
 - :func:`prime` imports every package a lockfile (or SBOM) names from its registry and
-  archives exactly the named releases now (:func:`forage.archive.archive_many`), so the mirror
-  can serve them when the registry is gone.
+  archives exactly the named releases now (:func:`~forage.archive.pipeline.archive_many`), so the
+  mirror can serve them when the registry is gone.
 - :func:`export_bundle` writes those releases' archives to one CARv1
   (https://ipld.io/specs/transport/car/carv1/) together with the index rows the mirror needs
   (package, version, artifact with upstream digests, archive): a JSON *manifest*, stored as a
@@ -11,7 +11,7 @@
 - :func:`import_bundle` loads such a CAR into another Forage with no network: every block is
   checked against its CID as it is read, the manifest's names go through each registry's own
   name rules, every archive is re-verified against the manifest's upstream digests before its
-  row is written, and rows are recorded with :func:`forage.ingest.record_package` (no archive
+  row is written, and rows are recorded with :func:`forage.index.ingest.record_package` (no archive
   jobs queued: the bytes are already here).
 
 The manifest format (``format`` = :data:`BUNDLE_FORMAT`, ``version`` 1)::
@@ -38,14 +38,14 @@ from typing import IO, Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from forage.db import utcnow
+from forage.db.engine import utcnow
+from forage.db.models import Archive, ArchiveStatus, Artifact, ArtifactDigest, Package, Version
 from forage.errors import ArchiveInvalid, BundleError, ForageError, InvalidKey
-from forage.keys import Key, parse_key
-from forage.lockfiles import Entry
+from forage.index.registries import INDEXER_CLASSES
+from forage.lookup.keys import Key, parse_key
+from forage.lookup.lockfiles import Entry
 from forage.mirror.archive import ArchivedFile, load_verified
 from forage.mirror.spool import Spool
-from forage.models import Archive, ArchiveStatus, Artifact, ArtifactDigest, Package, Version
-from forage.registries import INDEXER_CLASSES
 from indexers import Artifact as ArtifactInfo
 from indexers import IndexerError, PackageInfo, Release
 from storage import (
@@ -141,10 +141,10 @@ def release_artifacts(session: Session, keys: Sequence[Key]) -> dict[Key, list[i
 async def prime(ctx: Any, keys: Sequence[Key], *, concurrency: int = 4) -> PrimeReport:
     """Import each named package from its registry and archive the named releases now.
 
-    ``ctx`` is a :class:`forage.worker.JobContext` (registries configured, blockstore open).
+    ``ctx`` is a :class:`forage.jobs.worker.JobContext` (registries configured, blockstore open).
     """
-    from forage.archive import archive_many
-    from forage.ingest import import_package
+    from forage.archive.pipeline import archive_many
+    from forage.index.ingest import import_package
 
     report = PrimeReport()
     packages: dict[tuple[str, str], list[Key]] = defaultdict(list)
@@ -369,7 +369,7 @@ def package_info(entry: Any) -> PackageInfo:
 
 def _record(session: Session, info: PackageInfo, manifest_entry: Mapping[str, Any]) -> list[Any]:
     """Record the package's rows; return ``(artifact_id, cid, size)`` of archives to add."""
-    from forage.ingest import record_package
+    from forage.index.ingest import record_package
 
     record_package(session, info, archive=False)
     pending = []

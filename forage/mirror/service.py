@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
+from forage.archive.download import HostPolicy
 from forage.config import Config, MirrorConfig
-from forage.download import HostPolicy
 from forage.errors import UpstreamFailed
 from forage.mirror.archive import ArchivedFile, load_verified
 from forage.mirror.spool import Spool

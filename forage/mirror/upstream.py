@@ -5,7 +5,7 @@ timeouts/ for the connect/read split): a connect timeout (a blackholed host whos
 never refuses, it only hangs), a first-byte timeout that also bounds any stall, a floor on the
 transfer rate once a grace period has passed (a body dripped a byte at a time never stalls
 long enough to trip a read timeout), and for metadata a total deadline. Redirects are followed
-here, each hop checked against the registry's download hosts (:class:`forage.download.
+here, each hop checked against the registry's download hosts (:class:`forage.archive.download.
 HostPolicy`), so an upstream document cannot point Forage at an internal address.
 
 Failures become :class:`~forage.errors.UpstreamFailed` with a ``kind`` (refused, reset,
@@ -35,8 +35,8 @@ from urllib.parse import urljoin
 
 import httpx
 
+from forage.archive.download import DownloadRefused, HostPolicy
 from forage.config import MirrorConfig
-from forage.download import DownloadRefused, HostPolicy
 from forage.errors import UpstreamFailed
 from indexers import redact
 

@@ -3,7 +3,7 @@
 Routes (described for clients in ``openapi.json``, served at ``/api/openapi.json``):
 
 - ``POST /api/v1/lookup`` ``{"keys": [...]}`` and ``GET /api/v1/lookup?keys=a,b``: one result
-  per key, in order (:mod:`forage.lookup`); unknown keys queue a backfill import;
+  per key, in order (:mod:`forage.lookup.service`); unknown keys queue a backfill import;
 - ``POST /api/v1/lookup/lockfile`` takes a ``package-lock.json``, ``requirements.txt``,
   ``go.sum`` or CycloneDX JSON SBOM as the body and answers for every dependency;
 - ``GET|POST /packages/lookup?keys=...``: the original Forage's reply, ``{key: cid | null}``;
@@ -33,12 +33,13 @@ import orjson
 from aiohttp import web
 from sqlalchemy.orm import Session, sessionmaker
 
-from forage import jobs
 from forage.errors import InvalidKey
-from forage.ingest import IMPORT
-from forage.keys import MAX_KEY_LENGTH, PLATFORMS, Key, parse_key
-from forage.lockfiles import LockfileError, read_lockfile
-from forage.lookup import (
+from forage.index.ingest import IMPORT
+from forage.index.registries import INDEXER_CLASSES
+from forage.jobs import queue as jobs
+from forage.lookup.keys import MAX_KEY_LENGTH, PLATFORMS, Key, parse_key
+from forage.lookup.lockfiles import LockfileError, read_lockfile
+from forage.lookup.service import (
     AnswerFill,
     BackfillPolicy,
     KeyResult,
@@ -55,7 +56,6 @@ from forage.lookup import (
     save_answers,
     summarize,
 )
-from forage.registries import INDEXER_CLASSES
 from forage.server.auth import json_http_error, requires_token
 from forage.server.state import CONFIG, SESSIONMAKER
 from indexers import IndexerError
@@ -73,7 +73,7 @@ MAX_PENDING_ANSWERS = 8
 
 
 class AnswerWriter:
-    """Stores rendered lookup answers (:func:`forage.lookup.save_answers`) one batch at a
+    """Stores rendered lookup answers (:func:`forage.lookup.service.save_answers`) one batch at a
     time in a thread of its own, off the requests' path, so a lookup never waits for the
     database's write lock."""
 

@@ -4,7 +4,8 @@
 write, else 503; the body names each check (``{"status": "ok", "checks": {"database":
 {"ok": true, "ms": 0.4}, "blockstore": {...}}}``) and, on failure, only the error's class:
 details go to the log. ``/metrics`` is the text exposition format
-(https://prometheus.io/docs/instrumenting/exposition_formats/) of :class:`forage.metrics.Metrics`:
+(https://prometheus.io/docs/instrumenting/exposition_formats/) of
+:class:`~forage.server.metrics.Metrics`:
 index gauges, process metrics, and per-route request latency recorded by this module's
 middleware, with lookups (``/api/v1/lookup*``, ``/packages/lookup``) also in their own
 histogram.
@@ -25,7 +26,7 @@ import sqlalchemy as sa
 from aiohttp import web
 from sqlalchemy.orm import Session, sessionmaker
 
-from forage.metrics import Metrics
+from forage.server.metrics import Metrics
 from forage.server.state import BLOCKSTORE, SESSIONMAKER
 from storage import Block, Blockstore, block_cid
 

@@ -4,8 +4,9 @@ and the deals page.
 
 Pages are Jinja2 templates (``templates/``, autoescaped, undefined names are errors) over plain
 values read by one session per request (pages never write), in a worker thread so the event
-loop never waits on the database. Per-artifact queries come from :mod:`forage.lookup`, the query
-layer the JSON API shares, so a page and ``/api/v1/lookup`` always agree. Input from the URL is
+loop never waits on the database. Per-artifact queries come from :mod:`forage.lookup.service`, the
+query layer the JSON API shares, so a page and ``/api/v1/lookup`` always agree. Input from the
+URL is
 bounded and checked before it reaches SQL (a NUL byte alone makes PostgreSQL fail); bad input
 gets an HTML error page with a 4xx status, echoing nothing unescaped.
 
@@ -28,10 +29,8 @@ import sqlalchemy as sa
 from aiohttp import web
 from sqlalchemy.orm import Session, sessionmaker
 
-from forage import lookup
-from forage.db import utcnow
-from forage.health import ArchiveHealth, archive_health
-from forage.models import (
+from forage.db.engine import utcnow
+from forage.db.models import (
     Archive,
     ArchiveStatus,
     Artifact,
@@ -41,6 +40,8 @@ from forage.models import (
     Piece,
     Version,
 )
+from forage.filecoin.health import ArchiveHealth, archive_health
+from forage.lookup import service as lookup
 from forage.server.state import CONFIG, SESSIONMAKER
 from indexers import IndexerError
 

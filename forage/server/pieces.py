@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from aiohttp import web
 from multiformats import multibase, varint
 
-from forage.models import Piece
-from forage.pieces import piece_path
+from forage.db.models import Piece
+from forage.filecoin.pieces import piece_path
 from forage.server.state import CONFIG, SESSIONMAKER
 from storage import InvalidCID, piece_cid_v1
 

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from forage.jobs import Job
-from forage.worker import Handler, JobContext
+from forage.jobs.queue import Job
+from forage.jobs.worker import Handler, JobContext
 
 metadata = sa.MetaData()
 job_runs = sa.Table(

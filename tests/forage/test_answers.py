@@ -1,4 +1,4 @@
-"""Lookup answers rendered ahead of lookups (:mod:`forage.answers`), on SQLite and PostgreSQL.
+"""Lookup answers rendered ahead of lookups (:mod:`forage.lookup.answers`), SQLite and PostgreSQL.
 
 What is shown: rendering stores the very answer a lookup would compute, so the next lookup
 computes nothing; a change retires one answer and only that one is rendered again; the
@@ -16,15 +16,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from forage import jobs
-from forage.answers import RENDER_ANSWERS, render_answers_job, render_stale, stale_ids
 from forage.cli import main
-from forage.db import make_engine, make_sessionmaker, upgrade, utcnow
-from forage.jobs import RetryPolicy
-from forage.lookup import resolve
-from forage.models import JobRecord, JobState, Version, VersionAnswer
-from forage.scheduler import schedule_table
-from forage.worker import Worker
+from forage.db.engine import make_engine, make_sessionmaker, upgrade, utcnow
+from forage.db.models import JobRecord, JobState, Version, VersionAnswer
+from forage.jobs import queue as jobs
+from forage.jobs.queue import RetryPolicy
+from forage.jobs.scheduler import schedule_table
+from forage.jobs.worker import Worker
+from forage.lookup.answers import RENDER_ANSWERS, render_answers_job, render_stale, stale_ids
+from forage.lookup.service import resolve
 from tests.factories import make_package, make_version
 from tests.forage.test_api import seed
 from tests.forage.test_ingest import context, write_config

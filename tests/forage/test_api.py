@@ -27,10 +27,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from multiformats import CID
 from sqlalchemy.orm import Session, sessionmaker
 
-from forage.blocks import open_blockstore
+from forage.archive.blocks import open_blockstore
 from forage.config import Config, load_config
-from forage.db import make_engine, make_sessionmaker
-from forage.models import Artifact, JobRecord, PinStatus, VersionAnswer
+from forage.db.engine import make_engine, make_sessionmaker
+from forage.db.models import Artifact, JobRecord, PinStatus, VersionAnswer
 from forage.server.app import make_app
 from tests.factories import (
     artifact_content,

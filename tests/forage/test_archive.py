@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from forage.archive import (
+from forage.archive.pipeline import (
     ArchiveResult,
     archive_artifact,
     archive_job,
@@ -41,15 +41,15 @@ from forage.archive import (
     unarchived_ids,
 )
 from forage.config import Config, load_config
-from forage.db import make_engine, make_sessionmaker, upgrade
+from forage.db.engine import make_engine, make_sessionmaker, upgrade
+from forage.db.models import Archive, ArchiveStatus, Artifact, JobRecord, JobState
 from forage.errors import InvalidKey, NotFound, PermanentJobError
 from forage.fakes.files import FakeFileServer
 from forage.fakes.golang import GoFake
 from forage.fakes.server import RunningServer, serve
-from forage.ingest import ARCHIVE, record_package
-from forage.jobs import RetryPolicy
-from forage.models import Archive, ArchiveStatus, Artifact, JobRecord, JobState
-from forage.worker import JobContext, Worker, job_context
+from forage.index.ingest import ARCHIVE, record_package
+from forage.jobs.queue import RetryPolicy
+from forage.jobs.worker import JobContext, Worker, job_context
 from indexers import Artifact as ArtifactInfo
 from indexers import PackageInfo, Release
 from storage import compute_cid, read_file, walk_dag
@@ -567,15 +567,15 @@ FULL_DISK = textwrap.dedent(
     """
     import asyncio, hashlib, json, os, random, sys
     import sqlalchemy as sa
-    from forage.archive import archive_job
+    from forage.archive.pipeline import archive_job
     from forage.config import load_config
-    from forage.db import make_engine, make_sessionmaker
+    from forage.db.engine import make_engine, make_sessionmaker
     from forage.fakes.files import FakeFileServer
     from forage.fakes.server import ThreadedServer
-    from forage.ingest import ARCHIVE
-    from forage.jobs import RetryPolicy
-    from forage.models import Archive, JobRecord
-    from forage.worker import Worker, job_context
+    from forage.index.ingest import ARCHIVE
+    from forage.jobs.queue import RetryPolicy
+    from forage.db.models import Archive, JobRecord
+    from forage.jobs.worker import Worker, job_context
     from tests.forage.test_archive import package, pypi_artifact, record, write_config
 
     tmp, url = sys.argv[1], sys.argv[2]

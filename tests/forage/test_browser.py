@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from forage.config import Config
-from forage.db import make_engine, make_sessionmaker, upgrade
+from forage.db.engine import make_engine, make_sessionmaker, upgrade
 from forage.fakes.server import serve
 from forage.server.app import make_app
 from storage import FilesystemBlockstore, import_file

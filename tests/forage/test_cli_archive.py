@@ -14,10 +14,10 @@ import pytest
 import sqlalchemy as sa
 
 from forage.cli import main
-from forage.db import make_engine, make_sessionmaker
+from forage.db.engine import make_engine, make_sessionmaker
+from forage.db.models import Archive, ArchiveStatus
 from forage.fakes.files import FakeFileServer
 from forage.fakes.server import ThreadedServer
-from forage.models import Archive, ArchiveStatus
 from storage import compute_cid
 from tests.forage.test_archive import (
     blob,
@@ -41,7 +41,7 @@ def statuses(url: str) -> dict[int, tuple[str, str | None]]:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    from forage.db import upgrade
+    from forage.db.engine import upgrade
 
     url = f"sqlite:///{tmp_path / 'forage.db'}"
     engine = make_engine(url)

@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from forage.cli import main
-from forage.db import make_engine, make_sessionmaker
-from forage.models import JobRecord
+from forage.db.engine import make_engine, make_sessionmaker
+from forage.db.models import JobRecord
 from tests.factories import artifact_content, raw_cid
 from tests.forage.test_api import DATA, seed
 

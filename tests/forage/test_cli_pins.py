@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from forage.blocks import open_blockstore
+from forage.archive.blocks import open_blockstore
 from forage.config import Config, load_config
-from forage.db import make_sessionmaker, open_database
+from forage.db.engine import make_sessionmaker, open_database
 from forage.fakes.kubo import FakeKubo
 from forage.fakes.pinning_service import FakePinningService
 from forage.fakes.server import ThreadedServer
-from forage.pins import enqueue_pins
+from forage.pins.service import enqueue_pins
 from storage import import_file
 from tests.factories import make_archive, make_artifact
 

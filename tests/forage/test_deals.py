@@ -21,18 +21,18 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from forage import jobs
 from forage.cli import main
 from forage.config import FilecoinConfig
-from forage.db import make_engine, make_sessionmaker
-from forage.deals import SYNC_DEALS, DealSources, open_sources, sync_deals, sync_deals_job
+from forage.db.engine import make_engine, make_sessionmaker
+from forage.db.models import Deal, DealState, Piece
 from forage.errors import ConfigError
 from forage.fakes.dealservice import FakeDealService
 from forage.fakes.lotus import FakeLotus, fake_piece_cid
 from forage.fakes.server import ThreadedServer, serve
-from forage.jobs import RetryPolicy
-from forage.models import Deal, DealState, Piece
-from forage.worker import JobContext, Worker
+from forage.filecoin.deals import SYNC_DEALS, DealSources, open_sources, sync_deals, sync_deals_job
+from forage.jobs import queue as jobs
+from forage.jobs.queue import RetryPolicy
+from forage.jobs.worker import JobContext, Worker
 from storage import DealService, LotusClient, epoch_time
 from tests.factories import make_piece
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from forage.demo import EXPECTED_FILES, KEYS, PIN_BACKEND, DemoReport, run_demo
+from forage.runtime.demo import EXPECTED_FILES, KEYS, PIN_BACKEND, DemoReport, run_demo
 from storage import parse_cid
 
 

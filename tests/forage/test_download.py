@@ -11,7 +11,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from forage.download import (
+from forage.archive.download import (
     MAX_REDIRECTS,
     DownloadRefused,
     DownloadUnavailable,
@@ -20,7 +20,7 @@ from forage.download import (
     open_download,
 )
 from forage.fakes.server import serve
-from forage.worker import registry_client
+from forage.jobs.worker import registry_client
 
 BODY = bytes(range(256)) * 4096  # 1 MiB
 GZIPPED = gzip.compress(BODY)

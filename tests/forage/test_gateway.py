@@ -21,7 +21,7 @@ import pytest
 from multiformats import CID, multihash
 
 from forage.config import Config
-from forage.db import make_engine, make_sessionmaker
+from forage.db.engine import make_engine, make_sessionmaker
 from forage.fakes.server import RunningServer, serve
 from forage.server.app import make_app
 from forage.server.gateway import CACHE_CONTROL, ByteRange, parse_accept

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
-from forage.health import archive_health
-from forage.models import ArchiveStatus, DealState
+from forage.db.models import ArchiveStatus, DealState
+from forage.filecoin.health import archive_health
 from tests.factories import make_archive, make_artifact, make_deal, make_piece
 
 #: Inside the factory deals' life (end epoch 5,500,000 is 2025-11-16 on mainnet).

@@ -23,12 +23,21 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from forage.config import Config, load_config
-from forage.db import make_engine, make_sessionmaker
+from forage.db.engine import make_engine, make_sessionmaker
+from forage.db.models import (
+    Artifact,
+    ArtifactDigest,
+    FeedCursor,
+    JobRecord,
+    JobState,
+    Package,
+    Version,
+)
 from forage.fakes.golang import GoEndpoints, GoFake
 from forage.fakes.npm import FakeNpmRegistry
 from forage.fakes.pypi import FakePyPI
 from forage.fakes.server import serve
-from forage.ingest import (
+from forage.index.ingest import (
     ARCHIVE,
     IMPORT,
     CursorConflict,
@@ -41,17 +50,8 @@ from forage.ingest import (
     record_package,
     watch_feed,
 )
-from forage.jobs import RetryPolicy
-from forage.models import (
-    Artifact,
-    ArtifactDigest,
-    FeedCursor,
-    JobRecord,
-    JobState,
-    Package,
-    Version,
-)
-from forage.worker import JobContext, Worker, job_context
+from forage.jobs.queue import RetryPolicy
+from forage.jobs.worker import JobContext, Worker, job_context
 from indexers import Artifact as FileInfo
 from indexers import (
     Change,

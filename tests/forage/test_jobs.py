@@ -12,12 +12,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from forage import jobs
 from forage.cli import main
-from forage.db import make_engine, make_sessionmaker, utcnow
+from forage.db.engine import make_engine, make_sessionmaker, utcnow
+from forage.db.models import JobRecord, JobState
 from forage.errors import JobError, NotFound, PermanentJobError
-from forage.jobs import RetryPolicy
-from forage.models import JobRecord, JobState
+from forage.jobs import queue as jobs
+from forage.jobs.queue import RetryPolicy
 from indexers.errors import PackageNotFound, UpstreamUnavailable
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from forage.errors import InvalidKey
-from forage.keys import MAX_KEY_LENGTH, Key, parse_key
+from forage.lookup.keys import MAX_KEY_LENGTH, Key, parse_key
 from indexers import InvalidName
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from forage.lockfiles import MAX_ENTRIES, Entry, LockfileError, read_lockfile
+from forage.lookup.lockfiles import MAX_ENTRIES, Entry, LockfileError, read_lockfile
 
 DATA = Path(__file__).parent.parent / "data" / "lockfiles"
 

@@ -27,12 +27,20 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from forage.db import make_engine, make_sessionmaker
+from forage.db.engine import make_engine, make_sessionmaker
+from forage.db.models import (
+    ArchiveStatus,
+    DealState,
+    JobRecord,
+    JobState,
+    PinStatus,
+    VersionAnswer,
+)
 from forage.errors import InvalidKey
 from forage.fakes.npm import FakeNpmRegistry
-from forage.ingest import enqueue_changes
-from forage.keys import Key, parse_key
-from forage.lookup import (
+from forage.index.ingest import enqueue_changes
+from forage.lookup.keys import Key, parse_key
+from forage.lookup.service import (
     _PLAIN_PURL,
     FILECOIN_GENESIS,
     BackfillPolicy,
@@ -53,14 +61,6 @@ from forage.lookup import (
     resolve,
     store_answers,
     summarize,
-)
-from forage.models import (
-    ArchiveStatus,
-    DealState,
-    JobRecord,
-    JobState,
-    PinStatus,
-    VersionAnswer,
 )
 from indexers import Change
 from tests.factories import (

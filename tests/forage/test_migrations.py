@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-import forage.models  # noqa: F401  (the tables the migrations must build)
+import forage.db.models  # noqa: F401  (the tables the migrations must build)
 from forage.cli import main
-from forage.db import (
+from forage.db.engine import (
     Base,
     current_revision,
     downgrade,
@@ -118,7 +118,7 @@ def test_scheduler_table_is_left_alone(migrated_url: str) -> None:
     # generated migration would otherwise drop the schedule).
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 
-    from forage.db import SCHEDULER_TABLE
+    from forage.db.engine import SCHEDULER_TABLE
 
     engine = make_engine(migrated_url)
     try:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
-from forage.models import (
+from forage.db.models import (
     Archive,
     ArchiveStatus,
     Artifact,

@@ -23,7 +23,7 @@ from referencing.jsonschema import DRAFT202012
 from sqlalchemy.orm import Session, sessionmaker
 
 from forage.config import Config
-from forage.db import make_engine, make_sessionmaker
+from forage.db.engine import make_engine, make_sessionmaker
 from forage.server import api as api_module
 from forage.server import openapi
 from forage.server.state import CONFIG, SESSIONMAKER

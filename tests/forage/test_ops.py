@@ -25,10 +25,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from forage import jobs
 from forage.config import Config, load_config
-from forage.db import make_engine, make_sessionmaker, utcnow
-from forage.jobs import Job
+from forage.db.engine import make_engine, make_sessionmaker, utcnow
+from forage.db.models import ArchiveStatus, FeedCursor
+from forage.jobs import queue as jobs
+from forage.jobs.queue import Job
 from forage.logs import (
     ContextFilter,
     JsonFormatter,
@@ -37,7 +38,6 @@ from forage.logs import (
     log_context,
     with_job_context,
 )
-from forage.models import ArchiveStatus, FeedCursor
 from forage.server.app import make_app
 from storage import FilesystemBlockstore
 from tests.factories import make_archive, make_artifact, make_package, make_version

@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy.orm import Session
 
 from forage.config import Config
-from forage.db import make_engine, make_sessionmaker, utcnow
+from forage.db.engine import make_engine, make_sessionmaker, utcnow
+from forage.db.models import Archive, ArchiveStatus, Artifact, DealState
 from forage.fakes.server import serve
-from forage.lookup import current_epoch, epoch_time
-from forage.models import Archive, ArchiveStatus, Artifact, DealState
+from forage.lookup.service import current_epoch, epoch_time
 from forage.server.app import make_app
 from forage.server.pages import human_bytes, package_path
 from storage import FilesystemBlockstore, MemoryBlockstore, import_file, read_car, read_file
@@ -290,7 +290,7 @@ async def test_home_lists_recent_versions_linking_to_package_pages(site: Site) -
 
 async def test_empty_archive_home_page(tmp_path: Path, http_client: httpx.AsyncClient) -> None:
     """A fresh installation renders its home page (zeros, no pieces) rather than failing."""
-    from forage.db import upgrade
+    from forage.db.engine import upgrade
 
     engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     upgrade(engine)

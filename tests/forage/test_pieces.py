@@ -23,14 +23,12 @@ import sqlalchemy as sa
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.orm import Session, sessionmaker
 
-from forage import jobs
-from forage.blocks import open_blockstore
+from forage.archive.blocks import open_blockstore
 from forage.cli import main
 from forage.config import Config, load_config
-from forage.db import make_engine, make_sessionmaker
-from forage.jobs import RetryPolicy
-from forage.models import Archive, Piece, PieceMember
-from forage.pieces import (
+from forage.db.engine import make_engine, make_sessionmaker
+from forage.db.models import Archive, Piece, PieceMember
+from forage.filecoin.pieces import (
     BUILD_PIECES,
     PieceBuildError,
     build_piece,
@@ -40,8 +38,10 @@ from forage.pieces import (
     piece_path,
     plan_piece,
 )
+from forage.jobs import queue as jobs
+from forage.jobs.queue import RetryPolicy
+from forage.jobs.worker import JobContext, Worker
 from forage.server.app import make_app
-from forage.worker import JobContext, Worker
 from storage import (
     FilesystemBlockstore,
     MemoryBlockstore,

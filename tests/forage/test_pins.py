@@ -28,20 +28,21 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from forage import jobs
-from forage.archive import archive_job
+from forage.archive.pipeline import archive_job
 from forage.config import Config, load_config
-from forage.db import make_engine, make_sessionmaker, utcnow
+from forage.db.engine import make_engine, make_sessionmaker, utcnow
+from forage.db.models import Archive, Artifact, JobRecord, JobState, Pin, PinStatus
 from forage.errors import ConfigError
 from forage.fakes.cluster import FakeCluster
 from forage.fakes.files import FakeFileServer
 from forage.fakes.kubo import FakeKubo
 from forage.fakes.pinning_service import FakePinningService
 from forage.fakes.server import serve
-from forage.ingest import ARCHIVE, record_package
-from forage.jobs import RetryPolicy
-from forage.models import Archive, Artifact, JobRecord, JobState, Pin, PinStatus
-from forage.pins import (
+from forage.index.ingest import ARCHIVE, record_package
+from forage.jobs import queue as jobs
+from forage.jobs.queue import RetryPolicy
+from forage.jobs.worker import JobContext, Worker, job_context
+from forage.pins.service import (
     GONE,
     PIN,
     PIN_CHECK,
@@ -51,7 +52,6 @@ from forage.pins import (
     pin_check_job,
     pin_job,
 )
-from forage.worker import JobContext, Worker, job_context
 from indexers import Artifact as ArtifactInfo
 from indexers import PackageInfo, Release
 from storage import FilesystemBlockstore, compute_cid, export_car, import_file, parse_cid

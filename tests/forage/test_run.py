@@ -3,7 +3,7 @@
 What is shown: a real ``forage run`` process on the embedded defaults (SQLite and blockstore
 under ``data.dir``, created on first use) serves ``/healthz``, its scheduler queues a job
 that its own worker runs, and SIGTERM or SIGINT stops it cleanly with exit status 0 and
-the scheduler's lock given up; in process, :func:`forage.run.start` composes the same parts
+the scheduler's lock given up; in process, :func:`forage.runtime.run.start` composes the same parts
 and a scheduler-only process serves no HTTP.
 """
 
@@ -24,10 +24,10 @@ import pytest
 import sqlalchemy as sa
 
 from forage.config import load_config
-from forage.db import make_engine
-from forage.models import JobRecord, JobState
-from forage.run import start
-from forage.scheduler import REVERIFY, current_leader
+from forage.db.engine import make_engine
+from forage.db.models import JobRecord, JobState
+from forage.jobs.scheduler import REVERIFY, current_leader
+from forage.runtime.run import start
 
 SCHEDULE = (
     "[schedule]\nleader_poll = 0.2\nreverify = 0.5\ndrain_archives = 0\nretry_failed = 0\n"

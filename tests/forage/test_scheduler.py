@@ -26,15 +26,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from forage import jobs, pieces, pins
-from forage.archive import archive_job
+from forage.archive.pipeline import archive_job
 from forage.config import Config, load_config
-from forage.db import make_engine, make_sessionmaker, upgrade, utcnow
+from forage.db.engine import make_engine, make_sessionmaker, upgrade, utcnow
+from forage.db.models import Archive, ArchiveStatus, JobRecord, JobState
 from forage.errors import ConfigError
-from forage.ingest import ARCHIVE
-from forage.jobs import RetryPolicy
-from forage.models import Archive, ArchiveStatus, JobRecord, JobState
-from forage.scheduler import (
+from forage.filecoin import pieces
+from forage.index.ingest import ARCHIVE
+from forage.jobs import queue as jobs
+from forage.jobs.queue import RetryPolicy
+from forage.jobs.scheduler import (
     BUILD_PIECES,
     JOBSTORE_TABLE,
     PIN_CHECK,
@@ -56,7 +57,8 @@ from forage.scheduler import (
     schedule_table,
     verify_archive,
 )
-from forage.worker import Worker
+from forage.jobs.worker import Worker
+from forage.pins import service as pins
 from storage import FilesystemBlockstore, compute_cid, import_file, read_file
 from tests.factories import make_archive, make_artifact
 from tests.forage.test_archive import blob, fake_host, npm_artifact, package, record

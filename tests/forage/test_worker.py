@@ -1,7 +1,7 @@
 """The worker runs jobs with bounded concurrency, records outcomes, keeps leases alive, stops
 gracefully, and, across processes, runs every job exactly once even when a worker is killed.
 
-In-process tests drive :class:`forage.worker.Worker` directly on both stores; the process
+In-process tests drive :class:`forage.jobs.worker.Worker` directly on both stores; the process
 tests run ``forage worker`` subprocesses with the handlers of ``tests/forage/job_handlers.py``.
 """
 
@@ -21,19 +21,19 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from forage import jobs
 from forage.config import Config, load_config
-from forage.db import (
+from forage.db.engine import (
     current_revision,
     head_revision,
     make_engine,
     make_sessionmaker,
     upgrade,
 )
+from forage.db.models import JobRecord, JobState
 from forage.errors import ConfigError, PermanentJobError
-from forage.jobs import Job, RetryPolicy
-from forage.models import JobRecord, JobState
-from forage.worker import JobContext, Worker, job_context, load_handlers, run_worker
+from forage.jobs import queue as jobs
+from forage.jobs.queue import Job, RetryPolicy
+from forage.jobs.worker import JobContext, Worker, job_context, load_handlers, run_worker
 from tests.forage import job_handlers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -364,7 +364,7 @@ def test_load_handlers_rejects_bad_specs() -> None:
 
 
 def test_default_handlers_is_a_mapping() -> None:
-    from forage.handlers import default_handlers
+    from forage.jobs.handlers import default_handlers
 
     handlers = default_handlers()
     assert all(callable(h) for h in handlers.values())

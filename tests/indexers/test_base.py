@@ -1,6 +1,6 @@
 """The indexer contract: every registry's indexer has the base's method signatures.
 
-Callers (``forage.ingest``) call ``package(name, change=...)`` on whichever indexer a
+Callers (``forage.index.ingest``) call ``package(name, change=...)`` on whichever indexer a
 registry has, without knowing which; a subclass that renamed or added a parameter would
 break them only at run time, so the signatures are compared here.
 """

@@ -3,9 +3,9 @@
 ``forage_mirror(tmp_path, db_url, npm=..., pypi=..., golang=...)`` writes a configuration
 naming the fakes (plus ``[mirror]`` settings with short deadlines), opens the database, the
 blockstore and a job context, and serves an application holding only the mirror routes. The
-test then imports packages from the fakes (:func:`forage.ingest.import_package`), archives
-them with the real archive job (:func:`forage.archive.archive_many`), and stops or breaks the
-fakes to watch the mirror fall back.
+test then imports packages from the fakes (:func:`forage.index.ingest.import_package`), archives
+them with the real archive job (:func:`~forage.archive.pipeline.archive_many`), and stops or breaks
+the fakes to watch the mirror fall back.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ import sqlalchemy as sa
 from aiohttp import web
 
 import forage.mirror
-from forage.archive import archive_many, unarchived_ids
-from forage.blocks import open_blockstore
+from forage.archive.blocks import open_blockstore
+from forage.archive.pipeline import archive_many, unarchived_ids
 from forage.config import Config, load_config
-from forage.db import make_engine, make_sessionmaker
+from forage.db.engine import make_engine, make_sessionmaker
+from forage.db.models import Archive, ArchiveStatus
 from forage.fakes.golang import GoEndpoints
 from forage.fakes.server import serve
-from forage.ingest import import_package
+from forage.index.ingest import import_package
+from forage.jobs.worker import JobContext, job_context
 from forage.mirror.service import Mirror
-from forage.models import Archive, ArchiveStatus
 from forage.server.app import error_middleware
 from forage.server.state import BLOCKSTORE, CONFIG, SESSIONMAKER
-from forage.worker import JobContext, job_context
 
 #: Mirror settings for tests: short deadlines, no "down" window unless a test asks for one.
 FAST = {

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from forage.cli import main
-from forage.db import make_engine, make_sessionmaker
+from forage.db.engine import make_engine, make_sessionmaker
 from forage.errors import BundleError
 from forage.fakes.golang import GoFake
 from forage.fakes.npm import FakeNpmRegistry

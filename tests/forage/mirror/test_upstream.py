@@ -17,7 +17,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from forage.download import HostPolicy
+from forage.archive.download import HostPolicy
 from forage.errors import UpstreamFailed
 from forage.fakes.server import Faults, RequestLog, RunningServer, blackhole, serve
 from forage.mirror.upstream import Deadline, MetadataCache, SingleFlight, Upstream, classify

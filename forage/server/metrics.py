@@ -1,0 +1,278 @@
+"""What Forage counts: a snapshot of the index for logs and Prometheus metrics.
+
+:func:`snapshot` reads, in one transaction, the numbers an operator watches: jobs by kind
+and state, archives by status and their bytes, pins by backend and status, packages per
+registry, and each feed's lag. The scheduler's ``stats`` task logs it; ``GET /metrics``
+(:mod:`forage.server.ops`) exports it through :class:`IndexCollector`, which queries at
+scrape time (cached for a few seconds) so every process serving HTTP reports the same
+numbers whatever process did the work.
+
+:class:`Metrics` is one process's Prometheus registry (no global registry, so tests and
+several apps in one process never collide): the index collector, process metrics, and
+request latency histograms fed by the HTTP middleware, lookup latency among them.
+Exposition format: https://prometheus.io/docs/instrumenting/exposition_formats/ (written by
+``prometheus_client``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from forage.db.engine import utcnow
+from forage.db.models import (
+    Archive,
+    ArchiveStatus,
+    Artifact,
+    FeedCursor,
+    JobRecord,
+    JobState,
+    Package,
+    Pin,
+)
+
+log = logging.getLogger(__name__)
+
+#: Latency buckets (seconds) for HTTP requests and lookups: 1 ms to 10 s.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedState:
+    """One watcher's position: ``lag`` in the feed's own units (positions for npm and PyPI,
+    seconds for Go), and when its cursor last moved."""
+
+    lag: float | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The index's numbers at ``taken_at``."""
+
+    taken_at: datetime
+    packages: Mapping[str, int]
+    artifacts: int
+    archives: Mapping[str, int]
+    archive_bytes: int
+    pins: Mapping[tuple[str, str], int]
+    jobs: Mapping[tuple[str, str], int]
+    feeds: Mapping[str, FeedState]
+
+    def summary(self) -> dict[str, Any]:
+        """Flat totals for one log line (``jobs_queued``, ``archives_archived``, ...)."""
+        out: dict[str, Any] = {
+            "packages": sum(self.packages.values()),
+            "artifacts": self.artifacts,
+            "archive_bytes": self.archive_bytes,
+        }
+        for status in ArchiveStatus:
+            out[f"archives_{status.value}"] = self.archives.get(status.value, 0)
+        for state in JobState:
+            out[f"jobs_{state.value}"] = sum(
+                n for (_kind, s), n in self.jobs.items() if s == state.value
+            )
+        out["pins_pinned"] = sum(n for (_b, s), n in self.pins.items() if s == "pinned")
+        for registry, feed in sorted(self.feeds.items()):
+            if feed.lag is not None:
+                out[f"lag_{registry}"] = feed.lag
+        return out
+
+
+def snapshot(session: Session) -> Snapshot:
+    """Count what the index holds now (a handful of aggregate queries)."""
+    packages = {
+        str(ecosystem): int(n)
+        for ecosystem, n in session.execute(
+            sa.select(Package.ecosystem, sa.func.count()).group_by(Package.ecosystem)
+        )
+    }
+    artifacts = session.execute(sa.select(sa.func.count()).select_from(Artifact)).scalar_one()
+    archives = {
+        str(getattr(status, "value", status)): int(n)
+        for status, n in session.execute(
+            sa.select(Archive.status, sa.func.count()).group_by(Archive.status)
+        )
+    }
+    archive_bytes = session.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(Archive.size), 0)).where(
+            Archive.status == ArchiveStatus.ARCHIVED
+        )
+    ).scalar_one()
+    pins = {
+        (str(backend), str(getattr(status, "value", status))): int(n)
+        for backend, status, n in session.execute(
+            sa.select(Pin.backend, Pin.status, sa.func.count()).group_by(Pin.backend, Pin.status)
+        )
+    }
+    jobs = {
+        (str(kind), str(getattr(state, "value", state))): int(n)
+        for kind, state, n in session.execute(
+            sa.select(JobRecord.kind, JobRecord.state, sa.func.count()).group_by(
+                JobRecord.kind, JobRecord.state
+            )
+        )
+    }
+    feeds = {
+        row.feed: FeedState(lag=row.lag, updated_at=row.updated_at)
+        for row in session.execute(
+            sa.select(FeedCursor.feed, FeedCursor.lag, FeedCursor.updated_at)
+        )
+    }
+    return Snapshot(
+        taken_at=utcnow(),
+        packages=packages,
+        artifacts=int(artifacts),
+        archives=archives,
+        archive_bytes=int(archive_bytes),
+        pins=pins,
+        jobs=jobs,
+        feeds=feeds,
+    )
+
+
+class IndexCollector(Collector):
+    """Exports :func:`snapshot` as gauges, querying at most every ``max_age`` seconds.
+
+    When the database cannot be read, only ``forage_database_up 0`` is exported: a scrape
+    never fails because the database does.
+    """
+
+    def __init__(self, sessionmaker: sessionmaker[Session], *, max_age: float = 5.0) -> None:
+        self.sessionmaker = sessionmaker
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._cached: tuple[float, Snapshot] | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def _snapshot(self) -> Snapshot:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is not None and now - self._cached[0] < self.max_age:
+                return self._cached[1]
+            with self.sessionmaker() as session:
+                taken = snapshot(session)
+            self._cached = (now, taken)
+            return taken
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("forage_database_up", "Whether the last index query succeeded")
+        try:
+            snap = self._snapshot()
+        except SQLAlchemyError as exc:
+            log.warning("metrics: cannot read the index: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield _gauge(
+            "forage_packages", "Packages known, per registry", ["ecosystem"], snap.packages
+        )
+        artifacts = GaugeMetricFamily("forage_artifacts", "Artifacts (files) known")
+        artifacts.add_metric([], snap.artifacts)
+        yield artifacts
+        archives = {status.value: snap.archives.get(status.value, 0) for status in ArchiveStatus}
+        yield _gauge("forage_archives", "Archives by status", ["status"], archives)
+        archived = GaugeMetricFamily(
+            "forage_archive_bytes", "Bytes of archived artifacts (sum of archive sizes)"
+        )
+        archived.add_metric([], snap.archive_bytes)
+        yield archived
+        yield _gauge("forage_pins", "Pins by backend and status", ["backend", "status"], snap.pins)
+        kinds = sorted({kind for kind, _state in snap.jobs})
+        jobs = {(k, s.value): snap.jobs.get((k, s.value), 0) for k in kinds for s in JobState}
+        yield _gauge("forage_jobs", "Jobs by kind and state", ["kind", "state"], jobs)
+        lag = GaugeMetricFamily(
+            "forage_feed_lag",
+            "How far each watcher's cursor is behind its feed's head, in the feed's units "
+            "(positions for npm and PyPI, seconds for Go)",
+            labels=["registry"],
+        )
+        age = GaugeMetricFamily(
+            "forage_feed_age_seconds",
+            "Seconds since each watcher's cursor last moved",
+            labels=["registry"],
+        )
+        for registry, feed in sorted(snap.feeds.items()):
+            if feed.lag is not None:
+                lag.add_metric([registry], feed.lag)
+            if feed.updated_at is not None:
+                seconds = (snap.taken_at - feed.updated_at).total_seconds()
+                age.add_metric([registry], max(0.0, seconds))
+        yield lag
+        yield age
+
+
+def _gauge(
+    name: str, documentation: str, labels: list[str], values: Mapping[Any, int]
+) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+    return family
+
+
+class Metrics:
+    """One process's metrics: the index gauges, process metrics, and request latencies."""
+
+    def __init__(self, sessionmaker: sessionmaker[Session], *, max_age: float = 5.0) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(IndexCollector(sessionmaker, max_age=max_age))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.requests = Counter(
+            "forage_http_requests",
+            "HTTP requests answered, by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "forage_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route and method",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.lookup_seconds = Histogram(
+            "forage_lookup_duration_seconds",
+            "Time to answer a lookup request (batch, lockfile or legacy), by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_request(
+        self, *, route: str, method: str, status: int, seconds: float, lookup: bool
+    ) -> None:
+        """Record one answered request."""
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_seconds.labels(route, method).observe(seconds)
+        if lookup:
+            self.lookup_seconds.labels(route).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type (queries the database: call in a thread)."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
