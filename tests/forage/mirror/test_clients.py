@@ -100,8 +100,8 @@ async def test_npm_installs_through_forage_with_the_upstream_up_and_down(
     scoped = registry.publish("@fk/scoped", "2.0.0")
     upstream = await start_fake(registry.make_app())
     async with forage_mirror(tmp_path, db_url, npm=upstream.url) as forage:
-        await forage.index.ingest("npm", "left-pad")
-        await forage.index.ingest("npm", "@fk/scoped")
+        await forage.ingest("npm", "left-pad")
+        await forage.ingest("npm", "@fk/scoped")
         await forage.archive_all()
         url = f"{forage.url}/npm/"
         registry.requests.clear()
@@ -175,7 +175,7 @@ async def test_pip_downloads_through_forage_with_the_upstream_up_and_down(
     (wheel,) = pypi.release("Sample.Project", "1.1", sdist=False)
     upstream = await start_fake(pypi.make_app())
     async with forage_mirror(tmp_path, db_url, pypi=upstream.url) as forage:
-        await forage.index.ingest("pypi", "sample-project")
+        await forage.ingest("pypi", "sample-project")
         await forage.archive_all()
         index = f"{forage.url}/pypi/simple/"
 
@@ -226,7 +226,7 @@ async def test_go_downloads_through_forage_with_the_upstream_up_and_down(
             files={"go.mod": "module example.com/Demo\n\ngo 1.19\n", "lib.go": "package demo\n"},
         )
         async with forage_mirror(tmp_path, db_url, golang=fake.endpoints) as forage:
-            await forage.index.ingest("golang", "example.com/Demo")
+            await forage.ingest("golang", "example.com/Demo")
             await forage.archive_all()
             proxy = f"{forage.url}/go"
             fake.requests.clear()

@@ -165,7 +165,7 @@ async def test_a_module_without_go_mod_gets_the_synthetic_one(
     async with serve(fake.app()) as running:
         endpoints = GoEndpoints.at(running.url)
         async with forage_mirror(tmp_path, db_url, golang=endpoints) as forage:
-            await forage.index.ingest("golang", "example.com/plain")
+            await forage.ingest("golang", "example.com/plain")
             await forage.archive_all()
             await running.close()
             mod = await client.get(f"{forage.url}/go/example.com/plain/@v/v0.1.0.mod")

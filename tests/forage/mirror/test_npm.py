@@ -43,8 +43,8 @@ async def archived_forage(
     tmp_path: Path, db_url: str, upstream: str, **mirror: Any
 ) -> AsyncIterator[Forage]:
     async with forage_mirror(tmp_path, db_url, npm=upstream, mirror=mirror) as forage:
-        await forage.index.ingest("npm", "left-pad")
-        await forage.index.ingest("npm", "@scope/pkg")
+        await forage.ingest("npm", "left-pad")
+        await forage.ingest("npm", "@scope/pkg")
         await forage.archive_all()
         yield forage
 
@@ -146,7 +146,7 @@ async def test_packument_falls_back_to_archived_versions_only(
     forage: Forage, registry: FakeNpmRegistry, upstream: RunningServer, client: httpx.AsyncClient
 ) -> None:
     registry.publish("left-pad", "2.0.0")  # never archived
-    await forage.index.ingest("npm", "left-pad")
+    await forage.ingest("npm", "left-pad")
     await upstream.close()
     response = await client.get(f"{forage.url}/npm/left-pad")
     assert response.headers["Forage-Source"] == "archive"
@@ -187,7 +187,7 @@ async def test_removed_release_is_left_out_but_served_on_exact_request(
     original = tarball(registry).data
     registry.unpublish_version("left-pad", "1.1.0")
     del registry.tarballs[tarball_path("left-pad", "1.1.0")]  # the registry 404s it now
-    await forage.index.ingest("npm", "left-pad")
+    await forage.ingest("npm", "left-pad")
     listed = await client.get(f"{forage.url}/npm/left-pad")
     assert set(listed.json()["versions"]) == {"1.0.0"}
     exact = await client.get(f"{forage.url}{TARBALL}")

@@ -148,7 +148,7 @@ async def test_fallback_page_lists_archived_files_with_their_marks(
     forage: Forage, pypi: FakePyPI, upstream: RunningServer, client: httpx.AsyncClient
 ) -> None:
     pypi.release("Sample.Project", "2.0", sdist=False)  # never archived
-    await forage.index.ingest("pypi", "sample-project")
+    await forage.ingest("pypi", "sample-project")
     await upstream.close()
     page = await client.get(
         f"{forage.url}/pypi/simple/sample-project/", headers={"accept": PIP_ACCEPT}
