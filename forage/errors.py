@@ -8,12 +8,10 @@ Hierarchy::
     ├── NotFound            a package, version, artifact or job the caller named does not exist
     ├── JobError            a job cannot run as asked
     │   └── PermanentJobError  retrying will not help: park the job as dead at once
-    └── MirrorError         the package mirror could not use one of its sources
-        ├── UpstreamFailed  the upstream registry failed within its deadline (``kind`` says how:
-        │                   refused, reset, timeout, slow, dns, tls, status, truncated, digest,
-        │                   too_large, host, down); the mirror answers from the archive instead
-        ├── ArchiveInvalid  archived bytes are missing or fail their upstream digest: never served
-        └── BundleError     a bundle CAR that is not a Forage mirror bundle, malformed or corrupt
+    └── BundleError         a bundle CAR that is not a Forage mirror bundle, malformed or corrupt
+
+The mirror's source failures (``UpstreamFailed``, ``ArchiveInvalid``) belong to the mirror
+machinery the ecosystems share and live in :mod:`indexers.errors`.
 
 The CLI maps these to exit codes; the HTTP error middleware maps them to JSON errors.
 """
@@ -55,28 +53,5 @@ class PermanentJobError(JobError):
     """A job failed in a way retrying cannot fix; the runner marks it dead at once."""
 
 
-class MirrorError(ForageError):
-    """Base of the mirror's source failures."""
-
-
-class UpstreamFailed(MirrorError):
-    """The upstream did not give a usable answer in time; ``kind`` classifies the failure."""
-
-    def __init__(self, url: str, kind: str, reason: str) -> None:
-        self.url = url
-        self.kind = kind
-        self.reason = reason
-        super().__init__(f"{url}: {kind}: {reason}")
-
-
-class ArchiveInvalid(MirrorError):
-    """An archive cannot be served: blocks missing, or bytes that fail the upstream digest."""
-
-    def __init__(self, cid: str, reason: str) -> None:
-        self.cid = cid
-        self.reason = reason
-        super().__init__(f"archive {cid}: {reason}")
-
-
-class BundleError(MirrorError):
+class BundleError(ForageError):
     """A bundle CAR cannot be imported: not a Forage bundle, malformed, or corrupt."""

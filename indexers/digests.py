@@ -9,7 +9,7 @@ hex`` mapping of :class:`~indexers.types.Artifact`:
 - PyPI's ``hashes`` (PEP 691) and ``digests`` (JSON API) are hex keyed by hashlib name.
 - Go's ``h1:`` is a hash over the files inside a module zip, not over the zip's bytes, so it
   cannot be computed from a byte stream alone: :class:`DigestVerifier` leaves such algorithms to
-  the caller, who passes the value it computed (``indexers.golang``) to
+  the caller, who passes the value it computed (``indexers.golang.indexer``) to
   :meth:`DigestVerifier.finish` as ``computed={"h1": ...}``; otherwise they are reported as
   unchecked, never silently treated as verified.
 

@@ -4,7 +4,10 @@ Hierarchy::
 
     IndexerError
     ├── UpstreamUnavailable     transient: refused, reset, timeout, 5xx, 429 (retry with backoff;
-    │                           ``retry_after`` carries the server's Retry-After in seconds)
+    │   │                       ``retry_after`` carries the server's Retry-After in seconds)
+    │   └── DownloadUnavailable a download failed in a way that may pass (cut body included)
+    ├── DownloadRefused         permanent: a download we will not make (host not allowed, over
+    │                           the size cap, 4xx, too many redirects)
     ├── StaleMetadata           transient: a cached page older than the serial/sequence that
     │                           announced it (retry after a short wait)
     ├── PackageNotFound         permanent: the registry says the package or version does not exist
@@ -14,7 +17,14 @@ Hierarchy::
     ├── InvalidDigest           permanent: a digest string that is malformed (bad SRI, bad hex)
     ├── InvalidArchive          permanent: a downloaded archive that is not readable or unsafe
     │                           (corrupt zip, member names with ``..``, NUL, absolute paths)
-    └── DigestMismatch          bytes whose digest (or size) differs from the registry's own
+    ├── DigestMismatch          bytes whose digest (or size) differs from the registry's own
+    ├── LockfileError           a document that is not a lockfile or SBOM we can read
+    └── MirrorError             the package mirror could not use one of its sources
+        ├── UpstreamFailed      the upstream failed within its deadline (``kind`` says how:
+        │                       refused, reset, timeout, slow, dns, tls, status, truncated,
+        │                       digest, too_large, host, down); the archive answers instead
+        └── ArchiveInvalid      archived bytes missing or failing their upstream digest: never
+                                served
 
 ``forage`` decides what to do with each: retry transient ones, park permanent ones.
 """
@@ -34,6 +44,25 @@ class UpstreamUnavailable(IndexerError):
         self.reason = reason
         self.retry_after = retry_after
         super().__init__(f"{url}: {reason}")
+
+
+class DownloadUnavailable(UpstreamUnavailable):
+    """A download failed in a way that may pass: timeout, reset, 5xx, truncated body."""
+
+    def __init__(self, url: str, reason: str, *, retry_after: float | None = None) -> None:
+        self.url = url
+        self.reason = reason
+        self.retry_after = retry_after
+        IndexerError.__init__(self, f"download {url}: {reason}")
+
+
+class DownloadRefused(IndexerError):
+    """We will not fetch this: host not allowed, too large, 4xx, too many redirects."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"download {url}: {reason}")
 
 
 class StaleMetadata(IndexerError):
@@ -104,3 +133,30 @@ class DigestMismatch(IndexerError):
         self.expected = expected
         self.actual = actual
         super().__init__(f"{url}: {algorithm} mismatch: expected {expected}, got {actual}")
+
+
+class LockfileError(IndexerError):
+    """The document is not a lockfile or SBOM we can read."""
+
+
+class MirrorError(IndexerError):
+    """Base of the mirror's source failures."""
+
+
+class UpstreamFailed(MirrorError):
+    """The upstream did not give a usable answer in time; ``kind`` classifies the failure."""
+
+    def __init__(self, url: str, kind: str, reason: str) -> None:
+        self.url = url
+        self.kind = kind
+        self.reason = reason
+        super().__init__(f"{url}: {kind}: {reason}")
+
+
+class ArchiveInvalid(MirrorError):
+    """An archive cannot be served: blocks missing, or bytes that fail the upstream digest."""
+
+    def __init__(self, cid: str, reason: str) -> None:
+        self.cid = cid
+        self.reason = reason
+        super().__init__(f"archive {cid}: {reason}")

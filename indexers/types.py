@@ -98,3 +98,13 @@ class PackageInfo:
     deleted: bool = False
     serial: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LockEntry:
+    """One dependency a lockfile or SBOM names: where it came from (a path, a line) and its
+    purl, or the ``problem`` that kept it from having one (unpinned, not from a registry)."""
+
+    source: str
+    key: str | None
+    problem: str | None = None

@@ -11,7 +11,7 @@ Measured in one run:
 
 - ``sha256``: ``hashlib.sha256`` over every file, read in 1 MiB pieces from the page cache
   (best of two passes, one before and one after the pipeline);
-- ``pipeline``: ``forage archive``'s path (:func:`forage.archive.pipeline.archive_many` with
+- ``pipeline``: ``forage archive``'s path (:func:`forage.archive.runner.archive_many` with
   ``--concurrency`` at once, as ``forage archive --pending`` runs it): row loads, HTTP
   download with the host policy, the registry's digests (``--ecosystem pypi``: sha256 and
   size; ``npm``: sha512 and sha1), the CIDv1 and its blocks staged then moved into a
@@ -142,7 +142,7 @@ def start_server(directory: Path) -> tuple[subprocess.Popen[str], str]:
 def record_rows(
     url: str, ecosystem: str, base: str, paths: list[Path], digests: list[Any]
 ) -> list[int]:
-    from forage.archive.pipeline import unarchived_ids
+    from forage.archive.records import unarchived_ids
     from forage.db.engine import make_engine, make_sessionmaker
     from forage.index.ingest import record_package
     from indexers import Artifact, PackageInfo, Release
@@ -174,7 +174,7 @@ async def run_pipeline(
     config: Any, ids: list[int], concurrency: int
 ) -> tuple[float, list[Any], dict[str, Any]]:
     """Archive ``ids``; return the seconds it took, the outcomes and the blockstore's stats."""
-    from forage.archive.pipeline import archive_many
+    from forage.archive.runner import archive_many
     from forage.db.engine import make_sessionmaker, open_database
     from forage.jobs.worker import job_context
     from storage import FilesystemBlockstore
@@ -202,10 +202,10 @@ async def run_pipeline(
 async def download_only(config: Any, ecosystem: str, urls: list[str], concurrency: int) -> float:
     """Seconds to download ``urls`` as the pipeline does (client, host policy, segments),
     ``concurrency`` at a time, discarding the bytes."""
-    from forage.archive.download import iter_body, open_download
-    from forage.archive.pipeline import SEGMENT_SIZE, host_policy
+    from forage.archive.stream import SEGMENT_SIZE, host_policy
     from forage.db.engine import make_sessionmaker, open_database
     from forage.jobs.worker import job_context
+    from indexers.download import iter_body, open_download
 
     engine = open_database(config.database)
     try:

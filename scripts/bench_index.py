@@ -41,10 +41,10 @@ sys.path.insert(0, str(ROOT))
 from forage.config import load_config  # noqa: E402
 from forage.db.engine import make_sessionmaker, open_database  # noqa: E402
 from forage.db.models import Version  # noqa: E402
-from forage.fakes.npm import UPSTREAM, FakeNpmRegistry  # noqa: E402
 from forage.index.ingest import IMPORT, create_cursor, import_job, watch_feed  # noqa: E402
 from forage.jobs.queue import RetryPolicy  # noqa: E402
 from forage.jobs.worker import Worker, job_context  # noqa: E402
+from indexers.npm.fake import UPSTREAM, FakeNpmRegistry  # noqa: E402
 
 
 def packument(name: str, versions: int) -> dict[str, Any]:

@@ -7,7 +7,7 @@ Core inserts: packages of npm (one file per version), PyPI (an sdist and two whe
 half of those pinned, half in pieces held by two active deals. It then starts ``forage``'s
 HTTP server in a child process (so its CPU is not the client's) and, per batch size, times
 ``POST /api/v1/lookup`` with fresh random purls each round, and the same keys as one bare
-SQL query in this process (``forage.lookup.service.full_query``: what the lookup reads, files,
+SQL query in this process (``forage.lookup.query.full_query``: what the lookup reads, files,
 digests, archives, pins, pieces and deals, as one statement of joins, rows fetched). Prints JSON:
 p50/p99 milliseconds and keys per second for both, and their ratio.
 
@@ -60,7 +60,8 @@ from forage.db.models import (  # noqa: E402
     VersionAnswer,
 )
 from forage.lookup.keys import Key  # noqa: E402
-from forage.lookup.service import full_query, keys_table, read_only_sessionmaker  # noqa: E402
+from forage.lookup.query import full_query, keys_table  # noqa: E402
+from forage.lookup.sessions import read_only_sessionmaker  # noqa: E402
 
 VERSIONS = 5
 #: Ecosystem of package i by i % 10, and its files per version.

@@ -67,10 +67,10 @@ def populate(config: Any, args: argparse.Namespace) -> dict[str, Any]:
     from forage.archive.blocks import blockstore_path
     from forage.db.engine import make_sessionmaker, open_database
     from forage.db.models import Archive, ArchiveStatus, Artifact, Package, Version
-    from forage.fakes.npm import make_tarball, sri_sha512
     from forage.index.ingest import record_package
     from indexers import Artifact as ArtifactInfo
     from indexers import PackageInfo, Release, parse_sri
+    from indexers.npm.fake import make_tarball, sri_sha512
     from storage import FilesystemBlockstore, import_file
 
     # Setup only: no fsync per block (the server reads the store as production does).
@@ -263,9 +263,9 @@ async def serve_and_measure(
     import forage.mirror
     from forage.archive.blocks import open_blockstore
     from forage.db.engine import make_engine, make_sessionmaker
-    from forage.fakes.server import start_fake
     from forage.server.app import error_middleware
     from forage.server.state import BLOCKSTORE, CONFIG, SESSIONMAKER
+    from indexers.fakeserver import start_fake
 
     engine = make_engine(config.database)
     app = web.Application(middlewares=[error_middleware])

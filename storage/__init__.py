@@ -5,13 +5,7 @@
 
 from __future__ import annotations
 
-from storage.blockstore import (
-    BlockSink,
-    BlockSource,
-    Blockstore,
-    FilesystemBlockstore,
-    MemoryBlockstore,
-)
+from storage.blockstore import BlockSink, BlockSource, Blockstore, MemoryBlockstore
 from storage.car import (
     CarReader,
     CarWriter,
@@ -60,6 +54,7 @@ from storage.errors import (
     InvalidCID,
     StorageError,
 )
+from storage.flatfs import FilesystemBlockstore
 from storage.pinning import (
     ClusterPinning,
     KuboPinning,

@@ -1,6 +1,6 @@
 """The one blockstore a Forage installation uses, opened from its configuration.
 
-Archived bytes live as UnixFS blocks in a :class:`~storage.blockstore.FilesystemBlockstore`
+Archived bytes live as UnixFS blocks in a :class:`~storage.flatfs.FilesystemBlockstore`
 under ``<data.dir>/blocks`` (Kubo's flatfs layout). Workers write it; the HTTP server, the
 mirror and the piece builder read it. Every process opens the same directory; the store's
 writes are atomic, so several processes may share it.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from forage.config import Config
-from storage.blockstore import FilesystemBlockstore
+from storage.flatfs import FilesystemBlockstore
 
 BLOCKS_DIR = "blocks"
 

@@ -4,7 +4,7 @@
 ``pkg:npm/lodash@4.17.21`` or a Forage key such as ``npm:lodash:4.17.21``; a key without a
 version means every version); ``--pending`` archives every artifact that has no ``archived``
 row yet (never tried, or failed before). It runs the same verified pass as the worker's
-``archive`` jobs (:mod:`forage.archive.pipeline`), ``--concurrency`` artifacts at a time (default
+``archive`` jobs (:mod:`forage.archive.job`), ``--concurrency`` artifacts at a time (default
 ``worker.concurrency``). Artifacts already archived are skipped. Progress (artifacts and
 bytes) goes to stderr when it is a terminal, or always with ``--progress``; a summary
 follows, and the exit status is 1 when any artifact failed.
@@ -64,13 +64,9 @@ async def _archive(config: Any, args: argparse.Namespace, *, progress: bool) -> 
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from forage.archive.pipeline import (
-        ArchiveOutcome,
-        archive_many,
-        artifact_ids_for_key,
-        count_unarchived,
-        unarchived_ids,
-    )
+    from forage.archive.records import artifact_ids_for_key, count_unarchived, unarchived_ids
+    from forage.archive.runner import archive_many
+    from forage.archive.targets import ArchiveOutcome
     from forage.db.engine import make_sessionmaker, open_database
     from forage.jobs.worker import job_context
 

@@ -102,7 +102,7 @@ def run_current(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from forage.db.engine import schema_diff
+    from forage.db.schema import schema_diff
 
     _config, engine = _engine(args)
     try:

@@ -51,12 +51,13 @@ def register(subparsers: Any) -> None:
 
 
 def run_watch(args: argparse.Namespace) -> int:
-    from forage.index.registries import INDEXER_CLASSES, check_ecosystem
+    from forage.index.registries import check_ecosystem
+    from indexers import ECOSYSTEMS
 
     config = load_cli_config(args)
     ecosystem = check_ecosystem(args.ecosystem)
     registry = config.registry(ecosystem)
-    interval = registry.interval or INDEXER_CLASSES[ecosystem].default_interval.total_seconds()
+    interval = registry.interval or ECOSYSTEMS[ecosystem].default_interval.total_seconds()
     return asyncio.run(_watch(config, ecosystem, once=args.once, interval=interval))
 
 

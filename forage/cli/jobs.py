@@ -55,12 +55,12 @@ def _short(text: str | None, width: int = 60) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from forage.jobs import queue as jobs
+    from forage.jobs import admin
 
     engine, sessionmaker = _sessionmaker(args)
     try:
         with sessionmaker() as session:
-            rows = jobs.list_jobs(session, state=args.state, kind=args.kind, limit=args.limit)
+            rows = admin.list_jobs(session, state=args.state, kind=args.kind, limit=args.limit)
     finally:
         engine.dispose()
     print(f"{'ID':>8}  {'KIND':<20} {'STATE':<8} {'TRIES':>5}  {'RUN AFTER':<20} LAST ERROR")
@@ -74,12 +74,13 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    from forage.jobs import admin
     from forage.jobs import queue as jobs
 
     engine, sessionmaker = _sessionmaker(args)
     try:
         with sessionmaker() as session:
-            counts = jobs.counts(session)
+            counts = admin.counts(session)
     finally:
         engine.dispose()
     print(f"{'KIND':<24} " + " ".join(f"{s:>8}" for s in STATES))
@@ -90,7 +91,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_retry(args: argparse.Namespace) -> int:
-    from forage.jobs import queue as jobs
+    from forage.jobs import admin
 
     if bool(args.ids) == bool(args.all_dead):
         print("forage: jobs retry: give job ids or --all-dead (not both)", file=sys.stderr)
@@ -99,9 +100,9 @@ def run_retry(args: argparse.Namespace) -> int:
     try:
         with sessionmaker.begin() as session:
             if args.all_dead:
-                queued = jobs.retry_dead(session, kind=args.retry_kind)
+                queued = admin.retry_dead(session, kind=args.retry_kind)
             else:
-                queued = sorted({jobs.retry(session, job_id) for job_id in args.ids})
+                queued = sorted({admin.retry(session, job_id) for job_id in args.ids})
     finally:
         engine.dispose()
     print(f"forage: {len(queued)} job(s) queued: {' '.join(map(str, queued))}", file=sys.stderr)
@@ -110,12 +111,12 @@ def run_retry(args: argparse.Namespace) -> int:
 
 def run_prune(args: argparse.Namespace) -> int:
     from forage.db.engine import utcnow
-    from forage.jobs import queue as jobs
+    from forage.jobs import admin
 
     engine, sessionmaker = _sessionmaker(args)
     try:
         with sessionmaker.begin() as session:
-            deleted = jobs.prune(
+            deleted = admin.prune(
                 session, finished_before=utcnow() - timedelta(days=args.older_than)
             )
     finally:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from forage.cli import EXIT_NOT_FOUND, EXIT_USAGE, load_cli_config
 
 if TYPE_CHECKING:
-    from forage.lookup.service import KeyResult
+    from forage.lookup.views import KeyResult
 
 #: Keys resolved per batch (each batch is one read and at most one write transaction).
 BATCH = 10_000
@@ -49,13 +49,15 @@ def register(subparsers: Any) -> None:
 
 def run_lookup(args: argparse.Namespace) -> int:
     from forage.db.engine import make_sessionmaker, open_database
-    from forage.lookup.lockfiles import Entry, read_lockfile
-    from forage.lookup.service import BackfillPolicy, lockfile_reply, lookup, read_only_sessionmaker
+    from forage.lookup.backfill import BackfillPolicy
+    from forage.lookup.batch import lockfile_reply, lookup
+    from forage.lookup.sessions import read_only_sessionmaker
+    from indexers import LockEntry, read_lockfile
 
     if not args.keys and not args.lockfile:
         print("forage: give keys to look up, or --lockfile FILE", file=sys.stderr)
         return EXIT_USAGE
-    entries: list[Entry] = [Entry("argument", key) for key in args.keys]
+    entries: list[LockEntry] = [LockEntry("argument", key) for key in args.keys]
     if args.lockfile:
         path = Path(args.lockfile)
         try:

@@ -51,8 +51,8 @@ def register(subparsers: Any) -> None:
 
 
 def _keys(path: Path) -> Any:
-    from forage.lookup.lockfiles import LockfileError, read_lockfile
     from forage.mirror.offline import lockfile_keys
+    from indexers import LockfileError, read_lockfile
 
     try:
         data = path.read_bytes()

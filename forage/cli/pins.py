@@ -4,7 +4,8 @@
 state (and the archived archives not yet queued there); ``--failed`` also lists failed pins
 with the backend's reason. ``forage pins check [--backend NAME] [--json]`` runs the batched
 status check now (the ``pin_check`` job does the same on its schedule): states are updated,
-failed and lost pins re-queued, archives missing a backend queued. See :mod:`forage.pins.service`.
+failed and lost pins re-queued, archives missing a backend queued. See :mod:`forage.pins.check`
+and :mod:`forage.pins.report`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _short(text: str | None, width: int = 70) -> str:
 
 def run_show(args: argparse.Namespace) -> int:
     from forage.db.engine import make_sessionmaker, open_database
-    from forage.pins.service import failed_pins, pin_counts
+    from forage.pins.report import failed_pins, pin_counts
 
     config = load_cli_config(args)
     engine = open_database(config.database)
@@ -87,7 +88,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     from forage.db.engine import make_sessionmaker, open_database
-    from forage.pins.service import check_pins
+    from forage.pins.check import check_pins
 
     config = load_cli_config(args)
     backend = args.check_backend or args.backend

@@ -88,7 +88,8 @@ def run_scheduler(args: argparse.Namespace) -> int:
 
 def _list(config: Any) -> int:
     from forage.db.engine import open_database
-    from forage.jobs.scheduler import current_leader, planned_tasks
+    from forage.jobs.leader import current_leader
+    from forage.jobs.scheduler import planned_tasks
 
     engine = open_database(config.database)
     try:

@@ -15,14 +15,14 @@ share one schema:
 - PostgreSQL through psycopg 3 (``postgresql+psycopg://``), for many workers on many machines.
 
 Migrations are Alembic scripts in :mod:`forage.db.migrations`, configured in code (no
-``alembic.ini``): :func:`upgrade`, :func:`downgrade`, :func:`schema_diff`.
+``alembic.ini``): :func:`upgrade`, :func:`downgrade`; comparing the live schema with the
+models is :func:`forage.db.schema.schema_diff`.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -230,29 +230,6 @@ def include_object(
     ``forage db check`` stays clean and autogenerate never drops them."""
     table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
     return table not in UNMANAGED_TABLES
-
-
-def schema_diff(engine: Engine) -> Sequence[Any]:
-    """Differences between the live schema and the models (empty when they match)."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.runtime.migration import MigrationContext
-
-    import forage.db.models  # noqa: F401  (registers the tables on Base.metadata)
-
-    with engine.connect() as connection:
-        context = MigrationContext.configure(
-            connection,
-            opts={
-                "compare_type": True,
-                "include_object": include_object,
-                # Also compare CHECK constraints (all ours are named).
-                "autogenerate_plugins": [
-                    "alembic.autogenerate.*",
-                    "alembic.ext.checkconstraint_byname",
-                ],
-            },
-        )
-        return list(compare_metadata(context, Base.metadata))
 
 
 def open_database(database: DatabaseConfig) -> Engine:

@@ -480,7 +480,7 @@ class JobRecord(Base):
 
 
 class VersionAnswer(Base):
-    """One version's lookup answer, rendered once (:mod:`forage.lookup.service`), so a batch
+    """One version's lookup answer, rendered once (:mod:`forage.lookup.resolve`), so a batch
     lookup of known versions is one indexed read whose JSON is spliced into the response.
 
     Triggers (migration 0003) turn a row into a tombstone, ``body`` NULL and ``stamp`` bumped,
@@ -509,6 +509,7 @@ class VersionAnswer(Base):
     body: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     valid_until: Mapped[datetime | None] = mapped_column(index=True)
     stamp: Mapped[int] = mapped_column(default=0, server_default="0")
-    #: The canonical purl of the version as rendered (:func:`forage.lookup.service.canonical_purl`):
-    #: how a lookup finds its answer. Not unique: tombstones of a renamed package keep theirs.
+    #: The canonical purl of the version as rendered
+    #: (:func:`forage.lookup.normalize.canonical_purl`): how a lookup finds its answer. Not
+    #: unique: tombstones of a renamed package keep theirs.
     purl: Mapped[str | None] = mapped_column(sa.Text, index=True)

@@ -32,7 +32,7 @@ from aiohttp import web
 from multiformats import CID
 
 from forage.fakes.kubo import CarParseError, dag_links, read_car
-from forage.fakes.server import Faults, RequestLog
+from indexers.fakeserver import Faults, RequestLog
 
 __all__ = ["ClusterPin", "FakeCluster"]
 

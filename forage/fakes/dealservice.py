@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from forage.fakes.server import Faults, RequestLog
+from indexers.fakeserver import Faults, RequestLog
 
 __all__ = ["FakeContent", "FakeContentDeal", "FakeDealService"]
 

@@ -13,7 +13,7 @@ Typed API (no pytest import, so ``forage demo`` and the benchmark can use it)::
     host.corrupt(name, times=1)                  # next answer: same length, one byte flipped
     host.truncate(name, times=1)                 # next answer: half the body, then a reset
     host.redirect(name, "http://169.254.169.254/latest")   # 302 to anywhere
-    host.faults / host.requests                  # see forage.fakes.server
+    host.faults / host.requests                  # see indexers.fakeserver
     async with serve(host.make_app()) as fake:
         url = fake.url + path
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from forage.fakes.server import Faults, RequestLog, ThreadedServer
+from indexers.fakeserver import Faults, RequestLog, ThreadedServer
 
 PREFIX = "/files/"
 #: Bytes written per step when a response is throttled or cut.

@@ -40,7 +40,7 @@ from typing import Any
 from aiohttp import web
 from multiformats import CID, multihash, varint
 
-from forage.fakes.server import Faults, RequestLog
+from indexers.fakeserver import Faults, RequestLog
 
 __all__ = [
     "CarParseError",

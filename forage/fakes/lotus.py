@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 from multiformats import CID, multihash
 
-from forage.fakes.server import Faults, RequestLog
+from indexers.fakeserver import Faults, RequestLog
 from storage.deals import EPOCH_SECONDS, MAINNET_GENESIS
 
 __all__ = ["FakeLotus", "FakeMarketDeal", "fake_piece_cid", "not_found_message"]

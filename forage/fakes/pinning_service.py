@@ -32,7 +32,7 @@ from typing import Any
 from aiohttp import web
 from multiformats import CID
 
-from forage.fakes.server import Faults, RequestLog
+from indexers.fakeserver import Faults, RequestLog
 
 __all__ = ["FakePinningService", "ServicePin"]
 

@@ -4,7 +4,7 @@ how many active deals (replicas) each piece has, and which pieces have fewer tha
 
 Sizes are archive bytes (the artifacts' own sizes), so "archived", "in pieces" and "in active
 deals" compare directly; piece totals (CAR and padded bytes) are given beside them. A replica
-is a distinct chain deal that is live (:func:`forage.lookup.service.live_deal`: active and not past
+is a distinct chain deal that is live (:func:`forage.lookup.epochs.live_deal`: active and not past
 its end, as lookups show it; one deal reported by two sources counts once).
 :func:`archive_health` is what ``/api/v1/stats`` and the home page call.
 """
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from forage.db.engine import utcnow
 from forage.db.models import Archive, ArchiveStatus, Deal, Piece, PieceMember
-from forage.lookup.service import live_deal
+from forage.lookup.epochs import live_deal
 
 #: Under-replicated pieces listed in full (the count covers them all).
 DEFAULT_LIST_LIMIT = 100

@@ -32,10 +32,18 @@ from sqlalchemy.orm import Session
 from forage.db.engine import is_sqlite, utcnow
 from forage.db.models import Artifact, ArtifactDigest, FeedCursor, Package, Version
 from forage.errors import ForageError
-from forage.index.registries import RESCAN_WINDOW, make_indexer
+from forage.index.registries import make_indexer
 from forage.jobs import queue as jobs
 from forage.jobs.worker import JobContext
-from indexers import Change, Indexer, PackageInfo, PackageNotFound, Page, UpstreamUnavailable
+from indexers import (
+    ECOSYSTEMS,
+    Change,
+    Indexer,
+    PackageInfo,
+    PackageNotFound,
+    Page,
+    UpstreamUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +368,8 @@ def change_of(name: str, hints: Mapping[str, Any]) -> Change:
 
 
 def _dedup_key(ecosystem: str, change: Change) -> str:
-    suffix = f"@{change.version}" if ecosystem == "golang" and change.version else ""
+    unlisted = ECOSYSTEMS[ecosystem].unlisted_versions
+    suffix = f"@{change.version}" if unlisted and change.version else ""
     return f"{IMPORT}:{ecosystem}:{change.name}{suffix}"
 
 
@@ -488,7 +497,7 @@ async def watch_feed(
         log.info("feed %s starts at %s", feed, stored[0])
     cursor_dict, version = stored
     cursor = indexer.cursor_from_dict(cursor_dict)
-    window = RESCAN_WINDOW.get(ecosystem, 0)
+    window = ECOSYSTEMS[ecosystem].rescan_window
     if window and hasattr(cursor, "rewind"):
         stats.rescanned = await _rescan(ctx, indexer, cursor, cursor.rewind(window), sleep=sleep)
     while True:

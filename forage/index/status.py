@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from forage.config import Config
 from forage.db.models import FeedCursor, JobRecord, JobState, Package, Version
 from forage.index.ingest import IMPORT
-from forage.index.registries import ECOSYSTEMS
+from indexers import ECOSYSTEMS
 
 
 def registry_status(session: Session, config: Config) -> dict[str, dict[str, Any]]:

@@ -19,14 +19,16 @@ if TYPE_CHECKING:
 def default_handlers() -> Mapping[str, Handler]:
     """Every job kind Forage knows, mapped to its handler (wrapped so that its log lines
     name the job: :func:`forage.logs.with_job_context`)."""
-    from forage.archive.pipeline import archive_job
+    from forage.archive.job import archive_job
     from forage.filecoin.deals import SYNC_DEALS, sync_deals_job
     from forage.filecoin.pieces import BUILD_PIECES, build_pieces_job
     from forage.index.ingest import ARCHIVE, IMPORT, import_job
     from forage.jobs.scheduler import scheduled_handlers
     from forage.logs import with_job_context
     from forage.lookup.answers import RENDER_ANSWERS, render_answers_job
-    from forage.pins.service import PIN, PIN_CHECK, pin_check_job, pin_job
+    from forage.pins.check import pin_check_job
+    from forage.pins.kinds import PIN, PIN_CHECK
+    from forage.pins.pin import pin_job
 
     handlers = {IMPORT: import_job, ARCHIVE: archive_job, PIN: pin_job, PIN_CHECK: pin_check_job}
     handlers.update({BUILD_PIECES: build_pieces_job, SYNC_DEALS: sync_deals_job})

@@ -16,7 +16,8 @@ Life of a job: ``queued`` (ready once ``run_after`` has passed) -> :func:`claim`
 it ``done``; :func:`fail` puts it back to ``queued`` with capped exponential backoff and
 jitter, or makes it ``dead`` when attempts are used up or the error is permanent
 (:class:`~forage.errors.PermanentJobError` and the permanent errors of ``indexers`` and
-``storage``). A dead job keeps its last error until an operator :func:`retry`\\ s it. Workers
+``storage``). A dead job keeps its last error until an operator
+:func:`~forage.jobs.admin.retry`\\ s it. Workers
 extend their leases with :func:`heartbeat`; an expired lease makes the job claimable again,
 and :func:`reap_expired` buries a job whose lease expired on its last attempt.
 
@@ -39,7 +40,8 @@ hundred (an import's archive jobs, a feed page's imports, a worker's finished jo
 
 All functions take a ``Session`` and leave committing to the caller (``with
 sessionmaker.begin() as session: ...``); ``now`` may be passed for tests and defaults to the
-current UTC time.
+current UTC time. The operator's side (retry dead jobs, list, count, prune) and
+:func:`~forage.jobs.admin.has_pending` are in :mod:`forage.jobs.admin`.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import functools
 import json
 import logging
 import random
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -60,8 +62,15 @@ from sqlalchemy.orm import Session
 from forage.config import JobsConfig
 from forage.db.engine import utcnow
 from forage.db.models import JobRecord, JobState
-from forage.errors import JobError, NotFound, PermanentJobError
-from indexers.errors import FeedError, InvalidArchive, InvalidDigest, InvalidName, PackageNotFound
+from forage.errors import PermanentJobError
+from indexers.errors import (
+    DownloadRefused,
+    FeedError,
+    InvalidArchive,
+    InvalidDigest,
+    InvalidName,
+    PackageNotFound,
+)
 from storage.errors import BackendRejected, InvalidCID
 
 log = logging.getLogger(__name__)
@@ -69,6 +78,7 @@ log = logging.getLogger(__name__)
 #: Errors that retrying cannot fix: the job is dead at once.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     PermanentJobError,
+    DownloadRefused,
     PackageNotFound,
     InvalidName,
     InvalidDigest,
@@ -584,98 +594,6 @@ def reap_expired(session: Session, *, policy: RetryPolicy, now: datetime | None 
     for row in rows:
         log.warning("job %d %s is dead: lease expired on its last attempt", row.id, row.kind)
     return len(rows)
-
-
-def retry(session: Session, job_id: int, *, now: datetime | None = None) -> int:
-    """Queue a dead job again with fresh attempts; return the id of the job that will run.
-
-    That is ``job_id`` itself, or an already queued job with the same ``dedup_key`` (then
-    the dead job stays dead). Raises :class:`~forage.errors.NotFound` for an unknown id and
-    :class:`~forage.errors.JobError` for a job that is not dead.
-    """
-    now = now or utcnow()
-    row = session.execute(
-        sa.select(_jobs.c.state, _jobs.c.dedup_key).where(_jobs.c.id == job_id)
-    ).one_or_none()
-    if row is None:
-        raise NotFound(f"no job {job_id}")
-    if row.state != JobState.DEAD:
-        raise JobError(f"job {job_id} is {row.state}, not dead; only dead jobs are retried")
-    if row.dedup_key is not None:
-        twin = _queued_twin(session, row.dedup_key)
-        if twin is not None:
-            return twin
-    session.execute(
-        sa.update(_jobs)
-        .where(_jobs.c.id == job_id)
-        .values(state=JobState.QUEUED, attempts=0, run_after=now, finished_at=None, updated_at=now)
-    )
-    log.info("job %d queued again by an operator", job_id)
-    return job_id
-
-
-def retry_dead(
-    session: Session, *, kind: str | None = None, now: datetime | None = None
-) -> list[int]:
-    """Retry every dead job (of ``kind``, if given); return the ids queued to run."""
-    query = sa.select(_jobs.c.id).where(_jobs.c.state == JobState.DEAD).order_by(_jobs.c.id)
-    if kind is not None:
-        query = query.where(_jobs.c.kind == kind)
-    ids = session.execute(query).scalars().all()
-    return sorted({retry(session, job_id, now=now) for job_id in ids})
-
-
-def list_jobs(
-    session: Session,
-    *,
-    state: JobState | str | None = None,
-    kind: str | None = None,
-    limit: int = 100,
-) -> Sequence[JobRecord]:
-    """Jobs, newest first, optionally of one state and kind."""
-    query = sa.select(JobRecord).order_by(JobRecord.id.desc()).limit(limit)
-    if state is not None:
-        query = query.where(JobRecord.state == JobState(state))
-    if kind is not None:
-        query = query.where(JobRecord.kind == kind)
-    return session.execute(query).scalars().all()
-
-
-def counts(session: Session) -> dict[tuple[str, JobState], int]:
-    """How many jobs there are of each (kind, state)."""
-    rows = session.execute(
-        sa.select(_jobs.c.kind, _jobs.c.state, sa.func.count()).group_by(
-            _jobs.c.kind, _jobs.c.state
-        )
-    )
-    return {(kind, JobState(state)): int(n) for kind, state, n in rows}
-
-
-def has_pending(
-    session: Session, *, kinds: Collection[str] | None = None, now: datetime | None = None
-) -> bool:
-    """Whether any job is ready to run now or running anywhere (its lease may still expire).
-
-    Jobs waiting for a later ``run_after`` do not count: a draining worker leaves them.
-    """
-    now = now or utcnow()
-    condition = sa.or_(
-        sa.and_(_jobs.c.state == JobState.QUEUED, _jobs.c.run_after <= now),
-        _jobs.c.state == JobState.RUNNING,
-    )
-    if kinds is not None:
-        condition = sa.and_(condition, _jobs.c.kind.in_(sorted(kinds)))
-    return session.execute(sa.select(sa.exists().where(condition))).scalar_one()
-
-
-def prune(session: Session, *, finished_before: datetime) -> int:
-    """Delete ``done`` jobs finished before a time; returns how many (dead ones are kept)."""
-    result = session.execute(
-        sa.delete(_jobs)
-        .where(_jobs.c.state == JobState.DONE, _jobs.c.finished_at < finished_before)
-        .returning(_jobs.c.id)
-    )
-    return len(result.all())
 
 
 def _is_sqlite(session: Session) -> bool:

@@ -45,6 +45,7 @@ from forage.config import Config
 from forage.db.engine import is_sqlite
 from forage.db.models import JobState
 from forage.errors import ConfigError
+from forage.jobs import admin
 from forage.jobs import queue as jobs
 from forage.jobs.queue import Job, RetryPolicy
 from storage.blockstore import Blockstore
@@ -201,7 +202,7 @@ class Worker:
                 if mode == "once":
                     break
                 idle = mode == "drain" and not claimed and not self._in_hand
-                if idle and not await self._db(jobs.has_pending, kinds=kinds):
+                if idle and not await self._db(admin.has_pending, kinds=kinds):
                     break
                 full = len(self._in_hand) >= self.concurrency
                 if claimed and not full:

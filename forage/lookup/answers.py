@@ -1,7 +1,7 @@
 """Lookup answers rendered ahead of lookups, so that a lookup of an indexed version reads one
 stored answer instead of computing it.
 
-A lookup stores the answers it had to compute (:func:`forage.lookup.service.resolve` with
+A lookup stores the answers it had to compute (:func:`forage.lookup.resolve.resolve` with
 ``rendered``), so without this module the first lookup of a version after it was indexed or
 changed pays for the full read: on the benchmark's index of 1,000,000 files, 1,000 such keys
 take about ten times as long as 1,000 stored ones (README, "Benchmarks"). The
@@ -10,7 +10,7 @@ in version id order on a read-only session, the versions whose answer was retire
 change or by their insert (the triggers of migration 0003), is past its ``valid_until``, or
 was stored before answers had a purl (migration 0004), from indexes of those rows only (so a
 run with nothing to do reads next to nothing), computes them with the lookup's own code and
-stores them where nothing changed in between (:func:`forage.lookup.service.store_answers`).
+stores them where nothing changed in between (:func:`forage.lookup.resolve.store_answers`).
 
 The scheduler queues the job every ``schedule.render_answers`` seconds (task
 ``render_answers``); a run stops after ``schedule.render_batch`` answers and the next run
@@ -33,13 +33,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from forage.db.engine import utcnow
 from forage.db.models import Package, Version, VersionAnswer
 from forage.lookup.keys import Key
-from forage.lookup.service import (
-    AnswerFill,
-    canonical_purl,
-    read_only_sessionmaker,
-    resolve,
-    store_answers,
-)
+from forage.lookup.normalize import canonical_purl
+from forage.lookup.resolve import AnswerFill, resolve, store_answers
+from forage.lookup.sessions import read_only_sessionmaker
 
 if TYPE_CHECKING:
     from forage.jobs import queue as jobs
@@ -94,7 +90,7 @@ def stale_versions(session: Session, *, after: int, now: datetime) -> StaleChunk
 def stale_answers(write: sessionmaker[Session]) -> Iterator[tuple[AnswerFill, ...]]:
     """The answers of the stale versions, a non-empty chunk at a time in version id order,
     each computed on a read-only session at the time it is read (to store with
-    :func:`~forage.lookup.service.store_answers`). Close it to release its reader."""
+    :func:`~forage.lookup.resolve.store_answers`). Close it to release its reader."""
     read, engine = read_only_sessionmaker(write)
     after = 0
     try:

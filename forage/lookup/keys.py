@@ -21,21 +21,18 @@ from dataclasses import dataclass
 from packageurl import PackageURL
 
 from forage.errors import InvalidKey
-from indexers import IndexerError
+from indexers import ALIASES, ECOSYSTEMS, IndexerError
 
 #: The longest key we parse; longer input is refused before any work.
 MAX_KEY_LENGTH = 1024
 
-#: Forage platform names (lowercased) to purl types, the ecosystem ids used inside Forage.
-PLATFORMS: Mapping[str, str] = {
-    "npm": "npm",
-    "pypi": "pypi",
-    "go": "golang",
-    "golang": "golang",
-    "cargo": "cargo",
-    "rubygems": "gem",
-    "gem": "gem",
-}
+#: Platform names of the 2021 Forage key format for ecosystems not registered (yet): their
+#: keys parse, and lookups answer that Forage does not index them.
+FORAGE_2021_PLATFORMS: Mapping[str, str] = {"cargo": "cargo", "rubygems": "gem", "gem": "gem"}
+
+#: Forage platform names (lowercased) to purl types, the ecosystem ids used inside Forage:
+#: every registered ecosystem's name and aliases first.
+PLATFORMS: Mapping[str, str] = {**FORAGE_2021_PLATFORMS, **ALIASES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,3 +114,13 @@ def parse_key(
     except IndexerError as exc:
         raise InvalidKey(key, str(exc)) from exc
     return Key(parsed.ecosystem, name, parsed.version)
+
+
+def registered_name(ecosystem: str, name: str) -> str:
+    """A registered registry's canonical spelling of ``name``; ``InvalidKey`` for an ecosystem
+    Forage does not index (a ``normalize`` for :func:`parse_key`)."""
+    registered = ECOSYSTEMS.get(ecosystem)
+    if registered is None:
+        known = ", ".join(ECOSYSTEMS)
+        raise InvalidKey(f"{ecosystem}:{name}", f"no registry {ecosystem!r}; known: {known}")
+    return registered.normalize_name(name)

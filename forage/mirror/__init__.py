@@ -1,40 +1,91 @@
-"""The package mirror: npm, PyPI and Go registry protocols that prefer the live upstream and
-fall back to the archive, never serving bytes that fail their registry's digest (issue 7).
+"""The package mirror: every registered ecosystem's registry protocol, preferring the live
+upstream and falling back to the archive, never serving bytes that fail their registry's
+digest (issue 7).
 
-``setup(app)`` (listed in :data:`forage.server.app.ROUTE_MODULES`) builds the shared
-:class:`~forage.mirror.service.Mirror` from the application's config, sessionmaker and
-blockstore, and adds the routes of :mod:`forage.mirror.npm` (``/npm/``),
-:mod:`forage.mirror.pypi` (``/pypi/simple/``, ``/pypi/files/``) and :mod:`forage.mirror.golang`
-(``/go/``). Upstream requests share one ``httpx.AsyncClient``, closed with the application; it
-ignores proxy environment variables, so what the mirror reaches is what the configuration says.
-On SQLite the mirror reads through its own read-only engine (a deferred ``BEGIN``,
-``query_only``): the application's engine begins every transaction ``IMMEDIATE``, which would
-make concurrent mirror reads queue for the write lock.
+The protocols and the fallback machinery live with the ecosystems (``indexers/<name>/mirror.py``
+over :mod:`indexers.mirror`); this package gives them Forage's side: the settings, the index
+and blockstore (:class:`~forage.mirror.index.IndexArchive`) and one upstream per configured
+registry. ``setup(app)`` (listed in :data:`forage.server.app.ROUTE_MODULES`) builds the shared
+:class:`~indexers.mirror.registry.MirrorContext` and adds each ecosystem's routes. Upstream
+requests share one ``httpx.AsyncClient``, closed with the application; it ignores proxy
+environment variables, so what the mirror reaches is what the configuration says. On SQLite
+the mirror reads through its own read-only engine (a deferred ``BEGIN``, ``query_only``): the
+application's engine begins every transaction ``IMMEDIATE``, which would make concurrent mirror
+reads queue for the write lock. :mod:`forage.mirror.offline` primes, exports and imports the
+archive for air-gapped mirrors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 from aiohttp import web
+from sqlalchemy.orm import Session, sessionmaker
 
 from forage import __version__
+from forage.config import Config
 from forage.db.engine import make_engine, make_sessionmaker
-from forage.mirror.golang import GoRoutes
-from forage.mirror.npm import NpmRoutes
-from forage.mirror.pypi import PyPIRoutes
-from forage.mirror.service import Mirror, build_mirror
+from forage.mirror.index import IndexArchive
 from forage.server.state import BLOCKSTORE, CONFIG, SESSIONMAKER
+from indexers import ECOSYSTEMS, HostPolicy
+from indexers.mirror.registry import MirrorContext, RegistryMirror
+from indexers.mirror.upstream import Deadline, Upstream
+from storage import BlockSource
 
-MIRROR = web.AppKey("mirror", Mirror)
+MIRROR = web.AppKey("mirror", MirrorContext)
 USER_AGENT = f"forage-mirror/{__version__}"
 
 
+def build_mirror(
+    config: Config,
+    *,
+    sessionmaker: sessionmaker[Session],
+    blockstore: BlockSource,
+    client: httpx.AsyncClient,
+    clock: Callable[[], float] | None = None,
+) -> MirrorContext:
+    """Assemble the mirror: an :class:`Upstream` for every configured registry unless offline."""
+    settings = config.mirror
+    deadline = Deadline.from_config(settings)
+    archive = IndexArchive(sessionmaker, blockstore)
+    mirror = MirrorContext(settings, archive)
+    spool_dir = config.data.dir / "mirror-spool"
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    for name, ecosystem in ECOSYSTEMS.items():
+        section = config.registries.by_name[name]
+        base = section.endpoints.get(ecosystem.mirror_endpoint) if section.configured else None
+        upstream = None
+        if base and not settings.offline:
+            policy = HostPolicy.of(
+                section.download_hosts,
+                max_size=section.max_download_size,
+                allow_http=section.allow_http,
+            )
+            extra = {"clock": clock} if clock is not None else {}
+            upstream = Upstream(
+                client,
+                deadline=deadline,
+                policy=policy,
+                down_seconds=settings.down_seconds,
+                **extra,
+            )
+        mirror.registries[name] = RegistryMirror(
+            name,
+            upstream=upstream,
+            base_url=base,
+            settings=settings,
+            archive=archive,
+            file_checks=ecosystem.file_checks,
+            spool_dir=spool_dir,
+        )
+    return mirror
+
+
 def setup(app: web.Application) -> None:
-    """Add the mirror's routes and its shared state to ``app``."""
+    """Add every registered ecosystem's mirror routes and their shared state to ``app``."""
     config = app[CONFIG]
-    connections = sum(
-        getattr(config.registries, name).max_connections for name in ("npm", "pypi", "golang")
-    )
+    connections = sum(section.max_connections for _, section in config.registries.items())
     client = httpx.AsyncClient(
         headers={"User-Agent": USER_AGENT},
         limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
@@ -55,9 +106,8 @@ def setup(app: web.Application) -> None:
             engine.dispose()
 
     app.on_cleanup.append(close)
-    NpmRoutes(mirror).setup(app)
-    PyPIRoutes(mirror).setup(app)
-    GoRoutes(mirror).setup(app)
+    for ecosystem in ECOSYSTEMS.values():
+        ecosystem.mirror()(mirror).setup(app)
 
 
-__all__ = ["MIRROR", "setup"]
+__all__ = ["MIRROR", "build_mirror", "setup"]

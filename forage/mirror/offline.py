@@ -1,7 +1,7 @@
 """Offline and air-gapped use: prime the archive from a lockfile, carry it as one CAR.
 
 - :func:`prime` imports every package a lockfile (or SBOM) names from its registry and
-  archives exactly the named releases now (:func:`~forage.archive.pipeline.archive_many`), so the
+  archives exactly the named releases now (:func:`~forage.archive.runner.archive_many`), so the
   mirror can serve them when the registry is gone.
 - :func:`export_bundle` writes those releases' archives to one CARv1
   (https://ipld.io/specs/transport/car/carv1/) together with the index rows the mirror needs
@@ -40,14 +40,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from forage.db.engine import utcnow
 from forage.db.models import Archive, ArchiveStatus, Artifact, ArtifactDigest, Package, Version
-from forage.errors import ArchiveInvalid, BundleError, ForageError, InvalidKey
-from forage.index.registries import INDEXER_CLASSES
-from forage.lookup.keys import Key, parse_key
-from forage.lookup.lockfiles import Entry
-from forage.mirror.archive import ArchivedFile, load_verified
-from forage.mirror.spool import Spool
+from forage.errors import BundleError, ForageError, InvalidKey
+from forage.lookup.keys import Key, parse_key, registered_name
+from forage.mirror.index import load_verified
+from indexers import ECOSYSTEMS, IndexerError, LockEntry, PackageInfo, Release
 from indexers import Artifact as ArtifactInfo
-from indexers import IndexerError, PackageInfo, Release
+from indexers.errors import ArchiveInvalid
+from indexers.mirror.rows import ArchivedFile
+from indexers.mirror.spool import Spool
 from storage import (
     Blockstore,
     CarWriter,
@@ -68,15 +68,6 @@ BUNDLE_VERSION = 1
 MAX_MANIFEST_SIZE = 512 * 1024**2
 
 
-def normalize(ecosystem: str, name: str) -> str:
-    """A registry's canonical spelling of ``name`` (``InvalidKey`` for an unknown registry)."""
-    indexer = INDEXER_CLASSES.get(ecosystem)
-    if indexer is None:
-        known = ", ".join(INDEXER_CLASSES)
-        raise InvalidKey(f"{ecosystem}:{name}", f"no registry {ecosystem!r}; known: {known}")
-    return indexer.normalize_name(name)
-
-
 @dataclass(slots=True)
 class KeyProblems:
     """Keys read from a lockfile, and the entries that gave none (with why)."""
@@ -85,7 +76,7 @@ class KeyProblems:
     problems: list[tuple[str, str]] = field(default_factory=list)
 
 
-def lockfile_keys(entries: Iterable[Entry]) -> KeyProblems:
+def lockfile_keys(entries: Iterable[LockEntry]) -> KeyProblems:
     """Parse and normalize the keys of lockfile entries; collect what cannot be used."""
     found = KeyProblems()
     seen: set[Key] = set()
@@ -94,7 +85,7 @@ def lockfile_keys(entries: Iterable[Entry]) -> KeyProblems:
             found.problems.append((entry.source, entry.problem or "no key"))
             continue
         try:
-            key = parse_key(entry.key, normalize=normalize)
+            key = parse_key(entry.key, normalize=registered_name)
         except InvalidKey as exc:
             found.problems.append((entry.source, str(exc)))
             continue
@@ -143,7 +134,7 @@ async def prime(ctx: Any, keys: Sequence[Key], *, concurrency: int = 4) -> Prime
 
     ``ctx`` is a :class:`forage.jobs.worker.JobContext` (registries configured, blockstore open).
     """
-    from forage.archive.pipeline import archive_many
+    from forage.archive.runner import archive_many
     from forage.index.ingest import import_package
 
     report = PrimeReport()
@@ -151,7 +142,8 @@ async def prime(ctx: Any, keys: Sequence[Key], *, concurrency: int = 4) -> Prime
     for key in keys:
         packages[(key.ecosystem, key.name)].append(key)
     for (ecosystem, name), named in packages.items():
-        hints = [{"version": k.version} for k in named] if ecosystem == "golang" else [{}]
+        unlisted = ECOSYSTEMS[ecosystem].unlisted_versions
+        hints = [{"version": k.version} for k in named] if unlisted else [{}]
         for hint in hints:
             try:
                 await import_package(ctx, ecosystem, name, hints=hint)
@@ -320,7 +312,7 @@ def package_info(entry: Any) -> PackageInfo:
     raw_name = entry.get("name")
     _expect(isinstance(ecosystem, str) and isinstance(raw_name, str), "package without a name")
     try:
-        name = normalize(ecosystem, raw_name)
+        name = registered_name(ecosystem, raw_name)
     except (InvalidKey, IndexerError) as exc:
         raise BundleError(f"bundle manifest: {exc}") from exc
     _expect(name == raw_name, f"{raw_name!r} is not its registry's canonical spelling")

@@ -2,10 +2,11 @@
 
 What it does, in order:
 
-1. Starts local registries shaped like npm (a registry with its ``_changes`` replica), PyPI
-   (simple, JSON and XML-RPC APIs) and the Go module proxy (index, GOPROXY, checksum
-   database), and a Kubo node for pinning: the fakes of :mod:`forage.fakes`, speaking the
-   real wire formats on 127.0.0.1 with ports the OS picks.
+1. Starts a local registry for every ecosystem :data:`PACKAGES` names (npm with its
+   ``_changes`` replica, PyPI's simple, JSON and XML-RPC APIs, the Go module index, proxy and
+   checksum database) and a Kubo node for pinning: each ecosystem's fake (the ``fake`` module
+   of its home in ``indexers``) and :mod:`forage.fakes.kubo`, speaking the real wire formats
+   on 127.0.0.1 with ports the OS picks.
 2. Writes a ``forage.toml`` in a new temporary directory pointing at them (plain ``http``
    allowed, the Kubo node as the pinning backend ``local-kubo``, watcher and pin-check
    intervals of a second), with the SQLite database and blockstore beside it.
@@ -31,7 +32,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +41,11 @@ import sqlalchemy as sa
 from forage.config import Config, load_config
 from forage.db.models import Archive, ArchiveStatus, FeedCursor, JobRecord, JobState, Pin, PinStatus
 from forage.errors import ForageError
-from forage.fakes.golang import GoEndpoints, GoFake
 from forage.fakes.kubo import FakeKubo
-from forage.fakes.npm import FakeNpmRegistry
-from forage.fakes.pypi import FakePyPI
-from forage.fakes.server import start_fake
 from forage.jobs.worker import install_signal_handlers
 from forage.runtime.run import Running, start
+from indexers import ECOSYSTEMS, FakeRegistry
+from indexers.fakeserver import start_fake
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +70,8 @@ KEYS: tuple[str, ...] = (
 #: The package whose web page the demo points at.
 PAGE = "/packages/npm/left-pad"
 PIN_BACKEND = "local-kubo"
-FEEDS = ("npm", "pypi", "golang")
+#: The registries the demo runs: every one :data:`PACKAGES` names, each as its loopback fake.
+FEEDS = tuple(dict.fromkeys(ecosystem for ecosystem, _, _ in PACKAGES))
 
 
 class DemoError(ForageError):
@@ -94,33 +93,37 @@ class DemoReport:
 
 @dataclass(frozen=True, slots=True)
 class _Fakes:
-    npm: FakeNpmRegistry
-    pypi: FakePyPI
-    golang: GoFake
+    registries: Mapping[str, FakeRegistry]
     kubo: FakeKubo
     urls: Mapping[str, str]
 
 
 @asynccontextmanager
 async def _serve_fakes() -> AsyncIterator[_Fakes]:
-    npm, pypi, golang, kubo = FakeNpmRegistry(), FakePyPI(), GoFake(), FakeKubo()
+    registries = {name: ECOSYSTEMS[name].fake() for name in FEEDS}
+    kubo = FakeKubo()
+    apps = [(name, fake.make_app()) for name, fake in registries.items()]
     async with AsyncExitStack() as stack:
         urls = {}
-        for name, app in (
-            ("npm", npm.make_app()),
-            ("pypi", pypi.make_app()),
-            ("golang", golang.app()),
-            ("kubo", kubo.app()),
-        ):
+        for name, app in (*apps, ("kubo", kubo.app())):
             server = await start_fake(app)
             stack.push_async_callback(server.close)
             urls[name] = server.url
-        yield _Fakes(npm, pypi, golang, kubo, urls)
+        yield _Fakes(registries, kubo, urls)
 
 
-def demo_config(directory: Path, urls: Mapping[str, str]) -> Path:
-    """Write the demo's ``forage.toml`` into ``directory``, pointing at the fakes' ``urls``."""
-    go = GoEndpoints.at(urls["golang"])
+def _registry_tables(fakes: _Fakes) -> str:
+    tables = []
+    for name, fake in fakes.registries.items():
+        endpoints = fake.config_endpoints(fakes.urls[name])
+        lines = [f"[registries.{name}]", *(f'{k} = "{url}"' for k, url in endpoints.items())]
+        lines += ["allow_http = true", "interval = 1"]
+        tables.append("\n".join(lines) + "\n")
+    return "\n".join(tables)
+
+
+def demo_config(directory: Path, fakes: _Fakes) -> Path:
+    """Write the demo's ``forage.toml`` into ``directory``, pointing at the ``fakes``."""
     text = f"""\
 # Written by `forage demo`: every upstream is a local fake on 127.0.0.1.
 [data]
@@ -143,28 +146,9 @@ check_interval = 1
 
 [pinning.backends.{PIN_BACKEND}]
 type = "kubo"
-url = "{urls["kubo"]}"
+url = "{fakes.urls["kubo"]}"
 
-[registries.npm]
-registry_url = "{urls["npm"]}"
-replicate_url = "{urls["npm"]}/registry"
-allow_http = true
-interval = 1
-
-[registries.pypi]
-index_url = "{urls["pypi"]}/simple"
-json_url = "{urls["pypi"]}/pypi"
-xmlrpc_url = "{urls["pypi"]}/pypi"
-allow_http = true
-interval = 1
-
-[registries.golang]
-index_url = "{go.index_url}"
-proxy_url = "{go.proxy_url}"
-sumdb_url = "{go.sumdb_url}"
-allow_http = true
-interval = 1
-"""
+{_registry_tables(fakes)}"""
     path = directory / "forage.toml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -172,19 +156,8 @@ interval = 1
 
 def publish(fakes: _Fakes) -> None:
     """Publish :data:`PACKAGES` on the fakes (after the watchers hold their cursors)."""
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     for ecosystem, name, version in PACKAGES:
-        if ecosystem == "npm":
-            fakes.npm.publish(name, version, files={"index.js": f"// {name} {version}\n".encode()})
-        elif ecosystem == "pypi":
-            fakes.pypi.release(name, version)
-        else:
-            fakes.golang.add_version(
-                name,
-                version,
-                files={"go.mod": f"module {name}\n\ngo 1.21\n", "hello.go": "package hello\n"},
-                feed_at=now,
-            )
+        fakes.registries[ecosystem].publish_release(name, version)
 
 
 def _count(running: Running, query: Any) -> int:
@@ -258,12 +231,9 @@ async def run_demo(
     with tempfile.TemporaryDirectory(prefix="forage-demo-") as temporary:
         directory = Path(temporary)
         async with _serve_fakes() as fakes:
-            say(
-                "local registries: npm {npm}, PyPI {pypi}, Go {golang}; Kubo {kubo}".format(
-                    **fakes.urls
-                )
-            )
-            config_path = demo_config(directory, fakes.urls)
+            shown = ", ".join(f"{ECOSYSTEMS[name].title} {fakes.urls[name]}" for name in FEEDS)
+            say(f"local registries: {shown}; Kubo {fakes.urls['kubo']}")
+            config_path = demo_config(directory, fakes)
             config: Config = load_config(config_path, environ={})
             async with start(config, host=host, port=port) as running:
                 assert running.url is not None

@@ -3,7 +3,7 @@
 Routes (described for clients in ``openapi.json``, served at ``/api/openapi.json``):
 
 - ``POST /api/v1/lookup`` ``{"keys": [...]}`` and ``GET /api/v1/lookup?keys=a,b``: one result
-  per key, in order (:mod:`forage.lookup.service`); unknown keys queue a backfill import;
+  per key, in order (:mod:`forage.lookup.batch`); unknown keys queue a backfill import;
 - ``POST /api/v1/lookup/lockfile`` takes a ``package-lock.json``, ``requirements.txt``,
   ``go.sum`` or CycloneDX JSON SBOM as the body and answers for every dependency;
 - ``GET|POST /packages/lookup?keys=...``: the original Forage's reply, ``{key: cid | null}``;
@@ -35,30 +35,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from forage.errors import InvalidKey
 from forage.index.ingest import IMPORT
-from forage.index.registries import INDEXER_CLASSES
 from forage.jobs import queue as jobs
+from forage.lookup.backfill import BackfillPolicy, import_dedup_key
+from forage.lookup.batch import lockfile_reply, lookup
 from forage.lookup.keys import MAX_KEY_LENGTH, PLATFORMS, Key, parse_key
-from forage.lookup.lockfiles import LockfileError, read_lockfile
-from forage.lookup.service import (
-    AnswerFill,
-    BackfillPolicy,
-    KeyResult,
-    KeyStatus,
-    archive_stats,
-    artifacts_by_cid,
-    import_dedup_key,
-    lockfile_reply,
-    lookup,
-    normalize_name,
-    package_view,
-    preferred_cid,
-    read_only_sessionmaker,
-    save_answers,
-    summarize,
-)
+from forage.lookup.normalize import normalize_name
+from forage.lookup.packages import package_view
+from forage.lookup.resolve import AnswerFill, save_answers
+from forage.lookup.reverse import artifacts_by_cid
+from forage.lookup.sessions import read_only_sessionmaker
+from forage.lookup.stats import archive_stats
+from forage.lookup.views import KeyResult, KeyStatus, preferred_cid, summarize
 from forage.server.auth import json_http_error, requires_token
 from forage.server.state import CONFIG, SESSIONMAKER
-from indexers import IndexerError
+from indexers import ECOSYSTEMS, IndexerError, LockfileError, read_lockfile
 from storage import InvalidCID, parse_cid
 
 log = logging.getLogger(__name__)
@@ -73,7 +63,7 @@ MAX_PENDING_ANSWERS = 8
 
 
 class AnswerWriter:
-    """Stores rendered lookup answers (:func:`forage.lookup.service.save_answers`) one batch at a
+    """Stores rendered lookup answers (:func:`forage.lookup.resolve.save_answers`) one batch at a
     time in a thread of its own, off the requests' path, so a lookup never waits for the
     database's write lock."""
 
@@ -299,8 +289,8 @@ def _in_session(request: web.Request, read: Callable[..., Any], *args: Any) -> A
 def _ecosystem(request: web.Request) -> str:
     given = request.match_info["ecosystem"]
     ecosystem = PLATFORMS.get(given.lower(), given.lower())
-    if ecosystem not in INDEXER_CLASSES:
-        known = ", ".join(sorted(INDEXER_CLASSES))
+    if ecosystem not in ECOSYSTEMS:
+        known = ", ".join(sorted(ECOSYSTEMS))
         raise _not_found(f"unknown ecosystem {given[:100]!r} (known: {known})")
     return ecosystem
 
@@ -387,13 +377,13 @@ def _import_key(body: dict[str, Any]) -> Key:
             if version is not None and not isinstance(version, str):
                 raise _bad_request("version must be a string")
             ecosystem = PLATFORMS.get(ecosystem.lower(), ecosystem.lower())
-            if ecosystem not in INDEXER_CLASSES:
+            if ecosystem not in ECOSYSTEMS:
                 raise _bad_request(f"unknown ecosystem {ecosystem[:100]!r}")
             key = Key(ecosystem, normalize_name(ecosystem, name), version or None)
     except InvalidKey as exc:
         raise _bad_request(str(exc)) from exc
     except IndexerError as exc:
         raise _bad_request(str(exc)) from exc
-    if key.ecosystem not in INDEXER_CLASSES:
+    if key.ecosystem not in ECOSYSTEMS:
         raise _bad_request(f"Forage does not index {key.ecosystem} packages")
     return key

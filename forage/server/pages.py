@@ -4,7 +4,7 @@ and the deals page.
 
 Pages are Jinja2 templates (``templates/``, autoescaped, undefined names are errors) over plain
 values read by one session per request (pages never write), in a worker thread so the event
-loop never waits on the database. Per-artifact queries come from :mod:`forage.lookup.service`, the
+loop never waits on the database. Per-artifact queries come from :mod:`forage.lookup.query`, the
 query layer the JSON API shares, so a page and ``/api/v1/lookup`` always agree. Input from the
 URL is
 bounded and checked before it reaches SQL (a NUL byte alone makes PostgreSQL fail); bad input
@@ -41,7 +41,11 @@ from forage.db.models import (
     Version,
 )
 from forage.filecoin.health import ArchiveHealth, archive_health
-from forage.lookup import service as lookup
+from forage.lookup.epochs import epoch_time, live_deal
+from forage.lookup.normalize import normalize_name
+from forage.lookup.query import load_artifacts
+from forage.lookup.stats import archive_stats
+from forage.lookup.views import ArtifactView
 from forage.server.state import CONFIG, SESSIONMAKER
 from indexers import IndexerError
 
@@ -105,7 +109,7 @@ def human_bytes(value: int | None) -> str:
 
 
 def _epoch_time(epoch: int | None) -> datetime | None:
-    return None if epoch is None else lookup.epoch_time(epoch)
+    return None if epoch is None else epoch_time(epoch)
 
 
 def show_time(moment: datetime | None) -> str:
@@ -226,14 +230,14 @@ def search_packages(session: Session, text: str, ecosystem: str | None) -> list[
 
 @dataclass(frozen=True, slots=True)
 class VersionFiles:
-    """One version of a package page with its files (``lookup.ArtifactView``)."""
+    """One version of a package page with its files (``ArtifactView``)."""
 
     number: str
     published_at: datetime | None
     yanked: bool
     deleted: bool
     deprecated: str | None
-    artifacts: list[lookup.ArtifactView]
+    artifacts: list[ArtifactView]
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +261,7 @@ def find_package(session: Session, ecosystem: str, name: str) -> tuple[Package |
     if found is not None:
         return found, name
     try:
-        canonical = lookup.normalize_name(ecosystem, name)
+        canonical = normalize_name(ecosystem, name)
     except IndexerError:
         return None, name
     if canonical == name:
@@ -293,7 +297,7 @@ def package_page(
         .scalars()
         .all()
     )
-    files = lookup.load_artifacts(session, version_ids=[v.id for v in versions], now=now)
+    files = load_artifacts(session, version_ids=[v.id for v in versions], now=now)
     return PackagePage(
         ecosystem=package.ecosystem,
         name=package.name,
@@ -357,7 +361,7 @@ def deals_page(
         Deal.end_epoch,
         Deal.start_at,
         Deal.end_at,
-        lookup.live_deal(now),
+        live_deal(now),
     ).join(Piece, Piece.id == Deal.piece_id)
     if state is not None:
         statement = statement.where(Deal.state == state)
@@ -392,7 +396,7 @@ def deals_page(
 
 def home_page(session: Session, min_replicas: int) -> dict[str, Any]:
     return {
-        "stats": lookup.archive_stats(session),
+        "stats": archive_stats(session),
         "health": archive_health(session, min_replicas=min_replicas, limit=UNDER_REPLICATED),
         "recent": recent_versions(session, RECENT_VERSIONS),
     }

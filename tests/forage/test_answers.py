@@ -21,10 +21,10 @@ from forage.db.engine import make_engine, make_sessionmaker, upgrade, utcnow
 from forage.db.models import JobRecord, JobState, Version, VersionAnswer
 from forage.jobs import queue as jobs
 from forage.jobs.queue import RetryPolicy
-from forage.jobs.scheduler import schedule_table
+from forage.jobs.tasks import schedule_table
 from forage.jobs.worker import Worker
 from forage.lookup.answers import RENDER_ANSWERS, render_answers_job, render_stale, stale_ids
-from forage.lookup.service import resolve
+from forage.lookup.resolve import resolve
 from tests.factories import make_package, make_version
 from tests.forage.test_api import seed
 from tests.forage.test_ingest import context, write_config

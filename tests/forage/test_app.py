@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 
 from forage.errors import NotFound
-from forage.fakes.server import serve
 from forage.server.app import error_middleware
+from indexers.fakeserver import serve
 
 
 async def _boom(request: web.Request) -> web.Response:

@@ -28,11 +28,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from forage.archive.pipeline import (
-    ArchiveResult,
-    archive_artifact,
-    archive_job,
-    archive_many,
+from forage.archive.job import archive_artifact, archive_job
+from forage.archive.records import (
     artifact_ids_for_key,
     count_unarchived,
     record_archived,
@@ -40,18 +37,20 @@ from forage.archive.pipeline import (
     record_failed,
     unarchived_ids,
 )
+from forage.archive.runner import archive_many
+from forage.archive.targets import ArchiveResult
 from forage.config import Config, load_config
 from forage.db.engine import make_engine, make_sessionmaker, upgrade
 from forage.db.models import Archive, ArchiveStatus, Artifact, JobRecord, JobState
 from forage.errors import InvalidKey, NotFound, PermanentJobError
 from forage.fakes.files import FakeFileServer
-from forage.fakes.golang import GoFake
-from forage.fakes.server import RunningServer, serve
 from forage.index.ingest import ARCHIVE, record_package
 from forage.jobs.queue import RetryPolicy
 from forage.jobs.worker import JobContext, Worker, job_context
 from indexers import Artifact as ArtifactInfo
 from indexers import PackageInfo, Release
+from indexers.fakeserver import RunningServer, serve
+from indexers.golang.fake import GoFake
 from storage import compute_cid, read_file, walk_dag
 from tests.factories import make_archive, make_artifact, make_version
 
@@ -567,11 +566,11 @@ FULL_DISK = textwrap.dedent(
     """
     import asyncio, hashlib, json, os, random, sys
     import sqlalchemy as sa
-    from forage.archive.pipeline import archive_job
+    from forage.archive.job import archive_job
     from forage.config import load_config
     from forage.db.engine import make_engine, make_sessionmaker
     from forage.fakes.files import FakeFileServer
-    from forage.fakes.server import ThreadedServer
+    from indexers.fakeserver import ThreadedServer
     from forage.index.ingest import ARCHIVE
     from forage.jobs.queue import RetryPolicy
     from forage.db.models import Archive, JobRecord

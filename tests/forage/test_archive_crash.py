@@ -29,10 +29,10 @@ import sqlalchemy as sa
 from forage.db.engine import make_engine, make_sessionmaker
 from forage.db.models import Archive, ArchiveStatus, Artifact, JobRecord
 from forage.fakes.files import FakeFileServer
-from forage.fakes.golang import GoFake
-from forage.fakes.server import ThreadedServer
 from forage.index.ingest import ARCHIVE
 from indexers import Artifact as ArtifactInfo
+from indexers.fakeserver import ThreadedServer
+from indexers.golang.fake import GoFake
 from storage import FilesystemBlockstore, compute_cid, read_file, walk_dag
 from tests.forage.test_archive import (
     blob,

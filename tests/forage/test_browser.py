@@ -28,8 +28,8 @@ import pytest
 
 from forage.config import Config
 from forage.db.engine import make_engine, make_sessionmaker, upgrade
-from forage.fakes.server import serve
 from forage.server.app import make_app
+from indexers.fakeserver import serve
 from storage import FilesystemBlockstore, import_file
 from tests import factories
 

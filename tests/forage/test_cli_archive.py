@@ -17,7 +17,7 @@ from forage.cli import main
 from forage.db.engine import make_engine, make_sessionmaker
 from forage.db.models import Archive, ArchiveStatus
 from forage.fakes.files import FakeFileServer
-from forage.fakes.server import ThreadedServer
+from indexers.fakeserver import ThreadedServer
 from storage import compute_cid
 from tests.forage.test_archive import (
     blob,

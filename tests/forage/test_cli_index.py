@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from forage.fakes.npm import FakeNpmRegistry
-from forage.fakes.server import ThreadedServer
+from indexers.fakeserver import ThreadedServer
+from indexers.npm.fake import FakeNpmRegistry
 
 
 def forage(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -19,8 +19,8 @@ from forage.config import Config, load_config
 from forage.db.engine import make_sessionmaker, open_database
 from forage.fakes.kubo import FakeKubo
 from forage.fakes.pinning_service import FakePinningService
-from forage.fakes.server import ThreadedServer
-from forage.pins.service import enqueue_pins
+from forage.pins.kinds import enqueue_pins
+from indexers.fakeserver import ThreadedServer
 from storage import import_file
 from tests.factories import make_archive, make_artifact
 

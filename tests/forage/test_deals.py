@@ -28,11 +28,11 @@ from forage.db.models import Deal, DealState, Piece
 from forage.errors import ConfigError
 from forage.fakes.dealservice import FakeDealService
 from forage.fakes.lotus import FakeLotus, fake_piece_cid
-from forage.fakes.server import ThreadedServer, serve
 from forage.filecoin.deals import SYNC_DEALS, DealSources, open_sources, sync_deals, sync_deals_job
 from forage.jobs import queue as jobs
 from forage.jobs.queue import RetryPolicy
 from forage.jobs.worker import JobContext, Worker
+from indexers.fakeserver import ThreadedServer, serve
 from storage import DealService, LotusClient, epoch_time
 from tests.factories import make_piece
 

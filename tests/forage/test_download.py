@@ -11,7 +11,8 @@ import httpx
 import pytest
 from aiohttp import web
 
-from forage.archive.download import (
+from forage.jobs.worker import registry_client
+from indexers.download import (
     MAX_REDIRECTS,
     DownloadRefused,
     DownloadUnavailable,
@@ -19,8 +20,7 @@ from forage.archive.download import (
     iter_body,
     open_download,
 )
-from forage.fakes.server import serve
-from forage.jobs.worker import registry_client
+from indexers.fakeserver import serve
 
 BODY = bytes(range(256)) * 4096  # 1 MiB
 GZIPPED = gzip.compress(BODY)

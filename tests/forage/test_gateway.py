@@ -22,9 +22,10 @@ from multiformats import CID, multihash
 
 from forage.config import Config
 from forage.db.engine import make_engine, make_sessionmaker
-from forage.fakes.server import RunningServer, serve
 from forage.server.app import make_app
-from forage.server.gateway import CACHE_CONTROL, ByteRange, parse_accept
+from forage.server.gateway import CACHE_CONTROL
+from forage.server.gateway_request import ByteRange, parse_accept
+from indexers.fakeserver import RunningServer, serve
 from storage import (
     Block,
     FilesystemBlockstore,

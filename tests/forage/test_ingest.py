@@ -33,10 +33,6 @@ from forage.db.models import (
     Package,
     Version,
 )
-from forage.fakes.golang import GoEndpoints, GoFake
-from forage.fakes.npm import FakeNpmRegistry
-from forage.fakes.pypi import FakePyPI
-from forage.fakes.server import serve
 from forage.index.ingest import (
     ARCHIVE,
     IMPORT,
@@ -61,6 +57,10 @@ from indexers import (
     Release,
     UpstreamUnavailable,
 )
+from indexers.fakeserver import serve
+from indexers.golang.fake import GoEndpoints, GoFake
+from indexers.npm.fake import FakeNpmRegistry
+from indexers.pypi.fake import FakePyPI
 
 
 def write_config(

@@ -16,6 +16,7 @@ from forage.cli import main
 from forage.db.engine import make_engine, make_sessionmaker, utcnow
 from forage.db.models import JobRecord, JobState
 from forage.errors import JobError, NotFound, PermanentJobError
+from forage.jobs import admin
 from forage.jobs import queue as jobs
 from forage.jobs.queue import RetryPolicy
 from indexers.errors import PackageNotFound, UpstreamUnavailable
@@ -296,15 +297,15 @@ def test_retry_requeues_a_dead_job_with_fresh_attempts(db_session: Session) -> N
     job_id = jobs.enqueue(db_session, "a", {}, now=NOW)
     claim(db_session)
     jobs.fail(db_session, job_id, owner="w1", error=PermanentJobError("no"), policy=POLICY)
-    assert jobs.retry(db_session, job_id, now=NOW + timedelta(hours=1)) == job_id
+    assert admin.retry(db_session, job_id, now=NOW + timedelta(hours=1)) == job_id
     record = row(db_session, job_id)
     assert (record.state, record.attempts) == (JobState.QUEUED, 0)
     assert record.run_after == NOW + timedelta(hours=1)
     assert record.last_error == "PermanentJobError: no"  # kept for the operator
     with pytest.raises(JobError, match="not dead"):
-        jobs.retry(db_session, job_id)
+        admin.retry(db_session, job_id)
     with pytest.raises(NotFound):
-        jobs.retry(db_session, 987_654_321)
+        admin.retry(db_session, 987_654_321)
 
 
 def test_retry_dead_by_kind(db_session: Session) -> None:
@@ -314,9 +315,9 @@ def test_retry_dead_by_kind(db_session: Session) -> None:
         claim(db_session)
         jobs.fail(db_session, job_id, owner="w1", error=PermanentJobError("x"), policy=POLICY)
         ids.setdefault(kind, []).append(job_id)
-    assert jobs.retry_dead(db_session, kind="archive") == sorted(ids["archive"])
+    assert admin.retry_dead(db_session, kind="archive") == sorted(ids["archive"])
     assert row(db_session, ids["pin"][0]).state is JobState.DEAD
-    assert jobs.retry_dead(db_session) == ids["pin"]
+    assert admin.retry_dead(db_session) == ids["pin"]
 
 
 def test_reap_buries_a_job_whose_last_lease_expired(db_session: Session) -> None:
@@ -342,17 +343,17 @@ def test_release_gives_the_job_back_without_counting_the_attempt(db_session: Ses
 
 
 def test_has_pending_ignores_jobs_scheduled_later(db_session: Session) -> None:
-    assert not jobs.has_pending(db_session, now=NOW)
+    assert not admin.has_pending(db_session, now=NOW)
     jobs.enqueue(db_session, "a", {}, run_after=NOW + timedelta(minutes=5))
-    assert not jobs.has_pending(db_session, now=NOW)
+    assert not admin.has_pending(db_session, now=NOW)
     running = jobs.enqueue(db_session, "b", {}, now=NOW)
-    assert jobs.has_pending(db_session, now=NOW)
+    assert admin.has_pending(db_session, now=NOW)
     claim(db_session)
     # Running elsewhere still counts: its lease may expire and the job come back.
-    assert jobs.has_pending(db_session, now=NOW)
-    assert not jobs.has_pending(db_session, kinds=["c"], now=NOW)
+    assert admin.has_pending(db_session, now=NOW)
+    assert not admin.has_pending(db_session, kinds=["c"], now=NOW)
     jobs.complete(db_session, running, owner="w1")
-    assert not jobs.has_pending(db_session, now=NOW)
+    assert not admin.has_pending(db_session, now=NOW)
 
 
 def test_list_counts_and_prune(db_session: Session) -> None:
@@ -360,12 +361,12 @@ def test_list_counts_and_prune(db_session: Session) -> None:
     queued = jobs.enqueue(db_session, "b", {}, now=NOW + timedelta(hours=1))
     claim(db_session, limit=1)
     jobs.complete(db_session, done, owner="w1", now=NOW)
-    assert [r.id for r in jobs.list_jobs(db_session)] == [queued, done]
-    assert [r.id for r in jobs.list_jobs(db_session, state="done")] == [done]
-    assert [r.id for r in jobs.list_jobs(db_session, kind="b")] == [queued]
-    assert jobs.counts(db_session) == {("a", JobState.DONE): 1, ("b", JobState.QUEUED): 1}
-    assert jobs.prune(db_session, finished_before=NOW) == 0
-    assert jobs.prune(db_session, finished_before=NOW + timedelta(seconds=1)) == 1
+    assert [r.id for r in admin.list_jobs(db_session)] == [queued, done]
+    assert [r.id for r in admin.list_jobs(db_session, state="done")] == [done]
+    assert [r.id for r in admin.list_jobs(db_session, kind="b")] == [queued]
+    assert admin.counts(db_session) == {("a", JobState.DONE): 1, ("b", JobState.QUEUED): 1}
+    assert admin.prune(db_session, finished_before=NOW) == 0
+    assert admin.prune(db_session, finished_before=NOW + timedelta(seconds=1)) == 1
     assert db_session.get(JobRecord, queued) is not None
 
 

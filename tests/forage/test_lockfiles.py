@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from forage.lookup.lockfiles import MAX_ENTRIES, Entry, LockfileError, read_lockfile
+from indexers import MAX_ENTRIES, LockEntry, LockfileError, read_lockfile
 
 DATA = Path(__file__).parent.parent / "data" / "lockfiles"
 
 
-def keys(entries: list[Entry]) -> list[str]:
+def keys(entries: list[LockEntry]) -> list[str]:
     return [e.key for e in entries if e.key]
 
 
-def problems(entries: list[Entry]) -> dict[str, str]:
+def problems(entries: list[LockEntry]) -> dict[str, str]:
     return {e.source: e.problem for e in entries if e.problem}
 
 

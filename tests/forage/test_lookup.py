@@ -37,32 +37,20 @@ from forage.db.models import (
     VersionAnswer,
 )
 from forage.errors import InvalidKey
-from forage.fakes.npm import FakeNpmRegistry
 from forage.index.ingest import enqueue_changes
+from forage.lookup.backfill import BackfillPolicy, TokenBucket, backfill
+from forage.lookup.batch import lookup
+from forage.lookup.epochs import FILECOIN_GENESIS, current_epoch, epoch_time
 from forage.lookup.keys import Key, parse_key
-from forage.lookup.service import (
-    _PLAIN_PURL,
-    FILECOIN_GENESIS,
-    BackfillPolicy,
-    KeyStatus,
-    TokenBucket,
-    archive_stats,
-    artifacts_by_cid,
-    backfill,
-    canonical_purl,
-    current_epoch,
-    epoch_time,
-    full_query,
-    lookup,
-    normalize_name,
-    package_view,
-    parse_lookup_key,
-    preferred_cid,
-    resolve,
-    store_answers,
-    summarize,
-)
+from forage.lookup.normalize import _PLAIN_PURL, canonical_purl, normalize_name, parse_lookup_key
+from forage.lookup.packages import package_view
+from forage.lookup.query import full_query
+from forage.lookup.resolve import resolve, store_answers
+from forage.lookup.reverse import artifacts_by_cid
+from forage.lookup.stats import archive_stats
+from forage.lookup.views import KeyStatus, preferred_cid, summarize
 from indexers import Change
+from indexers.npm.fake import FakeNpmRegistry
 from tests.factories import (
     artifact_content,
     make_archive,

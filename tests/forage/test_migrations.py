@@ -17,9 +17,9 @@ from forage.db.engine import (
     downgrade,
     head_revision,
     make_engine,
-    schema_diff,
     upgrade,
 )
+from forage.db.schema import schema_diff
 
 MODEL_TABLES = set(Base.metadata.tables)
 

@@ -268,7 +268,7 @@ def test_the_cli_logs_json_when_asked(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     [ran] = [e for e in events if e["msg"].startswith("task prune_jobs ran")]
-    assert (ran["task"], ran["pruned"], ran["logger"]) == ("prune_jobs", 0, "forage.scheduler")
+    assert (ran["task"], ran["pruned"], ran["logger"]) == ("prune_jobs", 0, "forage.jobs.scheduler")
     # --log-format wins over the file.
     result = subprocess.run(
         [

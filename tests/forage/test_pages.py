@@ -18,10 +18,10 @@ from sqlalchemy.orm import Session
 from forage.config import Config
 from forage.db.engine import make_engine, make_sessionmaker, utcnow
 from forage.db.models import Archive, ArchiveStatus, Artifact, DealState
-from forage.fakes.server import serve
-from forage.lookup.service import current_epoch, epoch_time
+from forage.lookup.epochs import current_epoch, epoch_time
 from forage.server.app import make_app
 from forage.server.pages import human_bytes, package_path
+from indexers.fakeserver import serve
 from storage import FilesystemBlockstore, MemoryBlockstore, import_file, read_car, read_file
 from tests import factories
 

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from forage.archive.pipeline import archive_job
+from forage.archive.job import archive_job
 from forage.config import Config, load_config
 from forage.db.engine import make_engine, make_sessionmaker, utcnow
 from forage.db.models import Archive, Artifact, JobRecord, JobState, Pin, PinStatus
@@ -37,23 +37,17 @@ from forage.fakes.cluster import FakeCluster
 from forage.fakes.files import FakeFileServer
 from forage.fakes.kubo import FakeKubo
 from forage.fakes.pinning_service import FakePinningService
-from forage.fakes.server import serve
 from forage.index.ingest import ARCHIVE, record_package
 from forage.jobs import queue as jobs
 from forage.jobs.queue import RetryPolicy
 from forage.jobs.worker import JobContext, Worker, job_context
-from forage.pins.service import (
-    GONE,
-    PIN,
-    PIN_CHECK,
-    car_stream,
-    check_pins,
-    enqueue_pins,
-    pin_check_job,
-    pin_job,
-)
+from forage.pins.backends import car_stream
+from forage.pins.check import GONE, check_pins, pin_check_job
+from forage.pins.kinds import PIN, PIN_CHECK, enqueue_pins
+from forage.pins.pin import pin_job
 from indexers import Artifact as ArtifactInfo
 from indexers import PackageInfo, Release
+from indexers.fakeserver import serve
 from storage import FilesystemBlockstore, compute_cid, export_car, import_file, parse_cid
 from tests.factories import make_archive, make_artifact
 

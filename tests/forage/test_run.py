@@ -26,7 +26,8 @@ import sqlalchemy as sa
 from forage.config import load_config
 from forage.db.engine import make_engine
 from forage.db.models import JobRecord, JobState
-from forage.jobs.scheduler import REVERIFY, current_leader
+from forage.jobs.leader import current_leader
+from forage.jobs.tasks import REVERIFY
 from forage.runtime.run import start
 
 SCHEDULE = (

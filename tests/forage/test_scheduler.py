@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from forage.archive.pipeline import archive_job
+from forage.archive.job import archive_job
 from forage.config import Config, load_config
 from forage.db.engine import make_engine, make_sessionmaker, upgrade, utcnow
 from forage.db.models import Archive, ArchiveStatus, JobRecord, JobState
@@ -34,31 +34,26 @@ from forage.errors import ConfigError
 from forage.filecoin import pieces
 from forage.index.ingest import ARCHIVE
 from forage.jobs import queue as jobs
+from forage.jobs.leader import current_leader
 from forage.jobs.queue import RetryPolicy
-from forage.jobs.scheduler import (
+from forage.jobs.reverify import ArchiveSample, reverify_job, sample_archives, verify_archive
+from forage.jobs.scheduler import JOBSTORE_TABLE, Scheduler, planned_tasks
+from forage.jobs.tasks import (
     BUILD_PIECES,
-    JOBSTORE_TABLE,
     PIN_CHECK,
     REVERIFY,
     SYNC_DEALS,
     WATCH,
-    ArchiveSample,
-    Scheduler,
     Task,
-    current_leader,
     drain_archives,
     enqueue_kind,
     enqueue_once,
-    planned_tasks,
     prune_jobs,
     retry_failed,
-    reverify_job,
-    sample_archives,
     schedule_table,
-    verify_archive,
 )
 from forage.jobs.worker import Worker
-from forage.pins import service as pins
+from forage.pins import kinds as pins
 from storage import FilesystemBlockstore, compute_cid, import_file, read_file
 from tests.factories import make_archive, make_artifact
 from tests.forage.test_archive import blob, fake_host, npm_artifact, package, record

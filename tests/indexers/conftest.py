@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from forage.fakes.npm import FakeNpmRegistry
-from forage.fakes.pypi import FakePyPI
-from forage.fakes.server import RunningServer, serve
+from indexers.fakeserver import RunningServer, serve
+from indexers.npm.fake import FakeNpmRegistry
+from indexers.pypi.fake import FakePyPI
 
 # -- npm ---------------------------------------------------------------------------------------
 

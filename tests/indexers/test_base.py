@@ -1,4 +1,5 @@
-"""The indexer contract: every registry's indexer has the base's method signatures.
+"""The indexer contract: every registered ecosystem's indexer has the base's method
+signatures.
 
 Callers (``forage.index.ingest``) call ``package(name, change=...)`` on whichever indexer a
 registry has, without knowing which; a subclass that renamed or added a parameter would
@@ -11,9 +12,9 @@ import inspect
 
 import pytest
 
-from indexers import GoIndexer, Indexer, NpmIndexer, PyPIIndexer
+from indexers import ECOSYSTEMS, Indexer
 
-INDEXERS = [NpmIndexer, PyPIIndexer, GoIndexer]
+INDEXERS = [ecosystem.indexer for ecosystem in ECOSYSTEMS.values()]
 CONTRACT = ["start_cursor", "changes", "package", "normalize_name"]
 
 

@@ -9,11 +9,11 @@ import random
 import httpx
 import pytest
 
-from forage.fakes.npm import FakeNpmRegistry
-from forage.fakes.server import RunningServer
 from indexers.digests import DigestVerifier, normalize_hex, parse_sri, to_sri
 from indexers.errors import DigestMismatch, InvalidDigest
-from indexers.npm import NpmIndexer
+from indexers.fakeserver import RunningServer
+from indexers.npm.fake import FakeNpmRegistry
+from indexers.npm.indexer import NpmIndexer
 
 DATA = random.Random(7).randbytes(300_000)
 

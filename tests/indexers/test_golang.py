@@ -2,7 +2,7 @@
 
 Reference ``h1:`` values in ``tests/data/golang/reference.json`` were computed by the go
 command (go 1.19.8, ``go mod download -json`` from a ``file://`` GOPROXY), not by Forage; the
-fake computes its own ``h1:`` from file contents, independently of ``indexers.gomod``.
+fake computes its own ``h1:`` from file contents, independently of ``indexers.golang.gomod``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 
-from forage.fakes.golang import SHARED_TIMESTAMP, GoFake, demo_fake
 from indexers.errors import (
     DigestMismatch,
     FeedError,
@@ -31,19 +30,8 @@ from indexers.errors import (
     PackageNotFound,
     UpstreamUnavailable,
 )
-from indexers.golang import (
-    INDEX_EPOCH,
-    GoCursor,
-    GoIndexer,
-    IndexEntry,
-    Retraction,
-    next_page,
-    parse_retractions,
-    parse_sumdb_lookup,
-    timestamp_ns,
-    zip_filename,
-)
-from indexers.gomod import (
+from indexers.golang.fake import SHARED_TIMESTAMP, GoFake, demo_fake
+from indexers.golang.gomod import (
     check_path,
     check_version,
     escape_path,
@@ -56,6 +44,18 @@ from indexers.gomod import (
     unescape_version,
     verify_go_zip,
     zip_h1,
+)
+from indexers.golang.indexer import (
+    INDEX_EPOCH,
+    GoCursor,
+    GoIndexer,
+    IndexEntry,
+    Retraction,
+    next_page,
+    parse_retractions,
+    parse_sumdb_lookup,
+    timestamp_ns,
+    zip_filename,
 )
 from indexers.types import Change
 

@@ -11,8 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from forage.fakes.npm import FakeNpmRegistry, make_tarball
-from forage.fakes.server import RunningServer
 from indexers.errors import (
     FeedError,
     InvalidName,
@@ -20,7 +18,9 @@ from indexers.errors import (
     StaleMetadata,
     UpstreamUnavailable,
 )
-from indexers.npm import NpmCursor, NpmIndexer, parse_changes, validate_name
+from indexers.fakeserver import RunningServer
+from indexers.npm.fake import FakeNpmRegistry, make_tarball
+from indexers.npm.indexer import NpmCursor, NpmIndexer, parse_changes, validate_name
 
 DATA = Path(__file__).parent.parent / "data" / "npm"
 

@@ -11,8 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from forage.fakes.pypi import FakePyPI
-from forage.fakes.server import RunningServer, ThreadedServer
 from indexers.errors import (
     FeedError,
     InvalidName,
@@ -20,7 +18,9 @@ from indexers.errors import (
     StaleMetadata,
     UpstreamUnavailable,
 )
-from indexers.pypi import (
+from indexers.fakeserver import RunningServer, ThreadedServer
+from indexers.pypi.fake import FakePyPI
+from indexers.pypi.indexer import (
     PyPICursor,
     PyPIIndexer,
     decode_response,

@@ -22,15 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from storage.blockstore import (
-    BATCH_BUFFER,
-    Blockstore,
-    CommitStats,
-    FilesystemBlockstore,
-    MemoryBlockstore,
-)
+from storage.blockstore import Blockstore, MemoryBlockstore
 from storage.cid import DAG_PB, Block, block_cid, parse_cid
 from storage.errors import BlockNotFound, IntegrityError, InvalidCID, StorageError
+from storage.flatfs import BATCH_BUFFER, CommitStats, FilesystemBlockstore
 
 
 def _block(data: bytes, *, codec: int = 0x55) -> Block:

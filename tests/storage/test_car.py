@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from storage.blockstore import FilesystemBlockstore, MemoryBlockstore
+from storage.blockstore import MemoryBlockstore
 from storage.car import (
     CarWriter,
     encode_car_header,
@@ -24,6 +24,7 @@ from storage.car import (
 from storage.cid import Block, block_cid, parse_cid
 from storage.dag import walk_dag
 from storage.errors import CarFormatError, CarTruncated, IntegrityError
+from storage.flatfs import FilesystemBlockstore
 from storage.unixfs import import_file
 from tests.storage.conftest import Measure
 from tests.vectors import content, load

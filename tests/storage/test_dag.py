@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 from multiformats import CID
 
-from storage.blockstore import FilesystemBlockstore, MemoryBlockstore
+from storage.blockstore import MemoryBlockstore
 from storage.cid import DAG_PB, Block, block_cid
 from storage.dag import read_file, walk_dag
 from storage.dagpb import PBLink, PBNode, decode_pbnode, encode_pbnode
 from storage.errors import BlockFormatError, BlockNotFound
+from storage.flatfs import FilesystemBlockstore
 from storage.unixfs import TYPE_DIRECTORY, TYPE_FILE, UnixFSData, encode_unixfs, import_file
 from tests.vectors import content
 

@@ -13,7 +13,7 @@ import pytest
 
 from forage.fakes.dealservice import FakeDealService
 from forage.fakes.lotus import FakeLotus, fake_piece_cid
-from forage.fakes.server import RunningServer, serve
+from indexers.fakeserver import RunningServer, serve
 from storage import (
     MAINNET_GENESIS,
     BackendRejected,

@@ -11,7 +11,7 @@ import pytest
 
 from forage.fakes.cluster import FakeCluster
 from forage.fakes.kubo import car_v1, raw_block
-from forage.fakes.server import RunningServer, serve
+from indexers.fakeserver import RunningServer, serve
 from storage import BackendRejected, BackendUnavailable
 from storage.pinning import ClusterPinning, PinRef, PinState
 

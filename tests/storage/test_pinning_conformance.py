@@ -20,7 +20,7 @@ import pytest
 from forage.fakes.cluster import FakeCluster
 from forage.fakes.kubo import FakeKubo, car_v1, raw_block
 from forage.fakes.pinning_service import FakePinningService
-from forage.fakes.server import Faults, RequestLog, serve
+from indexers.fakeserver import Faults, RequestLog, serve
 from storage import BackendRejected, BackendUnavailable, InvalidCID
 from storage.pinning import (
     ClusterPinning,

@@ -11,7 +11,7 @@ from aiohttp import web
 from multiformats import CID
 
 from forage.fakes.kubo import FakeKubo, car_v1, dag_pb_node, raw_block, read_car
-from forage.fakes.server import RunningServer, serve
+from indexers.fakeserver import RunningServer, serve
 from storage import BackendRejected, BackendUnavailable
 from storage.pinning import KuboPinning, PinRef, PinState
 

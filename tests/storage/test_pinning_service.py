@@ -11,7 +11,7 @@ from aiohttp import web
 
 from forage.fakes.kubo import raw_block
 from forage.fakes.pinning_service import DEFAULT_DELEGATE, FakePinningService
-from forage.fakes.server import RunningServer, serve
+from indexers.fakeserver import RunningServer, serve
 from storage import BackendRejected
 from storage.pinning import PinningService, PinRef, PinState
 

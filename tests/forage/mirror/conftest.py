@@ -4,14 +4,14 @@
 naming the fakes (plus ``[mirror]`` settings with short deadlines), opens the database, the
 blockstore and a job context, and serves an application holding only the mirror routes. The
 test then imports packages from the fakes (:func:`forage.index.ingest.import_package`), archives
-them with the real archive job (:func:`~forage.archive.pipeline.archive_many`), and stops or breaks
+them with the real archive job (:func:`~forage.archive.runner.archive_many`), and stops or breaks
 the fakes to watch the mirror fall back.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +23,18 @@ from aiohttp import web
 
 import forage.mirror
 from forage.archive.blocks import open_blockstore
-from forage.archive.pipeline import archive_many, unarchived_ids
+from forage.archive.records import unarchived_ids
+from forage.archive.runner import archive_many
 from forage.config import Config, load_config
 from forage.db.engine import make_engine, make_sessionmaker
 from forage.db.models import Archive, ArchiveStatus
-from forage.fakes.golang import GoEndpoints
-from forage.fakes.server import serve
 from forage.index.ingest import import_package
 from forage.jobs.worker import JobContext, job_context
-from forage.mirror.service import Mirror
 from forage.server.app import error_middleware
 from forage.server.state import BLOCKSTORE, CONFIG, SESSIONMAKER
+from indexers.fakeserver import serve
+from indexers.golang.fake import GoEndpoints
+from indexers.mirror.registry import MirrorContext
 
 #: Mirror settings for tests: short deadlines, no "down" window unless a test asks for one.
 FAST = {
@@ -72,28 +73,33 @@ def mirror_config(
     npm: str | None = None,
     pypi: str | None = None,
     golang: GoEndpoints | None = None,
+    registries: Mapping[str, Mapping[str, str]] | None = None,
     mirror: dict[str, Any] | None = None,
 ) -> Config:
-    """A configuration naming the given fakes (any may be absent: archive only)."""
+    """A configuration naming the given fakes (any may be absent: archive only):
+    ``registries`` maps any ecosystem to its endpoints; ``npm``, ``pypi`` and ``golang`` are
+    shorthands for those three fakes' URLs."""
     lines = [f'[database]\nurl = "{db_url}"\n', f'[data]\ndir = "{tmp_path / "data"}"\n']
     settings = {**FAST, **(mirror or {})}
     lines.append("[mirror]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.items()))
+    tables = dict(registries or {})
     if npm:
-        lines.append(
-            f'[registries.npm]\nregistry_url = "{npm}"\nreplicate_url = "{npm}/registry"\n'
-            "allow_http = true\n"
-        )
+        tables["npm"] = {"registry_url": npm, "replicate_url": f"{npm}/registry"}
     if pypi:
-        lines.append(
-            f'[registries.pypi]\nindex_url = "{pypi}/simple"\njson_url = "{pypi}/pypi"\n'
-            f'xmlrpc_url = "{pypi}/pypi"\nallow_http = true\n'
-        )
+        tables["pypi"] = {
+            "index_url": f"{pypi}/simple",
+            "json_url": f"{pypi}/pypi",
+            "xmlrpc_url": f"{pypi}/pypi",
+        }
     if golang:
-        lines.append(
-            f'[registries.golang]\nindex_url = "{golang.index_url}"\n'
-            f'proxy_url = "{golang.proxy_url}"\nsumdb_url = "{golang.sumdb_url}"\n'
-            "allow_http = true\n"
-        )
+        tables["golang"] = {
+            "index_url": golang.index_url,
+            "proxy_url": golang.proxy_url,
+            "sumdb_url": golang.sumdb_url,
+        }
+    for name, endpoints in tables.items():
+        body = "".join(f"{key} = {_toml(url)}\n" for key, url in endpoints.items())
+        lines.append(f"[registries.{name}]\n{body}allow_http = true\n")
     path = tmp_path / "forage.toml"
     path.write_text("\n".join(lines))
     return load_config(path, environ={})
@@ -109,7 +115,7 @@ class Forage:
     app: web.Application
 
     @property
-    def mirror(self) -> Mirror:
+    def mirror(self) -> MirrorContext:
         return self.app[forage.mirror.MIRROR]
 
     async def ingest(self, ecosystem: str, name: str, **hints: Any) -> None:
@@ -148,10 +154,13 @@ async def forage_mirror(
     npm: str | None = None,
     pypi: str | None = None,
     golang: GoEndpoints | None = None,
+    registries: Mapping[str, Mapping[str, str]] | None = None,
     mirror: dict[str, Any] | None = None,
 ) -> AsyncIterator[Forage]:
     """Serve the mirror over the named fakes; see the module docstring."""
-    config = mirror_config(tmp_path, db_url, npm=npm, pypi=pypi, golang=golang, mirror=mirror)
+    config = mirror_config(
+        tmp_path, db_url, npm=npm, pypi=pypi, golang=golang, registries=registries, mirror=mirror
+    )
     engine = make_engine(config.database)
     try:
         async with job_context(config, make_sessionmaker(engine)) as ctx:

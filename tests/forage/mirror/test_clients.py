@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from forage.fakes.golang import GoFake
-from forage.fakes.npm import FakeNpmRegistry
-from forage.fakes.pypi import FakePyPI
-from forage.fakes.server import start_fake
+from indexers.fakeserver import start_fake
+from indexers.golang.fake import GoFake
+from indexers.npm.fake import FakeNpmRegistry
+from indexers.pypi.fake import FakePyPI
 from tests.forage.mirror.conftest import forage_mirror
 
 pytestmark = pytest.mark.slow

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from forage.fakes.golang import FakeVersion, GoEndpoints, GoFake
-from forage.fakes.server import serve
-from indexers.gomod import zip_h1
+from indexers.fakeserver import serve
+from indexers.golang.fake import FakeVersion, GoEndpoints, GoFake
+from indexers.golang.gomod import zip_h1
 from tests.forage.mirror.conftest import Forage, forage_mirror
 
 MODULE = "example.com/Demo"

@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from forage.db.models import Archive, Package
-from forage.fakes.npm import FakeNpmRegistry, NpmTarball, tarball_path
-from forage.fakes.server import RunningServer, blackhole, start_fake
-from forage.mirror.npm import CORGI
+from indexers.fakeserver import RunningServer, blackhole, start_fake
+from indexers.npm.fake import FakeNpmRegistry, NpmTarball, tarball_path
+from indexers.npm.mirror import CORGI
 from storage import parse_cid
 from tests.forage.mirror.conftest import Forage, forage_mirror
 

@@ -21,11 +21,11 @@ import pytest
 from forage.cli import main
 from forage.db.engine import make_engine, make_sessionmaker
 from forage.errors import BundleError
-from forage.fakes.golang import GoFake
-from forage.fakes.npm import FakeNpmRegistry
-from forage.fakes.pypi import FakePyPI
-from forage.fakes.server import serve
 from forage.mirror.offline import export_bundle, import_bundle
+from indexers.fakeserver import serve
+from indexers.golang.fake import GoFake
+from indexers.npm.fake import FakeNpmRegistry
+from indexers.pypi.fake import FakePyPI
 from storage import CarWriter, MemoryBlockstore, import_file, walk_dag
 from tests.forage.mirror.conftest import forage_mirror, mirror_config
 from tests.forage.mirror.test_clients import (

@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from forage.db.models import Package
-from forage.fakes.pypi import FakePyPI, PyPIFile
-from forage.fakes.server import RunningServer, start_fake
-from forage.mirror.pypi import SIMPLE_JSON, negotiate
+from indexers.fakeserver import RunningServer, start_fake
+from indexers.pypi.fake import FakePyPI, PyPIFile
+from indexers.pypi.mirror import SIMPLE_JSON, negotiate
 from tests.forage.mirror.conftest import Forage, forage_mirror
 
 PIP_ACCEPT = (

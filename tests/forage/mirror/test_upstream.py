@@ -17,10 +17,10 @@ import httpx
 import pytest
 from aiohttp import web
 
-from forage.archive.download import HostPolicy
-from forage.errors import UpstreamFailed
-from forage.fakes.server import Faults, RequestLog, RunningServer, blackhole, serve
-from forage.mirror.upstream import Deadline, MetadataCache, SingleFlight, Upstream, classify
+from indexers.download import HostPolicy
+from indexers.errors import UpstreamFailed
+from indexers.fakeserver import Faults, RequestLog, RunningServer, blackhole, serve
+from indexers.mirror.upstream import Deadline, MetadataCache, SingleFlight, Upstream, classify
 
 BODY = bytes(range(256)) * 40  # 10 KiB
 DEADLINE = Deadline(connect=0.5, first_byte=0.5, total=2.0, min_rate=4000, grace=0.3)

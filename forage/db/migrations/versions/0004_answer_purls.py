@@ -1,7 +1,7 @@
 """Stored lookup answers found by purl: one index probe per key instead of three.
 
 ``version_answers.purl`` is the canonical purl of the version an answer was rendered for
-(``forage.lookup.service.canonical_purl``), indexed. It is not unique: a package renamed after its
+(``forage.lookup.normalize.canonical_purl``), indexed. It is not unique: a package renamed after its
 answers were rendered leaves tombstones (``body`` NULL) under the old purl, and lookups only
 read rows with a body. Rows stored before this revision have no purl; their versions are
 answered by the full read and get one when their answer is stored again.

@@ -1,0 +1,382 @@
+"""One frozen dataclass per table of the configuration file, and :class:`Config`, which holds
+them all (see :mod:`forage.config` for the rules every table follows)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from forage.config.registries import RegistriesConfig, RegistryConfig
+from forage.config.values import (
+    Secret,
+    bounded,
+    env_name,
+    filled_by_loader,
+    mask_url_password,
+    section_dict,
+)
+from forage.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class DataConfig:
+    """``[data]``: where Forage keeps its files (SQLite database, blocks)."""
+
+    dir: Path = Path("forage-data")
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    """``[database]``: the SQLAlchemy URL and pool settings.
+
+    ``url`` defaults to ``sqlite:///<data.dir>/forage.db``; ``postgresql://`` and
+    ``postgres://`` are normalized to the psycopg 3 driver. ``busy_timeout`` (seconds) is how
+    long a SQLite writer waits for the lock. The URL is masked in ``repr`` (it may hold a
+    password).
+    """
+
+    url: str | None = field(default=None, repr=False)
+    busy_timeout: float = bounded(5.0, low=0)
+    pool_size: int = bounded(5, low=1, high=1000)
+    echo: bool = False
+
+    @property
+    def is_sqlite(self) -> bool:
+        return (self.url or "").startswith("sqlite")
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password masked, for logs and ``forage config``."""
+        return mask_url_password(self.url or "")
+
+    def __repr__(self) -> str:
+        return (
+            f"DatabaseConfig(url={self.display_url!r}, busy_timeout={self.busy_timeout!r}, "
+            f"pool_size={self.pool_size!r}, echo={self.echo!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JobsConfig:
+    """``[jobs]``: retry policy and leases of the durable queue (times in seconds).
+
+    A failed job waits ``min(backoff_cap, backoff_base * 2 ** (attempts - 1))``, jittered,
+    before its next attempt, and is dead after ``max_attempts``. A running job's lease lasts
+    ``lease_seconds`` and is extended by the worker's heartbeat; an expired lease makes the job
+    claimable again. ``poll_interval`` is how often an idle worker looks for work.
+    """
+
+    max_attempts: int = bounded(10, low=1, high=1000)
+    backoff_base: float = bounded(30.0, low=0)
+    backoff_cap: float = bounded(6 * 3600.0, low=0)
+    lease_seconds: float = bounded(300.0, low=0.1)
+    poll_interval: float = bounded(1.0, low=0.01)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """``[worker]``: how many jobs one worker process runs at once."""
+
+    concurrency: int = bounded(4, low=1, high=1000)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """``[server]``: where ``forage serve`` listens and the token its write API requires.
+
+    ``api_token`` comes from ``FORAGE_API_TOKEN`` (or ``FORAGE_SERVER_API_TOKEN``) or from the
+    file named by ``token_file``; never from the TOML file itself. ``max_keys`` bounds the keys
+    of one lookup (and the dependencies of one lockfile), ``max_body_size`` a request body in
+    bytes. Unknown lookup keys queue backfill imports at most ``backfill_rate`` per second
+    (bursts of ``backfill_burst``); a package checked upstream less than ``backfill_recheck``
+    seconds ago is not asked for again.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = bounded(8080, low=1, high=65535)
+    api_token: Secret | None = None
+    token_file: Path | None = None
+    max_keys: int = bounded(10_000, low=1, high=1_000_000)
+    max_body_size: int = bounded(16 * 1024**2, low=1024)
+    backfill_rate: float = bounded(5.0, low=0)
+    backfill_burst: int = bounded(500, low=0)
+    backfill_recheck: float = bounded(3600.0, low=0)
+
+    SECRETS: ClassVar[tuple[str, ...]] = ("api_token",)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleConfig:
+    """``[schedule]``: how often the scheduler's periodic tasks run, in seconds (0: never).
+
+    Each registry's watcher runs every ``registries.<name>.interval`` instead. ``pin_check``
+    only backs up the pin check's own rescheduling (``pinning.check_interval``) and runs when
+    pinning backends are configured; ``sync_deals`` when a deal source is. ``leader_poll``
+    is how often a waiting scheduler tries to become the leader and the leader checks that it
+    still is. ``batch`` bounds the jobs one drain queues and one retry run re-queues;
+    ``reverify_sample`` is how many archives a re-verification reads back from the
+    blockstore; ``keep_done_jobs`` is how long finished jobs stay before pruning.
+    ``render_answers`` is how often lookup answers changed or never rendered are rendered
+    ahead of lookups (:mod:`forage.lookup.answers`), at most ``render_batch`` a run.
+    """
+
+    drain_archives: float = bounded(300.0, low=0)
+    pin_check: float = bounded(3600.0, low=0)
+    build_pieces: float = bounded(3600.0, low=0)
+    sync_deals: float = bounded(3600.0, low=0)
+    retry_failed: float = bounded(3600.0, low=0)
+    reverify: float = bounded(86400.0, low=0)
+    stats: float = bounded(300.0, low=0)
+    prune_jobs: float = bounded(86400.0, low=0)
+    render_answers: float = bounded(60.0, low=0)
+    render_batch: int = bounded(20_000, low=1, high=10_000_000)
+    reverify_sample: int = bounded(100, low=1, high=1_000_000)
+    batch: int = bounded(1000, low=1, high=1_000_000)
+    keep_done_jobs: float = bounded(7 * 86400.0, low=0)
+    leader_poll: float = bounded(5.0, low=0.1)
+
+
+#: Log line formats: ``text`` for people, ``logfmt`` (key=value) and ``json`` for machines.
+LOG_FORMATS: tuple[str, ...] = ("text", "logfmt", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """``[logging]``: ``format`` of log lines, one of :data:`LOG_FORMATS` (``--log-format``
+    overrides it)."""
+
+    format: str = "text"
+
+    def __post_init__(self) -> None:
+        if self.format not in LOG_FORMATS:
+            raise ConfigError(
+                "logging.format", f"must be one of {', '.join(LOG_FORMATS)}, got {self.format!r}"
+            )
+
+
+#: Pinning backend types: Kubo RPC, IPFS Cluster REST API, IPFS Pinning Service API.
+PIN_BACKEND_TYPES = ("kubo", "cluster", "service")
+#: A backend name fits ``pins.backend`` (64 characters) and an environment variable name.
+BACKEND_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+#: ``maxItems`` of ``Pin.origins`` in the Pinning Service API.
+MAX_PIN_ORIGINS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class PinBackendConfig:
+    """``[pinning.backends.<name>]``: one pinning backend, named by its table key.
+
+    ``type`` is ``kubo`` (Kubo RPC), ``cluster`` (IPFS Cluster REST API) or ``service`` (an
+    IPFS Pinning Service API provider); ``url`` is its API base. ``token`` comes from
+    ``FORAGE_PINNING_BACKENDS_<NAME>_TOKEN`` or the file named by ``token_file``, never from
+    the TOML file; a ``service`` needs one. ``origins`` (multiaddrs ending in ``/p2p/<peer
+    id>``, at most 20) tell a service or cluster which nodes to fetch the blocks from: the
+    operator's own. ``replication_min``/``replication_max`` apply to a cluster. Plain ``http``
+    is accepted for loopback hosts, elsewhere only with ``allow_http``. ``timeout`` bounds
+    each request, in seconds.
+    """
+
+    name: str = filled_by_loader("")
+    type: str = ""
+    url: str = ""
+    token: Secret | None = None
+    token_file: Path | None = None
+    origins: tuple[str, ...] = ()
+    replication_min: int | None = bounded(None, low=1)
+    replication_max: int | None = bounded(None, low=1)
+    allow_http: bool = False
+    timeout: float = bounded(120.0, low=1)
+
+    SECRETS: ClassVar[tuple[str, ...]] = ("token",)
+
+
+@dataclass(frozen=True, slots=True)
+class PinningConfig:
+    """``[pinning]``: where archives are pinned and how their pins are watched.
+
+    Each table under ``[pinning.backends]`` is a backend; every archive is pinned on all of
+    them. While a pin is queued or pinning, the batched status check runs every
+    ``check_interval`` seconds; a pinned pin is confirmed every ``recheck_interval`` seconds
+    (one its backend lost is pinned again). ``batch_size`` pins are asked about per status
+    call (each backend splits that as its API needs). A failed pin is re-queued at most
+    ``max_repins`` times.
+    """
+
+    check_interval: float = bounded(60.0, low=1)
+    recheck_interval: float = bounded(86400.0, low=1)
+    batch_size: int = bounded(500, low=1, high=10_000)
+    max_repins: int = bounded(3, low=0, high=100)
+    backends: tuple[PinBackendConfig, ...] = filled_by_loader(())
+
+    @property
+    def backend_names(self) -> tuple[str, ...]:
+        return tuple(backend.name for backend in self.backends)
+
+    def backend(self, name: str) -> PinBackendConfig:
+        """The backend called ``name``; an unknown name is an error listing the known ones."""
+        for backend in self.backends:
+            if backend.name == name:
+                return backend
+        known = ", ".join(self.backend_names) or "none (add a [pinning.backends.<name>] table)"
+        raise ConfigError(f"pinning.backends.{name}", f"no such backend; configured: {known}")
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorConfig:
+    """``[mirror]``: the npm/PyPI/Go mirror fallback served under ``/npm/``, ``/pypi/``, ``/go/``.
+
+    Upstreams are the registries' own endpoints (``registries.npm.registry_url``,
+    ``registries.pypi.index_url``, ``registries.golang.proxy_url``); a registry left
+    unconfigured, or ``offline = true``, is served from the archive alone. Every upstream
+    request has a deadline: ``connect_timeout`` to connect, ``first_byte_timeout`` for the
+    answer to start (and for any stall), a floor of ``min_rate`` bytes/s once
+    ``rate_grace`` seconds have passed, and ``deadline`` in all for a metadata document. After
+    a failure the upstream is skipped for ``down_seconds``, so clients get the archive's answer
+    at once. Upstream metadata is reused for ``metadata_ttl`` seconds (404s for
+    ``negative_ttl``); ``cache_entries`` bounds that cache. ``spool_memory`` is how many bytes
+    of a file being verified stay in memory before it spills to a temporary file.
+    ``public_url`` is the base clients reach Forage at (default: each request's own origin).
+    """
+
+    public_url: str | None = None
+    offline: bool = False
+    connect_timeout: float = bounded(3.0, low=0.01)
+    first_byte_timeout: float = bounded(10.0, low=0.01)
+    deadline: float = bounded(30.0, low=0.01)
+    min_rate: int = bounded(20_000, low=0)
+    rate_grace: float = bounded(3.0, low=0)
+    down_seconds: float = bounded(10.0, low=0)
+    metadata_ttl: float = bounded(300.0, low=0)
+    negative_ttl: float = bounded(10.0, low=0)
+    cache_entries: int = bounded(2000, low=1)
+    spool_memory: int = bounded(4 * 1024**2, low=0)
+
+
+@dataclass(frozen=True, slots=True)
+class FilecoinConfig:
+    """``[filecoin]``: packing archives into pieces, and where deals are looked up.
+
+    ``piece_target_size`` is the padded size of the pieces built (a power of two; a piece's
+    CAR fills at most 127/128 of it). A piece short of ``piece_min_fill`` of that is built
+    only once its oldest archive has waited ``piece_max_wait`` seconds (or on ``forage pieces
+    build --partial``). A piece with fewer than ``min_replicas`` active deals is listed by the
+    health report. Deal sources: a Lotus node's JSON-RPC endpoint ``lotus_url`` (``lotus_scan``
+    reads ``Filecoin.StateMarketDeals`` to discover deals; off, only deals already known or
+    named by the deal service are looked up), and a deal-making service's API
+    ``deal_service_url``. Tokens come from ``FORAGE_FILECOIN_LOTUS_TOKEN`` /
+    ``FORAGE_FILECOIN_DEAL_SERVICE_TOKEN`` or the files named by ``*_token_file``.
+    ``genesis_timestamp`` (Unix seconds; mainnet's by default) turns epochs into dates when no
+    Lotus node says otherwise. ``allow_http`` permits plain-http endpoints.
+    """
+
+    piece_target_size: int = bounded(1 << 30, low=1 << 11, high=1 << 36)
+    piece_min_fill: float = bounded(0.9, low=0, high=1)
+    piece_max_wait: float = bounded(7 * 86400.0, low=0)
+    min_replicas: int = bounded(3, low=1, high=1000)
+    genesis_timestamp: int = bounded(1_598_306_400, low=0)
+    lotus_url: str | None = None
+    lotus_token: Secret | None = None
+    lotus_token_file: Path | None = None
+    lotus_scan: bool = True
+    deal_service_url: str | None = None
+    deal_service_token: Secret | None = None
+    deal_service_token_file: Path | None = None
+    allow_http: bool = False
+
+    SECRETS: ClassVar[tuple[str, ...]] = ("lotus_token", "deal_service_token")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole effective configuration; ``source`` is the file it was read from, if any."""
+
+    data: DataConfig = DataConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    jobs: JobsConfig = JobsConfig()
+    worker: WorkerConfig = WorkerConfig()
+    server: ServerConfig = ServerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    logging: LoggingConfig = LoggingConfig()
+    registries: RegistriesConfig = field(default_factory=RegistriesConfig)
+    filecoin: FilecoinConfig = FilecoinConfig()
+    pinning: PinningConfig = PinningConfig()
+    mirror: MirrorConfig = MirrorConfig()
+    source: Path | None = None
+
+    def registry(self, ecosystem: str) -> RegistryConfig:
+        """Return the settings of a configured registry, or say exactly what to set."""
+        section = self.registries.get(ecosystem)
+        if section is None:
+            raise ConfigError(
+                f"registries.{ecosystem}",
+                f"unknown registry; known registries: {', '.join(sorted(self.registries))}",
+            )
+        if not section.configured:
+            keys = [f"registries.{ecosystem}.{k}" for k in section.endpoint_keys]
+            raise ConfigError(
+                f"registries.{ecosystem}",
+                "not configured: upstream endpoints have no default; set "
+                + ", ".join(keys)
+                + " in the config file (or "
+                + ", ".join(env_name(k) for k in keys)
+                + ")",
+            )
+        return section
+
+    def configured_registries(self) -> tuple[str, ...]:
+        """The ecosystems whose endpoints are all set."""
+        return tuple(name for name, section in self.registries.items() if section.configured)
+
+    def to_dict(self, *, reveal: bool = False) -> dict[str, Any]:
+        """The settings as nested plain values (secrets masked unless ``reveal``)."""
+        out: dict[str, Any] = {}
+        for name, _cls in SECTIONS:
+            out[name] = section_dict(getattr(self, name), reveal=reveal)
+        out["registries"] = {
+            name: section.to_dict(reveal=reveal) for name, section in self.registries.items()
+        }
+        if not reveal and self.database.url:
+            out["database"]["url"] = self.database.display_url
+        out["pinning"]["backends"] = {
+            b.name: section_dict(b, reveal=reveal) for b in self.pinning.backends
+        }
+        return out
+
+
+SECTIONS: tuple[tuple[str, type], ...] = (
+    ("data", DataConfig),
+    ("database", DatabaseConfig),
+    ("jobs", JobsConfig),
+    ("worker", WorkerConfig),
+    ("server", ServerConfig),
+    ("filecoin", FilecoinConfig),
+    ("pinning", PinningConfig),
+    ("schedule", ScheduleConfig),
+    ("logging", LoggingConfig),
+    ("mirror", MirrorConfig),
+)
+
+
+__all__ = [
+    "BACKEND_NAME",
+    "LOG_FORMATS",
+    "LOOPBACK_HOSTS",
+    "MAX_PIN_ORIGINS",
+    "PIN_BACKEND_TYPES",
+    "SECTIONS",
+    "Config",
+    "DataConfig",
+    "DatabaseConfig",
+    "FilecoinConfig",
+    "JobsConfig",
+    "LoggingConfig",
+    "MirrorConfig",
+    "PinBackendConfig",
+    "PinningConfig",
+    "ScheduleConfig",
+    "ServerConfig",
+    "WorkerConfig",
+]

@@ -1,0 +1,300 @@
+"""What the archive holds for the mirror, read from Forage's index and blockstore.
+
+Rows come from the index (``Package -> Version -> Artifact (+ digests) -> Archive``, see
+:mod:`forage.db.models`) as the plain values of :mod:`indexers.mirror.rows`; bytes from the
+blockstore through :func:`storage.read_file`, whose blocks are each checked against their CID.
+Before a byte is served the whole file is read into a :class:`~indexers.mirror.spool.Spool`
+and checked again against the digests the *registry* published (npm sha512/sha1, PyPI sha256,
+plus the size, and each ecosystem's whole-file checks such as Go's ``h1:``): a file that fails
+is :class:`~indexers.errors.ArchiveInvalid` and is never served. :class:`IndexArchive` offers
+all of it to the mirror as its :class:`~indexers.mirror.registry.ArchiveIndex`.
+
+Queries are plain functions over a ``Session`` returning frozen values, run in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from forage.db.models import Archive, ArchiveStatus, Artifact, ArtifactDigest, Package, Version
+from indexers import FILE_CHECKS
+from indexers.digests import HASHERS, DigestVerifier
+from indexers.errors import ArchiveInvalid, DigestMismatch, InvalidArchive, InvalidDigest
+from indexers.mirror.rows import ArchivedFile, PackageRows, VersionRow, hold_reason
+from indexers.mirror.spool import Spool
+from storage import BlockSource, StorageError, parse_cid, read_file
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+def _files_query() -> sa.Select[Any]:
+    return (
+        sa.select(
+            Artifact.id,
+            Package.name,
+            Version.number,
+            Artifact.filename,
+            Artifact.url,
+            Archive.cid,
+            Archive.size,
+            Artifact.size.label("artifact_size"),
+            sa.or_(Version.deleted, Package.deleted).label("removed"),
+            Artifact.yanked,
+            Artifact.yanked_reason,
+            Artifact.requires_python,
+            Artifact.uploaded_at,
+            Version.published_at,
+            Package.extra,
+        )
+        .join(Version, Artifact.version_id == Version.id)
+        .join(Package, Version.package_id == Package.id)
+        .join(Archive, Archive.artifact_id == Artifact.id)
+        .where(Archive.status == ArchiveStatus.ARCHIVED)
+    )
+
+
+def _digests(session: Session, ids: Sequence[int]) -> dict[int, dict[str, str]]:
+    found: dict[int, dict[str, str]] = {i: {} for i in ids}
+    for start in range(0, len(ids), 500):
+        rows = session.execute(
+            sa.select(
+                ArtifactDigest.artifact_id, ArtifactDigest.algorithm, ArtifactDigest.value
+            ).where(ArtifactDigest.artifact_id.in_(ids[start : start + 500]))
+        )
+        for artifact_id, algorithm, value in rows:
+            found[artifact_id][algorithm] = value
+    return found
+
+
+def _files(session: Session, query: sa.Select[Any]) -> list[ArchivedFile]:
+    rows = session.execute(query).all()
+    digests = _digests(session, [row.id for row in rows])
+    return [
+        ArchivedFile(
+            artifact_id=row.id,
+            package=row.name,
+            version=row.number,
+            filename=row.filename,
+            url=row.url,
+            cid=row.cid,
+            size=row.artifact_size if row.artifact_size is not None else row.size,
+            digests=digests[row.id],
+            removed=bool(row.removed),
+            hold=hold_reason(row.extra or {}),
+            yanked=row.yanked,
+            yanked_reason=row.yanked_reason,
+            requires_python=row.requires_python,
+            uploaded_at=row.uploaded_at,
+            published_at=row.published_at,
+        )
+        for row in rows
+    ]
+
+
+def package_extra(session: Session, ecosystem: str, name: str) -> dict[str, Any] | None:
+    """The registry metadata the index keeps for ``name`` (``None``: unknown package)."""
+    extra = session.execute(
+        sa.select(Package.extra).where(Package.ecosystem == ecosystem, Package.name == name)
+    ).scalar_one_or_none()
+    return None if extra is None else dict(extra)
+
+
+def package_hold(session: Session, ecosystem: str, name: str) -> str | None:
+    """Why the index says ``name`` must never be served (``None``: no hold, or unknown)."""
+    return hold_reason(package_extra(session, ecosystem, name) or {})
+
+
+def find_file(
+    session: Session,
+    ecosystem: str,
+    *,
+    name: str | None = None,
+    filename: str | None = None,
+    version: str | None = None,
+    sha256: str | None = None,
+) -> ArchivedFile | None:
+    """The archived file matching every filter given, or ``None``."""
+    query = _files_query().where(Package.ecosystem == ecosystem)
+    if name is not None:
+        query = query.where(Package.name == name)
+    if filename is not None:
+        query = query.where(Artifact.filename == filename)
+    if version is not None:
+        query = query.where(Version.number == version)
+    if sha256 is not None:
+        query = query.join(
+            ArtifactDigest,
+            sa.and_(
+                ArtifactDigest.artifact_id == Artifact.id,
+                ArtifactDigest.algorithm == "sha256",
+                ArtifactDigest.value == sha256,
+            ),
+        )
+    files = _files(session, query.order_by(Artifact.id).limit(1))
+    return files[0] if files else None
+
+
+def package_stamp(session: Session, ecosystem: str, name: str) -> tuple[Any, ...] | None:
+    """A cheap value that changes whenever a listing of ``name`` may change (``None``:
+    unknown package): the package row's update time plus counts and latest update times of
+    its versions, artifacts and archives."""
+    package = session.execute(
+        sa.select(Package.id, Package.updated_at, Package.deleted).where(
+            Package.ecosystem == ecosystem, Package.name == name
+        )
+    ).first()
+    if package is None:
+        return None
+    aggregates = session.execute(
+        sa.select(
+            sa.func.count(Version.id),
+            sa.func.max(Version.updated_at),
+            sa.func.count(Artifact.id),
+            sa.func.max(Artifact.updated_at),
+            sa.func.count(Archive.id),
+            sa.func.max(Archive.updated_at),
+        )
+        .select_from(Version)
+        .outerjoin(Artifact, Artifact.version_id == Version.id)
+        .outerjoin(Archive, Archive.artifact_id == Artifact.id)
+        .where(Version.package_id == package.id)
+    ).one()
+    return (package.id, package.updated_at, package.deleted, *aggregates)
+
+
+def package_rows(session: Session, ecosystem: str, name: str) -> PackageRows | None:
+    """Everything a fallback listing of ``name`` needs, or ``None`` if the index lacks it."""
+    package = session.execute(
+        sa.select(Package).where(Package.ecosystem == ecosystem, Package.name == name)
+    ).scalar_one_or_none()
+    if package is None:
+        return None
+    versions = session.execute(
+        sa.select(
+            Version.number,
+            Version.published_at,
+            Version.yanked,
+            Version.deleted,
+            Version.deprecated,
+        ).where(Version.package_id == package.id)
+    ).all()
+    files = _files(session, _files_query().where(Package.id == package.id).order_by(Artifact.id))
+    return PackageRows(
+        ecosystem=ecosystem,
+        name=package.name,
+        display_name=package.display_name or package.name,
+        deleted=package.deleted,
+        extra=dict(package.extra or {}),
+        versions=tuple(VersionRow(*row) for row in versions),
+        files=tuple(files),
+    )
+
+
+def package_names(session: Session, ecosystem: str) -> list[str]:
+    """The names of the ecosystem's packages the registry has not deleted, sorted."""
+    return list(
+        session.execute(
+            sa.select(Package.name)
+            .where(Package.ecosystem == ecosystem, Package.deleted.is_(False))
+            .order_by(Package.name)
+        ).scalars()
+    )
+
+
+def load_verified(source: BlockSource, archived: ArchivedFile, spool: Spool) -> None:
+    """Read an archive into ``spool`` and check it against the upstream digests and size.
+
+    Raises ``ArchiveInvalid`` when a block is missing or corrupt, when the bytes differ from
+    any digest the registry published, or when no digest we can check exists.
+    """
+    byte_digests = {k: v for k, v in archived.digests.items() if k in HASHERS}
+    checks = {k: (FILE_CHECKS[k], v) for k, v in archived.digests.items() if k in FILE_CHECKS}
+    if not byte_digests and not checks:
+        raise ArchiveInvalid(archived.cid, "no upstream digest to verify the bytes against")
+    try:
+        verifier = DigestVerifier(f"archive:{archived.cid}", byte_digests, size=archived.size)
+        for chunk in read_file(source, parse_cid(archived.cid)):
+            verifier.update(chunk)
+            spool.write(chunk)
+        spool.finish()
+        verifier.finish()
+        for check, expected in checks.values():
+            with spool.open() as reader:
+                check(reader, expected, f"archive:{archived.cid}")
+    except (DigestMismatch, InvalidArchive, InvalidDigest) as exc:
+        raise ArchiveInvalid(archived.cid, f"fails its upstream digest: {exc}") from exc
+    except StorageError as exc:
+        raise ArchiveInvalid(archived.cid, f"cannot be read: {exc}") from exc
+
+
+class IndexArchive:
+    """The mirror's :class:`~indexers.mirror.registry.ArchiveIndex` over Forage's database and
+    blockstore: each read in a worker thread, in a short session of its own."""
+
+    def __init__(self, sessionmaker: sessionmaker[Session], blockstore: BlockSource) -> None:
+        self.sessionmaker = sessionmaker
+        self.blockstore = blockstore
+
+    async def _query(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        def run() -> T:
+            with self.sessionmaker() as session:
+                return fn(session, *args, **kwargs)
+
+        return await asyncio.to_thread(run)
+
+    async def package_stamp(self, ecosystem: str, name: str) -> tuple[Any, ...] | None:
+        return await self._query(package_stamp, ecosystem, name)
+
+    async def package_rows(self, ecosystem: str, name: str) -> PackageRows | None:
+        return await self._query(package_rows, ecosystem, name)
+
+    async def package_extra(self, ecosystem: str, name: str) -> dict[str, Any] | None:
+        return await self._query(package_extra, ecosystem, name)
+
+    async def package_hold(self, ecosystem: str, name: str) -> str | None:
+        return await self._query(package_hold, ecosystem, name)
+
+    async def package_names(self, ecosystem: str) -> list[str]:
+        return await self._query(package_names, ecosystem)
+
+    async def find_file(
+        self,
+        ecosystem: str,
+        *,
+        name: str | None = None,
+        filename: str | None = None,
+        version: str | None = None,
+        sha256: str | None = None,
+    ) -> ArchivedFile | None:
+        return await self._query(
+            find_file, ecosystem, name=name, filename=filename, version=version, sha256=sha256
+        )
+
+    async def load_verified(self, file: ArchivedFile, spool: Spool) -> None:
+        await asyncio.to_thread(load_verified, self.blockstore, file, spool)
+
+    def chunks(self, cid: str) -> Iterator[bytes]:
+        try:
+            yield from read_file(self.blockstore, parse_cid(cid))
+        except (StorageError, ValueError) as exc:
+            raise ArchiveInvalid(cid, f"cannot be read: {exc}") from exc
+
+
+__all__ = [
+    "IndexArchive",
+    "find_file",
+    "load_verified",
+    "package_extra",
+    "package_hold",
+    "package_names",
+    "package_rows",
+    "package_stamp",
+]

@@ -1,0 +1,167 @@
+"""What one ecosystem brings to Forage, declared once in its home package.
+
+Each registry Forage follows has one home, ``indexers/<purl type>/``, holding everything
+specific to it: the change feed and metadata mapping (its :class:`~indexers.base.Indexer`),
+its digests and whole-file checks, its mirror protocol, its lockfile formats, its name and
+purl rules and its loopback fake. The home's ``__init__`` builds one :class:`Ecosystem`
+value that says where each of those is; :mod:`indexers.ecosystems` lists the homes, and
+everything shared (configuration, the job pipeline, lookups, the mirror's fallback rules,
+the conformance suite in ``tests/ecosystems/``) works from that list alone.
+
+Adding an ecosystem is: a new home package, and its line in :mod:`indexers.ecosystems`.
+The README's "Adding an ecosystem" section is the recipe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+import httpx
+
+from indexers.base import Indexer
+from indexers.types import LockEntry
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from indexers.mirror.registry import MirrorContext
+
+#: A whole-file check for a digest no hash function computes (Go's ``h1:`` over a module zip):
+#: ``check(reader, expected, url)`` returns the digest it computed, or raises ``DigestMismatch``
+#: or ``InvalidArchive``.
+FileCheck = Callable[[IO[bytes], str, str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One upstream URL a configured registry needs (``[registries.<name>].<key>``)."""
+
+    key: str
+    doc: str
+
+
+@dataclass(frozen=True, slots=True)
+class LockfileFormat:
+    """A lockfile or manifest format naming one ecosystem's packages.
+
+    A document whose file name is one of ``filenames`` is of this format; otherwise
+    ``detect(basename, text)`` decides from its content. ``read(text)`` yields one entry per
+    dependency, raising :class:`~indexers.errors.LockfileError` for a document it cannot read
+    at all. ``json`` marks formats that are JSON documents (named in the error for JSON that
+    no format recognizes).
+    """
+
+    name: str
+    detect: Callable[[str, str], bool]
+    read: Callable[[str], Iterator[LockEntry]]
+    filenames: tuple[str, ...] = ()
+    json: bool = False
+
+
+class MirrorRoutes(Protocol):
+    """An ecosystem's mirror protocol: aiohttp routes over the shared mirror machinery."""
+
+    #: Where the routes live (``/npm/``, ``/pypi/simple/``, ...), for documentation and tests.
+    prefix: str
+
+    def __init__(self, mirror: MirrorContext) -> None: ...
+
+    def setup(self, app: web.Application) -> None:
+        """Add the routes to ``app``."""
+
+    @staticmethod
+    def listing_path(name: str) -> str:
+        """The path a client asks for the listing of ``name`` (packument, simple page...)."""
+
+    @staticmethod
+    def file_path(name: str, version: str, filename: str, digests: Mapping[str, str]) -> str:
+        """The path a client downloads one file of a release at."""
+
+
+class FakeRegistry(Protocol):
+    """A loopback registry of one ecosystem that speaks its real wire format.
+
+    The demo, the tests and the conformance suite drive every ecosystem's fake through this
+    one surface; each fake keeps its own richer methods for its own tests.
+    """
+
+    #: Names as a user might write them, with the registry's canonical spelling.
+    NAME_EXAMPLES: Sequence[tuple[str, str]]
+    #: Names the registry refuses.
+    INVALID_NAMES: Sequence[str]
+    #: Two release numbers in the registry's own spelling, older first.
+    SAMPLE_VERSIONS: Sequence[str]
+
+    def make_app(self) -> web.Application:
+        """The aiohttp application serving every endpoint of the registry."""
+
+    def config_endpoints(self, url: str) -> dict[str, str]:
+        """The ``[registries.<name>]`` endpoint values for the app served at ``url``."""
+
+    def publish_release(self, name: str, version: str) -> None:
+        """Publish a release of ``name`` with one small file (the feed announces it)."""
+
+    def tamper_release(self, name: str, version: str) -> None:
+        """Serve other bytes for the release's file than its published digests promise."""
+
+    def release_file(self, name: str, version: str) -> tuple[str, bytes]:
+        """The published file of a release: its file name and bytes."""
+
+    def lockfile(self, releases: Sequence[tuple[str, str]]) -> tuple[str, bytes]:
+        """A lockfile in this ecosystem's main format naming ``releases``: (file name, bytes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ecosystem:
+    """One registry's registration: see the module docstring.
+
+    ``name`` is the purl type, Forage's identifier for the ecosystem; ``aliases`` are other
+    spellings accepted wherever an ecosystem is named (the 2021 Forage platform names
+    included). ``build_indexer(client, endpoints)`` makes the indexer from the configured
+    endpoint URLs; ``mirror_endpoint`` is the endpoint the mirror's upstream requests go to.
+    ``mirror`` and ``fake`` load their modules on first use, so a process that only looks
+    keys up imports no server code. ``rescan_window`` is how many feed positions a watcher
+    re-reads behind its cursor (feeds whose entries may land late); ``unlisted_versions``
+    marks registries that serve versions they never list (Go pseudo-versions), so imports
+    carry the asked-for version.
+    """
+
+    name: str
+    title: str
+    aliases: tuple[str, ...]
+    indexer: type[Indexer[Any]]
+    endpoints: tuple[Endpoint, ...]
+    build_indexer: Callable[[httpx.AsyncClient, Mapping[str, str]], Indexer[Any]]
+    mirror_endpoint: str
+    mirror: Callable[[], type[MirrorRoutes]]
+    fake: Callable[[], FakeRegistry]
+    lockfiles: tuple[LockfileFormat, ...] = ()
+    file_checks: Mapping[str, FileCheck] = field(default_factory=dict)
+    rescan_window: int = 0
+    unlisted_versions: bool = False
+
+    @property
+    def default_interval(self) -> timedelta:
+        """How often a watcher polls the feed unless configured otherwise."""
+        return self.indexer.default_interval
+
+    @property
+    def endpoint_keys(self) -> tuple[str, ...]:
+        return tuple(e.key for e in self.endpoints)
+
+    def normalize_name(self, name: str) -> str:
+        """The registry's canonical spelling of ``name``; ``InvalidName`` if it is not one."""
+        return self.indexer.normalize_name(name)
+
+
+__all__ = [
+    "Ecosystem",
+    "Endpoint",
+    "FakeRegistry",
+    "FileCheck",
+    "LockfileFormat",
+    "MirrorRoutes",
+]

@@ -1,0 +1,270 @@
+"""The GOPROXY protocol under ``/go/``: ``@v/list``, ``.info``, ``.mod``, ``.zip``, ``@latest``.
+
+Spec: https://go.dev/ref/mod#goproxy-protocol. Paths and versions arrive case-encoded (``!a``
+for ``A``; the go command sends ``!`` as ``%21``) and are decoded and checked by
+:mod:`indexers.golang.gomod` before anything else sees them. Every "not here" answer is a 404 or 410
+with a ``text/plain`` body, never a 5xx: with ``GOPROXY=forage,next`` the go command moves on
+to the next proxy only on 404/410 (``research/registries.md`` §3.4).
+
+Upstream first (``registries.golang.proxy_url``). Zips are checked against the checksum
+database's ``h1:`` the index holds and ``.mod`` files against the go.mod ``h1:`` when it is
+known (``Package.extra["go_mod_h1"]``). When the upstream fails, answers come from the index
+and the archived zip: ``list`` names archived tagged versions the registry has not removed,
+``.info`` carries the recorded time, ``.mod`` is the ``go.mod`` inside the verified zip (or
+the synthetic ``module <path>`` a module without one gets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from indexers.errors import ArchiveInvalid, InvalidName, UpstreamFailed
+from indexers.golang.gomod import (
+    check_version,
+    escape_path,
+    escape_version,
+    gomod_h1,
+    is_prerelease,
+    is_pseudo_version,
+    sort_versions,
+    unescape_path,
+    unescape_version,
+)
+from indexers.mirror.registry import MirrorContext, source_headers, verified_algorithms
+from indexers.mirror.rows import ArchivedFile, PackageRows, hold_reason
+from indexers.mirror.spool import Spool, send_spool
+from indexers.mirror.upstream import Answer
+
+ECOSYSTEM = "golang"
+PREFIX = "/go/"
+TEXT = "text/plain"
+_FILE = re.compile(r"(.+)\.(info|mod|zip)")
+
+
+def go_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    """A proxy-style error: 404/410 with a one-line ``text/plain`` body."""
+    return web.Response(
+        status=status, text=message.rstrip("\n") + "\n", content_type=TEXT, headers=headers
+    )
+
+
+def info_json(version: str, file: ArchivedFile | None) -> bytes:
+    """An ``.info`` document (``Time`` in RFC 3339 when the index knows it)."""
+    document: dict[str, str] = {"Version": version}
+    when = (file.published_at or file.uploaded_at) if file is not None else None
+    if when is not None:
+        document["Time"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return json.dumps(document).encode()
+
+
+def listed_versions(rows: PackageRows) -> list[str]:
+    """Archived versions a fallback ``list`` shows: tagged, not removed, semver order."""
+    versions = {f.version for f in rows.listed_files() if not is_pseudo_version(f.version)}
+    return sort_versions(versions)
+
+
+def latest_version(rows: PackageRows) -> str | None:
+    """The go command's ``@latest`` among what is archived: the highest release, else the
+    highest pre-release or pseudo-version."""
+    listed = listed_versions(rows)
+    releases = [v for v in listed if not is_prerelease(v)]
+    if releases:
+        return releases[-1]
+    every = sort_versions({f.version for f in rows.listed_files()})
+    return every[-1] if every else None
+
+
+def go_mod_of(spool: Spool, path: str, version: str) -> bytes:
+    """The ``go.mod`` inside a (verified) module zip, or the synthetic one."""
+    with spool.open() as reader, zipfile.ZipFile(reader) as archive:
+        try:
+            return archive.read(f"{path}@{version}/go.mod")
+        except KeyError:
+            return f"module {path}\n".encode()
+
+
+class GoRoutes:
+    """The handlers, bound to the application's :class:`MirrorContext`."""
+
+    prefix = PREFIX
+
+    def __init__(self, mirror: MirrorContext) -> None:
+        self.mirror = mirror
+        self.registry = mirror.registries[ECOSYSTEM]
+
+    def setup(self, app: web.Application) -> None:
+        app.router.add_get(PREFIX + "{tail:.+}", self.dispatch)
+
+    @staticmethod
+    def listing_path(name: str) -> str:
+        return f"{PREFIX}{escape_path(name)}/@v/list"
+
+    @staticmethod
+    def file_path(name: str, version: str, filename: str, digests: Mapping[str, str]) -> str:
+        return f"{PREFIX}{escape_path(name)}/@v/{escape_version(version)}.zip"
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        tail = request.path[len(PREFIX) :]
+        if tail.endswith("/@latest"):
+            escaped, what = tail.removesuffix("/@latest"), "@latest"
+        elif "/@v/" in tail:
+            escaped, what = tail.split("/@v/", 1)
+        else:
+            return go_error(404, f"not found: {tail[:200]}")
+        try:
+            path = unescape_path(escaped)
+            if what in ("list", "@latest"):
+                return await self.listing(request, path, what)
+            match = _FILE.fullmatch(what)
+            if match is None:
+                return go_error(404, f"not found: unknown request {what[:100]!r}")
+            version = check_version(unescape_version(match.group(1)), path=path)
+        except InvalidName as exc:
+            return go_error(404, f"not found: {exc}")
+        return await self.version_file(request, path, version, match.group(2))
+
+    def _url(self, path: str, suffix: str) -> str:
+        return f"{self.registry.base_url}/{escape_path(path)}/{suffix}"
+
+    async def _rows(self, path: str) -> PackageRows | None:
+        rows = await self.mirror.archive.package_rows(ECOSYSTEM, path)
+        return None if rows is None or rows.hold is not None else rows
+
+    # -- list and @latest ---------------------------------------------------------------------
+
+    async def listing(self, request: web.Request, path: str, what: str) -> web.StreamResponse:
+        url = self._url(path, "@v/list" if what == "list" else "@latest")
+        try:
+            answer, _ = await self.registry.document(url)
+            return self._pass(answer, "application/json" if what == "@latest" else TEXT)
+        except UpstreamFailed as exc:
+            error = exc
+        headers = source_headers("archive", error=error)
+        rows = await self._rows(path)
+        if rows is None:
+            return go_error(404, f"not found: {path} is not archived", headers)
+        if what == "list":
+            versions = listed_versions(rows)
+            if not versions:
+                return go_error(404, f"not found: no archived versions of {path}", headers)
+            body = "".join(f"{v}\n" for v in versions)
+            return web.Response(text=body, content_type=TEXT, headers=headers)
+        latest = latest_version(rows)
+        if latest is None:
+            return go_error(404, f"not found: no archived versions of {path}", headers)
+        file = next(f for f in rows.listed_files() if f.version == latest)
+        return web.Response(
+            body=info_json(latest, file), content_type="application/json", headers=headers
+        )
+
+    def _pass(self, answer: Answer, content_type: str) -> web.Response:
+        headers = source_headers("upstream")
+        if answer.absent:
+            text = answer.body.decode("utf-8", "replace")[:500] or "not found"
+            return go_error(answer.status, text, headers)
+        return web.Response(body=answer.body, content_type=content_type, headers=headers)
+
+    # -- .info, .mod, .zip ----------------------------------------------------------------------
+
+    async def version_file(
+        self, request: web.Request, path: str, version: str, kind: str
+    ) -> web.StreamResponse:
+        extra = await self.mirror.archive.package_extra(ECOSYSTEM, path)
+        hold = hold_reason(extra or {})
+        if hold is not None:
+            return go_error(410, f"not found: {path} is not served: {hold}")
+        archived = await self.mirror.archive.find_file(ECOSYSTEM, name=path, version=version)
+        suffix = f"@v/{escape_version(version)}.{kind}"
+        url = self._url(path, suffix)
+        mod_h1 = ((extra or {}).get("go_mod_h1") or {}).get(version)
+        error: UpstreamFailed | None = None
+        try:
+            if kind == "zip":
+                digests = (
+                    {"h1": archived.digests["h1"]} if archived and "h1" in archived.digests else {}
+                )
+                fetched = await self.registry.file(url, digests)
+                if fetched.spool is not None:
+                    headers = source_headers("upstream", verified=fetched.verified)
+                    return await send_spool(
+                        request, fetched.spool, content_type="application/zip", headers=headers
+                    )
+                absent = fetched.answer
+            else:
+                answer, _ = await self.registry.document(url)
+                if not answer.absent:
+                    if kind == "mod" and mod_h1 and gomod_h1(answer.body) != mod_h1:
+                        raise UpstreamFailed(
+                            url, "digest", f"go.mod hashes to {gomod_h1(answer.body)}, not {mod_h1}"
+                        )
+                    content_type = "application/json" if kind == "info" else TEXT
+                    return self._pass(answer, content_type)
+                absent = answer
+            if archived is None:
+                return self._pass(absent, TEXT)
+            return await self.from_archive(request, archived, kind, path, removed=True)
+        except UpstreamFailed as exc:
+            error = exc
+        if archived is None:
+            return go_error(
+                404,
+                f"not found: {path}@{version} is not archived",
+                source_headers("archive", error=error),
+            )
+        return await self.from_archive(
+            request, archived, kind, path, removed=archived.removed, error=error, mod_h1=mod_h1
+        )
+
+    async def from_archive(
+        self,
+        request: web.Request,
+        archived: ArchivedFile,
+        kind: str,
+        path: str,
+        *,
+        removed: bool,
+        error: UpstreamFailed | None = None,
+        mod_h1: str | None = None,
+    ) -> web.StreamResponse:
+        source = "archive-removed" if removed else "archive"
+        if kind == "info":
+            return web.Response(
+                body=info_json(archived.version, archived),
+                content_type="application/json",
+                headers=source_headers(source, error=error),
+            )
+        try:
+            spool = await self.registry.archived(archived)
+        except ArchiveInvalid as exc:
+            return go_error(
+                404,
+                f"not found: archived copy failed verification: {exc.reason}",
+                source_headers("archive", error=error),
+            )
+        verified = verified_algorithms(archived.digests)
+        if kind == "zip":
+            headers = source_headers(source, error=error, verified=verified)
+            return await send_spool(request, spool, content_type="application/zip", headers=headers)
+        go_mod = await asyncio.to_thread(go_mod_of, spool, path, archived.version)
+        if mod_h1 and gomod_h1(go_mod) != mod_h1:
+            return go_error(
+                404,
+                "not found: archived go.mod fails its checksum",
+                source_headers("archive", error=error),
+            )
+        checks: Any = (*verified, "go.mod h1") if mod_h1 else verified
+        return web.Response(
+            body=go_mod,
+            content_type=TEXT,
+            headers=source_headers(source, error=error, verified=tuple(checks)),
+        )
+
+
+__all__ = ["GoRoutes", "go_mod_of", "info_json", "latest_version", "listed_versions"]

@@ -1,0 +1,331 @@
+"""The mirror's shared machinery: a :class:`RegistryMirror` per ecosystem in one
+:class:`MirrorContext`, the part every ecosystem's mirror protocol builds on.
+
+A registry mirror asks its upstream first and falls back to the archive (issue 7, "Fallback
+rules"). Metadata documents are fetched whole under the total deadline, cached
+(:class:`~indexers.mirror.upstream.MetadataCache`) and shared between concurrent requests
+(single flight). Files are streamed from the upstream into a spool while hashed against the
+registry's digests (and any whole-file check the ecosystem registers, such as Go's ``h1:``)
+and only served once they pass; a digest mismatch counts as an upstream failure. Archived
+files are read and re-verified the same way by the :class:`ArchiveIndex` the application
+provides. Each response carries:
+
+- ``Forage-Source``: ``upstream``, ``archive`` or ``archive-removed`` (an exact request for a
+  file of a release the registry removed);
+- ``Forage-Upstream-Error``: why the upstream was not used, when it was not;
+- ``Forage-Verified``: the digest algorithms a served file was checked against.
+
+What the mirror needs from the application is two small Protocols: :class:`MirrorSettings`
+(deadlines, cache sizes) and :class:`ArchiveIndex` (the index's rows and the archive's verified
+bytes); ``forage`` implements both over its configuration, database and blockstore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from indexers.base import redact
+from indexers.digests import HASHERS, DigestVerifier
+from indexers.ecosystem import FileCheck
+from indexers.errors import DigestMismatch, InvalidArchive, UpstreamFailed
+from indexers.mirror.rows import ArchivedFile, PackageRows
+from indexers.mirror.spool import Spool
+from indexers.mirror.upstream import Answer, MetadataCache, SingleFlight, Upstream
+
+
+class MirrorSettings(Protocol):
+    """The mirror's settings (``forage``'s ``[mirror]`` table is one)."""
+
+    @property
+    def offline(self) -> bool: ...
+    @property
+    def connect_timeout(self) -> float: ...
+    @property
+    def first_byte_timeout(self) -> float: ...
+    @property
+    def deadline(self) -> float: ...
+    @property
+    def min_rate(self) -> float: ...
+    @property
+    def rate_grace(self) -> float: ...
+    @property
+    def down_seconds(self) -> float: ...
+    @property
+    def metadata_ttl(self) -> float: ...
+    @property
+    def negative_ttl(self) -> float: ...
+    @property
+    def cache_entries(self) -> int: ...
+    @property
+    def spool_memory(self) -> int: ...
+    @property
+    def public_url(self) -> str | None: ...
+
+
+class ArchiveIndex(Protocol):
+    """What the mirror reads from the archive; the application implements it.
+
+    Every method runs its own short read (off the event loop). ``load_verified`` and ``chunks``
+    raise :class:`~indexers.errors.ArchiveInvalid` for bytes that are missing, damaged or fail
+    their upstream digests: such bytes are never served.
+    """
+
+    async def package_stamp(self, ecosystem: str, name: str) -> Hashable | None:
+        """A value that changes whenever a listing of ``name`` may (``None``: unknown)."""
+
+    async def package_rows(self, ecosystem: str, name: str) -> PackageRows | None:
+        """Everything a fallback listing of ``name`` needs (``None``: unknown package)."""
+
+    async def package_extra(self, ecosystem: str, name: str) -> dict[str, Any] | None:
+        """The registry metadata the index keeps for ``name`` (``None``: unknown package)."""
+
+    async def package_hold(self, ecosystem: str, name: str) -> str | None:
+        """Why ``name`` must never be served (``None``: no hold, or unknown)."""
+
+    async def package_names(self, ecosystem: str) -> list[str]:
+        """The ecosystem's packages the registry has not deleted, sorted."""
+
+    async def find_file(
+        self,
+        ecosystem: str,
+        *,
+        name: str | None = None,
+        filename: str | None = None,
+        version: str | None = None,
+        sha256: str | None = None,
+    ) -> ArchivedFile | None:
+        """The archived file matching every filter given, or ``None``."""
+
+    async def load_verified(self, file: ArchivedFile, spool: Spool) -> None:
+        """Read ``file``'s archived bytes into ``spool``, checked against its digests."""
+
+    def chunks(self, cid: str) -> Iterator[bytes]:
+        """The archived bytes of ``cid``, each block checked against its CID (blocking)."""
+
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SOURCE = "Forage-Source"
+UPSTREAM_ERROR = "Forage-Upstream-Error"
+VERIFIED = "Forage-Verified"
+
+#: Largest metadata document read from an upstream (npm packuments reach tens of MB).
+MAX_DOCUMENT_SIZE = 256 * 1024**2
+#: How many upstream file locations (learnt from upstream documents) are remembered.
+MAX_FILE_REFS = 200_000
+#: Seconds a listing's index stamp is reused: a listing may lag the index by this much.
+RECENT_TTL = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class FileRef:
+    """Where the upstream serves a file and the digests its document published for it."""
+
+    url: str
+    digests: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A file answer from the upstream: verified bytes in ``spool``, or an absent answer."""
+
+    answer: Answer
+    spool: Spool | None
+    verified: tuple[str, ...] = ()
+
+
+def source_headers(
+    source: str, *, error: UpstreamFailed | None = None, verified: tuple[str, ...] | None = None
+) -> dict[str, str]:
+    """The headers that say who answered (see the module docstring)."""
+    headers = {SOURCE: source}
+    if error is not None:
+        headers[UPSTREAM_ERROR] = f"{error.kind}: {error.reason}"[:300]
+    if verified is not None:
+        headers[VERIFIED] = ",".join(verified) or "none"
+    return headers
+
+
+def verified_algorithms(digests: Mapping[str, str]) -> tuple[str, ...]:
+    """The algorithms of ``digests`` a served file is checked against, strongest first."""
+    order = ("sha512", "sha384", "sha256", "blake2b_256", "sha1", "md5", "h1")
+    return tuple(name for name in order if name in digests)
+
+
+class RegistryMirror:
+    """One ecosystem's upstream (``None`` when offline or unconfigured) and caches."""
+
+    def __init__(
+        self,
+        ecosystem: str,
+        *,
+        upstream: Upstream | None,
+        base_url: str | None,
+        settings: MirrorSettings,
+        archive: ArchiveIndex,
+        file_checks: Mapping[str, FileCheck] | None = None,
+        spool_dir: Path | None = None,
+    ) -> None:
+        self.ecosystem = ecosystem
+        self.upstream = upstream
+        self.archive = archive
+        self.file_checks = dict(file_checks or {})
+        self.base_url = base_url.rstrip("/") if base_url else None
+        self.settings = settings
+        self.spool_dir = spool_dir
+        self.documents: MetadataCache[Answer] = MetadataCache(
+            ttl=settings.metadata_ttl,
+            negative_ttl=settings.negative_ttl,
+            max_entries=settings.cache_entries,
+        )
+        #: Rendered bodies, keyed by everything they depend on (never stale by time).
+        self.rendered: MetadataCache[bytes] = MetadataCache(
+            ttl=math.inf, negative_ttl=0, max_entries=settings.cache_entries
+        )
+        #: Upstream file locations and digests learnt from upstream documents.
+        self.refs: MetadataCache[FileRef] = MetadataCache(
+            ttl=math.inf, negative_ttl=0, max_entries=MAX_FILE_REFS
+        )
+        #: Values derived from immutable archived bytes (npm manifests), keyed by CID.
+        self.derived: MetadataCache[Any] = MetadataCache(
+            ttl=math.inf, negative_ttl=0, max_entries=max(settings.cache_entries, 20_000)
+        )
+        #: Short-lived answers from the index (listing stamps), so a burst of requests for
+        #: one listing makes one query a second, not one each.
+        self.recent: MetadataCache[Any] = MetadataCache(
+            ttl=RECENT_TTL, negative_ttl=RECENT_TTL, max_entries=settings.cache_entries
+        )
+        self.flights: SingleFlight[Any] = SingleFlight()
+
+    async def remembered(self, key: Hashable, factory: Callable[[], Awaitable[T]]) -> T:
+        """``await factory()``, reused for :data:`RECENT_TTL` seconds and shared in flight."""
+        cached = self.recent.fresh(key)
+        if cached is not None:
+            value: T = cached.value
+            return value
+
+        async def load() -> T:
+            result = await factory()
+            self.recent.put(key, result)
+            return result
+
+        loaded: T = await self.flights.run(("recent", key), load)
+        return loaded
+
+    def new_spool(self) -> Spool:
+        return Spool(memory=self.settings.spool_memory, directory=self.spool_dir)
+
+    def offline_error(self, url: str) -> UpstreamFailed:
+        return UpstreamFailed(redact(url), "offline", "no upstream configured (archive only)")
+
+    async def document(
+        self, url: str, *, headers: Mapping[str, str] | None = None
+    ) -> tuple[Answer, bool]:
+        """The upstream's answer for ``url`` and whether it came from the cache.
+
+        Raises ``UpstreamFailed`` when the upstream cannot answer (or there is none).
+        """
+        if self.upstream is None:
+            raise self.offline_error(url)
+        cached = self.documents.fresh(url)
+        if cached is not None:
+            return cached.value, True
+        upstream = self.upstream
+
+        async def fetch() -> Answer:
+            answer = await upstream.fetch(url, headers=headers, max_size=MAX_DOCUMENT_SIZE)
+            if answer.status == 200 or answer.absent:
+                self.documents.put(url, answer, negative=answer.absent)
+            return answer
+
+        return await self.flights.run(("document", url), fetch), False
+
+    async def file(self, url: str, digests: Mapping[str, str]) -> Fetched:
+        """Download ``url`` into a spool and check it against ``digests`` (single flight).
+
+        Raises ``UpstreamFailed`` (``kind="digest"`` for bytes that do not match).
+        """
+        if self.upstream is None:
+            raise self.offline_error(url)
+        upstream = self.upstream
+        byte_digests = {k: v for k, v in digests.items() if k in HASHERS}
+
+        async def fetch() -> Fetched:
+            spool = self.new_spool()
+            verifier = DigestVerifier(redact(url), byte_digests)
+
+            def sink(chunk: bytes) -> None:
+                verifier.update(chunk)
+                spool.write(chunk)
+
+            answer = await upstream.download(url, sink, headers={"accept-encoding": "identity"})
+            if answer.absent:
+                return Fetched(answer, None)
+            spool.finish()
+            try:
+                check = verifier.finish()
+                verified = list(check.verified)
+                for algorithm, expected in digests.items():
+                    checker = self.file_checks.get(algorithm)
+                    if checker is not None:
+                        await asyncio.to_thread(_check_file, checker, spool, expected, url)
+                        verified.append(algorithm)
+            except (DigestMismatch, InvalidArchive) as exc:
+                log.warning("upstream %s served bytes that fail their digest: %s", url, exc)
+                raise UpstreamFailed(redact(url), "digest", str(exc)) from exc
+            return Fetched(answer, spool, tuple(verified))
+
+        result: Fetched = await self.flights.run(("file", url), fetch)
+        return result
+
+    async def archived(self, file: ArchivedFile) -> Spool:
+        """The archive's bytes of ``file``, re-verified (``ArchiveInvalid`` otherwise)."""
+
+        async def load() -> Spool:
+            spool = self.new_spool()
+            await self.archive.load_verified(file, spool)
+            return spool
+
+        result: Spool = await self.flights.run(("archive", file.cid, file.artifact_id), load)
+        return result
+
+
+def _check_file(check: FileCheck, spool: Spool, expected: str, url: str) -> None:
+    with spool.open() as reader:
+        check(reader, expected, redact(url))
+
+
+@dataclass
+class MirrorContext:
+    """Everything an ecosystem's mirror routes share: settings, the archive, the registries."""
+
+    settings: MirrorSettings
+    archive: ArchiveIndex
+    registries: dict[str, RegistryMirror] = field(default_factory=dict)
+
+    def public_base(self, origin: str) -> str:
+        """The URL prefix clients reach Forage at (``mirror.public_url`` or the request's)."""
+        return (self.settings.public_url or origin).rstrip("/")
+
+
+__all__ = [
+    "SOURCE",
+    "UPSTREAM_ERROR",
+    "VERIFIED",
+    "ArchiveIndex",
+    "Fetched",
+    "FileRef",
+    "MirrorContext",
+    "MirrorSettings",
+    "RegistryMirror",
+    "source_headers",
+    "verified_algorithms",
+]

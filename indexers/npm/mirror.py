@@ -1,0 +1,433 @@
+"""The npm registry protocol under ``/npm/``: packuments (full and abbreviated) and tarballs.
+
+What npm asks (``npm/pacote:lib/registry.js``, observed with npm 11, see
+``research/registries.md`` §1.3): ``GET <registry>/<name>`` with ``@scope%2fname`` for scoped
+names, ``Accept: application/json`` for the full packument (npm 11's tree builder always
+asks for it) or ``application/vnd.npm.install-v1+json`` for the abbreviated "corgi" document
+(``npm/registry:docs/responses/package-metadata.md``); then each tarball at exactly its
+``dist.tarball``. Every ``dist.tarball`` is rewritten to ``<forage>/npm/<name>/-/<file>``,
+so tarballs come through Forage whatever the client; ``dist.integrity``, ``shasum`` and
+``signatures`` are kept (the signatures sign ``name@version:integrity``, not the URL).
+
+Upstream first: the full packument is fetched (and cached), and the abbreviated form derived
+from it here. When the upstream fails, the packument is rebuilt from the index: archived
+versions the registry has not removed, each version document read from its archived
+tarball's ``package.json`` (dependencies, bin, engines) with ``dist`` from the index's digests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+from aiohttp import web
+
+from indexers.digests import parse_sri, to_sri
+from indexers.errors import ArchiveInvalid, InvalidDigest, InvalidName, UpstreamFailed
+from indexers.mirror.registry import (
+    FileRef,
+    MirrorContext,
+    RegistryMirror,
+    source_headers,
+    verified_algorithms,
+)
+from indexers.mirror.rows import ArchivedFile, PackageRows
+from indexers.mirror.spool import send_spool
+from indexers.npm.indexer import escape_name, validate_name
+from indexers.npm.manifest import npm_manifest
+
+log = logging.getLogger(__name__)
+
+ECOSYSTEM = "npm"
+PREFIX = "/npm"
+CORGI = "application/vnd.npm.install-v1+json"
+JSON = "application/json"
+TARBALL = "application/octet-stream"
+
+#: Version fields the abbreviated document keeps (npm/registry package-metadata.md).
+CORGI_FIELDS = (
+    "name",
+    "version",
+    "deprecated",
+    "dependencies",
+    "optionalDependencies",
+    "devDependencies",
+    "bundleDependencies",
+    "peerDependencies",
+    "peerDependenciesMeta",
+    "bin",
+    "directories",
+    "dist",
+    "engines",
+    "cpu",
+    "os",
+    "funding",
+    "license",
+    "_hasShrinkwrap",
+    "hasInstallScript",
+)
+#: Longest tarball file name accepted in a request.
+MAX_FILENAME = 255
+_FILENAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._~+-")
+
+
+def not_found(message: str = "Not found", **headers: str) -> web.Response:
+    """The registry's own 404 body."""
+    return web.json_response({"error": message}, status=404, headers=headers)
+
+
+def bad_request(message: str) -> web.Response:
+    return web.json_response({"error": message}, status=400)
+
+
+def check_filename(filename: str) -> str:
+    """Return a tarball file name if it is plain (no path, no dot-dot, URL-safe), else raise."""
+    if not filename or len(filename) > MAX_FILENAME:
+        raise InvalidName(ECOSYSTEM, filename, "tarball name empty or too long")
+    if filename.startswith(".") or ".." in filename or not set(filename) <= _FILENAME_CHARS:
+        raise InvalidName(ECOSYSTEM, filename, "not a plain tarball file name")
+    return filename
+
+
+def wants_corgi(request: web.Request) -> bool:
+    """Whether the client asked for the abbreviated document (pacote's corgi Accept)."""
+    return CORGI in request.headers.get("Accept", "")
+
+
+def tarball_url(base: str, name: str, filename: str) -> str:
+    return f"{base}{PREFIX}/{name}/-/{quote(filename)}"
+
+
+def abbreviate(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The corgi form of a full packument: install fields only, no ``time``."""
+    versions = doc.get("versions") or {}
+    times = doc.get("time") or {}
+    return {
+        "name": doc.get("name"),
+        "modified": times.get("modified") if isinstance(times, dict) else None,
+        "dist-tags": doc.get("dist-tags") or {},
+        "versions": {
+            version: {key: manifest[key] for key in CORGI_FIELDS if key in manifest}
+            for version, manifest in versions.items()
+            if isinstance(manifest, dict)
+        },
+    }
+
+
+def rewrite_packument(
+    doc: dict[str, Any], *, name: str, base: str, refs: RegistryMirror
+) -> dict[str, Any]:
+    """Point every ``dist.tarball`` at Forage, remembering the upstream URL and digests."""
+    for manifest in (doc.get("versions") or {}).values():
+        dist = manifest.get("dist") if isinstance(manifest, dict) else None
+        tarball = dist.get("tarball") if isinstance(dist, dict) else None
+        if not isinstance(tarball, str) or not tarball:
+            continue
+        filename = unquote(urlsplit(tarball).path.rsplit("/", 1)[-1])
+        digests: dict[str, str] = {}
+        try:
+            if isinstance(dist.get("integrity"), str):
+                digests.update(parse_sri(dist["integrity"]))
+            if isinstance(dist.get("shasum"), str):
+                digests.setdefault("sha1", dist["shasum"].lower())
+        except InvalidDigest as exc:
+            log.warning("npm %s: ignoring a malformed digest: %s", name, exc)
+        refs.refs.put((name, filename), FileRef(tarball, digests))
+        dist["tarball"] = tarball_url(base, name, filename)
+    return doc
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _is_prerelease(version: str) -> bool:
+    return "-" in version.split("+", 1)[0]
+
+
+def fallback_packument(
+    rows: PackageRows, manifests: Mapping[str, dict[str, Any]], *, base: str
+) -> dict[str, Any] | None:
+    """Rebuild a full packument from the index and archived manifests (``None``: nothing)."""
+    versions: dict[str, Any] = {}
+    times: dict[str, str] = {}
+    by_number = {v.number: v for v in rows.versions}
+    for file in sorted(rows.listed_files(), key=lambda f: (f.published_at is None, f.version)):
+        manifest = dict(manifests.get(file.cid) or {})
+        row = by_number.get(file.version)
+        dist: dict[str, Any] = {"tarball": tarball_url(base, rows.name, file.filename)}
+        with contextlib.suppress(InvalidDigest):
+            dist["integrity"] = to_sri(file.digests)
+        if "sha1" in file.digests:
+            dist["shasum"] = file.digests["sha1"]
+        manifest.update(name=rows.name, version=file.version, dist=dist)
+        manifest["_id"] = f"{rows.name}@{file.version}"
+        if row is not None and row.deprecated:
+            manifest["deprecated"] = row.deprecated
+        versions[file.version] = manifest
+        stamp = _iso(file.published_at)
+        if stamp:
+            times[file.version] = stamp
+    if not versions:
+        return None
+    tags = {
+        tag: version
+        for tag, version in dict(rows.extra.get("dist_tags") or {}).items()
+        if isinstance(version, str) and version in versions
+    }
+    if "latest" not in tags:
+        releases = [v for v in versions if not _is_prerelease(v)] or list(versions)
+        tags["latest"] = max(releases, key=lambda v: (times.get(v, ""), v))
+    stamps = sorted(times.values())
+    if stamps:
+        times = {"created": stamps[0], "modified": stamps[-1], **times}
+    return {
+        "_id": rows.name,
+        "name": rows.display_name or rows.name,
+        "dist-tags": tags,
+        "versions": versions,
+        "time": times,
+    }
+
+
+def _dumps(document: Any) -> bytes:
+    return json.dumps(document).encode()
+
+
+class NpmRoutes:
+    """The handlers, bound to the application's :class:`MirrorContext`."""
+
+    prefix = PREFIX + "/"
+
+    def __init__(self, mirror: MirrorContext) -> None:
+        self.mirror = mirror
+        self.registry = mirror.registries[ECOSYSTEM]
+
+    def setup(self, app: web.Application) -> None:
+        app.router.add_get(PREFIX + "/{tail:.*}", self.dispatch)
+
+    @staticmethod
+    def listing_path(name: str) -> str:
+        return f"{PREFIX}/{escape_name(name)}"
+
+    @staticmethod
+    def file_path(name: str, version: str, filename: str, digests: Mapping[str, str]) -> str:
+        return f"{PREFIX}/{name}/-/{quote(filename)}"
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        tail = request.path[len(PREFIX) + 1 :]
+        if tail.startswith("-/") or not tail:
+            return not_found()
+        if "/-/" in tail:
+            name, _, filename = tail.partition("/-/")
+            try:
+                return await self.tarball(request, validate_name(name), check_filename(filename))
+            except InvalidName as exc:
+                return bad_request(str(exc))
+        try:
+            name = validate_name(tail)
+        except InvalidName as exc:
+            version = None
+            head, _, last = tail.rpartition("/")
+            try:
+                name, version = validate_name(head), last
+            except InvalidName:
+                return bad_request(str(exc))
+            return await self.version_document(request, name, version)
+        return await self.packument(request, name)
+
+    # -- packuments -------------------------------------------------------------------------
+
+    def _upstream_url(self, name: str) -> str:
+        return f"{self.registry.base_url}/{escape_name(name)}"
+
+    async def upstream_doc(self, name: str, base: str) -> dict[str, Any] | None:
+        """The upstream's packument with Forage tarball URLs (``None``: the registry's 404).
+
+        Raises ``UpstreamFailed`` when the upstream cannot answer with a JSON object.
+        """
+        url = self._upstream_url(name)
+        answer, _ = await self.registry.document(url, headers={"accept": JSON})
+        if answer.absent:
+            return None
+        try:
+            doc = json.loads(answer.body)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise UpstreamFailed(url, "status", "packument is not a JSON object")
+        return rewrite_packument(doc, name=name, base=base, refs=self.registry)
+
+    async def fallback_body(self, name: str, base: str, *, corgi: bool) -> bytes | None:
+        """The archive's packument, rendered once per change of the index (``None``: 404)."""
+        stamp = await self.registry.remembered(
+            ("stamp", name), lambda: self.mirror.archive.package_stamp(ECOSYSTEM, name)
+        )
+        if stamp is None:
+            return None
+        key = ("packument", name, base, corgi, stamp)
+        cached = self.registry.rendered.fresh(key)
+        if cached is not None:
+            return cached.value or None
+        rows = await self.mirror.archive.package_rows(ECOSYSTEM, name)
+        doc = None
+        if rows is not None and rows.hold is None:
+            manifests = await self._manifests(rows.listed_files())
+            doc = fallback_packument(rows, manifests, base=base)
+        body = b""
+        if doc is not None:
+            body = await asyncio.to_thread(_dumps, abbreviate(doc) if corgi else doc)
+        self.registry.rendered.put(key, body)
+        return body or None
+
+    async def _manifests(self, files: list[ArchivedFile]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        missing: list[str] = []
+        for file in files:
+            cached = self.registry.derived.fresh(("manifest", file.cid))
+            if cached is not None:
+                found[file.cid] = cached.value
+            else:
+                missing.append(file.cid)
+
+        def read_all() -> dict[str, dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {}
+            for cid in missing:
+                try:
+                    out[cid] = npm_manifest(self.mirror.archive.chunks(cid), cid)
+                except ArchiveInvalid as exc:
+                    log.warning("npm fallback: no manifest from %s: %s", cid, exc)
+                    out[cid] = {}
+            return out
+
+        if missing:
+            for cid, manifest in (await asyncio.to_thread(read_all)).items():
+                self.registry.derived.put(("manifest", cid), manifest)
+                found[cid] = manifest
+        return found
+
+    async def packument(self, request: web.Request, name: str) -> web.StreamResponse:
+        corgi = wants_corgi(request)
+        base = self.mirror.public_base(str(request.url.origin()))
+        content_type = CORGI if corgi else JSON
+        try:
+            doc = await self.upstream_doc(name, base)
+        except UpstreamFailed as exc:
+            headers = source_headers("archive", error=exc)
+            body = await self.fallback_body(name, base, corgi=corgi)
+            if body is None:
+                return not_found(**headers)
+            return web.Response(body=body, content_type=content_type, headers=headers)
+        headers = source_headers("upstream")
+        if doc is None:
+            return not_found(**headers)
+        body = await asyncio.to_thread(_dumps, abbreviate(doc) if corgi else doc)
+        return web.Response(body=body, content_type=content_type, headers=headers)
+
+    async def version_document(
+        self, request: web.Request, name: str, version: str
+    ) -> web.StreamResponse:
+        base = self.mirror.public_base(str(request.url.origin()))
+        try:
+            doc = await self.upstream_doc(name, base)
+            headers = source_headers("upstream")
+        except UpstreamFailed as exc:
+            headers = source_headers("archive", error=exc)
+            body = await self.fallback_body(name, base, corgi=False)
+            doc = json.loads(body) if body else None
+        if doc is None:
+            return not_found(**headers)
+        target = (doc.get("dist-tags") or {}).get(version, version)
+        manifest = (doc.get("versions") or {}).get(target)
+        if not isinstance(manifest, dict):
+            return not_found("version not found", **headers)
+        return web.json_response(manifest, headers=headers)
+
+    # -- tarballs ---------------------------------------------------------------------------
+
+    async def tarball(self, request: web.Request, name: str, filename: str) -> web.StreamResponse:
+        hold = await self.mirror.archive.package_hold(ECOSYSTEM, name)
+        archived = await self.mirror.archive.find_file(ECOSYSTEM, name=name, filename=filename)
+        if hold is not None:
+            return not_found(f"{name} is not served: {hold}")
+        error: UpstreamFailed | None = None
+        try:
+            ref = await self._ref(request, name, filename, archived)
+            if ref is not None:
+                fetched = await self.registry.file(ref.url, ref.digests)
+                if fetched.spool is not None:
+                    return await send_spool(
+                        request,
+                        fetched.spool,
+                        content_type=TARBALL,
+                        headers=source_headers("upstream", verified=fetched.verified),
+                    )
+                if archived is not None:
+                    return await self.serve_archived(request, archived, removed=True)
+                return not_found(**source_headers("upstream"))
+        except UpstreamFailed as exc:
+            error = exc
+        if archived is None:
+            return not_found(**source_headers("archive", error=error))
+        return await self.serve_archived(request, archived, removed=archived.removed, error=error)
+
+    async def _ref(
+        self, request: web.Request, name: str, filename: str, archived: ArchivedFile | None
+    ) -> FileRef | None:
+        """Where upstream serves the tarball and its digests: learnt from a packument, else
+        the index, else (after reading the packument) nothing."""
+        if self.registry.upstream is None:
+            raise self.registry.offline_error(f"{name}/-/{filename}")
+        cached = self.registry.refs.stale((name, filename))
+        if cached is not None:
+            return cached.value
+        if archived is not None:
+            return FileRef(archived.url, archived.digests)
+        await self.upstream_doc(name, self.mirror.public_base(str(request.url.origin())))
+        cached = self.registry.refs.stale((name, filename))
+        return cached.value if cached is not None else None
+
+    async def serve_archived(
+        self,
+        request: web.Request,
+        archived: ArchivedFile,
+        *,
+        removed: bool,
+        error: UpstreamFailed | None = None,
+    ) -> web.StreamResponse:
+        if archived.hold is not None:
+            return not_found(f"not served: {archived.hold}")
+        try:
+            spool = await self.registry.archived(archived)
+        except ArchiveInvalid as exc:
+            log.error("npm archive of %s is not servable: %s", archived.filename, exc)
+            return web.json_response(
+                {"error": f"archived copy failed verification: {exc.reason}"},
+                status=502,
+                headers=source_headers("archive", error=error),
+            )
+        headers = source_headers(
+            "archive-removed" if removed else "archive",
+            error=error,
+            verified=verified_algorithms(archived.digests),
+        )
+        return await send_spool(request, spool, content_type=TARBALL, headers=headers)
+
+
+__all__ = [
+    "CORGI",
+    "CORGI_FIELDS",
+    "NpmRoutes",
+    "abbreviate",
+    "check_filename",
+    "fallback_packument",
+    "rewrite_packument",
+]

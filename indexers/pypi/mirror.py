@@ -1,0 +1,388 @@
+"""The Simple Repository API under ``/pypi/simple/``, with files under ``/pypi/files/``.
+
+Spec: ``pypa/packaging.python.org:source/specifications/simple-repository-api.rst`` (PEP 503
+HTML, PEP 691 JSON chosen by ``Accept``, PEP 592 yanks, PEP 629 repository version, PEP 700
+``versions``/``size``/``upload-time``, PEP 792 project status). Project pages live at the
+normalized name with a trailing slash; any other spelling is redirected there (301). Both forms
+are rendered from one PEP 691 dict; every file links to ``/pypi/files/<sha256>/<filename>``
+with ``#sha256=`` in HTML and ``hashes`` in JSON, so a file request names the exact bytes it
+wants. Core-metadata sidecars (PEP 658) are not advertised: the archive holds the files only,
+and pip then reads metadata from the wheel.
+
+Upstream first: the project page is fetched as PEP 691 JSON from ``registries.pypi.index_url``
+and re-rendered with Forage URLs. When the upstream fails the page is built from the index:
+archived files of releases the registry has not removed, yanks marked; a quarantined project
+(PEP 792) lists no files and none of its files is ever served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urljoin
+
+from aiohttp import web
+
+from indexers.errors import ArchiveInvalid, InvalidName, UpstreamFailed
+from indexers.mirror.registry import FileRef, MirrorContext, source_headers, verified_algorithms
+from indexers.mirror.rows import ArchivedFile, PackageRows
+from indexers.mirror.spool import send_spool
+from indexers.pypi.indexer import normalize
+
+log = logging.getLogger(__name__)
+
+ECOSYSTEM = "pypi"
+SIMPLE = "/pypi/simple/"
+FILES = "/pypi/files/"
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+SIMPLE_HTML = "application/vnd.pypi.simple.v1+html"
+API_VERSION = "1.1"
+FILE_TYPE = "application/octet-stream"
+
+MAX_NAME = 255
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+!~-]*")
+
+
+def negotiate(accept: str) -> str:
+    """Pick the page format from ``Accept`` by q-value: PEP 691 JSON, v1 HTML or ``text/html``.
+
+    No header, ``*/*`` or nothing we serve: HTML (the spec lets a server pick a default).
+    """
+    best = ("text/html", 0.0)
+    for part in accept.split(","):
+        media, *options = [item.strip() for item in part.split(";")]
+        quality = 1.0
+        for option in options:
+            if option.startswith("q="):
+                try:
+                    quality = float(option[2:])
+                except ValueError:
+                    quality = 0.0
+        kind = {SIMPLE_JSON: SIMPLE_JSON, SIMPLE_HTML: SIMPLE_HTML, "text/html": "text/html"}.get(
+            media
+        )
+        if kind is not None and quality > best[1]:
+            best = (kind, quality)
+    return best[0]
+
+
+def file_url(base: str, sha256: str, filename: str) -> str:
+    return f"{base}{FILES}{sha256}/{quote(filename)}"
+
+
+def check_filename(filename: str) -> str:
+    """Return a distribution file name if it is plain (no path, no dot-dot), else raise."""
+    if len(filename) > MAX_NAME or not _FILENAME.fullmatch(filename) or ".." in filename:
+        raise InvalidName(ECOSYSTEM, filename, "not a plain distribution file name")
+    return filename
+
+
+def render_json(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def render_html(doc: Mapping[str, Any]) -> bytes:
+    """The PEP 503 page of a PEP 691 project dict (yanks and Requires-Python kept)."""
+    name = html.escape(str(doc["name"]))
+    lines = [
+        "<!DOCTYPE html>",
+        "<html>",
+        "  <head>",
+        f'    <meta name="pypi:repository-version" content="{API_VERSION}">',
+    ]
+    status = doc.get("project-status")
+    if isinstance(status, Mapping) and status.get("status"):
+        lines.append(
+            f'    <meta name="pypi:project-status" content="{html.escape(str(status["status"]))}">'
+        )
+    lines += [f"    <title>Links for {name}</title>", "  </head>", "  <body>"]
+    lines.append(f"    <h1>Links for {name}</h1>")
+    for file in doc["files"]:
+        sha256 = file["hashes"].get("sha256", "")
+        attrs = [f'href="{html.escape(file["url"])}#sha256={sha256}"']
+        if file.get("requires-python"):
+            attrs.append(f'data-requires-python="{html.escape(file["requires-python"])}"')
+        yanked = file.get("yanked")
+        if yanked:
+            reason = yanked if isinstance(yanked, str) else ""
+            attrs.append(f'data-yanked="{html.escape(reason)}"')
+        lines.append(f"    <a {' '.join(attrs)}>{html.escape(file['filename'])}</a><br />")
+    lines += ["  </body>", "</html>", ""]
+    return "\n".join(lines).encode()
+
+
+def rewrite_page(
+    doc: Mapping[str, Any], *, page_url: str, base: str, remember: Any
+) -> dict[str, Any]:
+    """An upstream PEP 691 page with Forage file URLs; ``remember(sha256, FileRef)`` is told
+    each upstream file's location. Files without a sha256 are dropped (nothing to verify)."""
+    files = []
+    for entry in doc.get("files") or []:
+        if not isinstance(entry, dict):
+            continue
+        hashes = entry.get("hashes") if isinstance(entry.get("hashes"), dict) else {}
+        sha256 = str(hashes.get("sha256", "")).lower()
+        filename = entry.get("filename")
+        href = entry.get("url")
+        if not _SHA256.fullmatch(sha256) or not isinstance(filename, str):
+            log.warning("pypi page %s: dropping a file without a sha256", page_url)
+            continue
+        if not isinstance(href, str):
+            continue
+        remember(sha256, FileRef(urljoin(page_url, href), {"sha256": sha256}))
+        out = {
+            key: entry[key]
+            for key in ("filename", "requires-python", "yanked", "size", "upload-time")
+            if key in entry
+        }
+        out["url"] = file_url(base, sha256, filename)
+        out["hashes"] = {"sha256": sha256}
+        files.append(out)
+    rewritten: dict[str, Any] = {
+        "meta": {"api-version": API_VERSION},
+        "name": doc.get("name"),
+        "files": files,
+        "versions": list(doc.get("versions") or []),
+    }
+    if doc.get("project-status"):
+        rewritten["project-status"] = doc["project-status"]
+    return rewritten
+
+
+def fallback_page(rows: PackageRows, *, base: str) -> dict[str, Any] | None:
+    """The PEP 691 page of what the archive holds (``None`` when it holds nothing to list)."""
+    if rows.hold is not None:
+        return {
+            "meta": {"api-version": API_VERSION},
+            "name": rows.name,
+            "project-status": {"status": "quarantined", "reason": rows.hold},
+            "files": [],
+            "versions": [],
+        }
+    files = []
+    versions: dict[str, None] = {}
+    for file in rows.listed_files():
+        sha256 = file.digests.get("sha256")
+        if sha256 is None:
+            continue
+        entry: dict[str, Any] = {
+            "filename": file.filename,
+            "url": file_url(base, sha256, file.filename),
+            "hashes": {"sha256": sha256},
+            "requires-python": file.requires_python,
+            "size": file.size,
+            "yanked": (file.yanked_reason or True) if file.yanked else False,
+        }
+        if file.uploaded_at is not None:
+            entry["upload-time"] = file.uploaded_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        files.append(entry)
+        versions[file.version] = None
+    if not files:
+        return None
+    return {
+        "meta": {"api-version": API_VERSION},
+        "name": rows.name,
+        "files": files,
+        "versions": list(versions),
+    }
+
+
+class PyPIRoutes:
+    """The handlers, bound to the application's :class:`MirrorContext`."""
+
+    prefix = SIMPLE
+
+    def __init__(self, mirror: MirrorContext) -> None:
+        self.mirror = mirror
+        self.registry = mirror.registries[ECOSYSTEM]
+
+    def setup(self, app: web.Application) -> None:
+        app.router.add_get("/pypi/simple", self.redirect_root)
+        app.router.add_get(SIMPLE, self.root)
+        app.router.add_get(SIMPLE + "{name}", self.redirect_project)
+        app.router.add_get(SIMPLE + "{name}/", self.project)
+        app.router.add_get(FILES + "{sha256}/{filename}", self.file)
+
+    @staticmethod
+    def listing_path(name: str) -> str:
+        return f"{SIMPLE}{normalize(name)}/"
+
+    @staticmethod
+    def file_path(name: str, version: str, filename: str, digests: Mapping[str, str]) -> str:
+        return f"{FILES}{digests['sha256']}/{quote(filename)}"
+
+    def _respond(
+        self, request: web.Request, doc: Mapping[str, Any], headers: dict[str, str]
+    ) -> web.Response:
+        kind = negotiate(request.headers.get("Accept", ""))
+        headers = {**headers, "Vary": "Accept"}
+        if kind == SIMPLE_JSON:
+            return web.Response(body=render_json(doc), content_type=SIMPLE_JSON, headers=headers)
+        return web.Response(body=render_html(doc), content_type=kind, headers=headers)
+
+    async def redirect_root(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMovedPermanently(SIMPLE)
+
+    async def root(self, request: web.Request) -> web.StreamResponse:
+        """The project list: what the index knows (a full upstream list is not proxied)."""
+        names = await self.mirror.archive.package_names(ECOSYSTEM)
+        kind = negotiate(request.headers.get("Accept", ""))
+        headers = {**source_headers("archive"), "Vary": "Accept"}
+        if kind == SIMPLE_JSON:
+            doc = {"meta": {"api-version": API_VERSION}, "projects": [{"name": n} for n in names]}
+            return web.Response(body=render_json(doc), content_type=SIMPLE_JSON, headers=headers)
+        links = "".join(f'    <a href="{SIMPLE}{quote(n)}/">{html.escape(n)}</a>\n' for n in names)
+        page = (
+            "<!DOCTYPE html>\n<html>\n  <head>\n"
+            f'    <meta name="pypi:repository-version" content="{API_VERSION}">\n'
+            f"  </head>\n  <body>\n{links}  </body>\n</html>\n"
+        )
+        return web.Response(text=page, content_type=kind, headers=headers)
+
+    def _canonical(self, name: str) -> str | web.Response:
+        if len(name) > MAX_NAME:
+            return web.Response(status=400, text=f"400 Bad Request: name over {MAX_NAME} chars\n")
+        try:
+            return normalize(name)
+        except InvalidName as exc:
+            return web.Response(status=400, text=f"400 Bad Request: {exc}\n")
+
+    async def redirect_project(self, request: web.Request) -> web.StreamResponse:
+        canonical = self._canonical(request.match_info["name"])
+        if isinstance(canonical, web.Response):
+            return canonical
+        raise web.HTTPMovedPermanently(f"{SIMPLE}{canonical}/")
+
+    async def project(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        canonical = self._canonical(name)
+        if isinstance(canonical, web.Response):
+            return canonical
+        if canonical != name:
+            raise web.HTTPMovedPermanently(f"{SIMPLE}{canonical}/")
+        base = self.mirror.public_base(str(request.url.origin()))
+        url = f"{self.registry.base_url}/{canonical}/"
+        try:
+            answer, _ = await self.registry.document(url, headers={"accept": SIMPLE_JSON})
+            if answer.absent:
+                return web.Response(
+                    status=404, text="404 Not Found\n", headers=source_headers("upstream")
+                )
+            try:
+                doc = json.loads(answer.body)
+            except ValueError:
+                doc = None
+            if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
+                raise UpstreamFailed(url, "status", "project page is not PEP 691 JSON")
+        except UpstreamFailed as exc:
+            return await self.fallback(request, canonical, base, exc)
+
+        def remember(sha256: str, ref: FileRef) -> None:
+            self.registry.refs.put(sha256, ref)
+
+        page = rewrite_page(doc, page_url=answer.url, base=base, remember=remember)
+        return self._respond(request, page, source_headers("upstream"))
+
+    async def fallback(
+        self, request: web.Request, name: str, base: str, error: UpstreamFailed
+    ) -> web.StreamResponse:
+        """The archive's page, rendered once per change of the index and form."""
+        headers = {**source_headers("archive", error=error), "Vary": "Accept"}
+        kind = negotiate(request.headers.get("Accept", ""))
+        stamp = await self.registry.remembered(
+            ("stamp", name), lambda: self.mirror.archive.package_stamp(ECOSYSTEM, name)
+        )
+        body = b""
+        if stamp is not None:
+            key = ("page", name, base, kind, stamp)
+            cached = self.registry.rendered.fresh(key)
+            if cached is not None:
+                body = cached.value
+            else:
+                rows = await self.mirror.archive.package_rows(ECOSYSTEM, name)
+                page = fallback_page(rows, base=base) if rows is not None else None
+                if page is not None:
+                    render = render_json if kind == SIMPLE_JSON else render_html
+                    body = await asyncio.to_thread(render, page)
+                self.registry.rendered.put(key, body)
+        if not body:
+            return web.Response(status=404, text="404 Not Found\n", headers=headers)
+        return web.Response(body=body, content_type=kind, headers=headers)
+
+    async def file(self, request: web.Request) -> web.StreamResponse:
+        sha256 = request.match_info["sha256"]
+        try:
+            filename = check_filename(request.match_info["filename"])
+        except InvalidName as exc:
+            return web.Response(status=400, text=f"400 Bad Request: {exc}\n")
+        if not _SHA256.fullmatch(sha256):
+            return web.Response(status=400, text="400 Bad Request: not a sha256 hex digest\n")
+        archived = await self.mirror.archive.find_file(ECOSYSTEM, filename=filename, sha256=sha256)
+        if archived is not None and archived.hold is not None:
+            return web.Response(status=404, text=f"404 Not Found: {archived.hold}\n")
+        cached = self.registry.refs.stale(sha256)
+        url = cached.value.url if cached is not None else archived.url if archived else None
+        error: UpstreamFailed | None = None
+        if url is not None:
+            try:
+                fetched = await self.registry.file(url, {"sha256": sha256})
+                if fetched.spool is not None:
+                    headers = source_headers("upstream", verified=fetched.verified)
+                    return await send_spool(
+                        request, fetched.spool, content_type=FILE_TYPE, headers=headers
+                    )
+                if archived is not None:
+                    return await self.serve_archived(request, archived, removed=True)
+                return web.Response(
+                    status=404, text="404 Not Found\n", headers=source_headers("upstream")
+                )
+            except UpstreamFailed as exc:
+                error = exc
+        if archived is None:
+            return web.Response(
+                status=404, text="404 Not Found\n", headers=source_headers("archive", error=error)
+            )
+        return await self.serve_archived(request, archived, removed=archived.removed, error=error)
+
+    async def serve_archived(
+        self,
+        request: web.Request,
+        archived: ArchivedFile,
+        *,
+        removed: bool,
+        error: UpstreamFailed | None = None,
+    ) -> web.StreamResponse:
+        try:
+            spool = await self.registry.archived(archived)
+        except ArchiveInvalid as exc:
+            log.error("pypi archive of %s is not servable: %s", archived.filename, exc)
+            return web.Response(
+                status=502,
+                text=f"502 Bad Gateway: archived copy failed verification: {exc.reason}\n",
+                headers=source_headers("archive", error=error),
+            )
+        headers = source_headers(
+            "archive-removed" if removed else "archive",
+            error=error,
+            verified=verified_algorithms(archived.digests),
+        )
+        return await send_spool(request, spool, content_type=FILE_TYPE, headers=headers)
+
+
+__all__ = [
+    "SIMPLE_HTML",
+    "SIMPLE_JSON",
+    "PyPIRoutes",
+    "check_filename",
+    "fallback_page",
+    "negotiate",
+    "render_html",
+    "render_json",
+    "rewrite_page",
+]
