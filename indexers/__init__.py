@@ -19,7 +19,6 @@ from indexers.ecosystem import (
     FakeRegistry,
     FileCheck,
     LockfileFormat,
-    MirrorRoutes,
 )
 from indexers.ecosystems import ALIASES, ECOSYSTEMS, FILE_CHECKS, find_ecosystem, get_ecosystem
 from indexers.errors import (
@@ -71,7 +70,6 @@ __all__ = [
     "LockfileError",
     "LockfileFormat",
     "MirrorError",
-    "MirrorRoutes",
     "PackageInfo",
     "PackageNotFound",
     "Page",

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol
 
 import httpx
 
@@ -27,7 +27,7 @@ from indexers.types import LockEntry
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from indexers.mirror.registry import MirrorContext
+    from indexers.mirror.registry import EcosystemRoutes
 
 #: A whole-file check for a digest no hash function computes (Go's ``h1:`` over a module zip):
 #: ``check(reader, expected, url)`` returns the digest it computed, or raises ``DigestMismatch``
@@ -61,26 +61,6 @@ class LockfileFormat:
     json: bool = False
 
 
-class MirrorRoutes(Protocol):
-    """An ecosystem's mirror protocol: aiohttp routes over the shared mirror machinery."""
-
-    #: Where the routes live (``/npm/``, ``/pypi/simple/``, ...), for documentation and tests.
-    prefix: str
-
-    def __init__(self, mirror: MirrorContext) -> None: ...
-
-    def setup(self, app: web.Application) -> None:
-        """Add the routes to ``app``."""
-
-    @staticmethod
-    def listing_path(name: str) -> str:
-        """The path a client asks for the listing of ``name`` (packument, simple page...)."""
-
-    @staticmethod
-    def file_path(name: str, version: str, filename: str, digests: Mapping[str, str]) -> str:
-        """The path a client downloads one file of a release at."""
-
-
 class FakeRegistry(Protocol):
     """A loopback registry of one ecosystem that speaks its real wire format.
 
@@ -89,11 +69,11 @@ class FakeRegistry(Protocol):
     """
 
     #: Names as a user might write them, with the registry's canonical spelling.
-    NAME_EXAMPLES: Sequence[tuple[str, str]]
+    NAME_EXAMPLES: ClassVar[tuple[tuple[str, str], ...]]
     #: Names the registry refuses.
-    INVALID_NAMES: Sequence[str]
+    INVALID_NAMES: ClassVar[tuple[str, ...]]
     #: Two release numbers in the registry's own spelling, older first.
-    SAMPLE_VERSIONS: Sequence[str]
+    SAMPLE_VERSIONS: ClassVar[tuple[str, ...]]
 
     def make_app(self) -> web.Application:
         """The aiohttp application serving every endpoint of the registry."""
@@ -136,7 +116,7 @@ class Ecosystem:
     endpoints: tuple[Endpoint, ...]
     build_indexer: Callable[[httpx.AsyncClient, Mapping[str, str]], Indexer[Any]]
     mirror_endpoint: str
-    mirror: Callable[[], type[MirrorRoutes]]
+    mirror: Callable[[], type[EcosystemRoutes]]
     fake: Callable[[], FakeRegistry]
     lockfiles: tuple[LockfileFormat, ...] = ()
     file_checks: Mapping[str, FileCheck] = field(default_factory=dict)
@@ -163,5 +143,4 @@ __all__ = [
     "FakeRegistry",
     "FileCheck",
     "LockfileFormat",
-    "MirrorRoutes",
 ]

@@ -230,7 +230,8 @@ async def _send_badly(
     request: web.Request, response: web.Response, fault: Fault
 ) -> web.StreamResponse:
     """Send ``response`` cut in half (``truncate``) or dripped slowly (``drip``)."""
-    body = bytes(response.body or b"")
+    raw = response.body
+    body = bytes(raw) if isinstance(raw, bytes | bytearray) else b""
     stream = web.StreamResponse(status=response.status, headers=response.headers)
     stream.content_length = len(body)
     await stream.prepare(request)

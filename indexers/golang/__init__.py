@@ -19,7 +19,8 @@ from indexers.golang.indexer import GoCursor, GoIndexer
 from indexers.golang.lockfiles import GO_SUM
 
 if TYPE_CHECKING:
-    from indexers.ecosystem import FakeRegistry, MirrorRoutes
+    from indexers.ecosystem import FakeRegistry
+    from indexers.mirror.registry import EcosystemRoutes
 
 
 def _indexer(client: httpx.AsyncClient, endpoints: Mapping[str, str]) -> GoIndexer:
@@ -31,7 +32,7 @@ def _indexer(client: httpx.AsyncClient, endpoints: Mapping[str, str]) -> GoIndex
     )
 
 
-def _mirror() -> type[MirrorRoutes]:
+def _mirror() -> type[EcosystemRoutes]:
     from indexers.golang.mirror import GoRoutes
 
     return GoRoutes

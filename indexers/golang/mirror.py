@@ -37,7 +37,7 @@ from indexers.golang.gomod import (
     unescape_path,
     unescape_version,
 )
-from indexers.mirror.registry import MirrorContext, source_headers, verified_algorithms
+from indexers.mirror.registry import EcosystemRoutes, source_headers, verified_algorithms
 from indexers.mirror.rows import ArchivedFile, PackageRows, hold_reason
 from indexers.mirror.spool import Spool, send_spool
 from indexers.mirror.upstream import Answer
@@ -90,14 +90,12 @@ def go_mod_of(spool: Spool, path: str, version: str) -> bytes:
             return f"module {path}\n".encode()
 
 
-class GoRoutes:
-    """The handlers, bound to the application's :class:`MirrorContext`."""
+class GoRoutes(EcosystemRoutes):
+    """The handlers, bound to the application's
+    :class:`~indexers.mirror.registry.MirrorContext`."""
 
+    ecosystem = ECOSYSTEM
     prefix = PREFIX
-
-    def __init__(self, mirror: MirrorContext) -> None:
-        self.mirror = mirror
-        self.registry = mirror.registries[ECOSYSTEM]
 
     def setup(self, app: web.Application) -> None:
         app.router.add_get(PREFIX + "{tail:.+}", self.dispatch)

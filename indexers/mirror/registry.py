@@ -25,17 +25,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from aiohttp import web
 
 from indexers.base import redact
 from indexers.digests import HASHERS, DigestVerifier
 from indexers.ecosystem import FileCheck
-from indexers.errors import DigestMismatch, InvalidArchive, UpstreamFailed
+from indexers.errors import ArchiveInvalid, DigestMismatch, InvalidArchive, UpstreamFailed
 from indexers.mirror.rows import ArchivedFile, PackageRows
-from indexers.mirror.spool import Spool
+from indexers.mirror.spool import Spool, send_spool
 from indexers.mirror.upstream import Answer, MetadataCache, SingleFlight, Upstream
 
 
@@ -51,7 +54,7 @@ class MirrorSettings(Protocol):
     @property
     def deadline(self) -> float: ...
     @property
-    def min_rate(self) -> float: ...
+    def min_rate(self) -> int: ...
     @property
     def rate_grace(self) -> float: ...
     @property
@@ -316,11 +319,65 @@ class MirrorContext:
         return (self.settings.public_url or origin).rstrip("/")
 
 
+class EcosystemRoutes(ABC):
+    """Base of an ecosystem's mirror protocol: aiohttp routes over the shared machinery.
+
+    Subclasses set ``ecosystem`` (the purl type) and ``prefix`` (where the routes live, such
+    as ``/npm/``), and implement :meth:`setup`, :meth:`listing_path` and :meth:`file_path`.
+    """
+
+    ecosystem: ClassVar[str]
+    prefix: ClassVar[str]
+
+    def __init__(self, mirror: MirrorContext) -> None:
+        self.mirror = mirror
+        self.registry = mirror.registries[self.ecosystem]
+
+    @abstractmethod
+    def setup(self, app: web.Application) -> None:
+        """Add the routes to ``app``."""
+
+    @staticmethod
+    @abstractmethod
+    def listing_path(name: str) -> str:
+        """The path a client asks for the listing of ``name`` (packument, simple page...)."""
+
+    @staticmethod
+    @abstractmethod
+    def file_path(name: str, version: str, filename: str, digests: Mapping[str, str]) -> str:
+        """The path a client downloads one file of a release at."""
+
+    async def send_archived(
+        self,
+        request: web.Request,
+        file: ArchivedFile,
+        *,
+        removed: bool,
+        error: UpstreamFailed | None,
+        content_type: str,
+        refuse: Callable[[ArchiveInvalid, dict[str, str]], web.StreamResponse],
+    ) -> web.StreamResponse:
+        """Send ``file``'s archived bytes, re-verified, with the headers saying who answered;
+        ``refuse(exc, headers)`` is the ecosystem's answer when the copy fails verification."""
+        try:
+            spool = await self.registry.archived(file)
+        except ArchiveInvalid as exc:
+            log.error("%s archive of %s is not servable: %s", self.ecosystem, file.filename, exc)
+            return refuse(exc, source_headers("archive", error=error))
+        headers = source_headers(
+            "archive-removed" if removed else "archive",
+            error=error,
+            verified=verified_algorithms(file.digests),
+        )
+        return await send_spool(request, spool, content_type=content_type, headers=headers)
+
+
 __all__ = [
     "SOURCE",
     "UPSTREAM_ERROR",
     "VERIFIED",
     "ArchiveIndex",
+    "EcosystemRoutes",
     "Fetched",
     "FileRef",
     "MirrorContext",

@@ -18,7 +18,8 @@ from indexers.npm.indexer import NpmCursor, NpmIndexer, escape_name, validate_na
 from indexers.npm.lockfiles import PACKAGE_LOCK
 
 if TYPE_CHECKING:
-    from indexers.ecosystem import FakeRegistry, MirrorRoutes
+    from indexers.ecosystem import FakeRegistry
+    from indexers.mirror.registry import EcosystemRoutes
 
 
 def _indexer(client: httpx.AsyncClient, endpoints: Mapping[str, str]) -> NpmIndexer:
@@ -27,7 +28,7 @@ def _indexer(client: httpx.AsyncClient, endpoints: Mapping[str, str]) -> NpmInde
     )
 
 
-def _mirror() -> type[MirrorRoutes]:
+def _mirror() -> type[EcosystemRoutes]:
     from indexers.npm.mirror import NpmRoutes
 
     return NpmRoutes

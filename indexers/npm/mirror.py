@@ -31,11 +31,10 @@ from aiohttp import web
 from indexers.digests import parse_sri, to_sri
 from indexers.errors import ArchiveInvalid, InvalidDigest, InvalidName, UpstreamFailed
 from indexers.mirror.registry import (
+    EcosystemRoutes,
     FileRef,
-    MirrorContext,
     RegistryMirror,
     source_headers,
-    verified_algorithms,
 )
 from indexers.mirror.rows import ArchivedFile, PackageRows
 from indexers.mirror.spool import send_spool
@@ -126,7 +125,9 @@ def rewrite_packument(
     """Point every ``dist.tarball`` at Forage, remembering the upstream URL and digests."""
     for manifest in (doc.get("versions") or {}).values():
         dist = manifest.get("dist") if isinstance(manifest, dict) else None
-        tarball = dist.get("tarball") if isinstance(dist, dict) else None
+        if not isinstance(dist, dict):
+            continue
+        tarball = dist.get("tarball")
         if not isinstance(tarball, str) or not tarball:
             continue
         filename = unquote(urlsplit(tarball).path.rsplit("/", 1)[-1])
@@ -202,14 +203,12 @@ def _dumps(document: Any) -> bytes:
     return json.dumps(document).encode()
 
 
-class NpmRoutes:
-    """The handlers, bound to the application's :class:`MirrorContext`."""
+class NpmRoutes(EcosystemRoutes):
+    """The handlers, bound to the application's
+    :class:`~indexers.mirror.registry.MirrorContext`."""
 
+    ecosystem = ECOSYSTEM
     prefix = PREFIX + "/"
-
-    def __init__(self, mirror: MirrorContext) -> None:
-        self.mirror = mirror
-        self.registry = mirror.registries[ECOSYSTEM]
 
     def setup(self, app: web.Application) -> None:
         app.router.add_get(PREFIX + "/{tail:.*}", self.dispatch)
@@ -405,21 +404,16 @@ class NpmRoutes:
     ) -> web.StreamResponse:
         if archived.hold is not None:
             return not_found(f"not served: {archived.hold}")
-        try:
-            spool = await self.registry.archived(archived)
-        except ArchiveInvalid as exc:
-            log.error("npm archive of %s is not servable: %s", archived.filename, exc)
-            return web.json_response(
-                {"error": f"archived copy failed verification: {exc.reason}"},
-                status=502,
-                headers=source_headers("archive", error=error),
-            )
-        headers = source_headers(
-            "archive-removed" if removed else "archive",
-            error=error,
-            verified=verified_algorithms(archived.digests),
+        return await self.send_archived(
+            request, archived, removed=removed, error=error, content_type=TARBALL, refuse=_refuse
         )
-        return await send_spool(request, spool, content_type=TARBALL, headers=headers)
+
+
+def _refuse(exc: ArchiveInvalid, headers: dict[str, str]) -> web.Response:
+    """npm's answer for an archived copy that fails verification."""
+    return web.json_response(
+        {"error": f"archived copy failed verification: {exc.reason}"}, status=502, headers=headers
+    )
 
 
 __all__ = [

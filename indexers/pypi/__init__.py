@@ -18,7 +18,8 @@ from indexers.pypi.indexer import PyPICursor, PyPIIndexer, normalize
 from indexers.pypi.lockfiles import REQUIREMENTS
 
 if TYPE_CHECKING:
-    from indexers.ecosystem import FakeRegistry, MirrorRoutes
+    from indexers.ecosystem import FakeRegistry
+    from indexers.mirror.registry import EcosystemRoutes
 
 
 def _indexer(client: httpx.AsyncClient, endpoints: Mapping[str, str]) -> PyPIIndexer:
@@ -27,7 +28,7 @@ def _indexer(client: httpx.AsyncClient, endpoints: Mapping[str, str]) -> PyPIInd
     )
 
 
-def _mirror() -> type[MirrorRoutes]:
+def _mirror() -> type[EcosystemRoutes]:
     from indexers.pypi.mirror import PyPIRoutes
 
     return PyPIRoutes

@@ -442,7 +442,7 @@ class FakePyPI:
         if method == "changelog_last_serial":
             return self._xml(self.serial)
         if method == "changelog_since_serial" and len(params) == 1:
-            since = int(params[0])
+            since = int(str(params[0]))
             rows = [list(row) for row in self.journal if row[4] > since][: self.changelog_cap]
             return self._xml(rows)
         if method == "list_packages_with_serial":

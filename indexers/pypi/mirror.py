@@ -29,7 +29,7 @@ from urllib.parse import quote, urljoin
 from aiohttp import web
 
 from indexers.errors import ArchiveInvalid, InvalidName, UpstreamFailed
-from indexers.mirror.registry import FileRef, MirrorContext, source_headers, verified_algorithms
+from indexers.mirror.registry import EcosystemRoutes, FileRef, source_headers
 from indexers.mirror.rows import ArchivedFile, PackageRows
 from indexers.mirror.spool import send_spool
 from indexers.pypi.indexer import normalize
@@ -126,7 +126,8 @@ def rewrite_page(
     for entry in doc.get("files") or []:
         if not isinstance(entry, dict):
             continue
-        hashes = entry.get("hashes") if isinstance(entry.get("hashes"), dict) else {}
+        given = entry.get("hashes")
+        hashes = given if isinstance(given, dict) else {}
         sha256 = str(hashes.get("sha256", "")).lower()
         filename = entry.get("filename")
         href = entry.get("url")
@@ -193,14 +194,12 @@ def fallback_page(rows: PackageRows, *, base: str) -> dict[str, Any] | None:
     }
 
 
-class PyPIRoutes:
-    """The handlers, bound to the application's :class:`MirrorContext`."""
+class PyPIRoutes(EcosystemRoutes):
+    """The handlers, bound to the application's
+    :class:`~indexers.mirror.registry.MirrorContext`."""
 
+    ecosystem = ECOSYSTEM
     prefix = SIMPLE
-
-    def __init__(self, mirror: MirrorContext) -> None:
-        self.mirror = mirror
-        self.registry = mirror.registries[ECOSYSTEM]
 
     def setup(self, app: web.Application) -> None:
         app.router.add_get("/pypi/simple", self.redirect_root)
@@ -358,21 +357,18 @@ class PyPIRoutes:
         removed: bool,
         error: UpstreamFailed | None = None,
     ) -> web.StreamResponse:
-        try:
-            spool = await self.registry.archived(archived)
-        except ArchiveInvalid as exc:
-            log.error("pypi archive of %s is not servable: %s", archived.filename, exc)
-            return web.Response(
-                status=502,
-                text=f"502 Bad Gateway: archived copy failed verification: {exc.reason}\n",
-                headers=source_headers("archive", error=error),
-            )
-        headers = source_headers(
-            "archive-removed" if removed else "archive",
-            error=error,
-            verified=verified_algorithms(archived.digests),
+        return await self.send_archived(
+            request, archived, removed=removed, error=error, content_type=FILE_TYPE, refuse=_refuse
         )
-        return await send_spool(request, spool, content_type=FILE_TYPE, headers=headers)
+
+
+def _refuse(exc: ArchiveInvalid, headers: dict[str, str]) -> web.Response:
+    """pip's answer for an archived copy that fails verification."""
+    return web.Response(
+        status=502,
+        text=f"502 Bad Gateway: archived copy failed verification: {exc.reason}\n",
+        headers=headers,
+    )
 
 
 __all__ = [
