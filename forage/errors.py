@@ -7,7 +7,8 @@ Hierarchy::
     ├── InvalidKey          a lookup key (purl or platform:name:version) cannot be parsed
     ├── NotFound            a package, version, artifact or job the caller named does not exist
     ├── JobError            a job cannot run as asked
-    │   └── PermanentJobError  retrying will not help: park the job as dead at once
+    │   ├── PermanentJobError  retrying will not help: park the job as dead at once
+    │   └── RetryLater      retrying may help, but not soon: wait ``retry_after`` seconds
     └── BundleError         a bundle CAR that is not a Forage mirror bundle, malformed or corrupt
 
 The mirror's source failures (``UpstreamFailed``, ``ArchiveInvalid``) belong to the mirror
@@ -51,6 +52,15 @@ class JobError(ForageError):
 
 class PermanentJobError(JobError):
     """A job failed in a way retrying cannot fix; the runner marks it dead at once."""
+
+
+class RetryLater(JobError):
+    """A job failed in a way that may pass, but not soon (bytes that failed verification: a
+    CDN may serve the right ones again); the queue waits at least ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class BundleError(ForageError):

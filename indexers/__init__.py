@@ -31,6 +31,7 @@ from indexers.errors import (
     InvalidArchive,
     InvalidDigest,
     InvalidName,
+    InvalidPosition,
     LockfileError,
     MirrorError,
     PackageNotFound,
@@ -39,7 +40,16 @@ from indexers.errors import (
     UpstreamUnavailable,
 )
 from indexers.lockfiles import MAX_ENTRIES, read_lockfile
-from indexers.types import Artifact, Change, LockEntry, PackageInfo, Page, Release
+from indexers.types import (
+    Artifact,
+    Change,
+    Inventory,
+    InventoryEntry,
+    LockEntry,
+    PackageInfo,
+    Page,
+    Release,
+)
 
 __all__ = [
     "ALIASES",
@@ -66,6 +76,9 @@ __all__ = [
     "InvalidArchive",
     "InvalidDigest",
     "InvalidName",
+    "InvalidPosition",
+    "Inventory",
+    "InventoryEntry",
     "LockEntry",
     "LockfileError",
     "LockfileFormat",

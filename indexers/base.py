@@ -17,7 +17,12 @@ To add a registry, subclass :class:`Indexer` and implement:
   indexer uses whatever freshness hint its registry puts there (a revision, a serial, a
   version the feed named);
 - :meth:`normalize_name` -- the registry's canonical name, raising
-  :class:`~indexers.errors.InvalidName` for anything that is not a valid name.
+  :class:`~indexers.errors.InvalidName` for anything that is not a valid name;
+- :meth:`is_prerelease` -- whether a version string is a pre-release in the registry's rules;
+- :meth:`cursor_at` -- the cursor that walks the feed from a chosen point of its history
+  (``"origin"``, a serial, a time), so a bootstrap archives what was published before;
+- :meth:`inventory` (and :meth:`inventory_start`) -- the registry's own listing of what it
+  holds, page by page, so a reconcile sweep finds what the feed never announced.
 
 Raise :class:`~indexers.errors.UpstreamUnavailable` for transient failures (with
 ``retry_after`` when the server sent one), :class:`~indexers.errors.PackageNotFound` when the
@@ -39,8 +44,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from indexers.errors import FeedError, PackageNotFound, UpstreamUnavailable
-from indexers.types import Change, CursorT, PackageInfo, Page
+from indexers.errors import FeedError, InvalidPosition, PackageNotFound, UpstreamUnavailable
+from indexers.types import Change, CursorT, Inventory, PackageInfo, Page
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +93,12 @@ class Indexer(ABC, Generic[CursorT]):
     cursor_type: ClassVar[type[Any]]
     #: How often a watcher should poll the feed unless configured otherwise.
     default_interval: ClassVar[timedelta] = timedelta(minutes=5)
+    #: How the registry names what the index sees leave it by absence (a release, a file no
+    #: longer listed; a package answering 404): stored as ``"<ecosystem>: <note>"``, so a
+    #: removal says how it happened in the registry's own words (PyPI's changelog actions).
+    release_removed: ClassVar[str] = "release no longer listed"
+    file_removed: ClassVar[str] = "file no longer listed"
+    package_removed: ClassVar[str] = "package removed"
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
@@ -118,6 +129,37 @@ class Indexer(ABC, Generic[CursorT]):
         without building an indexer.
         """
 
+    @staticmethod
+    @abstractmethod
+    def is_prerelease(version: str) -> bool:
+        """Whether ``version`` is a pre-release by the registry's own version rules.
+
+        Static, like :meth:`normalize_name`: selection applies it without a network.
+        """
+
+    async def cursor_at(self, position: str) -> CursorT:
+        """The cursor that reads the feed from ``position``: ``"origin"`` (its beginning), a
+        serial for numbered feeds, an RFC 3339 time for time-ordered ones.
+
+        A bootstrap sets the watcher's cursor here so its next runs walk the registry's
+        history; raise :class:`~indexers.errors.InvalidPosition` for what the feed cannot take.
+        """
+        raise InvalidPosition(self.ecosystem, position, "this feed cannot be repositioned")
+
+    def inventory_start(self, feed: CursorT | None) -> str | None:
+        """The token a reconcile sweep starts its :meth:`inventory` from, given the watcher's
+        cursor (``None`` if it has none); ``None``: the beginning of the listing."""
+        return None
+
+    async def inventory(self, after: str | None) -> Inventory:
+        """One page of what the registry holds, after the opaque token ``after``.
+
+        Each entry names a package with the registry's version stamp, or a release; a sweep
+        compares them with the index to find what the feed missed. Registries without a
+        listing raise :class:`~indexers.errors.FeedError`.
+        """
+        raise FeedError(self.ecosystem, "this registry offers no inventory to reconcile with")
+
     def cursor_to_dict(self, cursor: CursorT) -> dict[str, Any]:
         """Serialize a cursor for the caller to store as JSON."""
         return dataclasses.asdict(cursor)  # type: ignore[call-overload,no-any-return]
@@ -125,6 +167,15 @@ class Indexer(ABC, Generic[CursorT]):
     def cursor_from_dict(self, data: Mapping[str, Any]) -> CursorT:
         """Rebuild a cursor stored by :meth:`cursor_to_dict`."""
         return self.cursor_type(**data)  # type: ignore[no-any-return]
+
+    @classmethod
+    def cursor_position(cls, data: Mapping[str, Any]) -> Any:
+        """The feed position a stored cursor stands at, comparable with ``Page.head``.
+
+        By convention the cursor dataclass's first field (a seq, a serial, a timestamp), so
+        status reports can show cursor and head side by side without knowing the registry.
+        """
+        return data.get(dataclasses.fields(cls.cursor_type)[0].name)
 
     async def get(
         self,
@@ -161,7 +212,7 @@ class Indexer(ABC, Generic[CursorT]):
         except httpx.TransportError as exc:
             raise UpstreamUnavailable(redact(url), f"transport error: {exc!r}") from exc
         if response.status_code in (404, 410) and not_found is not None:
-            raise PackageNotFound(*not_found)
+            raise PackageNotFound(*not_found, answer=registry_answer(response, url))
         if response.status_code in TRANSIENT_STATUS:
             raise UpstreamUnavailable(
                 redact(url),
@@ -188,6 +239,20 @@ class Indexer(ABC, Generic[CursorT]):
             raise FeedError(redact(url), f"body is not JSON: {exc}") from exc
 
 
+#: The most characters of a registry's error body kept as its answer.
+MAX_ANSWER_BODY = 200
+
+
+def registry_answer(response: httpx.Response, url: str) -> str:
+    """A registry's refusal as one line to record: status, URL (credentials redacted) and the
+    start of the body, control characters dropped."""
+    text = response.content[: MAX_ANSWER_BODY * 4].decode("utf-8", "replace")
+    body = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    reason = f" {response.reason_phrase}" if response.reason_phrase else ""
+    answer = f"HTTP {response.status_code}{reason} from {redact(url)}"
+    return f"{answer}: {body[:MAX_ANSWER_BODY]}" if body else answer
+
+
 def parse_time(value: Any) -> datetime | None:
     """Parse a registry's ISO 8601 timestamp (``Z`` allowed); naive values are taken as UTC.
 
@@ -204,6 +269,29 @@ def parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+#: The position that names a feed's beginning in :meth:`Indexer.cursor_at`.
+ORIGIN = "origin"
+
+
+def parse_position(ecosystem: str, position: str) -> int | datetime | None:
+    """Read a feed position: ``None`` for ``"origin"``, an ``int`` for a serial, an aware
+    ``datetime`` for an RFC 3339 time; :class:`~indexers.errors.InvalidPosition` otherwise."""
+    text = position.strip()
+    if text.lower() == ORIGIN:
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None or "T" not in text.upper():
+        raise InvalidPosition(
+            ecosystem, position, "expected 'origin', a serial number or an RFC 3339 time"
+        )
+    return moment.astimezone(UTC)
+
+
 def expect(condition: bool, url: str, reason: str) -> None:
     """Raise ``FeedError`` unless ``condition``: a document had an unexpected shape."""
     if not condition:
@@ -211,10 +299,12 @@ def expect(condition: bool, url: str, reason: str) -> None:
 
 
 __all__ = [
+    "ORIGIN",
     "TRANSIENT_STATUS",
     "USER_AGENT",
     "Indexer",
     "expect",
+    "parse_position",
     "parse_time",
     "redact",
     "retry_after_seconds",

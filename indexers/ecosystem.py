@@ -84,8 +84,15 @@ class FakeRegistry(Protocol):
     def publish_release(self, name: str, version: str) -> None:
         """Publish a release of ``name`` with one small file (the feed announces it)."""
 
+    def feed_head(self) -> Any:
+        """The feed's newest position, as the indexer reports it in ``Page.head``."""
+
     def tamper_release(self, name: str, version: str) -> None:
         """Serve other bytes for the release's file than its published digests promise."""
+
+    def withdraw_release(self, name: str, version: str) -> None:
+        """Withdraw a published release the registry's own way (PyPI ``remove release``, npm
+        unpublish, a Go retraction in a newer version's go.mod)."""
 
     def release_file(self, name: str, version: str) -> tuple[str, bytes]:
         """The published file of a release: its file name and bytes."""

@@ -76,12 +76,18 @@ class StaleMetadata(IndexerError):
 
 
 class PackageNotFound(IndexerError):
-    """The registry says this package (or version) does not exist or was removed."""
+    """The registry says this package (or version) does not exist or was removed.
 
-    def __init__(self, ecosystem: str, name: str, version: str | None = None) -> None:
+    ``answer`` is what the registry said, for the record: ``HTTP 404 from <url>: <body>``.
+    """
+
+    def __init__(
+        self, ecosystem: str, name: str, version: str | None = None, *, answer: str | None = None
+    ) -> None:
         self.ecosystem = ecosystem
         self.name = name
         self.version = version
+        self.answer = answer
         what = f"{name}@{version}" if version else name
         super().__init__(f"{ecosystem}: {what} not found")
 
@@ -103,6 +109,16 @@ class FeedError(IndexerError):
         self.url = url
         self.reason = reason
         super().__init__(f"{url}: {reason}")
+
+
+class InvalidPosition(IndexerError):
+    """A feed cannot start at the position asked for (a time for a sequence-numbered feed...)."""
+
+    def __init__(self, ecosystem: str, position: str, reason: str) -> None:
+        self.ecosystem = ecosystem
+        self.position = position
+        self.reason = reason
+        super().__init__(f"{ecosystem}: cannot start the feed at {position[:100]!r}: {reason}")
 
 
 class InvalidDigest(IndexerError):

@@ -15,6 +15,11 @@ from typing import Any, Generic, TypeVar
 
 CursorT = TypeVar("CursorT")
 
+#: The package statuses an indexer may report: PEP 792's markers (``active`` is ``None``), an
+#: npm package whose versions are all deprecated, an unpublished npm package, a package the
+#: registry no longer has. Quarantined packages are never served.
+PACKAGE_STATUSES = ("quarantined", "archived", "deprecated", "unpublished", "removed")
+
 
 @dataclass(frozen=True, slots=True)
 class Change:
@@ -39,14 +44,19 @@ class Change:
 class Page(Generic[CursorT]):
     """One page of a change feed and the cursor that resumes right after it.
 
-    ``head`` is the feed's newest position when the registry reports it (for lag); ``done``
-    is true when this page reached the head, so the watcher may stop polling until next run.
+    ``head`` is the feed's newest position when the registry reports it, in the spelling of
+    the cursor's position (:meth:`~indexers.base.Indexer.cursor_position`); ``done`` is true
+    when this page reached the head, so the watcher may stop polling until next run.
+    ``position_at`` is the registry's own date of the entry the page's cursor stands at, for
+    feeds that date their entries (the lag in seconds is measured from it); ``None`` leaves
+    the date already known.
     """
 
     changes: tuple[Change, ...]
     cursor: CursorT
     done: bool
     head: Any = None
+    position_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +80,9 @@ class Release:
 
     ``deleted`` marks a version the registry removed (npm unpublish); ``yanked`` a PEP 592
     yank or equivalent (the version stays installable when pinned); ``deprecated`` holds the
-    registry's deprecation message if any.
+    registry's deprecation message if any. ``removal`` says how the registry withdrew a
+    release it still names (``"npm: version unpublished"``, ``"go: retracted v1.2.1: why"``),
+    so the index can record it and keep it out of listings.
     """
 
     version: str
@@ -79,6 +91,7 @@ class Release:
     yanked: bool = False
     deleted: bool = False
     deprecated: str | None = None
+    removal: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +102,12 @@ class PackageInfo:
     spelling the registry shows. ``deleted`` is true for an unpublished or removed package,
     whose ``releases`` are then those the registry still lists (often none). ``serial`` is the
     registry's version stamp of this document when it has one.
+
+    ``status`` is the package's status as the registry states it (one of
+    :data:`PACKAGE_STATUSES`, ``None`` for an active package) and ``status_reason`` its
+    explanation. ``complete`` is true when ``releases`` is everything the registry lists, so a
+    stored version or file missing from it was removed upstream; anything that leaves
+    releases or files out on purpose (the newest N, a selection, a bundle) must set it false.
     """
 
     ecosystem: str
@@ -98,6 +117,9 @@ class PackageInfo:
     deleted: bool = False
     serial: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    status: str | None = None
+    status_reason: str | None = None
+    complete: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +130,27 @@ class LockEntry:
     source: str
     key: str | None
     problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryEntry:
+    """One package (or one release) a registry's inventory lists, as a reconcile sweep needs it.
+
+    ``change`` is the import the entry asks for when the index lacks it, with the registry's
+    freshness hint (npm revision, PyPI serial, the Go version the index listed); ``stamp`` is
+    the registry's version stamp of the package (npm revision generation, PyPI last serial)
+    to compare with the one stored, ``None`` when the entry names a release instead
+    (``change.version``).
+    """
+
+    change: Change
+    stamp: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """One page of a registry's inventory and the opaque token that resumes after it."""
+
+    entries: tuple[InventoryEntry, ...]
+    after: str | None
+    done: bool

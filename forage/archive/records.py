@@ -5,8 +5,9 @@ commit returned: the one place where work that follows a successful archive is q
 job, :func:`forage.pins.kinds.enqueue_pins`). :func:`record_archived_many` writes the rows of
 archives that finish together in one transaction and one upsert (group commit), so the
 per-artifact cost stays small. :func:`record_failed` records a failed attempt with its
-reason and no CID. :func:`count_unarchived`, :func:`unarchived_ids` and
-:func:`artifact_ids_for_key` find the artifacts ``forage archive`` works on.
+reason and no CID, counting the attempts whose bytes failed verification.
+:func:`count_unarchived`, :func:`unarchived_ids` and :func:`artifact_ids_for_key` find the
+artifacts ``forage archive`` works on.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ _ARCHIVED_COLUMNS = (
     "verified_algorithm",
     "verified_digest",
     "error",
+    "mismatches",
     "archived_at",
     "updated_at",
 )
@@ -98,6 +100,7 @@ def record_archived_many(
                 "verified_algorithm": result.verified_algorithm,
                 "verified_digest": result.verified_digest,
                 "error": None,
+                "mismatches": 0,
                 "archived_at": now,
                 "created_at": now,
                 "updated_at": now,
@@ -118,10 +121,12 @@ def record_archived_many(
     return archive_ids
 
 
-def record_failed(session: Session, artifact_id: int, error: str) -> None:
-    """Record a failed attempt and its reason, unless the artifact is archived meanwhile."""
+def record_failed(session: Session, artifact_id: int, error: str, *, mismatch: bool = False) -> int:
+    """Record a failed attempt and its reason, unless the artifact is archived meanwhile;
+    ``mismatch`` counts it among the attempts whose bytes failed verification. Returns that
+    count (the archive's ``mismatches``; 0 if the artifact was archived meanwhile)."""
     _ensure_row(session, artifact_id)
-    session.execute(
+    count = session.execute(
         sa.update(Archive)
         .where(Archive.artifact_id == artifact_id, Archive.status != ArchiveStatus.ARCHIVED)
         .values(
@@ -131,8 +136,11 @@ def record_failed(session: Session, artifact_id: int, error: str) -> None:
             verified_algorithm=None,
             verified_digest=None,
             error=error,
+            mismatches=Archive.mismatches + (1 if mismatch else 0),
         )
-    )
+        .returning(Archive.mismatches)
+    ).scalar_one_or_none()
+    return count or 0
 
 
 def _not_archived() -> Any:

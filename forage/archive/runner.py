@@ -13,23 +13,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
 
-from forage.archive.job import _run, is_retryable
+from forage.archive.job import BAD_BYTES, _run, is_retryable
 from forage.archive.records import record_archived_many
 from forage.archive.stream import OnBytes
 from forage.archive.targets import ArchiveOutcome, ArchiveResult, ArchiveTarget, load_targets
 from forage.db.models import ArchiveStatus
-from forage.errors import ConfigError, NotFound, PermanentJobError
+from forage.errors import ConfigError, JobError, NotFound
 from forage.jobs.queue import describe_error
 from forage.jobs.worker import JobContext
-from indexers import DigestMismatch
 
 #: Artifacts whose rows ``archive_many`` reads in one transaction.
 LOAD_PAGE = 100
 
 
 def _reason(error: BaseException) -> str:
+    """The failure as recorded on the archive row: bad bytes by their own error."""
     cause = error.__cause__
-    if isinstance(error, PermanentJobError) and isinstance(cause, DigestMismatch):
+    if isinstance(error, JobError) and isinstance(cause, BAD_BYTES):
         return describe_error(cause)
     return describe_error(error)
 

@@ -8,12 +8,17 @@ row yet (never tried, or failed before). It runs the same verified pass as the w
 ``worker.concurrency``). Artifacts already archived are skipped. Progress (artifacts and
 bytes) goes to stderr when it is a terminal, or always with ``--progress``; a summary
 follows, and the exit status is 1 when any artifact failed.
+
+``forage archive --failed [--limit N] [--json]`` lists the failed archives instead, newest
+first, with their reasons (bytes that failed verification marked ``BAD BYTES``) and what
+happens next: the time of the job's next try, or ``dead`` (:mod:`forage.archive.failures`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from typing import Any
 
@@ -39,6 +44,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--concurrency", type=int, metavar="N", help="artifacts at once")
     parser.add_argument(
+        "--failed", action="store_true", help="list failed archives with their reasons instead"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=50, metavar="N", help="failures listed at most (default 50)"
+    )
+    parser.add_argument("--json", action="store_true", help="with --failed: print JSON")
+    parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -48,7 +60,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
+    if args.failed:
+        return _list_failed(args)
     if not args.keys and not args.pending:
         print("forage: name artifacts to archive (KEY...) or pass --pending", file=sys.stderr)
         return EXIT_USAGE
@@ -58,6 +71,40 @@ def run(args: argparse.Namespace) -> int:
     config = load_cli_config(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     return asyncio.run(_archive(config, args, progress=progress))
+
+
+def _list_failed(args: argparse.Namespace) -> int:
+    """``--failed``: the newest ``--limit`` failed archives, their reasons and next tries."""
+    from forage.archive.failures import MAX_PER_PAGE, failed_archives
+    from forage.db.engine import make_sessionmaker, open_database
+
+    if args.keys or args.pending:
+        print("forage: --failed lists failures; it takes no KEY or --pending", file=sys.stderr)
+        return EXIT_USAGE
+    if not 1 <= args.limit <= MAX_PER_PAGE:
+        print(f"forage: --limit must be from 1 to {MAX_PER_PAGE}", file=sys.stderr)
+        return EXIT_USAGE
+    config = load_cli_config(args)
+    engine = open_database(config.database)
+    try:
+        with make_sessionmaker(engine)() as session:
+            listing = failed_archives(session, per_page=args.limit)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps(listing.to_json(), indent=2))
+        return 0
+    for failure in listing.archives:
+        if failure.job_state == "queued" and failure.next_attempt_at is not None:
+            then = f"next try {failure.next_attempt_at:%Y-%m-%d %H:%M UTC}"
+        else:
+            then = failure.job_state or "no job"
+        tries = f"{failure.mismatches}/{config.jobs.mismatch_attempts}"
+        mark = f"BAD BYTES (verification failed {tries}) " if failure.bad_bytes else ""
+        print(f"{failure.purl} {failure.filename}: {mark}{failure.error} [{then}]")
+    shown = len(listing.archives)
+    print(f"forage: {listing.total} failed archive(s), {shown} shown", file=sys.stderr)
+    return 0
 
 
 async def _archive(config: Any, args: argparse.Namespace, *, progress: bool) -> int:

@@ -15,7 +15,12 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from forage.config.registries import RegistriesConfig, RegistryConfig
+from forage.config.registries import (
+    RegistriesConfig,
+    RegistryConfig,
+    check_patterns,
+    read_pattern_file,
+)
 from forage.config.sections import (
     BACKEND_NAME,
     LOOPBACK_HOSTS,
@@ -212,7 +217,22 @@ def _build_registry(
             )
     if not hosts and given:
         hosts = tuple(dict.fromkeys(netloc(u) for u in section.endpoint_urls()))
-    return replace(section, download_hosts=hosts)
+    return replace(_checked_selection(section, prefix), download_hosts=hosts)
+
+
+def _checked_selection(section: RegistryConfig, prefix: str) -> RegistryConfig:
+    """Validate the registry's selection: patterns well formed, list files readable."""
+    section = replace(
+        section,
+        allow=check_patterns(section.allow, f"{prefix}.allow"),
+        deny=check_patterns(section.deny, f"{prefix}.deny"),
+        files=check_patterns(section.files, f"{prefix}.files"),
+    )
+    for key in ("allow_file", "deny_file"):
+        path = getattr(section, key)
+        if path is not None:
+            read_pattern_file(path, f"{prefix}.{key}")
+    return section
 
 
 def _with_token(

@@ -8,12 +8,14 @@ A table with no endpoint set is *unconfigured*: nothing contacts that registry.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from forage.config.values import bounded, filled_by_loader, section_dict
+from forage.errors import ConfigError
 from indexers import ECOSYSTEMS
 
 
@@ -28,6 +30,17 @@ class RegistryConfig:
     ``http`` endpoints and downloads (loopback fakes, private mirrors). ``ecosystem`` and
     ``endpoints`` (every endpoint key the ecosystem declares, ``None`` where unset) are filled
     by the loader.
+
+    What to archive (:mod:`forage.index.selection`, applied alike by the watcher, bootstrap,
+    backfill imports, reconcile and ``prime``): ``allow``/``deny`` are package-name glob
+    patterns (``fnmatch``, on the registry's canonical name; deny wins; no allow means all),
+    ``allow_file``/``deny_file`` files of more, one per line (``#`` comments);
+    ``prereleases`` false leaves pre-releases out (by the ecosystem's own rules); ``newest``
+    keeps the N most recently published versions of each package; ``max_file_size`` leaves
+    out files the registry says are larger; ``files`` are file-name glob patterns a file must
+    match (PyPI: ``*-none-any.whl``, ``*manylinux*x86_64.whl``, ``*.tar.gz``).
+    ``cooldown_days`` keeps releases younger than that out of the mirror's listings and
+    ``latest`` (0: none).
     """
 
     download_hosts: tuple[str, ...] = ()
@@ -35,6 +48,15 @@ class RegistryConfig:
     max_connections: int = bounded(10, low=1, high=1000)
     max_download_size: int = bounded(2 * 1024**3, low=1)
     allow_http: bool = False
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    allow_file: Path | None = None
+    deny_file: Path | None = None
+    prereleases: bool = True
+    newest: int | None = bounded(None, low=1)
+    max_file_size: int | None = bounded(None, low=1)
+    files: tuple[str, ...] = ()
+    cooldown_days: float = bounded(0.0, low=0, high=3650)
     ecosystem: str = filled_by_loader("")
     endpoints: Mapping[str, str | None] = field(
         default_factory=lambda: MappingProxyType({}), metadata={"filled_by_loader": True}
@@ -75,6 +97,36 @@ class RegistryConfig:
         return {**section_dict(self, reveal=reveal), **self.endpoints}
 
 
+#: Longest name pattern accepted in a selection.
+MAX_PATTERN = 512
+
+
+def check_patterns(patterns: Iterable[str], key: str) -> tuple[str, ...]:
+    """Return glob patterns stripped, or a ``ConfigError`` naming ``key`` for an empty, huge or
+    control-character pattern."""
+    checked = []
+    for raw in patterns:
+        pattern = raw.strip()
+        if not pattern or len(pattern) > MAX_PATTERN:
+            raise ConfigError(key, f"{raw[:80]!r} is not a pattern (1 to {MAX_PATTERN} chars)")
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in pattern):
+            raise ConfigError(key, f"{pattern[:80]!r} holds a control character")
+        checked.append(pattern)
+    return tuple(checked)
+
+
+def read_pattern_file(path: Path, key: str) -> tuple[str, ...]:
+    """The names or patterns of a list file: one per line, blank lines and ``#`` comments
+    skipped; a ``ConfigError`` naming ``key`` when it cannot be read or holds a bad line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(key, f"cannot read {path}: {reason}") from exc
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return check_patterns((line for line in lines if line), f"{key} ({path})")
+
+
 def _every_registry() -> Mapping[str, RegistryConfig]:
     return MappingProxyType({name: RegistryConfig.unconfigured(name) for name in ECOSYSTEMS})
 
@@ -101,4 +153,10 @@ class RegistriesConfig:
         return iter(self.by_name.items())
 
 
-__all__ = ["RegistriesConfig", "RegistryConfig"]
+__all__ = [
+    "MAX_PATTERN",
+    "RegistriesConfig",
+    "RegistryConfig",
+    "check_patterns",
+    "read_pattern_file",
+]

@@ -66,6 +66,11 @@ class JobsConfig:
     before its next attempt, and is dead after ``max_attempts``. A running job's lease lasts
     ``lease_seconds`` and is extended by the worker's heartbeat; an expired lease makes the job
     claimable again. ``poll_interval`` is how often an idle worker looks for work.
+
+    Bytes that fail verification (a digest mismatch: a CDN serving wrong bytes; an unreadable
+    archive) may be right again later: the archive is tried ``mismatch_attempts`` times in
+    all, the n-th retry ``mismatch_backoff * 2 ** (n - 1)`` seconds after the failure, then
+    its job is dead (within ``max_attempts`` attempts of any kind).
     """
 
     max_attempts: int = bounded(10, low=1, high=1000)
@@ -73,6 +78,8 @@ class JobsConfig:
     backoff_cap: float = bounded(6 * 3600.0, low=0)
     lease_seconds: float = bounded(300.0, low=0.1)
     poll_interval: float = bounded(1.0, low=0.01)
+    mismatch_attempts: int = bounded(3, low=1, high=100)
+    mismatch_backoff: float = bounded(3600.0, low=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +127,8 @@ class ScheduleConfig:
     blockstore; ``keep_done_jobs`` is how long finished jobs stay before pruning.
     ``render_answers`` is how often lookup answers changed or never rendered are rendered
     ahead of lookups (:mod:`forage.lookup.answers`), at most ``render_batch`` a run.
+    ``reconcile`` is how often each configured registry's reconcile sweep is queued
+    (:mod:`forage.index.reconcile`).
     """
 
     drain_archives: float = bounded(300.0, low=0)
@@ -131,6 +140,7 @@ class ScheduleConfig:
     stats: float = bounded(300.0, low=0)
     prune_jobs: float = bounded(86400.0, low=0)
     render_answers: float = bounded(60.0, low=0)
+    reconcile: float = bounded(86400.0, low=0)
     render_batch: int = bounded(20_000, low=1, high=10_000_000)
     reverify_sample: int = bounded(100, low=1, high=1_000_000)
     batch: int = bounded(1000, low=1, high=1_000_000)

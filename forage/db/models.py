@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, attribute_keyed_dict, mapped_column, relationship
 
 from forage.db.engine import Base, BigIntPK, enum_column, utcnow
+from indexers.types import PACKAGE_STATUSES
 
 #: Base32 alphabet of multibase ``b`` (RFC 4648, lower case, no padding).
 _BASE32_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
@@ -47,6 +48,9 @@ _DIGEST_LENGTH_CASE = (
     + " ".join(f"WHEN '{name}' THEN {n}" for name, n in DIGEST_HEX_LENGTHS.items())
     + " ELSE length(value) END"
 )
+
+
+PACKAGE_STATUS_CHECK = f"status IS NULL OR status IN {PACKAGE_STATUSES!r}"
 
 
 def _created() -> Mapped[datetime]:
@@ -112,6 +116,7 @@ class Package(Base):
         sa.UniqueConstraint("ecosystem", "name"),
         sa.CheckConstraint("ecosystem <> '' AND ecosystem = lower(ecosystem)", name="ecosystem"),
         sa.CheckConstraint("name <> ''", name="name"),
+        sa.CheckConstraint(PACKAGE_STATUS_CHECK, name="status"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -121,6 +126,9 @@ class Package(Base):
     #: Registry metadata worth keeping that has no column (``PackageInfo.extra``).
     extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
     deleted: Mapped[bool] = _flag()
+    #: The registry's status (``indexers.types.PACKAGE_STATUSES``; NULL: active) and its why.
+    status: Mapped[str | None] = mapped_column(sa.String(16))
+    status_reason: Mapped[str | None] = mapped_column(sa.Text)
     last_synced: Mapped[datetime | None]
     last_serial: Mapped[int | None] = mapped_column(sa.BigInteger)
     created_at: Mapped[datetime] = _created()
@@ -151,6 +159,9 @@ class Version(Base):
     deleted: Mapped[bool] = _flag()
     #: The registry's deprecation message, if the version is deprecated.
     deprecated: Mapped[str | None] = mapped_column(sa.Text)
+    #: When Forage saw the registry withdraw it and how (``"pypi: remove release"``); NULL: listed.
+    removed_at: Mapped[datetime | None]
+    removal: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
@@ -184,6 +195,9 @@ class Artifact(Base):
     yanked_reason: Mapped[str | None] = mapped_column(sa.Text)
     requires_python: Mapped[str | None] = mapped_column(sa.String(256))
     uploaded_at: Mapped[datetime | None]
+    #: When Forage saw the registry withdraw it and how (``"pypi: remove file"``); NULL: listed.
+    removed_at: Mapped[datetime | None]
+    removal: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
@@ -264,6 +278,9 @@ class Archive(Base):
     verified_algorithm: Mapped[str | None] = mapped_column(sa.String(32))
     verified_digest: Mapped[str | None] = mapped_column(sa.String(256))
     archived_at: Mapped[datetime | None]
+    #: Attempts since the last success whose bytes failed verification (digest mismatch,
+    #: unreadable archive): what bounds their retries (``jobs.mismatch_attempts``).
+    mismatches: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
@@ -406,8 +423,10 @@ class FeedCursor(Base):
 
     ``version`` increases with every write: update with ``WHERE version = <read value>`` so
     two watchers of one registry cannot both move the cursor (compare-and-set). ``head`` is
-    the feed's newest position when last seen and ``lag`` how far behind it the cursor is, in
-    the feed's own units.
+    the feed's newest position when last seen (``{"head": <position>}``); ``at_head`` says
+    whether the last page written reached it, ``caught_up_at`` when a page last did and
+    ``position_at`` the registry's own date of the cursor's position, where it dates entries:
+    what the lag in seconds is computed from (:mod:`forage.index.status`).
     """
 
     __tablename__ = "feed_cursors"
@@ -418,7 +437,9 @@ class FeedCursor(Base):
     feed: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     cursor: Mapped[dict[str, Any]]
     head: Mapped[dict[str, Any] | None]
-    lag: Mapped[float | None]
+    at_head: Mapped[bool] = _flag()
+    caught_up_at: Mapped[datetime | None]
+    position_at: Mapped[datetime | None]
     version: Mapped[int] = mapped_column(default=1, server_default="1")
     updated_at: Mapped[datetime] = _updated()
 
@@ -513,3 +534,25 @@ class VersionAnswer(Base):
     #: (:func:`forage.lookup.normalize.canonical_purl`): how a lookup finds its answer. Not
     #: unique: tombstones of a renamed package keep theirs.
     purl: Mapped[str | None] = mapped_column(sa.Text, index=True)
+
+
+class LookupMiss(Base):
+    """A registry's answer that it does not have a package (``version`` empty) or one version
+    of it, and when Forage asked: a lookup of that key answers ``not_found`` with it, and
+    queues no import until ``server.backfill_recheck`` has passed (:mod:`forage.index.misses`).
+    """
+
+    __tablename__ = "lookup_misses"
+    __table_args__ = (
+        sa.UniqueConstraint("ecosystem", "name", "version"),
+        sa.CheckConstraint("ecosystem <> '' AND name <> ''", name="key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    ecosystem: Mapped[str] = mapped_column(sa.String(32))
+    name: Mapped[str] = mapped_column(sa.String(1024))
+    #: The version asked for; ``''`` when the registry has no such package at all.
+    version: Mapped[str] = mapped_column(sa.String(256), default="", server_default="")
+    #: What the registry answered (``HTTP 404 from <url>: <body>``), or what its listing said.
+    answer: Mapped[str] = mapped_column(sa.Text)
+    checked_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -32,7 +32,10 @@ from sqlalchemy.orm import Session
 from forage.db.engine import is_sqlite, utcnow
 from forage.db.models import Artifact, ArtifactDigest, FeedCursor, Package, Version
 from forage.errors import ForageError
+from forage.index import misses
 from forage.index.registries import make_indexer
+from forage.index.removals import record_removals, release_removal, remove_package
+from forage.index.selection import PackageExcluded, selection_for
 from forage.jobs import queue as jobs
 from forage.jobs.worker import JobContext
 from indexers import (
@@ -106,7 +109,10 @@ class _Statements:
 @functools.cache
 def _statements(dialect: str) -> _Statements:
     insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(_packages)
-    refreshed = ("display_name", "deleted", "extra", "last_synced", "last_serial", "updated_at")
+    refreshed = (
+        *("display_name", "deleted", "extra", "last_synced", "last_serial", "updated_at"),
+        *("status", "status_reason"),
+    )
     return _Statements(
         upsert_package=insert.on_conflict_do_update(
             index_elements=["ecosystem", "name"],
@@ -118,6 +124,8 @@ def _statements(dialect: str) -> _Statements:
             _versions.c.yanked,
             _versions.c.deleted,
             _versions.c.deprecated,
+            _versions.c.removal,
+            _versions.c.removed_at,
         ).where(_versions.c.package_id == sa.bindparam("package_id")),
         # Rows come back keyed by their natural key, so they need not come back in order
         # (asking for order makes SQLAlchemy send SQLite one INSERT per row).
@@ -142,11 +150,14 @@ def newest_releases(info: PackageInfo, count: int) -> PackageInfo:
     """Keep the ``count`` most recently published releases (unknown dates count as oldest)."""
     oldest = datetime.min.replace(tzinfo=UTC)
     ordered = sorted(info.releases, key=lambda r: r.published_at or oldest, reverse=True)
-    return dataclasses.replace(info, releases=tuple(ordered[:count]))
+    return dataclasses.replace(info, releases=tuple(ordered[:count]), complete=False)
 
 
 def record_package(session: Session, info: PackageInfo, *, archive: bool = True) -> RecordStats:
     """Write ``info`` as rows; queue an archive job per new artifact when ``archive``.
+
+    Versions and files the registry stopped offering are recorded as removed, with when and
+    how, and cleared when it offers them again (:mod:`forage.index.removals`).
 
     A handful of statements whatever the package's size: one upsert of the package, one read
     of its known versions (and of their artifacts), one multi-row insert each for new
@@ -166,6 +177,8 @@ def record_package(session: Session, info: PackageInfo, *, archive: bool = True)
             "last_synced": now,
             "last_serial": info.serial,
             "updated_at": now,
+            "status": info.status,
+            "status_reason": info.status_reason,
         },
     ).scalar_one()
     known = {
@@ -180,6 +193,8 @@ def record_package(session: Session, info: PackageInfo, *, archive: bool = True)
             "yanked": release.yanked,
             "deleted": release.deleted,
             "deprecated": release.deprecated,
+            "removal": (removal := release_removal(info.ecosystem, release)),
+            "removed_at": now if removal else None,
         }
         for release in info.releases
         if release.version not in known
@@ -211,6 +226,7 @@ def record_package(session: Session, info: PackageInfo, *, archive: bool = True)
     new_artifacts = _record_artifacts(
         session, connection, statements, info, version_ids, known_ids, archive=archive
     )
+    updated += record_removals(connection, info, known, version_ids, now)
     log.info(
         "recorded %s/%s: %d new versions, %d new artifacts",
         info.ecosystem,
@@ -292,18 +308,14 @@ def _record_artifacts(
 
 
 def mark_package_deleted(session: Session, ecosystem: str, name: str) -> bool:
-    """Flag a package the registry no longer has (its archives stay); False if unknown."""
+    """Flag a package the registry no longer has, its versions and files removed with when and
+    how (its archives stay); False if unknown."""
     package_id = session.execute(
         sa.select(Package.id).where(Package.ecosystem == ecosystem, Package.name == name)
     ).scalar_one_or_none()
     if package_id is None:
         return False
-    session.execute(
-        sa.update(Package)
-        .where(Package.id == package_id)
-        .values(deleted=True, last_synced=utcnow())
-    )
-    session.execute(sa.update(Version).where(Version.package_id == package_id).values(deleted=True))
+    remove_package(session, package_id, ecosystem, utcnow())
     return True
 
 
@@ -325,24 +337,40 @@ async def import_package(
 
     ``hints`` are the freshness hints of the feed change that asked for it (an ``import``
     job's payload, :func:`change_payload`): an answer older than them is retried later.
+    A registry without the package (never indexed), or without the version a lookup asked
+    for, is recorded as a miss so the lookup ends (:mod:`forage.index.misses`).
     """
     indexer = make_indexer(ctx.config, ecosystem, _client(ctx, ecosystem))
     name = indexer.normalize_name(name)
+    selection = selection_for(ctx.config, ecosystem)
+    selection.admit(name)  # PackageExcluded: the configuration leaves it out
     try:
         info = await indexer.package(name, change=change_of(name, hints or {}))
-    except PackageNotFound:
+    except PackageNotFound as exc:
         gone = await ctx.transaction(mark_package_deleted, ecosystem, name)
+        if not gone:
+            answer = misses.not_found_answer(exc)
+            await ctx.transaction(misses.record_miss, ecosystem, name, None, answer)
         log.info("%s/%s is gone upstream (known: %s)", ecosystem, name, gone)
         return None
+    info = selection.apply(info)
     if newest is not None:
         info = newest_releases(info, newest)
-    return await ctx.transaction(record_package, info, archive=archive)
+    if (asked := misses.asked_version(hints or {})) is None:
+        return await ctx.transaction(record_package, info, archive=archive)
+    info, missed = misses.asked_outcome(info, asked)
+    stats = await ctx.transaction(record_package, info, archive=archive)
+    await ctx.transaction(misses.settle_asked, ecosystem, info.name, asked, missed)
+    return stats
 
 
 async def import_job(ctx: JobContext, job: jobs.Job) -> None:
     """Handler of ``import`` jobs: payload ``{ecosystem, name, serial?, revision?, version?}``."""
     payload = job.payload
-    await import_package(ctx, str(payload["ecosystem"]), str(payload["name"]), hints=payload)
+    try:
+        await import_package(ctx, str(payload["ecosystem"]), str(payload["name"]), hints=payload)
+    except PackageExcluded as exc:
+        log.info("import skipped: %s", exc)
 
 
 def change_payload(ecosystem: str, change: Change) -> dict[str, Any]:
@@ -408,26 +436,6 @@ def create_cursor(
     return loaded
 
 
-def lag_of(cursor: Mapping[str, Any], head: Any, *, done: bool = False) -> float | None:
-    """How far ``cursor`` is behind the feed's ``head``: positions, or seconds for time feeds.
-
-    A positional feed whose last page said it was caught up is at its head (lag 0).
-    """
-    for key in ("seq", "serial"):
-        if isinstance(cursor.get(key), int) and isinstance(head, int):
-            return float(max(0, head - cursor[key]))
-        if isinstance(cursor.get(key), int) and done:
-            return 0.0
-    since = cursor.get("since")
-    if isinstance(since, str):
-        try:
-            moment = datetime.fromisoformat(since.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        return max(0.0, (utcnow() - moment).total_seconds())
-    return None
-
-
 def commit_page(
     session: Session,
     *,
@@ -437,19 +445,30 @@ def commit_page(
     page: Page[Any],
     cursor: dict[str, Any],
 ) -> int:
-    """Queue the page's imports and move the cursor, or raise ``CursorConflict``."""
+    """Queue the page's imports and move the cursor, or raise ``CursorConflict``.
+
+    Also records what the feed's lag is computed from (:mod:`forage.index.status`): whether
+    the page reached the head (and then when), the head it reported and the date of the
+    cursor's position; a page that does not know the head or the date keeps those stored.
+    """
     enqueue_changes(session, ecosystem, page.changes)
-    head = {"head": page.head} if page.head is not None else None
+    now = utcnow()
+    values: dict[str, Any] = {
+        "cursor": cursor,
+        "at_head": page.done,
+        "version": expected_version + 1,
+        "updated_at": now,
+    }
+    if page.done:
+        values["caught_up_at"] = now
+    if page.head is not None:
+        values["head"] = {"head": page.head}
+    if page.position_at is not None:
+        values["position_at"] = page.position_at
     result = session.execute(
         sa.update(FeedCursor)
         .where(FeedCursor.feed == feed, FeedCursor.version == expected_version)
-        .values(
-            cursor=cursor,
-            head=head,
-            lag=lag_of(cursor, page.head, done=page.done),
-            version=expected_version + 1,
-            updated_at=utcnow(),
-        )
+        .values(**values)
         .returning(FeedCursor.version)
     )
     if result.scalar_one_or_none() is None:
@@ -498,10 +517,13 @@ async def watch_feed(
     cursor_dict, version = stored
     cursor = indexer.cursor_from_dict(cursor_dict)
     window = ECOSYSTEMS[ecosystem].rescan_window
+    select = selection_for(ctx.config, ecosystem).changes
     if window and hasattr(cursor, "rewind"):
-        stats.rescanned = await _rescan(ctx, indexer, cursor, cursor.rewind(window), sleep=sleep)
+        start = cursor.rewind(window)
+        stats.rescanned = await _rescan(ctx, indexer, cursor, start, select=select, sleep=sleep)
     while True:
         page = await _page(indexer, cursor, sleep=sleep)
+        page = dataclasses.replace(page, changes=select(page.changes))
         next_dict = indexer.cursor_to_dict(page.cursor)
         version = await ctx.transaction(
             commit_page,
@@ -527,6 +549,7 @@ async def _rescan(
     stored: Any,
     start: Any,
     *,
+    select: Callable[[Iterable[Change]], tuple[Change, ...]],
     sleep: Callable[[float], Any],
 ) -> int:
     """Re-read the window behind the stored cursor, queueing imports for late entries."""
@@ -534,8 +557,9 @@ async def _rescan(
     cursor = start
     while dataclasses.astuple(cursor) < dataclasses.astuple(stored):
         page = await _page(indexer, cursor, sleep=sleep)
-        await ctx.transaction(enqueue_changes, indexer.ecosystem, page.changes)
-        seen += len(page.changes)
+        changes = select(page.changes)
+        await ctx.transaction(enqueue_changes, indexer.ecosystem, changes)
+        seen += len(changes)
         if page.done or page.cursor == cursor:
             break
         cursor = page.cursor

@@ -23,6 +23,7 @@ def default_handlers() -> Mapping[str, Handler]:
     from forage.filecoin.deals import SYNC_DEALS, sync_deals_job
     from forage.filecoin.pieces import BUILD_PIECES, build_pieces_job
     from forage.index.ingest import ARCHIVE, IMPORT, import_job
+    from forage.index.reconcile import RECONCILE, reconcile_job
     from forage.jobs.scheduler import scheduled_handlers
     from forage.logs import with_job_context
     from forage.lookup.answers import RENDER_ANSWERS, render_answers_job
@@ -33,5 +34,6 @@ def default_handlers() -> Mapping[str, Handler]:
     handlers = {IMPORT: import_job, ARCHIVE: archive_job, PIN: pin_job, PIN_CHECK: pin_check_job}
     handlers.update({BUILD_PIECES: build_pieces_job, SYNC_DEALS: sync_deals_job})
     handlers[RENDER_ANSWERS] = render_answers_job
+    handlers[RECONCILE] = reconcile_job
     handlers.update(scheduled_handlers())
     return {kind: with_job_context(handler) for kind, handler in handlers.items()}

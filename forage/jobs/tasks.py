@@ -10,6 +10,8 @@ where it is leased, retried and survives crashes (STYLE.md house rule 10).
 task           interval key                     what it does
 ============== ================================ =============================================
 watch:<name>   registries.<name>.interval       queue a ``watch`` job following that feed
+reconcile:     schedule.reconcile               queue a ``reconcile`` sweep of that registry's
+<name>                                          inventory against the index (resumable)
 pin_check      schedule.pin_check               queue the batched pin status check (which
                                                 also reschedules itself), with backends
 build_pieces   schedule.build_pieces            queue the packing of archives into pieces
@@ -65,6 +67,8 @@ log = logging.getLogger(__name__)
 #: :mod:`forage.jobs.reverify`).
 WATCH = "watch"
 REVERIFY = "reverify"
+#: The reconcile sweep's kind (its handler is :func:`forage.index.reconcile.reconcile_job`).
+RECONCILE = "reconcile"
 #: The archive job kind (queued by ingest too, with the same ``dedup_key``).
 ARCHIVE = "archive"
 #: Kinds of other modules this schedule queues (their handlers keep them going).
@@ -160,6 +164,13 @@ def enqueue_watch(ecosystem: str, session: Session, config: Config) -> Mapping[s
     return enqueue_once(session, WATCH, {"ecosystem": ecosystem}, dedup_key=f"{WATCH}:{ecosystem}")
 
 
+def enqueue_reconcile(ecosystem: str, session: Session, config: Config) -> Mapping[str, Any]:
+    """Queue a ``reconcile`` sweep of one registry unless one is queued or running (a sweep
+    a kill interrupted resumes where it stopped: :mod:`forage.index.reconcile`)."""
+    payload = {"ecosystem": ecosystem}
+    return enqueue_once(session, RECONCILE, payload, dedup_key=f"{RECONCILE}:{ecosystem}")
+
+
 def drain_archives(session: Session, config: Config) -> Mapping[str, Any]:
     """Queue ``archive`` jobs for up to ``schedule.batch`` artifacts that have no finished
     archive (archived or failed) and no archive job queued, running or dead (dead ones are
@@ -252,13 +263,21 @@ TASKS: tuple[Task, ...] = (
 
 
 def schedule_table(config: Config) -> tuple[Task, ...]:
-    """Every task of this configuration: one watcher per configured registry, the pipeline
-    kinds whose services are configured, then :data:`TASKS`."""
+    """Every task of this configuration: a watcher and a reconcile sweep per configured
+    registry, the pipeline kinds whose services are configured, then :data:`TASKS`."""
     tasks = [
         Task(
             f"{WATCH}:{ecosystem}",
             f"registries.{ecosystem}.interval",
             functools.partial(enqueue_watch, ecosystem),
+        )
+        for ecosystem in config.configured_registries()
+    ]
+    tasks += [
+        Task(
+            f"{RECONCILE}:{ecosystem}",
+            "schedule.reconcile",
+            functools.partial(enqueue_reconcile, ecosystem),
         )
         for ecosystem in config.configured_registries()
     ]
@@ -274,7 +293,9 @@ def schedule_table(config: Config) -> tuple[Task, ...]:
 
 
 async def watch_job(ctx: JobContext, job: jobs.Job) -> None:
-    """Handler of ``watch`` jobs ``{ecosystem}``: follow the feed until caught up."""
+    """Handler of ``watch`` jobs ``{ecosystem}``: follow the feed until caught up (which ends
+    a bootstrap walk in progress: :mod:`forage.index.bootstrap`)."""
+    from forage.index import bootstrap
     from forage.index.ingest import watch_feed
 
     ecosystem = str(job.payload["ecosystem"])
@@ -283,6 +304,8 @@ async def watch_job(ctx: JobContext, job: jobs.Job) -> None:
     except ConfigError as exc:
         raise PermanentJobError(str(exc)) from exc
     stats = await watch_feed(ctx, ecosystem)
+    if await ctx.transaction(bootstrap.finish, ecosystem):
+        log.info("feed %s: the bootstrap walk reached the head", ecosystem)
     log.info(
         "feed %s caught up: %d pages, %d changes queued, %d re-scanned",
         ecosystem,

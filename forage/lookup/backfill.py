@@ -3,7 +3,12 @@
 :func:`backfill` queues an ``import`` job (:mod:`forage.index.ingest`) for each missing key
 in the caller's short write transaction: deduplicated against queued imports, limited by a
 token bucket (:class:`TokenBucket`), and not repeated for a package its registry was asked
-about recently (:class:`BackfillPolicy`).
+about recently (:class:`BackfillPolicy`). A lookup therefore ends: an unknown key is
+``queued`` once, and once the import found that the registry does not have it (a miss,
+:mod:`forage.index.misses`), ``not_found`` with the registry's answer and when it was
+asked, until ``recheck`` has passed and one new import asks again. A version of a known
+package is asked for by an import of its own where the registry serves versions it does not
+list (``unlisted_versions``: Go pseudo-versions); elsewhere the package's listing answers.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -24,6 +29,8 @@ from forage.config import Config
 from forage.db.engine import utcnow
 from forage.db.models import JobRecord, JobState
 from forage.index.ingest import IMPORT
+from forage.index.misses import LOOKUP_HINT, Miss, load_misses, miss_for
+from forage.index.selection import Selection, selection_for
 from forage.jobs import queue as jobs
 from forage.lookup.keys import Key
 from forage.lookup.query import _id_set
@@ -71,12 +78,15 @@ class BackfillPolicy:
 
     ``ecosystems`` are the registries configured on this installation; ``recheck`` is how
     long a registry's answer for a package stands before a lookup asks again; ``limiter``
-    (``None``: unlimited) bounds the imports queued per second.
+    (``None``: unlimited) bounds the imports queued per second; ``selections`` are the
+    configured registries' selections, whose excluded names are answered at once instead of
+    queueing an import that would only skip them.
     """
 
     ecosystems: frozenset[str]
     recheck: timedelta = timedelta(hours=1)
     limiter: TokenBucket | None = None
+    selections: Mapping[str, Selection] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Config, *, limited: bool = True) -> BackfillPolicy:
@@ -84,11 +94,18 @@ class BackfillPolicy:
         limiter = (
             TokenBucket(rate=server.backfill_rate, burst=server.backfill_burst) if limited else None
         )
+        configured = config.configured_registries()
         return cls(
-            ecosystems=frozenset(config.configured_registries()),
+            ecosystems=frozenset(configured),
             recheck=timedelta(seconds=server.backfill_recheck),
             limiter=limiter,
+            selections={name: selection_for(config, name) for name in configured},
         )
+
+
+def _excluded(policy: BackfillPolicy, key: Key) -> str | None:
+    selection = policy.selections.get(key.ecosystem)
+    return None if selection is None else selection.excluded(key.name)
 
 
 def import_dedup_key(key: Key) -> str:
@@ -104,8 +121,33 @@ def import_dedup_key(key: Key) -> str:
     return f"{IMPORT}:{key.ecosystem}:sha256:{digest}"
 
 
-def _not_found(key: Key, reason: str) -> KeyResult:
-    return KeyResult("", KeyStatus.NOT_FOUND, key, reason=reason)
+def _not_found(
+    key: Key, reason: str, *, answer: str | None = None, checked: datetime | None = None
+) -> KeyResult:
+    return KeyResult("", KeyStatus.NOT_FOUND, key, reason=reason, answer=answer, checked_at=checked)
+
+
+def _answered(
+    item: Missing, miss: Miss | None, policy: BackfillPolicy, now: datetime
+) -> KeyResult | None:
+    """The ``not_found`` result that ends a lookup of ``item`` without an import, or ``None``
+    when an import should ask the registry (nothing it answered is younger than ``recheck``)."""
+    key = item.key
+    if miss is not None and (miss.version is not None or not item.package_known):
+        checked = _iso(miss.checked_at)
+        what = f"no version {key.version} of {key.name}" if miss.version else f"no {key.name}"
+        reason = f"the registry has {what} (checked {checked}): {miss.answer}"
+        return _not_found(key, reason, answer=miss.answer, checked=miss.checked_at)
+    if item.last_synced is None or now - item.last_synced >= policy.recheck:
+        return None
+    checked = _iso(item.last_synced)
+    if item.package_deleted:
+        reason = f"{key.name} was removed from its registry (checked {checked})"
+    elif ECOSYSTEMS[key.ecosystem].unlisted_versions:
+        return None  # served unlisted: only an import of this version can tell
+    else:
+        reason = f"the registry listed no version {key.version} (checked {checked})"
+    return _not_found(key, reason, checked=item.last_synced)
 
 
 def backfill(
@@ -119,6 +161,7 @@ def backfill(
     now = now or utcnow()
     outcomes: dict[Key, KeyResult] = {}
     wanted: dict[str, list[Key]] = defaultdict(list)
+    asked: list[Missing] = []
     for item in missing:
         key = item.key
         if key.ecosystem not in ECOSYSTEMS:
@@ -127,15 +170,17 @@ def backfill(
             outcomes[key] = _not_found(
                 key, f"the {key.ecosystem} registry is not configured on this server"
             )
-        elif item.last_synced is not None and now - item.last_synced < policy.recheck:
-            checked = _iso(item.last_synced)
-            if item.package_deleted:
-                reason = f"{key.name} was removed from its registry (checked {checked})"
-            else:
-                reason = f"the registry listed no version {key.version} (checked {checked})"
-            outcomes[key] = _not_found(key, reason)
+        elif excluded := _excluded(policy, key):
+            outcomes[key] = _not_found(key, f"not archived here: {excluded}")
         else:
-            wanted[import_dedup_key(key)].append(key)
+            asked.append(item)
+    misses = load_misses(session, [item.key for item in asked], since=now - policy.recheck)
+    for item in asked:
+        answered = _answered(item, miss_for(misses, item.key), policy, now)
+        if answered is not None:
+            outcomes[item.key] = answered
+        else:
+            wanted[import_dedup_key(item.key)].append(item.key)
     if not wanted:
         return outcomes
     queued = dict(
@@ -150,7 +195,9 @@ def backfill(
     granted = policy.limiter.take(len(fresh)) if policy.limiter is not None else len(fresh)
     for dedup in fresh[:granted]:
         first = wanted[dedup][0]
-        payload = {"ecosystem": first.ecosystem, "name": first.name, "version": first.version}
+        # LOOKUP_HINT: the import records what the registry answers for this very key.
+        payload: dict[str, object] = {"ecosystem": first.ecosystem, "name": first.name}
+        payload |= {"version": first.version, LOOKUP_HINT: True}
         queued[dedup] = jobs.enqueue(session, IMPORT, payload, dedup_key=dedup, now=now)
     if granted < len(fresh):
         log.warning("backfill rate limit: %d imports not queued", len(fresh) - granted)

@@ -25,6 +25,9 @@ class VersionSummary:
     published_at: datetime | None
     yanked: bool
     deleted: bool
+    removed_at: datetime | None
+    removal: str | None
+    deprecated: str | None
     artifacts: int
     archived: int
 
@@ -34,6 +37,9 @@ class VersionSummary:
             "published_at": _iso(self.published_at),
             "yanked": self.yanked,
             "deleted": self.deleted,
+            "removed_at": _iso(self.removed_at),
+            "removal": self.removal,
+            "deprecated": self.deprecated,
             "artifacts": self.artifacts,
             "archived": self.archived,
         }
@@ -49,6 +55,8 @@ class PackageView:
     deleted: bool
     last_synced: datetime | None
     versions: tuple[VersionSummary, ...]
+    status: str | None = None
+    status_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +65,8 @@ class PackageView:
             "name": self.name,
             "display_name": self.display_name,
             "deleted": self.deleted,
+            "status": self.status,
+            "status_reason": self.status_reason,
             "last_synced": _iso(self.last_synced),
             "versions": [version.to_json() for version in self.versions],
         }
@@ -77,6 +87,9 @@ def package_view(session: Session, ecosystem: str, name: str) -> PackageView | N
             Version.published_at,
             Version.yanked,
             Version.deleted,
+            Version.removed_at,
+            Version.removal,
+            Version.deprecated,
             sa.func.count(Artifact.id),
             sa.func.coalesce(sa.func.sum(archived), 0),
         )
@@ -94,4 +107,6 @@ def package_view(session: Session, ecosystem: str, name: str) -> PackageView | N
         package.deleted,
         package.last_synced,
         versions,
+        package.status,
+        package.status_reason,
     )

@@ -166,6 +166,8 @@ def load_artifacts(
                 Artifact.size,
                 Artifact.kind,
                 Artifact.yanked,
+                _raw(Artifact.removed_at),
+                Artifact.removal,
                 Archive.id.label("archive_id"),
                 _raw(Archive.status),
                 Archive.cid,
@@ -213,6 +215,8 @@ def load_artifacts(
                 archived_at=_when(row.archived_at),
                 pins=pins.get(row.archive_id, ()),
                 pieces=pieces.get(row.archive_id, ()),
+                removed_at=_when(row.removed_at),
+                removal=row.removal,
             )
         )
     return out
@@ -341,6 +345,11 @@ def _version_rows(session: Session, keys: Sequence[Key], *, rendered: bool) -> A
             _raw(Version.published_at),
             Version.yanked,
             Version.deleted,
+            _raw(Version.removed_at),
+            Version.removal,
+            Version.deprecated,
+            Package.status.label("package_status"),
+            Package.status_reason.label("package_status_reason"),
             *((VersionAnswer.stamp,) if rendered else ()),
         )
         .select_from(k)

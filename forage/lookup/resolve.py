@@ -28,7 +28,14 @@ from forage.errors import InvalidKey
 from forage.lookup.keys import Key
 from forage.lookup.normalize import canonical_purl, parse_lookup_key
 from forage.lookup.query import _stored_answers, _version_rows, _when, load_artifacts
-from forage.lookup.views import KeyResult, KeyStatus, render_fragment, valid_until
+from forage.lookup.views import (
+    NOT_REMOVED,
+    KeyResult,
+    KeyStatus,
+    Removal,
+    render_fragment,
+    valid_until,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +80,18 @@ class Resolution:
                 result = replace(outcome, key=result.key)
             out.append(result)
         return tuple(out)
+
+
+def removal_of(row: Any) -> Removal | None:
+    """The removal, deprecation and package status a version row carries (``None``: none)."""
+    removal = Removal(
+        _when(row.removed_at),
+        row.removal,
+        row.deprecated,
+        row.package_status,
+        row.package_status_reason,
+    )
+    return None if removal == NOT_REMOVED else removal
 
 
 def _echo(raw: object) -> str:
@@ -136,6 +155,7 @@ def resolve(
             yanked=version.yanked,
             deleted=version.deleted,
             artifacts=views,
+            removal=removal_of(version),
         )
         if rendered:
             body = render_fragment(result)

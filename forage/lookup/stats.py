@@ -1,5 +1,6 @@
 """Archive statistics: counts of packages, versions, artifacts, archives, pins, pieces
-and deals for ``/api/v1/stats`` and the home page.
+and deals for ``/api/v1/stats`` and the home page, and each registry's feed and counts
+(:mod:`forage.index.status`) for ``/api/v1/stats``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from forage.db.models import (
     PinStatus,
     Version,
 )
+from forage.index.status import registry_status
 
 
 def archive_stats(session: Session) -> dict[str, Any]:
@@ -58,3 +60,10 @@ def archive_stats(session: Session) -> dict[str, Any]:
         "piece_bytes": int(piece_bytes),
         "deals": by(Deal.state, DealState),
     }
+
+
+def api_stats(session: Session) -> dict[str, Any]:
+    """``/api/v1/stats``: :func:`archive_stats` plus ``registries``, each registry's feed
+    (head, cursor, lag in seconds) and counts, as ``forage status --json`` shows them."""
+    registries = {name: row.to_dict() for name, row in registry_status(session).items()}
+    return {**archive_stats(session), "registries": registries}

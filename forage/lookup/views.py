@@ -107,6 +107,33 @@ class PinView:
 
 
 @dataclass(frozen=True, slots=True)
+class Removal:
+    """What a found version's answer says beyond its files: whether and how the registry
+    withdrew it, its deprecation, and the package's status (PEP 792, npm)."""
+
+    removed_at: datetime | None = None
+    removal: str | None = None
+    deprecated: str | None = None
+    package_status: str | None = None
+    package_status_reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        status = self.package_status
+        return {
+            "removed_at": _iso(self.removed_at),
+            "removal": self.removal,
+            "deprecated": self.deprecated,
+            "package_status": (
+                None if status is None else {"status": status, "reason": self.package_status_reason}
+            ),
+        }
+
+
+#: A version the registry still offers, not deprecated, of an active package.
+NOT_REMOVED = Removal()
+
+
+@dataclass(frozen=True, slots=True)
 class ArtifactView:
     """One file of a version with everything needed to fetch and trust its bytes."""
 
@@ -123,6 +150,8 @@ class ArtifactView:
     archived_at: datetime | None = None
     pins: tuple[PinView, ...] = ()
     pieces: tuple[PieceView, ...] = ()
+    removed_at: datetime | None = None
+    removal: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         archive = (
@@ -140,6 +169,8 @@ class ArtifactView:
             "size": self.size,
             "kind": self.kind,
             "yanked": self.yanked,
+            "removed_at": _iso(self.removed_at),
+            "removal": self.removal,
             "digests": dict(self.digests),
             "cid": self.cid,
             "archive": archive,
@@ -166,6 +197,11 @@ class KeyResult:
     #: The JSON members after ``"key"`` (see :func:`render_fragment`): set by a lookup with
     #: ``rendered=True``, where a version's stored answer stands in for ``artifacts``.
     rendered: bytes | None = None
+    #: For ``not_found``: what the registry answered when Forage asked, and when.
+    answer: str | None = None
+    checked_at: datetime | None = None
+    #: For ``found``: removal, deprecation and package status (``None``: none of them).
+    removal: Removal | None = None
 
     def answering(self, key: str) -> KeyResult:
         """This result for ``key`` (another spelling of the same version)."""
@@ -181,6 +217,9 @@ class KeyResult:
             self.deleted,
             self.artifacts,
             self.rendered,
+            self.answer,
+            self.checked_at,
+            self.removal,
         )
 
     def json_parts(self) -> tuple[bytes, ...]:
@@ -208,6 +247,7 @@ class KeyResult:
                 published_at=_iso(self.published_at),
                 yanked=self.yanked,
                 deleted=self.deleted,
+                **(self.removal or NOT_REMOVED).to_json(),
                 artifacts=[artifact.to_json() for artifact in self.artifacts],
             )
         elif self.status is KeyStatus.INVALID:
@@ -216,6 +256,8 @@ class KeyResult:
             out["job_id"] = self.job_id
         else:
             out["reason"] = self.reason
+            if self.checked_at is not None:
+                out.update(answer=self.answer, checked_at=_iso(self.checked_at))
         return out
 
 

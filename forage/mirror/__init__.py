@@ -18,6 +18,7 @@ archive for air-gapped mirrors.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 import httpx
 from aiohttp import web
@@ -78,6 +79,7 @@ def build_mirror(
             archive=archive,
             file_checks=ecosystem.file_checks,
             spool_dir=spool_dir,
+            cooldown=timedelta(days=section.cooldown_days),
         )
     return mirror
 

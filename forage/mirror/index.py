@@ -26,7 +26,7 @@ from forage.db.models import Archive, ArchiveStatus, Artifact, ArtifactDigest, P
 from indexers import FILE_CHECKS
 from indexers.digests import HASHERS, DigestVerifier
 from indexers.errors import ArchiveInvalid, DigestMismatch, InvalidArchive, InvalidDigest
-from indexers.mirror.rows import ArchivedFile, PackageRows, VersionRow, hold_reason
+from indexers.mirror.rows import ArchivedFile, PackageRows, VersionRow, Withdrawn, hold_reason
 from indexers.mirror.spool import Spool
 from storage import BlockSource, StorageError, parse_cid, read_file
 
@@ -46,13 +46,19 @@ def _files_query() -> sa.Select[Any]:
             Archive.cid,
             Archive.size,
             Artifact.size.label("artifact_size"),
-            sa.or_(Version.deleted, Package.deleted).label("removed"),
+            sa.or_(
+                Version.deleted,
+                Package.deleted,
+                Version.removed_at.is_not(None),
+                Artifact.removed_at.is_not(None),
+            ).label("removed"),
             Artifact.yanked,
             Artifact.yanked_reason,
             Artifact.requires_python,
             Artifact.uploaded_at,
             Version.published_at,
             Package.extra,
+            Package.status,
         )
         .join(Version, Artifact.version_id == Version.id)
         .join(Package, Version.package_id == Package.id)
@@ -88,7 +94,7 @@ def _files(session: Session, query: sa.Select[Any]) -> list[ArchivedFile]:
             size=row.artifact_size if row.artifact_size is not None else row.size,
             digests=digests[row.id],
             removed=bool(row.removed),
-            hold=hold_reason(row.extra or {}),
+            hold=hold_reason(row.extra or {}, row.status),
             yanked=row.yanked,
             yanked_reason=row.yanked_reason,
             requires_python=row.requires_python,
@@ -109,7 +115,39 @@ def package_extra(session: Session, ecosystem: str, name: str) -> dict[str, Any]
 
 def package_hold(session: Session, ecosystem: str, name: str) -> str | None:
     """Why the index says ``name`` must never be served (``None``: no hold, or unknown)."""
-    return hold_reason(package_extra(session, ecosystem, name) or {})
+    row = session.execute(
+        sa.select(Package.extra, Package.status).where(
+            Package.ecosystem == ecosystem, Package.name == name
+        )
+    ).first()
+    return None if row is None else hold_reason(row.extra or {}, row.status)
+
+
+def package_withdrawn(session: Session, ecosystem: str, name: str) -> Withdrawn | None:
+    """What the registry withdrew from ``name`` as the index recorded it: its hold, removed
+    versions and removed files (``None``: unknown package). Two indexed reads."""
+    package = session.execute(
+        sa.select(Package.id, Package.extra, Package.status).where(
+            Package.ecosystem == ecosystem, Package.name == name
+        )
+    ).first()
+    if package is None:
+        return None
+    rows = session.execute(
+        sa.select(Version.number, Version.removed_at.is_not(None), Artifact.filename)
+        .outerjoin(
+            Artifact, sa.and_(Artifact.version_id == Version.id, Artifact.removed_at.is_not(None))
+        )
+        .where(
+            Version.package_id == package.id,
+            sa.or_(Version.removed_at.is_not(None), Artifact.id.is_not(None)),
+        )
+    ).all()
+    return Withdrawn(
+        hold=hold_reason(package.extra or {}, package.status),
+        versions=frozenset(number for number, removed, _ in rows if removed),
+        files=frozenset(filename for _, _, filename in rows if filename is not None),
+    )
 
 
 def find_file(
@@ -184,6 +222,7 @@ def package_rows(session: Session, ecosystem: str, name: str) -> PackageRows | N
             Version.yanked,
             Version.deleted,
             Version.deprecated,
+            Version.removal,
         ).where(Version.package_id == package.id)
     ).all()
     files = _files(session, _files_query().where(Package.id == package.id).order_by(Artifact.id))
@@ -195,6 +234,7 @@ def package_rows(session: Session, ecosystem: str, name: str) -> PackageRows | N
         extra=dict(package.extra or {}),
         versions=tuple(VersionRow(*row) for row in versions),
         files=tuple(files),
+        status=package.status,
     )
 
 
@@ -262,6 +302,9 @@ class IndexArchive:
     async def package_hold(self, ecosystem: str, name: str) -> str | None:
         return await self._query(package_hold, ecosystem, name)
 
+    async def package_withdrawn(self, ecosystem: str, name: str) -> Withdrawn | None:
+        return await self._query(package_withdrawn, ecosystem, name)
+
     async def package_names(self, ecosystem: str) -> list[str]:
         return await self._query(package_names, ecosystem)
 
@@ -297,4 +340,5 @@ __all__ = [
     "package_names",
     "package_rows",
     "package_stamp",
+    "package_withdrawn",
 ]

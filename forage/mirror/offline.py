@@ -356,6 +356,7 @@ def package_info(entry: Any) -> PackageInfo:
         releases=tuple(releases),
         deleted=bool(entry.get("deleted")),
         extra=extra if isinstance(extra, dict) else {},
+        complete=False,  # a bundle holds what a lockfile named, not every release
     )
 
 

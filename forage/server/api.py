@@ -9,7 +9,8 @@ Routes (described for clients in ``openapi.json``, served at ``/api/openapi.json
 - ``GET|POST /packages/lookup?keys=...``: the original Forage's reply, ``{key: cid | null}``;
 - ``GET /api/v1/cids/{cid}``, ``GET /api/v1/packages/{ecosystem}/{name}``,
   ``GET /api/v1/packages/{ecosystem}/{name}/versions/{version}``, ``GET /api/v1/stats``;
-- ``POST /api/v1/import`` (bearer token, :mod:`forage.server.auth`): queue a package import.
+- ``POST /api/v1/import`` (bearer token, :mod:`forage.server.auth`): queue a package import;
+- ``GET /api/v1/archives/failed[?page=N&per_page=M]``: failed archives with their reasons.
 
 Hostile input is answered with a 4xx naming the problem: bodies are bounded by
 ``server.max_body_size`` (413), batches by ``server.max_keys`` (413 naming the limit), JSON
@@ -33,6 +34,7 @@ import orjson
 from aiohttp import web
 from sqlalchemy.orm import Session, sessionmaker
 
+from forage.archive.failures import MAX_PER_PAGE, failed_archives
 from forage.errors import InvalidKey
 from forage.index.ingest import IMPORT
 from forage.jobs import queue as jobs
@@ -44,7 +46,7 @@ from forage.lookup.packages import package_view
 from forage.lookup.resolve import AnswerFill, save_answers
 from forage.lookup.reverse import artifacts_by_cid
 from forage.lookup.sessions import read_only_sessionmaker
-from forage.lookup.stats import archive_stats
+from forage.lookup.stats import api_stats
 from forage.lookup.views import KeyResult, KeyStatus, preferred_cid, summarize
 from forage.server.auth import json_http_error, requires_token
 from forage.server.state import CONFIG, SESSIONMAKER
@@ -113,6 +115,7 @@ def setup(app: web.Application) -> None:
     router.add_get("/api/v1/packages/{ecosystem}/{name:.+}", package_detail)
     router.add_get("/api/v1/stats", stats)
     router.add_post("/api/v1/import", import_package)
+    router.add_get("/api/v1/archives/failed", failed_list)
 
 
 def _json(value: Any, *, status: int = 200) -> web.Response:
@@ -328,7 +331,27 @@ async def version_detail(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     """``GET /api/v1/stats``: what the archive holds."""
-    return _json(await asyncio.to_thread(_in_session, request, archive_stats))
+    return _json(await asyncio.to_thread(_in_session, request, api_stats))
+
+
+def _count_param(request: web.Request, name: str, default: int, high: int) -> int:
+    """A whole number from 1 to ``high`` in the query string; 400 for anything else."""
+    raw = request.query.get(name, str(default))
+    if not (raw.isascii() and raw.isdigit() and len(raw) < 10 and 1 <= int(raw) <= high):
+        raise _bad_request(f"{name} must be a whole number from 1 to {high}")
+    return int(raw)
+
+
+async def failed_list(request: web.Request) -> web.Response:
+    """``GET /api/v1/archives/failed``: failed archives, newest first, a page at a time, each
+    with its reason and its job's next try (:mod:`forage.archive.failures`)."""
+    page = _count_param(request, "page", 1, 1_000_000)
+    per_page = _count_param(request, "per_page", 50, MAX_PER_PAGE)
+
+    def read(session: Session) -> dict[str, Any]:
+        return failed_archives(session, page=page, per_page=per_page).to_json()
+
+    return _json(await asyncio.to_thread(_in_session, request, read))
 
 
 @requires_token

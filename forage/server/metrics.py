@@ -1,8 +1,11 @@
 """What Forage counts: a snapshot of the index for logs and Prometheus metrics.
 
 :func:`snapshot` reads, in one transaction, the numbers an operator watches: jobs by kind
-and state, archives by status and their bytes, pins by backend and status, packages per
-registry, and each feed's lag. The scheduler's ``stats`` task logs it; ``GET /metrics``
+and state, archives by status and their bytes, pins by backend and status, and per registry
+its feed (head, cursor, lag in seconds) and its packages, versions and files known,
+archived, pending, failed and removed, as :func:`forage.index.status.registry_status` computes
+them for ``forage status`` and ``/api/v1/stats``. The scheduler's ``stats`` task logs it;
+``GET /metrics``
 (:mod:`forage.server.ops`) exports it through :class:`IndexCollector`, which queries at
 scrape time (cached for a few seconds) so every process serving HTTP reports the same
 numbers whatever process did the work.
@@ -44,11 +47,16 @@ from forage.db.models import (
     Archive,
     ArchiveStatus,
     Artifact,
-    FeedCursor,
     JobRecord,
     JobState,
-    Package,
     Pin,
+)
+from forage.index.status import (
+    FILE_STATES,
+    IMPORT_STATES,
+    ROW_STATES,
+    RegistryStatus,
+    registry_status,
 )
 
 log = logging.getLogger(__name__)
@@ -58,26 +66,21 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 @dataclass(frozen=True, slots=True)
-class FeedState:
-    """One watcher's position: ``lag`` in the feed's own units (positions for npm and PyPI,
-    seconds for Go), and when its cursor last moved."""
-
-    lag: float | None
-    updated_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
 class Snapshot:
     """The index's numbers at ``taken_at``."""
 
     taken_at: datetime
-    packages: Mapping[str, int]
     artifacts: int
     archives: Mapping[str, int]
     archive_bytes: int
     pins: Mapping[tuple[str, str], int]
     jobs: Mapping[tuple[str, str], int]
-    feeds: Mapping[str, FeedState]
+    registries: Mapping[str, RegistryStatus]
+
+    @property
+    def packages(self) -> dict[str, int]:
+        """Packages known per registry."""
+        return {name: row.packages["known"] for name, row in self.registries.items()}
 
     def summary(self) -> dict[str, Any]:
         """Flat totals for one log line (``jobs_queued``, ``archives_archived``, ...)."""
@@ -93,20 +96,16 @@ class Snapshot:
                 n for (_kind, s), n in self.jobs.items() if s == state.value
             )
         out["pins_pinned"] = sum(n for (_b, s), n in self.pins.items() if s == "pinned")
-        for registry, feed in sorted(self.feeds.items()):
-            if feed.lag is not None:
-                out[f"lag_{registry}"] = feed.lag
+        for registry, row in self.registries.items():
+            out[f"files_pending_{registry}"] = row.files["pending"]
+            if row.feed is not None and row.feed.lag_seconds is not None:
+                out[f"lag_seconds_{registry}"] = row.feed.lag_seconds
         return out
 
 
 def snapshot(session: Session) -> Snapshot:
     """Count what the index holds now (a handful of aggregate queries)."""
-    packages = {
-        str(ecosystem): int(n)
-        for ecosystem, n in session.execute(
-            sa.select(Package.ecosystem, sa.func.count()).group_by(Package.ecosystem)
-        )
-    }
+    taken_at = utcnow()
     artifacts = session.execute(sa.select(sa.func.count()).select_from(Artifact)).scalar_one()
     archives = {
         str(getattr(status, "value", status)): int(n)
@@ -133,21 +132,14 @@ def snapshot(session: Session) -> Snapshot:
             )
         )
     }
-    feeds = {
-        row.feed: FeedState(lag=row.lag, updated_at=row.updated_at)
-        for row in session.execute(
-            sa.select(FeedCursor.feed, FeedCursor.lag, FeedCursor.updated_at)
-        )
-    }
     return Snapshot(
-        taken_at=utcnow(),
-        packages=packages,
+        taken_at=taken_at,
         artifacts=int(artifacts),
         archives=archives,
         archive_bytes=int(archive_bytes),
         pins=pins,
         jobs=jobs,
-        feeds=feeds,
+        registries=registry_status(session, now=taken_at),
     )
 
 
@@ -205,25 +197,75 @@ class IndexCollector(Collector):
         kinds = sorted({kind for kind, _state in snap.jobs})
         jobs = {(k, s.value): snap.jobs.get((k, s.value), 0) for k in kinds for s in JobState}
         yield _gauge("forage_jobs", "Jobs by kind and state", ["kind", "state"], jobs)
-        lag = GaugeMetricFamily(
-            "forage_feed_lag",
-            "How far each watcher's cursor is behind its feed's head, in the feed's units "
-            "(positions for npm and PyPI, seconds for Go)",
-            labels=["registry"],
+        yield from _registry_gauges(snap)
+
+
+def _registry_gauges(snap: Snapshot) -> Iterator[Metric]:
+    """Per registry: counts by state, and the feed's lag, head, cursor and last write."""
+    rows = snap.registries
+    for table, states, what in (
+        ("packages", ROW_STATES, "Packages"),
+        ("versions", ROW_STATES, "Versions"),
+        ("files", FILE_STATES, "Files (artifacts)"),
+        ("imports", IMPORT_STATES, "Import jobs"),
+    ):
+        yield _gauge(
+            f"forage_registry_{table}",
+            f"{what} per registry by state, as forage status counts them (known is the total)",
+            ["registry", "state"],
+            {(name, s): getattr(row, table)[s] for name, row in rows.items() for s in states},
         )
-        age = GaugeMetricFamily(
-            "forage_feed_age_seconds",
-            "Seconds since each watcher's cursor last moved",
-            labels=["registry"],
-        )
-        for registry, feed in sorted(snap.feeds.items()):
-            if feed.lag is not None:
-                lag.add_metric([registry], feed.lag)
-            if feed.updated_at is not None:
-                seconds = (snap.taken_at - feed.updated_at).total_seconds()
-                age.add_metric([registry], max(0.0, seconds))
-        yield lag
-        yield age
+    lag = GaugeMetricFamily(
+        "forage_feed_lag_seconds",
+        "Upper bound on how long the oldest unread feed entry has waited; 0 while the last "
+        "page reached the head",
+        labels=["registry"],
+    )
+    at_head = GaugeMetricFamily(
+        "forage_feed_at_head", "1 while the last page reached the head", labels=["registry"]
+    )
+    head = GaugeMetricFamily(
+        "forage_feed_head",
+        "The feed's newest position as last reported (seq, serial, or Unix time of a timestamp)",
+        labels=["registry"],
+    )
+    cursor = GaugeMetricFamily(
+        "forage_feed_cursor",
+        "The position each watcher's cursor stands at, in the head's units",
+        labels=["registry"],
+    )
+    age = GaugeMetricFamily(
+        "forage_feed_age_seconds",
+        "Seconds since each watcher last wrote its cursor",
+        labels=["registry"],
+    )
+    for registry, row in rows.items():
+        feed = row.feed
+        if feed is None:
+            continue
+        if feed.lag_seconds is not None:
+            lag.add_metric([registry], feed.lag_seconds)
+        at_head.add_metric([registry], 1 if feed.at_head else 0)
+        for family, position in ((head, feed.head), (cursor, feed.position)):
+            number = _position_number(position)
+            if number is not None:
+                family.add_metric([registry], number)
+        age.add_metric([registry], max(0.0, (snap.taken_at - feed.updated_at).total_seconds()))
+    yield from (lag, at_head, head, cursor, age)
+
+
+def _position_number(position: Any) -> float | None:
+    """A feed position as a gauge value: a number as is, a timestamp as Unix time."""
+    if isinstance(position, bool):
+        return None
+    if isinstance(position, int | float):
+        return float(position)
+    if isinstance(position, str):
+        try:
+            return datetime.fromisoformat(position).timestamp()
+        except ValueError:
+            return None
+    return None
 
 
 def _gauge(

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from aiohttp import web
 from sqlalchemy.orm import Session, sessionmaker
 
+from forage.archive.failures import failed_archives
 from forage.db.engine import utcnow
 from forage.db.models import (
     Archive,
@@ -56,6 +57,7 @@ HERE = Path(__file__).parent
 #: Versions per page of a package page, rows per page of the deals page.
 VERSIONS_PER_PAGE = 20
 DEALS_PER_PAGE = 50
+FAILED_PER_PAGE = 50
 RECENT_VERSIONS = 20
 #: Under-replicated pieces listed on the home page (the deals page lists more).
 UNDER_REPLICATED = 10
@@ -238,6 +240,8 @@ class VersionFiles:
     deleted: bool
     deprecated: str | None
     artifacts: list[ArtifactView]
+    removed_at: datetime | None = None
+    removal: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +255,8 @@ class PackagePage:
     page: int
     pages: int
     versions: list[VersionFiles]
+    status: str | None = None
+    status_reason: str | None = None
 
 
 def find_package(session: Session, ecosystem: str, name: str) -> tuple[Package | None, str]:
@@ -309,10 +315,19 @@ def package_page(
         pages=max(1, -(-int(count) // VERSIONS_PER_PAGE)),
         versions=[
             VersionFiles(
-                v.number, v.published_at, v.yanked, v.deleted, v.deprecated, files.get(v.id, [])
+                v.number,
+                v.published_at,
+                v.yanked,
+                v.deleted,
+                v.deprecated,
+                files.get(v.id, []),
+                v.removed_at,
+                v.removal,
             )
             for v in versions
         ],
+        status=package.status,
+        status_reason=package.status_reason,
     )
 
 
@@ -459,6 +474,22 @@ async def deals(request: web.Request) -> web.Response:
     return render(request, "deals.html", view=view)
 
 
+async def failed(request: web.Request) -> web.Response:
+    """``GET /failed[?page=N]``: failed archives with their reasons, bad bytes marked."""
+    try:
+        page = _page_number(request)
+    except _BadInput as exc:
+        return error_page(request, 400, str(exc))
+    view = await _read(
+        request, lambda session: failed_archives(session, page=page, per_page=FAILED_PER_PAGE)
+    )
+    if page > view.pages:
+        return error_page(request, 404, f"there are only {view.pages} page(s) of failures")
+    jobs = request.app[CONFIG].jobs
+    backoff, attempts = jobs.mismatch_backoff, jobs.mismatch_attempts
+    return render(request, "failed.html", view=view, backoff=backoff, attempts=attempts)
+
+
 def setup(app: web.Application) -> None:
     """Add the pages, their stylesheet and the template environment."""
     app[TEMPLATES] = make_environment()
@@ -466,4 +497,5 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/search", search, name="search")
     app.router.add_get("/packages/{ecosystem}/{name:.+}", package, name="package")
     app.router.add_get("/deals", deals, name="deals")
+    app.router.add_get("/failed", failed, name="failed")
     app.router.add_static("/static/", HERE / "static", name="static")

@@ -286,8 +286,22 @@ class GoFake:
             feed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         )
 
+    def feed_head(self) -> str | None:
+        """The Timestamp of the newest well-formed feed line, as the index prints it."""
+        for line in reversed(self.feed):
+            try:
+                return str(json.loads(line.text)["Timestamp"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return None
+
     def tamper_release(self, name: str, version: str) -> None:
         self.tamper(name, version, {"hello.go": b"package evil\n"})
+
+    def withdraw_release(self, name: str, version: str) -> None:
+        """Publish ``v1.9.0`` whose go.mod retracts ``version`` (the proxy still serves it)."""
+        go_mod = f"module {name}\n\ngo 1.21\n\nretract {version} // withdrawn by its author\n"
+        self.add_version(name, "v1.9.0", files={"go.mod": go_mod, "hello.go": "package hello\n"})
 
     def release_file(self, name: str, version: str) -> tuple[str, bytes]:
         return zip_filename(name, version), self.modules[name][version].zip

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from indexers.base import Indexer, expect, redact
+from indexers.base import expect, redact
 from indexers.errors import FeedError, IndexerError, InvalidName, PackageNotFound
 from indexers.golang.gomod import (
     ECOSYSTEM,
@@ -41,6 +41,7 @@ from indexers.golang.gomod import (
     sort_versions,
     split_path_version,
 )
+from indexers.golang.history import GoHistory
 from indexers.types import Artifact, Change, PackageInfo, Page, Release
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,11 @@ class Retraction:
     def covers(self, version: str) -> bool:
         return compare_versions(self.low, version) <= 0 <= compare_versions(self.high, version)
 
+    def note(self) -> str:
+        """How a retracted release's removal is recorded: ``go: retracted [v1, v2]: why``."""
+        span = self.low if self.low == self.high else f"[{self.low}, {self.high}]"
+        return f"{ECOSYSTEM}: retracted {span}" + (f": {self.rationale}" if self.rationale else "")
+
 
 def _strip_comment(line: str) -> tuple[str, str | None]:
     quoted = False
@@ -315,7 +321,7 @@ def _retraction_source(versions: Iterable[str]) -> str | None:
     return None
 
 
-class GoIndexer(Indexer[GoCursor]):
+class GoIndexer(GoHistory[GoCursor]):
     """Go modules from the module index, a GOPROXY and (optionally) the checksum database.
 
     Feed semantics: ``since`` is **inclusive** and Timestamps are not unique, so a cursor is
@@ -346,6 +352,7 @@ class GoIndexer(Indexer[GoCursor]):
 
     ecosystem = ECOSYSTEM
     cursor_type = GoCursor
+    release_removed = "listed but no longer served"
 
     def __init__(
         self,
@@ -385,6 +392,11 @@ class GoIndexer(Indexer[GoCursor]):
         return GoCursor(since=since, seen=tuple(sorted(seen)))
 
     async def changes(self, cursor: GoCursor) -> Page[GoCursor]:
+        """One index page, dated by the Timestamp its cursor stands at (``position_at``).
+
+        The index has no head document: a page that reached the head (``done``) says the
+        newest Timestamp is its cursor's; other pages leave ``head`` unknown.
+        """
         url = f"{self.index_url}/index"
         response = await self.get(url, params={"since": cursor.since, "limit": self.page_size})
         entries = parse_index_page(response.content, url=url)
@@ -396,7 +408,13 @@ class GoIndexer(Indexer[GoCursor]):
             len(page.changes),
             page.done,
         )
-        return page
+        return Page(
+            changes=page.changes,
+            cursor=page.cursor,
+            done=page.done,
+            head=page.cursor.since if page.done else None,
+            position_at=_parse_time(page.cursor.since),
+        )
 
     @staticmethod
     def normalize_name(name: str) -> str:
@@ -484,7 +502,7 @@ class GoIndexer(Indexer[GoCursor]):
         try:
             _, when = await self._info(info_url, path, version)
         except PackageNotFound as exc:
-            raise PackageNotFound(ECOSYSTEM, path, version) from exc
+            raise PackageNotFound(ECOSYSTEM, path, version, answer=exc.answer) from exc
         zip_h1, mod_h1 = await self.checksums(path, version)
         retracted = next((r for r in retractions if r.covers(version)), None)
         artifact = Artifact(
@@ -502,6 +520,7 @@ class GoIndexer(Indexer[GoCursor]):
             artifacts=(artifact,),
             published_at=when,
             yanked=retracted is not None,
+            removal=retracted.note() if retracted else None,
         )
         return release, mod_h1
 

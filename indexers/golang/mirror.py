@@ -17,6 +17,7 @@ the synthetic ``module <path>`` a module without one gets).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import zipfile
@@ -25,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from indexers.base import parse_time
 from indexers.errors import ArchiveInvalid, InvalidName, UpstreamFailed
 from indexers.golang.gomod import (
     check_version,
@@ -38,7 +40,7 @@ from indexers.golang.gomod import (
     unescape_version,
 )
 from indexers.mirror.registry import EcosystemRoutes, source_headers, verified_algorithms
-from indexers.mirror.rows import ArchivedFile, PackageRows, hold_reason
+from indexers.mirror.rows import ArchivedFile, PackageRows, Withdrawn, hold_reason
 from indexers.mirror.spool import Spool, send_spool
 from indexers.mirror.upstream import Answer
 
@@ -79,6 +81,28 @@ def latest_version(rows: PackageRows) -> str | None:
         return releases[-1]
     every = sort_versions({f.version for f in rows.listed_files()})
     return every[-1] if every else None
+
+
+def withdraw_listing(answer: Answer, what: str, withdrawn: Withdrawn) -> Answer:
+    """The upstream's ``list`` or ``@latest`` without what the index knows was withdrawn
+    (retracted or gone versions; everything of a held module, answered 410)."""
+    if answer.absent or not withdrawn:
+        return answer
+    if withdrawn.hold is not None:
+        return dataclasses.replace(
+            answer, status=410, body=f"not served: {withdrawn.hold}".encode()
+        )
+    if what == "list":
+        listed = answer.body.decode("utf-8", "replace").split()
+        kept = [v for v in listed if v not in withdrawn.versions]
+        return dataclasses.replace(answer, body="".join(f"{v}\n" for v in kept).encode())
+    try:
+        latest = json.loads(answer.body)
+    except ValueError:
+        return answer
+    if isinstance(latest, dict) and latest.get("Version") in withdrawn.versions:
+        return dataclasses.replace(answer, status=404, body=b"latest version was withdrawn")
+    return answer
 
 
 def go_mod_of(spool: Spool, path: str, version: str) -> bytes:
@@ -141,13 +165,18 @@ class GoRoutes(EcosystemRoutes):
         url = self._url(path, "@v/list" if what == "list" else "@latest")
         try:
             answer, _ = await self.registry.document(url)
-            return self._pass(answer, "application/json" if what == "@latest" else TEXT)
+            answer = withdraw_listing(answer, what, await self.withdrawn(path))
+            if self.registry.cutoff() is None or answer.absent:
+                return self._pass(answer, "application/json" if what == "@latest" else TEXT)
+            return await self.cooled_listing(path, what, answer)
         except UpstreamFailed as exc:
             error = exc
         headers = source_headers("archive", error=error)
         rows = await self._rows(path)
         if rows is None:
             return go_error(404, f"not found: {path} is not archived", headers)
+        cooled = [f for f in rows.files if self.registry.cooled(f.published_at or f.uploaded_at)]
+        rows = dataclasses.replace(rows, files=tuple(cooled))
         if what == "list":
             versions = listed_versions(rows)
             if not versions:
@@ -161,6 +190,49 @@ class GoRoutes(EcosystemRoutes):
         return web.Response(
             body=info_json(latest, file), content_type="application/json", headers=headers
         )
+
+    async def cooled_listing(self, path: str, what: str, answer: Answer) -> web.Response:
+        """The upstream's ``list`` or ``@latest`` without versions younger than the cooldown:
+        publish times from the index, else from the upstream's ``.info``."""
+        if what == "@latest":
+            try:
+                latest = json.loads(answer.body)
+            except ValueError:
+                latest = None
+            stamp = latest.get("Time") if isinstance(latest, dict) else None
+            if self.registry.cooled(parse_time(stamp)):
+                return self._pass(answer, "application/json")
+            answer, _ = await self.registry.document(self._url(path, "@v/list"))
+        listed = [] if answer.absent else answer.body.decode("utf-8", "replace").split()
+        kept = await self._old_enough(path, listed)
+        if what == "list":
+            body = "".join(f"{v}\n" for v in kept)
+            return web.Response(text=body, content_type=TEXT, headers=source_headers("upstream"))
+        releases = [v for v in kept if not is_prerelease(v)] or kept
+        if not releases:
+            message = f"not found: no version of {path} is older than the cooldown"
+            return go_error(404, message, source_headers("upstream"))
+        best = sort_versions(releases)[-1]
+        info, _ = await self.registry.document(self._url(path, f"@v/{escape_version(best)}.info"))
+        return self._pass(info, "application/json")
+
+    async def _old_enough(self, path: str, versions: list[str]) -> list[str]:
+        rows = await self.mirror.archive.package_rows(ECOSYSTEM, path)
+        known = {row.number: row.published_at for row in rows.versions} if rows else {}
+        kept = []
+        for version in versions:
+            if version not in known:
+                url = self._url(path, f"@v/{escape_version(version)}.info")
+                info, _ = await self.registry.document(url)
+                try:
+                    document = {} if info.absent else json.loads(info.body)
+                except ValueError:
+                    document = {}
+                stamp = document.get("Time") if isinstance(document, dict) else None
+                known[version] = parse_time(stamp)
+            if self.registry.cooled(known[version]):
+                kept.append(version)
+        return kept
 
     def _pass(self, answer: Answer, content_type: str) -> web.Response:
         headers = source_headers("upstream")

@@ -28,6 +28,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -37,7 +38,7 @@ from indexers.base import redact
 from indexers.digests import HASHERS, DigestVerifier
 from indexers.ecosystem import FileCheck
 from indexers.errors import ArchiveInvalid, DigestMismatch, InvalidArchive, UpstreamFailed
-from indexers.mirror.rows import ArchivedFile, PackageRows
+from indexers.mirror.rows import ArchivedFile, PackageRows, Withdrawn
 from indexers.mirror.spool import Spool, send_spool
 from indexers.mirror.upstream import Answer, MetadataCache, SingleFlight, Upstream
 
@@ -90,6 +91,9 @@ class ArchiveIndex(Protocol):
 
     async def package_hold(self, ecosystem: str, name: str) -> str | None:
         """Why ``name`` must never be served (``None``: no hold, or unknown)."""
+
+    async def package_withdrawn(self, ecosystem: str, name: str) -> Withdrawn | None:
+        """The hold, removed versions and removed files of ``name`` (``None``: unknown)."""
 
     async def package_names(self, ecosystem: str) -> list[str]:
         """The ecosystem's packages the registry has not deleted, sorted."""
@@ -164,7 +168,12 @@ def verified_algorithms(digests: Mapping[str, str]) -> tuple[str, ...]:
 
 
 class RegistryMirror:
-    """One ecosystem's upstream (``None`` when offline or unconfigured) and caches."""
+    """One ecosystem's upstream (``None`` when offline or unconfigured) and caches.
+
+    ``cooldown`` keeps releases younger than it out of listings and ``latest`` (as pnpm's
+    ``minimumReleaseAge`` and uv's ``exclude-newer`` do on the client): :meth:`cutoff` is the
+    newest publish time a listing may show, ``None`` without a cooldown.
+    """
 
     def __init__(
         self,
@@ -176,8 +185,10 @@ class RegistryMirror:
         archive: ArchiveIndex,
         file_checks: Mapping[str, FileCheck] | None = None,
         spool_dir: Path | None = None,
+        cooldown: timedelta | None = None,
     ) -> None:
         self.ecosystem = ecosystem
+        self.cooldown = cooldown if cooldown else None
         self.upstream = upstream
         self.archive = archive
         self.file_checks = dict(file_checks or {})
@@ -222,6 +233,16 @@ class RegistryMirror:
 
         loaded: T = await self.flights.run(("recent", key), load)
         return loaded
+
+    def cutoff(self) -> datetime | None:
+        """Releases published after this stay out of listings (``None``: no cooldown)."""
+        return datetime.now(UTC) - self.cooldown if self.cooldown else None
+
+    def cooled(self, published: datetime | None) -> bool:
+        """Whether a release published at ``published`` is old enough to list (an unknown
+        time is: Forage only hides what it knows to be fresh)."""
+        cutoff = self.cutoff()
+        return cutoff is None or published is None or published <= cutoff
 
     def new_spool(self) -> Spool:
         return Spool(memory=self.settings.spool_memory, directory=self.spool_dir)
@@ -346,6 +367,14 @@ class EcosystemRoutes(ABC):
     @abstractmethod
     def file_path(name: str, version: str, filename: str, digests: Mapping[str, str]) -> str:
         """The path a client downloads one file of a release at."""
+
+    async def withdrawn(self, name: str) -> Withdrawn:
+        """What the index knows the registry withdrew from ``name`` (empty: nothing, or an
+        unknown package), to filter an upstream listing by; shared like an index stamp."""
+        found = await self.registry.remembered(
+            ("withdrawn", name), lambda: self.mirror.archive.package_withdrawn(self.ecosystem, name)
+        )
+        return found or Withdrawn()
 
     async def send_archived(
         self,

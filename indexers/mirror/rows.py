@@ -5,9 +5,11 @@ Plain frozen values, detached from any database session: the application fills t
 
 Serving rules the listings and file routes share (issue 7, "Fallback rules"):
 
-- a version the registry removed (unpublished, deleted, gone) or a package it deleted is
-  ``removed``: left out of listings, ``latest`` and dist-tags, its file served only to a
-  request naming that exact file, marked ``Forage-Source: archive-removed``;
+- a version or file the registry removed (unpublished, deleted, retracted, gone: the index
+  records when and how) or a package it deleted is ``removed``: left out of listings,
+  ``latest`` and dist-tags -- the upstream's listings too (:class:`Withdrawn`), so a stale or
+  lagging upstream cannot bring it back -- its file served only to a request naming that
+  exact file, marked ``Forage-Source: archive-removed``;
 - a package under a hold (PEP 792 ``quarantined``, npm's ``-security`` placeholder, or an
   operator's ``security_hold`` in the package's metadata) is never served at all.
 """
@@ -52,6 +54,7 @@ class VersionRow:
     yanked: bool
     deleted: bool
     deprecated: str | None
+    removal: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +68,11 @@ class PackageRows:
     extra: Mapping[str, Any]
     versions: tuple[VersionRow, ...]
     files: tuple[ArchivedFile, ...]
+    status: str | None = None
 
     @property
     def hold(self) -> str | None:
-        return hold_reason(self.extra)
+        return hold_reason(self.extra, self.status)
 
     def listed_files(self) -> list[ArchivedFile]:
         """Files a listing may show: archived, of versions the registry has not removed."""
@@ -79,17 +83,34 @@ class PackageRows:
         return (
             self.display_name,
             self.deleted,
+            self.status,
             json.dumps(self.extra, sort_keys=True, default=str),
-            tuple((v.number, v.yanked, v.deleted, v.deprecated) for v in self.versions),
-            tuple((f.artifact_id, f.cid, f.yanked) for f in self.files),
+            tuple((v.number, v.yanked, v.deleted, v.deprecated, v.removal) for v in self.versions),
+            tuple((f.artifact_id, f.cid, f.yanked, f.removed) for f in self.files),
         )
 
 
-def hold_reason(extra: Mapping[str, Any]) -> str | None:
-    """Why a package must never be served, if it is held: PEP 792 quarantine, npm security
-    placeholder, or an operator's ``security_hold``."""
-    status = extra.get("project_status")
-    if isinstance(status, Mapping) and status.get("status") == "quarantined":
+@dataclass(frozen=True, slots=True)
+class Withdrawn:
+    """What the index knows a registry withdrew from one package: applied to the upstream's
+    own listings too, so a removal stays out whether or not the upstream is reachable."""
+
+    hold: str | None = None
+    versions: frozenset[str] = frozenset()
+    files: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.hold or self.versions or self.files)
+
+
+def hold_reason(extra: Mapping[str, Any], status: str | None = None) -> str | None:
+    """Why a package must never be served, if it is held: PEP 792 quarantine (the package's
+    recorded ``status``, or the marker in its metadata), npm security placeholder, or an
+    operator's ``security_hold``."""
+    marker = extra.get("project_status")
+    if isinstance(marker, Mapping) and marker.get("status") == "quarantined":
+        return "quarantined (PEP 792)"
+    if status == "quarantined":
         return "quarantined (PEP 792)"
     hold = extra.get("security_hold")
     if hold:
@@ -101,4 +122,4 @@ def hold_reason(extra: Mapping[str, Any]) -> str | None:
     return None
 
 
-__all__ = ["ArchivedFile", "PackageRows", "VersionRow", "hold_reason"]
+__all__ = ["ArchivedFile", "PackageRows", "VersionRow", "Withdrawn", "hold_reason"]

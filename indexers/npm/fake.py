@@ -18,6 +18,7 @@ Typed API (everything a test needs; no pytest import, so ``forage demo`` can use
     registry.load_packument(doc)                           # serve a recorded document
     registry.feed_entry(id, seq=...)                       # raw/late feed entry (hostile ids too)
     registry.lag(name, times=1)                            # serve the previous revision
+    registry.lose_feed_entry(name)                         # a change the feed never shows
     registry.tamper(name, version, b"other bytes")         # tarball differs from its digests
     registry.faults.fail(503, retry_after="5")             # see indexers.fakeserver.Faults
     registry.requests.seen                                 # see indexers.fakeserver.RequestLog
@@ -25,6 +26,7 @@ Typed API (everything a test needs; no pytest import, so ``forage demo`` can use
         NpmIndexer(client, registry_url=fake.url, replicate_url=fake.url + "/registry")
 
 Routes: ``/`` and ``/registry/`` (root doc), ``/_changes`` and ``/registry/_changes``,
+``/_all_docs`` and ``/registry/_all_docs`` (``startkey``, ``limit``),
 ``/<name>`` and ``/@scope%2fname`` (also ``%2F`` and a literal ``/``), tarballs at
 ``/<name>/-/<basename>-<version>.tgz``. ``dist.tarball`` values on ``https://registry.npmjs.org``
 are rewritten to the fake's own origin unless ``rewrite_upstream=False``.
@@ -201,6 +203,10 @@ class FakeNpmRegistry:
         """Skip ``count`` seqs (the real feed is sparse)."""
         self.seq += count
 
+    def lose_feed_entry(self, name: str) -> None:
+        """Drop ``name``'s feed entry: a change the replica never announces (a lost event)."""
+        self.feed.pop(name, None)
+
     def lag(self, name: str, *, times: int = 1) -> None:
         """Serve ``name``'s previous revision for the next ``times`` packument requests."""
         self._lagging[name] = self._lagging.get(name, 0) + times
@@ -344,6 +350,17 @@ class FakeNpmRegistry:
             results.append(result)
         return {"results": results, "last_seq": entries[-1].seq if entries else since}
 
+    def all_docs_document(self, startkey: str | None, limit: int) -> dict[str, Any]:
+        """CouchDB's ``_all_docs``: live documents in id (code point) order from ``startkey``
+        (inclusive), rows ``{id, key, value: {rev}}`` with ``total_rows`` and ``offset``."""
+        ids = sorted(self.docs)
+        offset = 0 if startkey is None else sum(1 for i in ids if i < startkey)
+        rows = [
+            {"id": i, "key": i, "value": {"rev": str(self.docs[i].get("_rev", "1-0"))}}
+            for i in ids[offset : offset + limit]
+        ]
+        return {"total_rows": len(ids), "offset": offset, "rows": rows}
+
     def render(self, doc: Mapping[str, Any], origin: str) -> bytes:
         text = json.dumps(doc)
         if self.rewrite_upstream:
@@ -364,6 +381,12 @@ class FakeNpmRegistry:
 
     def publish_release(self, name: str, version: str) -> None:
         self.publish(name, version, files={"index.js": f"// {name} {version}\n".encode()})
+
+    def withdraw_release(self, name: str, version: str) -> None:
+        self.unpublish_version(name, version)
+
+    def feed_head(self) -> int:
+        return self.seq
 
     def tamper_release(self, name: str, version: str) -> None:
         self.tamper(name, version, b"not the published tarball")
@@ -395,6 +418,8 @@ class FakeNpmRegistry:
             return web.json_response(self.root_document())
         if raw in ("/_changes", "/registry/_changes"):
             return self._changes(request)
+        if raw in ("/_all_docs", "/registry/_all_docs"):
+            return self._all_docs(request)
         if "/-/" in raw:
             return self._tarball(unquote(raw))
         name = unquote(raw[1:])
@@ -409,6 +434,19 @@ class FakeNpmRegistry:
                 {"error": "bad_request", "reason": "since and limit must be integers"}, status=400
             )
         return web.json_response(self.changes_document(since, limit))
+
+    def _all_docs(self, request: web.Request) -> web.Response:
+        try:
+            raw = request.query.get("startkey")
+            startkey = json.loads(raw) if raw is not None else None
+            limit = int(request.query.get("limit", "1000"))
+        except ValueError:
+            return web.json_response(
+                {"error": "bad_request", "reason": "invalid UTF-8 JSON"}, status=400
+            )
+        if startkey is not None and not isinstance(startkey, str):
+            return web.json_response({"total_rows": len(self.docs), "offset": 0, "rows": []})
+        return web.json_response(self.all_docs_document(startkey, limit))
 
     def _tarball(self, path: str) -> web.Response:
         tarball = self.tarballs.get(path)

@@ -21,6 +21,7 @@ their tombstones.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Mapping
@@ -31,10 +32,18 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from indexers.base import Indexer, expect, parse_time, redact
+from indexers.base import Indexer, expect, parse_position, parse_time, redact
 from indexers.digests import normalize_hex, parse_sri
-from indexers.errors import FeedError, InvalidDigest, InvalidName, StaleMetadata
-from indexers.types import Artifact, Change, PackageInfo, Page, Release
+from indexers.errors import FeedError, InvalidDigest, InvalidName, InvalidPosition, StaleMetadata
+from indexers.types import (
+    Artifact,
+    Change,
+    Inventory,
+    InventoryEntry,
+    PackageInfo,
+    Page,
+    Release,
+)
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +226,19 @@ def _artifact(name: str, version: str, manifest: Mapping[str, Any]) -> Artifact 
     )
 
 
+def package_status(releases: list[Release], unpublished: Any) -> tuple[str | None, str | None]:
+    """The package's status: ``unpublished`` for a stub (``time.unpublished``, no versions),
+    ``deprecated`` when every published version is (the newest one's message as the reason),
+    else ``None`` -- the rules ecosyste.ms applies to packuments."""
+    if isinstance(unpublished, dict):
+        when = unpublished.get("time")
+        return "unpublished", f"unpublished {when}" if isinstance(when, str) else None
+    live = [r for r in releases if not r.deleted]
+    if live and all(r.deprecated for r in live):
+        return "deprecated", live[-1].deprecated
+    return None, None
+
+
 def map_packument(doc: Any, *, name: str, url: str) -> PackageInfo:
     """Map a full packument to :class:`PackageInfo`: every version, plus unpublished tombstones.
 
@@ -250,7 +272,11 @@ def map_packument(doc: Any, *, name: str, url: str) -> PackageInfo:
     gone += [v for v in listed or () if isinstance(v, str) and v not in times and v not in versions]
     releases.extend(
         Release(
-            version=version, artifacts=(), published_at=parse_time(times.get(version)), deleted=True
+            version=version,
+            artifacts=(),
+            published_at=parse_time(times.get(version)),
+            deleted=True,
+            removal=f"{ECOSYSTEM}: version unpublished",
         )
         for version in gone
     )
@@ -258,12 +284,15 @@ def map_packument(doc: Any, *, name: str, url: str) -> PackageInfo:
     releases.sort(key=lambda r: (r.published_at is None, r.published_at or never, r.version))
     rev = doc.get("_rev")
     display = doc.get("name")
+    status, reason = package_status(releases, unpublished if not versions else None)
     return PackageInfo(
         ecosystem=ECOSYSTEM,
         name=name,
         display_name=display if isinstance(display, str) else name,
         releases=tuple(releases),
         deleted=bool(unpublished) and not versions,
+        status=status,
+        status_reason=reason,
         serial=revision_generation(rev) if isinstance(rev, str) else None,
         extra={
             "rev": rev,
@@ -293,6 +322,8 @@ class NpmIndexer(Indexer[NpmCursor]):
     ecosystem = ECOSYSTEM
     cursor_type = NpmCursor
     default_interval = timedelta(minutes=1)
+    release_removed = "version unpublished"
+    package_removed = "package deleted"
 
     def __init__(
         self,
@@ -328,7 +359,54 @@ class NpmIndexer(Indexer[NpmCursor]):
         """Start at the current head, as npm staff recommend for a new follower."""
         return NpmCursor(await self.head())
 
+    @staticmethod
+    def is_prerelease(version: str) -> bool:
+        """Semver: a ``-`` before any ``+build`` part (``1.0.0-beta.1``)."""
+        return "-" in version.split("+", 1)[0]
+
+    async def cursor_at(self, position: str) -> NpmCursor:
+        """``origin`` is seq 0, a number is that seq; seqs are not dated, so no time."""
+        where = parse_position(ECOSYSTEM, position)
+        if isinstance(where, datetime):
+            raise InvalidPosition(ECOSYSTEM, position, "the replicate feed is ordered by seq")
+        return NpmCursor(where or 0)
+
+    async def inventory(self, after: str | None) -> Inventory:
+        """A page of the replica's ``_all_docs`` (CouchDB: rows ``{id, key, value: {rev}}`` in
+        id order, ``startkey`` inclusive), after document id ``after``; design documents and
+        ids npm would refuse are skipped. Each entry carries the document's revision."""
+        url = f"{self.replicate_url}/_all_docs"
+        params: dict[str, str | int] = {"limit": self.page_size + 1}
+        if after is not None:
+            params["startkey"] = json.dumps(after)
+        doc = await self.get_json(url, params=params)
+        rows = doc.get("rows") if isinstance(doc, dict) else None
+        if not isinstance(rows, list):
+            raise FeedError(redact(url), "_all_docs body has no 'rows' list")
+        entries: list[InventoryEntry] = []
+        last = after
+        for row in rows[: self.page_size + (after is not None)]:
+            expect(isinstance(row, dict) and isinstance(row.get("id"), str), url, "bad row")
+            name, value = row["id"], row.get("value")
+            if name == after:
+                continue
+            last = name
+            rev = value.get("rev") if isinstance(value, dict) else None
+            try:
+                validate_name(name)
+            except InvalidName:
+                continue
+            revision = rev if isinstance(rev, str) else None
+            change = Change(name=name, revision=revision)
+            generation = revision_generation(revision) if revision else None
+            entries.append(InventoryEntry(change, generation))
+        return Inventory(tuple(entries), last, done=len(rows) <= self.page_size)
+
     async def changes(self, cursor: NpmCursor) -> Page[NpmCursor]:
+        """One ``_changes`` page; its ``head`` is the root's ``update_seq``, read after it.
+
+        Seqs are not dated, so the page has no ``position_at``.
+        """
         url = f"{self.replicate_url}/_changes"
         doc = await self.get_json(url, params={"since": cursor.seq, "limit": self.page_size})
         changes, next_seq, count = parse_changes(doc, since=cursor.seq, url=url)
@@ -337,6 +415,7 @@ class NpmIndexer(Indexer[NpmCursor]):
             changes=changes,
             cursor=NpmCursor(next_seq),
             done=count < self.page_size,
+            head=await self.head(),
         )
 
     async def package(self, name: str, *, change: Change | None = None) -> PackageInfo:
@@ -363,6 +442,7 @@ __all__ = [
     "NpmIndexer",
     "escape_name",
     "map_packument",
+    "package_status",
     "parse_changes",
     "revision_generation",
     "validate_name",

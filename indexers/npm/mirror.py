@@ -21,13 +21,14 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import web
 
+from indexers.base import parse_time
 from indexers.digests import parse_sri, to_sri
 from indexers.errors import ArchiveInvalid, InvalidDigest, InvalidName, UpstreamFailed
 from indexers.mirror.registry import (
@@ -36,7 +37,7 @@ from indexers.mirror.registry import (
     RegistryMirror,
     source_headers,
 )
-from indexers.mirror.rows import ArchivedFile, PackageRows
+from indexers.mirror.rows import ArchivedFile, PackageRows, Withdrawn
 from indexers.mirror.spool import send_spool
 from indexers.npm.indexer import escape_name, validate_name
 from indexers.npm.manifest import npm_manifest
@@ -199,6 +200,46 @@ def fallback_packument(
     }
 
 
+def drop_versions(doc: dict[str, Any], dropped: Collection[str]) -> dict[str, Any]:
+    """``doc`` without the ``dropped`` versions: their manifests, ``time`` entries and the
+    dist-tags naming them; ``latest`` then names the newest release left (a pre-release only
+    when nothing else is)."""
+    versions = doc.get("versions")
+    if not dropped or not isinstance(versions, dict):
+        return doc
+    kept = {v: manifest for v, manifest in versions.items() if v not in dropped}
+    if len(kept) == len(versions):
+        return doc
+    given = doc.get("time")
+    times: dict[str, Any] = given if isinstance(given, dict) else {}
+    tags = {tag: v for tag, v in dict(doc.get("dist-tags") or {}).items() if v not in dropped}
+    if "latest" not in tags and kept:
+        releases = [v for v in kept if not _is_prerelease(v)] or list(kept)
+        tags["latest"] = max(releases, key=lambda v: (str(times.get(v, "")), v))
+    cooled = {key: value for key, value in times.items() if key not in dropped}
+    return {**doc, "versions": kept, "time": cooled, "dist-tags": tags}
+
+
+def cool_packument(doc: dict[str, Any], cutoff: datetime | None) -> dict[str, Any]:
+    """``doc`` without the versions published after ``cutoff`` (a cooldown); versions
+    without a time stay."""
+    times, versions = doc.get("time"), doc.get("versions")
+    if cutoff is None or not isinstance(versions, dict) or not isinstance(times, dict):
+        return doc
+    fresh = {
+        version
+        for version in versions
+        if (published := parse_time(times.get(version))) is not None and published > cutoff
+    }
+    return drop_versions(doc, fresh)
+
+
+def withdraw_packument(doc: dict[str, Any], withdrawn: Withdrawn) -> dict[str, Any]:
+    """An upstream packument without the versions the index knows were unpublished or
+    otherwise withdrawn, so a lagging upstream cannot offer them again."""
+    return drop_versions(doc, withdrawn.versions)
+
+
 def _dumps(document: Any) -> bytes:
     return json.dumps(document).encode()
 
@@ -272,7 +313,9 @@ class NpmRoutes(EcosystemRoutes):
         )
         if stamp is None:
             return None
-        key = ("packument", name, base, corgi, stamp)
+        cutoff = self.registry.cutoff()
+        minute = cutoff.replace(second=0, microsecond=0) if cutoff else None
+        key = ("packument", name, base, corgi, stamp, minute)
         cached = self.registry.rendered.fresh(key)
         if cached is not None:
             return cached.value or None
@@ -281,6 +324,7 @@ class NpmRoutes(EcosystemRoutes):
         if rows is not None and rows.hold is None:
             manifests = await self._manifests(rows.listed_files())
             doc = fallback_packument(rows, manifests, base=base)
+            doc = cool_packument(doc, minute) if doc is not None else None
         body = b""
         if doc is not None:
             body = await asyncio.to_thread(_dumps, abbreviate(doc) if corgi else doc)
@@ -328,6 +372,11 @@ class NpmRoutes(EcosystemRoutes):
         headers = source_headers("upstream")
         if doc is None:
             return not_found(**headers)
+        withdrawn = await self.withdrawn(name)
+        if withdrawn.hold is not None:
+            return not_found(f"{name} is not served: {withdrawn.hold}", **headers)
+        doc = withdraw_packument(doc, withdrawn)
+        doc = cool_packument(doc, self.registry.cutoff())
         body = await asyncio.to_thread(_dumps, abbreviate(doc) if corgi else doc)
         return web.Response(body=body, content_type=content_type, headers=headers)
 
@@ -344,7 +393,8 @@ class NpmRoutes(EcosystemRoutes):
             doc = json.loads(body) if body else None
         if doc is None:
             return not_found(**headers)
-        target = (doc.get("dist-tags") or {}).get(version, version)
+        tags = cool_packument(doc, self.registry.cutoff()).get("dist-tags") or {}
+        target = tags.get(version, version)
         manifest = (doc.get("versions") or {}).get(target)
         if not isinstance(manifest, dict):
             return not_found("version not found", **headers)
@@ -422,6 +472,8 @@ __all__ = [
     "NpmRoutes",
     "abbreviate",
     "check_filename",
+    "cool_packument",
     "fallback_packument",
     "rewrite_packument",
+    "withdraw_packument",
 ]

@@ -16,7 +16,8 @@ Typed API (no pytest import)::
     pypi.add_version(name, "2.0.dev0")                  # a version with no files (PEP 700)
     pypi.upload(name, version, filename=..., content=...)   # one more file, any name
     pypi.yank(name, version, reason="broken")
-    pypi.remove_file(filename); pypi.remove_project(name)
+    pypi.remove_file(filename); pypi.remove_release(name, version); pypi.remove_project(name)
+    pypi.set_status(name, "quarantined", reason="malware")   # PEP 792 project-status
     pypi.tamper(filename, b"other bytes")               # served bytes differ from the page's hash
     pypi.stale(name, times=1)                           # next page(s) from the previous serial
     pypi.throttle(times=1, reset_in=3)                  # XML-RPC HTTPTooManyRequests fault
@@ -104,6 +105,8 @@ class _Project:
     last_serial: int = 0
     #: A recorded PEP 691 document served verbatim instead of the generated one.
     recorded: dict[str, Any] | None = None
+    #: PEP 792 ``project-status`` (``{"status", "reason"?}``); quarantined pages list no files.
+    status: dict[str, str] | None = None
 
 
 @dataclass
@@ -222,6 +225,19 @@ class FakePyPI:
                 file.yanked = reason or True
         self._log(project, version, "yank release")
 
+    def remove_release(self, name: str, version: str) -> None:
+        """Delete a release and its files (Warehouse's ``remove release`` journal row)."""
+        project = self.projects[canonical(name)]
+        project.versions.remove(version)
+        project.files = [file for file in project.files if file.version != version]
+        self._log(project, version, "remove release")
+
+    def set_status(self, name: str, status: str, reason: str | None = None) -> None:
+        """Mark the project (PEP 792: ``archived``, ``quarantined``, ``deprecated``, ``active``)."""
+        project = self.projects[canonical(name)]
+        project.status = {"status": status, **({"reason": reason} if reason else {})}
+        self._log(project, None, f"project status {status}")
+
     def remove_file(self, filename: str) -> None:
         for project in self.projects.values():
             for file in list(project.files):
@@ -271,10 +287,12 @@ class FakePyPI:
         """The PEP 691 (api-version 1.1) project document, as Warehouse renders it."""
         if project.recorded is not None:
             return project.recorded
+        held = (project.status or {}).get("status") == "quarantined"
         return {
             "meta": {"api-version": API_VERSION, "_last-serial": project.last_serial},
             "name": canonical(project.name),
-            "versions": list(project.versions),
+            **({"project-status": project.status} if project.status else {}),
+            "versions": [] if held else list(project.versions),
             "files": [
                 {
                     "filename": file.filename,
@@ -295,7 +313,7 @@ class FakePyPI:
                     "upload-time": file.uploaded_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                     "yanked": file.yanked,
                 }
-                for file in project.files
+                for file in ([] if held else project.files)
             ],
         }
 
@@ -392,6 +410,12 @@ class FakePyPI:
 
     def publish_release(self, name: str, version: str) -> None:
         self.release(name, version)
+
+    def withdraw_release(self, name: str, version: str) -> None:
+        self.remove_release(name, version)
+
+    def feed_head(self) -> int:
+        return self.serial
 
     def _release_files(self, name: str, version: str) -> list[PyPIFile]:
         return [f for f in self.projects[canonical(name)].files if f.version == version]

@@ -26,6 +26,7 @@ against that list, and a file matching no version is reported in ``extra["unmatc
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import re
@@ -50,16 +51,17 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from indexers.base import Indexer, expect, parse_time, redact
+from indexers.base import Indexer, expect, parse_position, parse_time, redact
 from indexers.digests import HASHERS, normalize_hex
 from indexers.errors import (
     FeedError,
     InvalidDigest,
     InvalidName,
+    InvalidPosition,
     StaleMetadata,
     UpstreamUnavailable,
 )
-from indexers.types import Artifact, Change, PackageInfo, Page, Release
+from indexers.types import Artifact, Change, Inventory, InventoryEntry, PackageInfo, Page, Release
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,13 @@ REMOVE_PROJECT = "remove project"
 #: Warehouse's throttling fault: code -32500, "HTTPTooManyRequests: ... reset in N seconds."
 _THROTTLED = "HTTPTooManyRequests:"
 _RESET_IN = re.compile(r"Limit may reset in (\d+) seconds")
+
+#: PEP 792's markers other than ``active`` (``pypa/packaging.python.org:source/specifications/
+#: project-status-markers.rst``).
+_PROJECT_STATUSES = frozenset({"archived", "quarantined", "deprecated"})
+
+#: Projects one inventory page names.
+INVENTORY_PAGE = 10_000
 
 _LEGACY_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".zip", ".egg", ".exe", ".msi")
 
@@ -98,6 +107,10 @@ class PyPICursor:
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
         return PyPICursor(max(0, self.serial - count))
+
+
+def _first(item: tuple[str, int]) -> str:
+    return item[0]
 
 
 def normalize(name: str) -> str:
@@ -164,6 +177,16 @@ def parse_changelog(rows: Any, *, since: int, url: str) -> tuple[tuple[Change, .
         for key, (serial, action) in sorted(latest.items(), key=lambda item: item[1][0])
     )
     return changes, next_serial
+
+
+def _newest_timestamp(rows: list[Any]) -> datetime | None:
+    """The journal date (UTC epoch seconds) of the highest-serial changelog row, if any."""
+    if not rows:
+        return None
+    stamp = max(rows, key=lambda row: row[4])[2]
+    if isinstance(stamp, bool) or not isinstance(stamp, int):
+        return None
+    return datetime.fromtimestamp(stamp, UTC)
 
 
 def _kind(filename: str) -> str:
@@ -254,6 +277,19 @@ def _artifact(entry: Any, *, base_url: str) -> Artifact:
     )
 
 
+def project_status(value: Any) -> tuple[str | None, str | None]:
+    """PEP 792's ``project-status`` ``{status, reason?}`` as (status, reason); ``active``,
+    absent or a marker this version of the spec does not define is ``None`` (clients must
+    treat unknown markers as active)."""
+    if not isinstance(value, dict):
+        return None, None
+    status = value.get("status")
+    reason = value.get("reason")
+    if status not in _PROJECT_STATUSES:
+        return None, None
+    return status, reason if isinstance(reason, str) and reason else None
+
+
 def map_simple_project(doc: Any, *, url: str, serial: int | None = None) -> PackageInfo:
     """Map a PEP 691 JSON project page to :class:`PackageInfo`, every file an artifact.
 
@@ -299,12 +335,17 @@ def map_simple_project(doc: Any, *, url: str, serial: int | None = None) -> Pack
     if serial is None:
         private = meta.get("_last-serial")
         serial = private if isinstance(private, int) else None
+    status, reason = project_status(doc.get("project-status"))
     return PackageInfo(
         ecosystem=ECOSYSTEM,
         name=name,
         display_name=raw_name,
         releases=tuple(releases),
         serial=serial,
+        status=status,
+        status_reason=reason,
+        # A quarantined project's page withholds its files: their absence is no removal.
+        complete=status != "quarantined",
         extra={
             "api_version": api_version,
             "project_status": doc.get("project-status"),
@@ -328,11 +369,15 @@ class PyPIIndexer(Indexer[PyPICursor]):
     ecosystem = ECOSYSTEM
     cursor_type = PyPICursor
     default_interval = timedelta(minutes=5)
+    release_removed = "remove release"
+    file_removed = "remove file"
+    package_removed = REMOVE_PROJECT
 
     def __init__(self, client: httpx.AsyncClient, *, xmlrpc_url: str, simple_url: str) -> None:
         super().__init__(client)
         self.xmlrpc_url = xmlrpc_url
         self.simple_url = simple_url.rstrip("/")
+        self._projects: list[tuple[str, int]] | None = None
 
     @staticmethod
     def normalize_name(name: str) -> str:
@@ -352,19 +397,70 @@ class PyPIIndexer(Indexer[PyPICursor]):
         )
         return decode_response(response.content, self.xmlrpc_url)
 
-    async def start_cursor(self) -> PyPICursor:
-        """Start at the newest journal serial (``changelog_last_serial``)."""
+    async def head(self) -> int:
+        """Return the newest journal serial (``changelog_last_serial``)."""
         serial = await self.call("changelog_last_serial")
         expect(isinstance(serial, int), self.xmlrpc_url, f"last serial {serial!r} is not an int")
-        return PyPICursor(serial)
+        return int(serial)
+
+    async def start_cursor(self) -> PyPICursor:
+        """Start at the newest journal serial (``changelog_last_serial``)."""
+        return PyPICursor(await self.head())
+
+    @staticmethod
+    def is_prerelease(version: str) -> bool:
+        """PEP 440 via ``packaging``: alpha, beta, rc and dev releases; unparseable is not."""
+        try:
+            return Version(version).is_prerelease
+        except InvalidVersion:
+            return False
+
+    async def cursor_at(self, position: str) -> PyPICursor:
+        """``origin`` is serial 0, a number is that serial (the changelog is exclusive)."""
+        where = parse_position(ECOSYSTEM, position)
+        if isinstance(where, datetime):
+            raise InvalidPosition(ECOSYSTEM, position, "the changelog is ordered by serial")
+        return PyPICursor(where or 0)
+
+    async def inventory(self, after: str | None) -> Inventory:
+        """``list_packages_with_serial`` (every project and its last serial, as bandersnatch
+        reads it), paged here by normalized name after ``after``: the registry answers it in
+        one call, fetched once per indexer."""
+        if self._projects is None:
+            listing = await self.call("list_packages_with_serial")
+            expect(isinstance(listing, dict), self.xmlrpc_url, "project list is not a struct")
+            projects: dict[str, int] = {}
+            for name, serial in listing.items():
+                try:
+                    key = normalize(str(name))
+                except InvalidName as exc:
+                    log.warning("skipping listed project: %s", exc)
+                    continue
+                if isinstance(serial, int):
+                    projects[key] = max(serial, projects.get(key, serial))
+            self._projects = sorted(projects.items())
+        start = bisect.bisect_right(self._projects, after, key=_first) if after else 0
+        page = self._projects[start : start + INVENTORY_PAGE]
+        entries = tuple(InventoryEntry(Change(key, serial=serial), serial) for key, serial in page)
+        last = page[-1][0] if page else after
+        return Inventory(entries, last, done=start + INVENTORY_PAGE >= len(self._projects))
 
     async def changes(self, cursor: PyPICursor) -> Page[PyPICursor]:
+        """One changelog page. Its ``head`` is ``changelog_last_serial`` (asked only after rows
+        came: an empty page means no serial is newer than the cursor), its ``position_at`` the
+        journal timestamp of the newest row."""
         rows = await self.call("changelog_since_serial", cursor.serial)
         changes, next_serial = parse_changelog(rows, since=cursor.serial, url=self.xmlrpc_url)
         log.debug(
             "pypi changelog since %d: %d rows, next %d", cursor.serial, len(rows), next_serial
         )
-        return Page(changes=changes, cursor=PyPICursor(next_serial), done=not rows)
+        return Page(
+            changes=changes,
+            cursor=PyPICursor(next_serial),
+            done=not rows,
+            head=await self.head() if rows else cursor.serial,
+            position_at=_newest_timestamp(rows),
+        )
 
     async def package(self, name: str, *, change: Change | None = None) -> PackageInfo:
         """Fetch and map a project's PEP 691 page; ``StaleMetadata`` below ``change.serial``.
@@ -401,4 +497,5 @@ __all__ = [
     "map_simple_project",
     "normalize",
     "parse_changelog",
+    "project_status",
 ]

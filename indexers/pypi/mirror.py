@@ -23,14 +23,23 @@ import json
 import logging
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urljoin
 
 from aiohttp import web
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
 
+from indexers.base import parse_time
 from indexers.errors import ArchiveInvalid, InvalidName, UpstreamFailed
 from indexers.mirror.registry import EcosystemRoutes, FileRef, source_headers
-from indexers.mirror.rows import ArchivedFile, PackageRows
+from indexers.mirror.rows import ArchivedFile, PackageRows, Withdrawn
 from indexers.mirror.spool import send_spool
 from indexers.pypi.indexer import normalize
 
@@ -45,6 +54,8 @@ API_VERSION = "1.1"
 FILE_TYPE = "application/octet-stream"
 
 MAX_NAME = 255
+#: PEP 792 markers a fallback page repeats from the index (``quarantined`` lists nothing).
+_SHOWN_STATUSES = frozenset({"archived", "deprecated"})
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+!~-]*")
 
@@ -156,16 +167,35 @@ def rewrite_page(
     return rewritten
 
 
+def _held_page(name: str, hold: str) -> dict[str, Any]:
+    """The page of a project that must not be served: PEP 792 ``quarantined``, no files."""
+    return {
+        "meta": {"api-version": API_VERSION},
+        "name": name,
+        "project-status": {"status": "quarantined", "reason": hold},
+        "files": [],
+        "versions": [],
+    }
+
+
+def withdraw_page(doc: dict[str, Any], withdrawn: Withdrawn) -> dict[str, Any]:
+    """An upstream page without what the index knows PyPI withdrew (removed releases and
+    files; everything of a quarantined project), so a stale upstream cannot list it again."""
+    if not withdrawn:
+        return doc
+    if withdrawn.hold is not None:
+        return _held_page(str(doc.get("name")), withdrawn.hold)
+    return {
+        **doc,
+        "files": [f for f in doc["files"] if f.get("filename") not in withdrawn.files],
+        "versions": [v for v in doc["versions"] if v not in withdrawn.versions],
+    }
+
+
 def fallback_page(rows: PackageRows, *, base: str) -> dict[str, Any] | None:
     """The PEP 691 page of what the archive holds (``None`` when it holds nothing to list)."""
     if rows.hold is not None:
-        return {
-            "meta": {"api-version": API_VERSION},
-            "name": rows.name,
-            "project-status": {"status": "quarantined", "reason": rows.hold},
-            "files": [],
-            "versions": [],
-        }
+        return _held_page(rows.name, rows.hold)
     files = []
     versions: dict[str, None] = {}
     for file in rows.listed_files():
@@ -186,12 +216,52 @@ def fallback_page(rows: PackageRows, *, base: str) -> dict[str, Any] | None:
         versions[file.version] = None
     if not files:
         return None
-    return {
+    page: dict[str, Any] = {
         "meta": {"api-version": API_VERSION},
         "name": rows.name,
         "files": files,
         "versions": list(versions),
     }
+    if rows.status in _SHOWN_STATUSES:
+        page["project-status"] = {"status": rows.status}
+    return page
+
+
+def _file_version(filename: str) -> Version | None:
+    try:
+        return parse_wheel_filename(filename)[1]
+    except (InvalidWheelFilename, InvalidVersion):
+        pass
+    try:
+        return parse_sdist_filename(filename)[1]
+    except (InvalidSdistFilename, InvalidVersion):
+        return None
+
+
+def _listed_version(text: str) -> Version | None:
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return None
+
+
+def cool_page(page: dict[str, Any], cutoff: datetime | None) -> dict[str, Any]:
+    """``page`` without the files uploaded after ``cutoff`` (a cooldown, per file by its
+    ``upload-time`` as uv's ``exclude-newer``), and without the versions only those files
+    carried. Files without an upload time stay."""
+    if cutoff is None:
+        return page
+    kept: list[dict[str, Any]] = []
+    dropped: list[dict[str, Any]] = []
+    for file in page.get("files") or []:
+        uploaded = parse_time(file.get("upload-time"))
+        (dropped if uploaded is not None and uploaded > cutoff else kept).append(file)
+    if not dropped:
+        return page
+    still = {_file_version(f["filename"]) for f in kept}
+    gone = {_file_version(f["filename"]) for f in dropped} - still - {None}
+    versions = [v for v in page.get("versions") or [] if _listed_version(v) not in gone]
+    return {**page, "files": kept, "versions": versions}
 
 
 class PyPIRoutes(EcosystemRoutes):
@@ -286,6 +356,8 @@ class PyPIRoutes(EcosystemRoutes):
             self.registry.refs.put(sha256, ref)
 
         page = rewrite_page(doc, page_url=answer.url, base=base, remember=remember)
+        page = withdraw_page(page, await self.withdrawn(canonical))
+        page = cool_page(page, self.registry.cutoff())
         return self._respond(request, page, source_headers("upstream"))
 
     async def fallback(
@@ -299,13 +371,16 @@ class PyPIRoutes(EcosystemRoutes):
         )
         body = b""
         if stamp is not None:
-            key = ("page", name, base, kind, stamp)
+            cutoff = self.registry.cutoff()
+            minute = cutoff.replace(second=0, microsecond=0) if cutoff else None
+            key = ("page", name, base, kind, stamp, minute)
             cached = self.registry.rendered.fresh(key)
             if cached is not None:
                 body = cached.value
             else:
                 rows = await self.mirror.archive.package_rows(ECOSYSTEM, name)
                 page = fallback_page(rows, base=base) if rows is not None else None
+                page = cool_page(page, minute) if page is not None else None
                 if page is not None:
                     render = render_json if kind == SIMPLE_JSON else render_html
                     body = await asyncio.to_thread(render, page)
@@ -376,9 +451,11 @@ __all__ = [
     "SIMPLE_JSON",
     "PyPIRoutes",
     "check_filename",
+    "cool_page",
     "fallback_page",
     "negotiate",
     "render_html",
     "render_json",
     "rewrite_page",
+    "withdraw_page",
 ]

@@ -7,15 +7,22 @@ with the fake standing in for the registry:
 
 - the feed pages from a cursor, and a cursor saved and restored (a restart) resumes where it
   stopped, without repeating what was read;
+- the page that reaches the head reports the registry's head, where the cursor then stands;
 - a package maps to releases whose files carry digests the published bytes satisfy;
 - archiving verifies the download (the CID is ``ipfs add``'s) and refuses bytes that differ
   from the registry's digests;
 - the mirror lists the release and serves its file, from the upstream and, once the upstream
   is gone, from the archive;
+- a release the registry withdraws its own way is recorded as removed (when, and how in the
+  registry's words), shown by lookups, left out of listings with or without the upstream,
+  and still served from the archive to an exact request;
 - the ecosystem's lockfile names its releases, read by file name and by content alone;
 - keys normalize to the registry's canonical names in both spellings and refuse bad names;
 - the fake's round trip: the bytes it publishes are the bytes it serves, and tampering
-  changes the bytes but not the published digests.
+  changes the bytes but not the published digests;
+- a bootstrap from ``origin`` walks what was published before the watcher started, and a
+  reconcile sweep of the registry's own listing finds what the index lacks (SQLite and
+  PostgreSQL).
 """
 
 from __future__ import annotations
@@ -140,6 +147,27 @@ async def test_feed_pages_from_a_cursor_and_resumes_after_a_restart(
     assert first not in later and second not in later
 
 
+async def test_the_page_that_reaches_the_head_reports_the_registrys_head(
+    ecosystem: Ecosystem, fake: FakeRegistry, upstream: RunningServer
+) -> None:
+    first, second, _ = _names(fake)
+    version = fake.SAMPLE_VERSIONS[0]
+    indexer = _indexer(ecosystem, fake, upstream.url)
+    cursor = await indexer.start_cursor()
+    fake.publish_release(first, version)
+    fake.publish_release(second, version)
+    for _ in range(100):
+        page = await indexer.changes(cursor)
+        if page.done:
+            break
+        cursor = page.cursor
+    await indexer.client.aclose()
+    assert page.done
+    assert page.head is not None
+    assert page.head == fake.feed_head()
+    assert indexer.cursor_position(indexer.cursor_to_dict(page.cursor)) == page.head
+
+
 async def test_a_package_maps_to_files_its_published_bytes_satisfy(
     ecosystem: Ecosystem, fake: FakeRegistry, upstream: RunningServer
 ) -> None:
@@ -190,6 +218,12 @@ async def test_archiving_verifies_the_download_and_refuses_a_mismatch(
                 sa.select(Archive.error).where(Archive.status == ArchiveStatus.FAILED)
             ).scalars()
             assert all(("mismatch" in e) or ("InvalidArchive" in e) for e in errors if e)
+            # Bad bytes may be right later: tried again on the long backoff, counted.
+            assert all(o.retryable for o in refused)
+            counts = session.execute(
+                sa.select(Archive.mismatches).where(Archive.status == ArchiveStatus.FAILED)
+            ).scalars()
+            assert set(counts) == {1}
 
 
 async def test_the_mirror_lists_and_serves_a_release_upstream_or_not(
@@ -282,3 +316,123 @@ async def test_the_fake_serves_what_it_published_and_tampers_only_the_bytes(
     await indexer.client.aclose()
     assert tampered.status_code == 200 and tampered.content != data
     assert [r.artifacts for r in after.releases] == [r.artifacts for r in before.releases]
+
+
+async def test_bootstrap_from_origin_archives_what_was_published_before_the_watcher(
+    ecosystem: Ecosystem, fake: FakeRegistry, migrated_url: str, tmp_path: Path
+) -> None:
+    """A watcher starts at the feed's head; ``--from origin`` walks the history before it."""
+    from forage.index import bootstrap
+    from forage.index.ingest import watch_feed
+    from tests.forage.index_harness import drain_imports, forage_on, import_jobs, versions_of
+
+    first, second = _names(fake)[:2]
+    old, new = fake.SAMPLE_VERSIONS
+    fake.publish_release(first, old)
+    fake.publish_release(second, new)
+    async with forage_on(tmp_path, migrated_url, {ecosystem.name: fake}) as ctx:
+        stats = await watch_feed(ctx, ecosystem.name)
+        assert stats.changes == 0  # the head is past everything published so far
+        walk = await bootstrap.start(ctx, ecosystem.name, "origin")
+        assert not walk.resumed
+        walked = await watch_feed(ctx, ecosystem.name)
+        assert walked.changes == 2  # queued by the walk itself, not by a re-scan window
+        assert len(import_jobs(ctx)) >= 2
+        await drain_imports(ctx)
+        assert versions_of(ctx, ecosystem.name, first) == {old}
+        assert versions_of(ctx, ecosystem.name, second) == {new}
+        assert await ctx.transaction(bootstrap.finish, ecosystem.name)
+
+
+async def test_a_withdrawn_release_is_recorded_and_kept_out_of_listings(
+    ecosystem: Ecosystem,
+    fake: FakeRegistry,
+    upstream: RunningServer,
+    tmp_path: Path,
+    migrated_url: str,
+) -> None:
+    """The registry withdraws a release its own way; the next import records when and how,
+    a lookup says so, listings leave it out with or without the upstream, and an exact
+    request for its file is still answered from the archive."""
+    from forage.db.models import Version
+    from forage.lookup.batch import lookup
+
+    name = _names(fake)[0]
+    kept, withdrawn = fake.SAMPLE_VERSIONS
+    fake.publish_release(name, kept)
+    fake.publish_release(name, withdrawn)
+    filename, data = fake.release_file(name, withdrawn)
+    endpoints = {ecosystem.name: fake.config_endpoints(upstream.url)}
+    routes = ecosystem.mirror()
+    async with forage_mirror(tmp_path, migrated_url, registries=endpoints) as forage:
+        await _archive(forage, ecosystem.name, name)
+        fake.withdraw_release(name, withdrawn)
+        await _archive(forage, ecosystem.name, name)
+        with forage.ctx.sessionmaker() as session:
+            rows = {
+                row.number: row
+                for row in session.execute(
+                    sa.select(Version).where(Version.number.in_([kept, withdrawn]))
+                ).scalars()
+            }
+            digests = dict(
+                session.execute(
+                    sa.select(ArtifactDigest.algorithm, ArtifactDigest.value)
+                    .join(Artifact, Artifact.id == ArtifactDigest.artifact_id)
+                    .where(Artifact.filename == filename)
+                ).all()
+            )
+            archived = session.execute(
+                sa.select(Archive.status).join(Artifact).where(Artifact.filename == filename)
+            ).scalar_one()
+        assert rows[kept].removed_at is None and rows[kept].removal is None
+        assert rows[withdrawn].removed_at is not None
+        assert (rows[withdrawn].removal or "").startswith(f"{ecosystem.name}: ")
+        assert archived is ArchiveStatus.ARCHIVED  # the archive is kept
+        key = f"pkg:{ecosystem.name}/{name}@{withdrawn}"
+        (answer,) = lookup(forage.ctx.sessionmaker, None, [key], policy=None)
+        found = answer.to_json()
+        assert found["status"] == "found" and found["removal"] == rows[withdrawn].removal
+        assert found["removed_at"] is not None
+        assert all(a["removed_at"] is not None for a in found["artifacts"])
+        listing = forage.url + routes.listing_path(name)
+        download = forage.url + routes.file_path(name, withdrawn, filename, digests)
+        async with httpx.AsyncClient() as client:
+            for source in ("upstream", "archive"):
+                if source == "archive":
+                    await upstream.close()
+                page = await client.get(listing)
+                assert page.status_code == 200, (source, page.text[:300])
+                assert page.headers["Forage-Source"] == source
+                assert kept in page.text
+                assert filename not in page.text and f"{withdrawn}\n" not in page.text
+            served = await client.get(download)
+            assert served.status_code == 200, served.text[:300]
+            assert served.content == data
+            assert served.headers["Forage-Source"] == "archive-removed"
+
+
+async def test_reconcile_finds_what_the_index_lacks_from_the_registrys_own_listing(
+    ecosystem: Ecosystem, fake: FakeRegistry, migrated_url: str, tmp_path: Path
+) -> None:
+    """Every registry's inventory names what it holds, so a sweep finds packages never
+    imported (whatever the feed said) and, once imported, finds nothing more."""
+    from forage.index.ingest import watch_feed
+    from forage.index.reconcile import reconcile
+    from tests.forage.index_harness import drain_imports, forage_on, versions_of
+
+    first, second = _names(fake)[:2]
+    old, new = fake.SAMPLE_VERSIONS
+    fake.publish_release(first, old)
+    fake.publish_release(second, new)
+    async with forage_on(tmp_path, migrated_url, {ecosystem.name: fake}) as ctx:
+        await watch_feed(ctx, ecosystem.name)  # starts at the head
+        dry = await reconcile(ctx, ecosystem.name, dry_run=True)
+        assert (dry.missing, dry.changed, dry.queued) == (2, 0, 0)
+        done = await reconcile(ctx, ecosystem.name)
+        assert done.done and done.queued == 2
+        await drain_imports(ctx)
+        assert versions_of(ctx, ecosystem.name, first) == {old}
+        assert versions_of(ctx, ecosystem.name, second) == {new}
+        again = await reconcile(ctx, ecosystem.name)
+        assert (again.checked, again.missing, again.changed) == (2, 0, 0)

@@ -25,7 +25,6 @@ from forage.jobs.tasks import schedule_table
 from forage.jobs.worker import Worker
 from forage.lookup.answers import RENDER_ANSWERS, render_answers_job, render_stale, stale_ids
 from forage.lookup.resolve import resolve
-from tests.factories import make_package, make_version
 from tests.forage.test_api import seed
 from tests.forage.test_ingest import context, write_config
 
@@ -67,8 +66,17 @@ def test_versions_from_before_answers_get_a_row_and_are_rendered(database_url: s
     engine = make_engine(database_url)
     try:
         upgrade(engine, "0002")
-        with make_sessionmaker(engine).begin() as session:
-            make_version(session, package=make_package(session, name="old"), number="1.0.0")
+        # Plain SQL: the models have columns later revisions add.
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text("INSERT INTO packages (ecosystem, name, extra) VALUES ('npm', 'old', '{}')")
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO versions (package_id, number)"
+                    " SELECT id, '1.0.0' FROM packages WHERE name = 'old'"
+                )
+            )
         upgrade(engine)
         sessions = make_sessionmaker(engine)
         with sessions() as session:

@@ -22,6 +22,7 @@ import textwrap
 import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from forage.archive.targets import ArchiveResult
 from forage.config import Config, load_config
 from forage.db.engine import make_engine, make_sessionmaker, upgrade
 from forage.db.models import Archive, ArchiveStatus, Artifact, JobRecord, JobState
-from forage.errors import InvalidKey, NotFound, PermanentJobError
+from forage.errors import InvalidKey, NotFound, RetryLater
 from forage.fakes.files import FakeFileServer
 from forage.index.ingest import ARCHIVE, record_package
 from forage.jobs.queue import RetryPolicy
@@ -280,7 +281,8 @@ async def test_go_module_zips_are_checked_against_their_h1(
     migrated_url: str, tmp_path: Path
 ) -> None:
     """The real Go fake's proxy serves the zips; the sumdb's h1: is what the index holds.
-    A tampered zip fails permanently; neither leaves a spool file."""
+    A tampered zip fails (to be tried again on the long backoff); neither leaves a spool
+    file."""
     go = GoFake()
     good = go.add_version("example.com/good", "v1.0.0", files={"a.go": "package a\n"})
     bad = go.add_version("example.com/bad", "v1.0.0", files={"b.go": "package b\n"})
@@ -302,7 +304,7 @@ async def test_go_module_zips_are_checked_against_their_h1(
                 "h1",
                 good.h1,
             )
-            with pytest.raises(PermanentJobError, match="h1 mismatch"):
+            with pytest.raises(RetryLater, match="h1 mismatch"):
                 await archive_artifact(ctx, ids[1])
             failed = archive_row(ctx, ids[1])
             assert failed is not None and failed.status == ArchiveStatus.FAILED
@@ -311,7 +313,7 @@ async def test_go_module_zips_are_checked_against_their_h1(
         assert len(stored_blocks(tmp_path / "data")) == 1  # only the good zip's leaf
 
 
-async def test_wrong_bytes_for_the_right_url_fail_for_good_and_store_nothing(
+async def test_wrong_bytes_for_the_right_url_store_nothing_and_wait_the_long_backoff(
     migrated_url: str, tmp_path: Path
 ) -> None:
     data = blob(700_000, 4)
@@ -322,13 +324,14 @@ async def test_wrong_bytes_for_the_right_url_fail_for_good_and_store_nothing(
         )
         host.corrupt("x.tgz")
         stats = await drain(ctx)
-        assert (stats.done, stats.dead) == (0, 1)  # no retry: the job is dead at once
+        assert (stats.done, stats.dead, stats.retried) == (0, 0, 1)  # not before an hour
         row = archive_row(ctx, artifact_id)
         assert row is not None and row.status == ArchiveStatus.FAILED
         assert row.cid is None and row.size is None and row.verified_digest is None
         assert "DigestMismatch" in (row.error or "") and "sha512 mismatch" in (row.error or "")
         [job] = archive_jobs(ctx)
-        assert job.state == JobState.DEAD and "sha512 mismatch" in (job.last_error or "")
+        assert job.state == JobState.QUEUED and "sha512 mismatch" in (job.last_error or "")
+        assert job.run_after - job.updated_at >= timedelta(seconds=3600)  # jobs.mismatch_backoff
         assert stored_blocks(tmp_path / "data") == []
         assert leftovers(tmp_path / "data") == []
 

@@ -49,34 +49,39 @@ def test_watch_then_worker_records_packages_and_status_reports_them(tmp_path: Pa
         assert "caught up; 2 changes queued" in second.stderr
 
         status = json.loads(forage(tmp_path, "status", "--json").stdout)
-        assert status["npm"]["imports_pending"] == 2
-        assert status["npm"]["packages"] == 0
+        assert status["npm"]["imports"] == {"pending": 2, "dead": 0}
+        assert status["npm"]["packages"]["known"] == 0
 
         worker = forage(tmp_path, "worker", "--drain", "--kind", "import")
         assert worker.returncode == 0, worker.stderr
         assert "2 done" in worker.stderr
 
         status = json.loads(forage(tmp_path, "status", "--json").stdout)["npm"]
-        assert (status["packages"], status["versions"], status["imports_pending"]) == (2, 3, 0)
-        assert status["cursor"]["seq"] > 0
-        assert status["lag"] == 0
+        assert (status["packages"]["known"], status["versions"]["known"]) == (2, 3)
+        assert status["imports"]["pending"] == 0
+        assert status["cursor"]["seq"] == status["head"] == registry.seq
+        assert status["lag_seconds"] == 0
+        # Three files known, none archived yet: all three wait.
+        assert status["files"] == {
+            "known": 3,
+            "archived": 0,
+            "pending": 3,
+            "failed": 0,
+            "removed": 0,
+        }
 
         registry.publish("backfill-me", "0.1.0")
         backfill = forage(tmp_path, "import", "npm", "backfill-me")
         assert backfill.returncode == 0, backfill.stderr
         assert "1 new versions, 1 new artifacts" in backfill.stderr
-        table = forage(tmp_path, "status").stdout.splitlines()
-        assert table[0].split() == [
-            "registry",
-            "cursor",
-            "lag",
-            "packages",
-            "versions",
-            "pending",
-            "dead",
+        lines = forage(tmp_path, "status").stdout.splitlines()
+        block = lines[lines.index("npm") : lines.index("npm") + 6]
+        assert block[2:] == [
+            "  packages  3 known, 0 removed",
+            "  versions  4 known, 0 removed",
+            "  files     4 known, 0 archived, 4 pending, 0 failed, 0 removed",
+            "  imports   0 pending, 0 dead",
         ]
-        npm_row = next(line.split() for line in table if line.startswith("npm"))
-        assert npm_row[-4:] == ["3", "4", "0", "0"]
 
 
 def test_hostile_and_missing_names_exit_with_clear_errors(tmp_path: Path) -> None:

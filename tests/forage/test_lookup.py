@@ -173,6 +173,7 @@ def test_unknown_keys_queue_one_import_per_package_and_per_go_module_version(
         "ecosystem": "golang",
         "name": "github.com/pkg/errors",
         "version": "v0.9.1",
+        "lookup": True,  # the import records what the registry answers for this version
     }
 
 

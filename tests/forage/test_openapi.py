@@ -161,6 +161,8 @@ async def test_responses_match_the_document(api: Api) -> None:
         ("POST", "/api/v1/import", {"json": {"key": 1}, "headers": auth}),
         ("POST", "/api/v1/import", {"json": {"key": "go:a.b/c"}, "headers": auth}),
         ("GET", "/api/openapi.json", {}),
+        ("GET", "/api/v1/archives/failed?per_page=10", {}),
+        ("GET", "/api/v1/archives/failed?page=0", {}),
     ]
     for method, path, kwargs in calls:
         response = await api.client.request(method, path, **kwargs)

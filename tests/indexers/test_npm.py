@@ -149,8 +149,11 @@ async def test_feed_pages_until_the_same_cursor_comes_back(
     sinces: list[str] = []
     while True:
         page = await npm.changes(cursor)
-        sinces.append(npm_registry.requests.seen[-1].query["since"])
-        assert npm_registry.requests.seen[-1].query["limit"] == "2"
+        feed, root = npm_registry.requests.seen[-2:]
+        sinces.append(feed.query["since"])
+        assert feed.query["limit"] == "2"
+        # Each page then reads the head from the replicate root.
+        assert root.path == "/registry/" and page.head == npm_registry.seq
         seen += [change.name for change in page.changes]
         if page.cursor == cursor:
             assert page.changes == ()
