@@ -469,6 +469,10 @@ class FakePyPI:
             since = int(str(params[0]))
             rows = [list(row) for row in self.journal if row[4] > since][: self.changelog_cap]
             return self._xml(rows)
+        if method == "changelog" and len(params) in (1, 2):
+            since, with_ids = int(str(params[0])), len(params) == 2 and bool(params[1])
+            picked = [row for row in self.journal if row[2] >= since][: self.changelog_cap]
+            return self._xml([list(row) if with_ids else list(row[:4]) for row in picked])
         if method == "list_packages_with_serial":
             return self._xml({p.name: p.last_serial for p in self.projects.values()})
         return self._fault(-32601, f"method {method!r} not found")

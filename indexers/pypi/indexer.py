@@ -57,7 +57,6 @@ from indexers.errors import (
     FeedError,
     InvalidDigest,
     InvalidName,
-    InvalidPosition,
     StaleMetadata,
     UpstreamUnavailable,
 )
@@ -416,11 +415,23 @@ class PyPIIndexer(Indexer[PyPICursor]):
             return False
 
     async def cursor_at(self, position: str) -> PyPICursor:
-        """``origin`` is serial 0, a number is that serial (the changelog is exclusive)."""
+        """``origin`` is serial 0, a number is that serial (the changelog is exclusive), a time
+        is the serial just before the journal's first entry at or after it: XML-RPC
+        ``changelog(since, with_ids=True)`` (Unix seconds, the rows' ids are their serials),
+        else the newest serial when nothing is that recent."""
         where = parse_position(ECOSYSTEM, position)
-        if isinstance(where, datetime):
-            raise InvalidPosition(ECOSYSTEM, position, "the changelog is ordered by serial")
-        return PyPICursor(where or 0)
+        if not isinstance(where, datetime):
+            return PyPICursor(where or 0)
+        serials: list[Any] = []
+        if where < datetime.now(UTC):  # XML-RPC ints are 32-bit: no asking about the future
+            rows = await self.call("changelog", int(where.timestamp()), True)
+            expect(isinstance(rows, list), self.xmlrpc_url, "changelog is not a list")
+            serials = [row[4] for row in rows if isinstance(row, list | tuple) and len(row) == 5]
+        if serials and all(isinstance(serial, int) for serial in serials):
+            return PyPICursor(max(0, min(serials) - 1))
+        last = await self.call("changelog_last_serial")
+        expect(isinstance(last, int), self.xmlrpc_url, "changelog_last_serial is not an int")
+        return PyPICursor(last)
 
     async def inventory(self, after: str | None) -> Inventory:
         """``list_packages_with_serial`` (every project and its last serial, as bandersnatch

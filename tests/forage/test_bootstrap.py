@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -136,7 +137,7 @@ async def test_positions_each_feed_cannot_take_are_refused(
     async with forage_on(tmp_path, migrated_url, fakes) as ctx:
         for ecosystem, position in [
             ("npm", "2024-01-01T00:00:00Z"),
-            ("pypi", "2024-01-01T00:00:00+00:00"),
+            ("pypi", "2024-01-01"),
             ("golang", "12345"),
             ("npm", "yesterday"),
             ("golang", "2024-01-01"),
@@ -148,6 +149,27 @@ async def test_positions_each_feed_cannot_take_are_refused(
             assert session.execute(sa.select(sa.func.count()).select_from(FeedCursor)).scalar() == 0
         walk = await bootstrap.start(ctx, "golang", "2024-03-01T12:00:00Z")
         assert walk.cursor["since"].startswith("2024-03-01T12:00:00")
+
+
+async def test_pypi_starts_from_a_time_at_the_journal_s_first_entry_since(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    """A time becomes the serial just before the changelog's first row at or after it."""
+    pypi = FakePyPI()
+    pypi.release("old-proj", "1.0")
+    first_new = pypi.serial + 1
+    pypi.release("new-proj", "1.0")
+    moment = datetime.fromtimestamp(pypi.journal[-1][2], UTC).isoformat()
+    async with forage_on(tmp_path, migrated_url, {"pypi": pypi}) as ctx:
+        walk = await bootstrap.start(ctx, "pypi", moment)
+        # The fake's clock ticks per write: only new-proj's rows are at or after that time.
+        newest = [row for row in pypi.journal if row[2] >= pypi.journal[-1][2]]
+        assert walk.cursor == {"serial": newest[0][4] - 1}
+        assert walk.cursor["serial"] >= first_new - 1
+        await watch_feed(ctx, "pypi")
+        assert {key for key, _ in import_jobs(ctx)} == {f"{IMPORT}:pypi:new-proj"}
+        future = await bootstrap.start(ctx, "pypi", "2999-01-01T00:00:00Z")
+        assert future.cursor == {"serial": pypi.serial}
 
 
 def _forage(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
