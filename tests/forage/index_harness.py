@@ -7,6 +7,9 @@ and yields a :class:`~forage.jobs.worker.JobContext` on the database.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -111,3 +114,18 @@ def packages_of(ctx: JobContext, ecosystem: str) -> set[str]:
         return set(
             session.execute(sa.select(Package.name).where(Package.ecosystem == ecosystem)).scalars()
         )
+
+
+def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``forage -c <tmp_path>/forage.toml ARGS`` as a user would, without ``FORAGE_*``
+    variables from the test's environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORAGE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "forage", "-c", str(tmp_path / "forage.toml"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )

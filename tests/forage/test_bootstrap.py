@@ -10,9 +10,6 @@ in ``tests/ecosystems/test_conformance.py``.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +31,7 @@ from tests.forage.index_harness import (
     forage_on,
     import_jobs,
     packages_of,
+    run_cli,
     versions_of,
 )
 
@@ -172,19 +170,6 @@ async def test_pypi_starts_from_a_time_at_the_journal_s_first_entry_since(
         assert future.cursor == {"serial": pypi.serial}
 
 
-def _forage(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORAGE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "forage", "-c", str(tmp_path / "forage.toml"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_forage_watch_from_origin_on_the_command_line(tmp_path: Path) -> None:
     registry = FakeNpmRegistry()
     registry.publish("left-pad", "1.0.0")
@@ -195,15 +180,15 @@ def test_forage_watch_from_origin_on_the_command_line(tmp_path: Path) -> None:
             f'[registries.npm]\nregistry_url = "{fake.url}"\n'
             f'replicate_url = "{fake.url}/registry"\nallow_http = true\n'
         )
-        plain = _forage(tmp_path, "watch", "npm", "--once")
+        plain = run_cli(tmp_path, "watch", "npm", "--once")
         assert "caught up; 0 changes queued" in plain.stderr, plain.stderr
 
-        walked = _forage(tmp_path, "watch", "npm", "--once", "--from", "origin")
+        walked = run_cli(tmp_path, "watch", "npm", "--once", "--from", "origin")
         assert walked.returncode == 0, walked.stderr
         assert "starting a bootstrap from origin" in walked.stderr
         assert "bootstrap complete" in walked.stderr
         assert "caught up; 2 changes queued" in walked.stderr
 
-        bad = _forage(tmp_path, "watch", "npm", "--once", "--from", "2024-01-01T00:00:00Z")
+        bad = run_cli(tmp_path, "watch", "npm", "--once", "--from", "2024-01-01T00:00:00Z")
         assert bad.returncode == 2
         assert "ordered by seq" in bad.stderr and "Traceback" not in bad.stderr

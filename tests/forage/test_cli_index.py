@@ -4,26 +4,11 @@ against the loopback npm fake and the embedded SQLite store."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from indexers.fakeserver import ThreadedServer
 from indexers.npm.fake import FakeNpmRegistry
-
-
-def forage(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORAGE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "forage", "-c", str(tmp_path / "forage.toml"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
+from tests.forage.index_harness import run_cli
 
 
 def configure_npm(tmp_path: Path, url: str) -> None:
@@ -39,24 +24,24 @@ def test_watch_then_worker_records_packages_and_status_reports_them(tmp_path: Pa
     registry = FakeNpmRegistry()
     with ThreadedServer(registry.make_app()) as fake:
         configure_npm(tmp_path, fake.url)
-        first = forage(tmp_path, "watch", "npm", "--once")
+        first = run_cli(tmp_path, "watch", "npm", "--once")
         assert first.returncode == 0, first.stderr
         assert "caught up; 0 changes queued" in first.stderr
         registry.publish("left-pad", "1.0.0")
         registry.publish("left-pad", "1.1.0")
         registry.publish("@scope/pkg", "2.0.0")
-        second = forage(tmp_path, "watch", "npm", "--once")
+        second = run_cli(tmp_path, "watch", "npm", "--once")
         assert "caught up; 2 changes queued" in second.stderr
 
-        status = json.loads(forage(tmp_path, "status", "--json").stdout)
+        status = json.loads(run_cli(tmp_path, "status", "--json").stdout)
         assert status["npm"]["imports"] == {"pending": 2, "dead": 0}
         assert status["npm"]["packages"]["known"] == 0
 
-        worker = forage(tmp_path, "worker", "--drain", "--kind", "import")
+        worker = run_cli(tmp_path, "worker", "--drain", "--kind", "import")
         assert worker.returncode == 0, worker.stderr
         assert "2 done" in worker.stderr
 
-        status = json.loads(forage(tmp_path, "status", "--json").stdout)["npm"]
+        status = json.loads(run_cli(tmp_path, "status", "--json").stdout)["npm"]
         assert (status["packages"]["known"], status["versions"]["known"]) == (2, 3)
         assert status["imports"]["pending"] == 0
         assert status["cursor"]["seq"] == status["head"] == registry.seq
@@ -71,10 +56,10 @@ def test_watch_then_worker_records_packages_and_status_reports_them(tmp_path: Pa
         }
 
         registry.publish("backfill-me", "0.1.0")
-        backfill = forage(tmp_path, "import", "npm", "backfill-me")
+        backfill = run_cli(tmp_path, "import", "npm", "backfill-me")
         assert backfill.returncode == 0, backfill.stderr
         assert "1 new versions, 1 new artifacts" in backfill.stderr
-        lines = forage(tmp_path, "status").stdout.splitlines()
+        lines = run_cli(tmp_path, "status").stdout.splitlines()
         block = lines[lines.index("npm") : lines.index("npm") + 6]
         assert block[2:] == [
             "  packages  3 known, 0 removed",
@@ -88,16 +73,16 @@ def test_hostile_and_missing_names_exit_with_clear_errors(tmp_path: Path) -> Non
     registry = FakeNpmRegistry()
     with ThreadedServer(registry.make_app()) as fake:
         configure_npm(tmp_path, fake.url)
-        hostile = forage(tmp_path, "import", "npm", "../../etc/passwd")
+        hostile = run_cli(tmp_path, "import", "npm", "../../etc/passwd")
         assert hostile.returncode == 2
         assert "invalid name" in hostile.stderr
         assert "Traceback" not in hostile.stderr
         assert not any(p.path.endswith("passwd") for p in registry.requests.seen)
 
-        missing = forage(tmp_path, "import", "npm", "no-such-package")
+        missing = run_cli(tmp_path, "import", "npm", "no-such-package")
         assert missing.returncode == 1
         assert "does not exist upstream" in missing.stderr
 
-        unknown = forage(tmp_path, "watch", "maven", "--once")
+        unknown = run_cli(tmp_path, "watch", "maven", "--once")
         assert unknown.returncode == 2
         assert "known: npm, pypi, golang" in unknown.stderr

@@ -11,9 +11,6 @@ midway resumes without queueing anything twice; the scheduler and ``forage recon
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +32,7 @@ from tests.forage.index_harness import (
     forage_on,
     import_jobs,
     packages_of,
+    run_cli,
     versions_of,
     write_config,
 )
@@ -190,19 +188,6 @@ async def test_the_scheduler_queues_a_sweep_per_registry_and_a_worker_runs_it(
     assert not any(t.name.startswith(RECONCILE) for t in schedule_table(off))
 
 
-def _forage(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORAGE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "forage", "-c", str(tmp_path / "forage.toml"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_forage_reconcile_reports_counts_and_dry_run_queues_nothing(tmp_path: Path) -> None:
     registry = FakeNpmRegistry()
     registry.publish("left-pad", "1.0.0")
@@ -213,20 +198,20 @@ def test_forage_reconcile_reports_counts_and_dry_run_queues_nothing(tmp_path: Pa
             f'[registries.npm]\nregistry_url = "{fake.url}"\n'
             f'replicate_url = "{fake.url}/registry"\nallow_http = true\n'
         )
-        dry = _forage(tmp_path, "reconcile", "npm", "--dry-run")
+        dry = run_cli(tmp_path, "reconcile", "npm", "--dry-run")
         assert dry.returncode == 0, dry.stderr
         assert "page 1: 2 checked, 2 missing, 0 changed" in dry.stderr
         assert "dry run: nothing queued" in dry.stderr
         assert json.loads(dry.stdout)["queued"] == 0
-        status = json.loads(_forage(tmp_path, "status", "--json").stdout)
+        status = json.loads(run_cli(tmp_path, "status", "--json").stdout)
         assert status["npm"]["imports"]["pending"] == 0
 
-        real = _forage(tmp_path, "reconcile", "npm")
+        real = run_cli(tmp_path, "reconcile", "npm")
         assert "2 imports queued" in real.stderr
         assert json.loads(real.stdout)["missing"] == 2
-        status = json.loads(_forage(tmp_path, "status", "--json").stdout)
+        status = json.loads(run_cli(tmp_path, "status", "--json").stdout)
         assert status["npm"]["imports"]["pending"] == 2
 
-        unset = _forage(tmp_path, "reconcile", "pypi")
+        unset = run_cli(tmp_path, "reconcile", "pypi")
         assert unset.returncode == 2 and "registries.pypi" in unset.stderr
         assert "Traceback" not in unset.stderr
