@@ -39,6 +39,7 @@ from indexers.errors import (
     UpstreamFailed,
     UpstreamUnavailable,
 )
+from indexers.jsontext import load_json
 from indexers.lockfiles import MAX_ENTRIES, read_lockfile
 from indexers.types import (
     Artifact,
@@ -93,6 +94,7 @@ __all__ = [
     "find_ecosystem",
     "get_ecosystem",
     "iter_body",
+    "load_json",
     "normalize_hex",
     "open_download",
     "parse_sri",

@@ -2,7 +2,9 @@
 
 Every fake registry in ``forage/fakes/`` is a plain aiohttp app; this module serves one on
 ``127.0.0.1`` with an OS-chosen port (the aiohttp ``examples/fake_server.py`` pattern) and
-provides two middlewares every fake can install:
+provides :func:`fake_app`, which every fake builds its app with (so each accepts request bodies
+as large as the real service does, not aiohttp's 1 MiB default), and two middlewares every
+fake can install:
 
 - :class:`Faults` -- one-shot faults queued from a test: an HTTP status (5xx, 429, with or
   without ``Retry-After``), a slow answer, a connection reset, a malformed body, a body cut
@@ -13,7 +15,7 @@ provides two middlewares every fake can install:
 Usage from an async test::
 
     faults = Faults()
-    app = web.Application(middlewares=[faults.middleware])
+    app = fake_app(faults.middleware)
     async with serve(app) as fake:          # or: fake = await start_fake(app) ... fake.close()
         faults.fail(503, times=2, retry_after="7")
         response = await client.get(fake.url + "/x")
@@ -41,6 +43,7 @@ from types import TracebackType
 from typing import Literal
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: The body a ``malformed`` fault answers with: truncated JSON, also not well-formed XML.
 MALFORMED_BODY = b'{"truncated": [1, 2'
+#: The largest request body a fake reads. The real services take far more than aiohttp's
+#: default of 1 MiB (Kubo's ``dag/import`` and Cluster's ``add`` set no limit; PyPI takes
+#: 100 MiB uploads), and a test or the demo pinning a multi-MiB archive must not be refused by
+#: the fake alone; the bound only keeps a runaway client from filling memory.
+FAKE_MAX_BODY = 4 << 30
+
+
+def fake_app(*middlewares: Middleware) -> web.Application:
+    """An aiohttp app for a fake with ``middlewares`` installed in order, reading request
+    bodies up to :data:`FAKE_MAX_BODY`."""
+    return web.Application(middlewares=middlewares, client_max_size=FAKE_MAX_BODY)
 
 
 @dataclass

@@ -10,7 +10,6 @@ content, and returns one :class:`~indexers.types.LockEntry` per dependency: a pu
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -18,6 +17,7 @@ from packageurl import PackageURL
 
 from indexers.ecosystem import LockfileFormat
 from indexers.errors import LockfileError
+from indexers.jsontext import load_json
 from indexers.types import LockEntry
 
 #: The most dependencies one lockfile may name; larger files are refused.
@@ -33,9 +33,10 @@ def purl_key(type_: str, name: str, version: str) -> str:
 
 
 def load_json_object(text: str, what: str) -> dict[str, Any]:
-    """Parse a JSON lockfile, which must be an object; ``LockfileError`` otherwise."""
+    """Parse a JSON lockfile, which must be an object of Unicode text (no lone surrogates:
+    see :mod:`indexers.jsontext`); ``LockfileError`` otherwise."""
     try:
-        document = json.loads(text)
+        document = load_json(text)
     except ValueError as exc:
         raise LockfileError(f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):

@@ -59,6 +59,7 @@ from forage.db.models import (  # noqa: E402
     Version,
     VersionAnswer,
 )
+from forage.db.statistics import refresh  # noqa: E402
 from forage.lookup.keys import Key  # noqa: E402
 from forage.lookup.query import full_query, keys_table  # noqa: E402
 from forage.lookup.sessions import read_only_sessionmaker  # noqa: E402
@@ -172,9 +173,10 @@ def build(url: str, artifacts: int) -> tuple[Index, float]:
                     connection.execute(
                         sa.select(sa.func.setval(sequence, highest.scalar_subquery()))
                     )
-    with engine.connect() as connection:
-        connection.execute(sa.text("ANALYZE"))
-        connection.commit()
+    # Statistics as Forage keeps them (forage.db.statistics): a plain ANALYZE now, while no
+    # answer has a purl, would make every lookup of stored answers scan.
+    with engine.begin() as connection:
+        refresh(connection)
     engine.dispose()
     return Index(count, ids["version"], ids["artifact"]), time.perf_counter() - started
 

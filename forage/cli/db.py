@@ -4,7 +4,8 @@
 revision; ``downgrade REV`` goes back; ``current`` prints where the database is; ``check``
 fails if the live schema and the models differ; ``revision -m MSG`` (developers) writes a new
 migration script by comparing the models with the database; ``render-answers`` renders the
-lookup answers that changed or were never rendered (the scheduler does it a batch at a time).
+lookup answers that changed or were never rendered (the scheduler does it a batch at a time);
+``optimize`` refreshes the query planner's statistics (:mod:`forage.db.statistics`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ def register(subparsers: Any) -> None:
     )
     render.add_argument("--limit", type=int, help="stop after about this many answers")
     render.set_defaults(handler=run_render_answers)
+    optimize = commands.add_parser(
+        "optimize",
+        help="refresh the query planner's statistics",
+        description="PRAGMA optimize (SQLite) or ANALYZE (PostgreSQL) of the tables whose "
+        "distribution changes; the scheduler's optimize task does the same every "
+        "schedule.optimize seconds.",
+    )
+    optimize.set_defaults(handler=run_optimize)
     revision = commands.add_parser("revision", help="write a new migration (developers)")
     revision.add_argument("-m", "--message", required=True, help="what the migration does")
     revision.set_defaults(handler=run_revision)
@@ -117,6 +126,7 @@ def run_check(args: argparse.Namespace) -> int:
 def run_render_answers(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from forage.db import statistics
     from forage.db.engine import make_sessionmaker
     from forage.lookup.answers import render_stale
 
@@ -127,10 +137,31 @@ def run_render_answers(args: argparse.Namespace) -> int:
     try:
         with tqdm(unit=" answers", desc="rendering", disable=None, file=sys.stderr) as bar:
             stored = render_stale(make_sessionmaker(engine), limit=args.limit, progress=bar.update)
+        if stored >= statistics.BULK:
+            with engine.begin() as connection:
+                statistics.refresh(connection)
     finally:
         engine.dispose()
     print(
         f"forage: {stored} lookup answers rendered in {config.database.display_url}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_optimize(args: argparse.Namespace) -> int:
+    from forage.db.statistics import refresh
+
+    config, engine = _engine(args)
+    try:
+        with engine.begin() as connection:
+            refreshed = refresh(connection)
+    finally:
+        engine.dispose()
+    dropped = f"; dropped the distorted statistics of {', '.join(refreshed.dropped)}"
+    print(
+        f"forage: statistics of {len(refreshed.tables)} tables refreshed in "
+        f"{config.database.display_url}{dropped if refreshed.dropped else ''}",
         file=sys.stderr,
     )
     return 0

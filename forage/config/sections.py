@@ -128,7 +128,8 @@ class ScheduleConfig:
     ``render_answers`` is how often lookup answers changed or never rendered are rendered
     ahead of lookups (:mod:`forage.lookup.answers`), at most ``render_batch`` a run.
     ``reconcile`` is how often each configured registry's reconcile sweep is queued
-    (:mod:`forage.index.reconcile`).
+    (:mod:`forage.index.reconcile`). ``optimize`` is how often the planner's statistics are
+    refreshed (:mod:`forage.db.statistics`).
     """
 
     drain_archives: float = bounded(300.0, low=0)
@@ -141,6 +142,7 @@ class ScheduleConfig:
     prune_jobs: float = bounded(86400.0, low=0)
     render_answers: float = bounded(60.0, low=0)
     reconcile: float = bounded(86400.0, low=0)
+    optimize: float = bounded(3600.0, low=0)
     render_batch: int = bounded(20_000, low=1, high=10_000_000)
     reverify_sample: int = bounded(100, low=1, high=1_000_000)
     batch: int = bounded(1000, low=1, high=1_000_000)

@@ -32,7 +32,7 @@ from aiohttp import web
 from multiformats import CID
 
 from forage.fakes.kubo import CarParseError, dag_links, read_car
-from indexers.fakeserver import Faults, RequestLog
+from indexers.fakeserver import Faults, RequestLog, fake_app
 
 __all__ = ["ClusterPin", "FakeCluster"]
 
@@ -78,9 +78,7 @@ class FakeCluster:
     requests: RequestLog = field(default_factory=RequestLog)
 
     def app(self) -> web.Application:
-        app = web.Application(
-            middlewares=[self.requests.middleware, self.faults.middleware, self._auth]
-        )
+        app = fake_app(self.requests.middleware, self.faults.middleware, self._auth)
         app.router.add_post("/add", self._add)
         app.router.add_get("/pins", self._status_all)
         app.router.add_get("/pins/{cid}", self._status)

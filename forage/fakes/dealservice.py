@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from indexers.fakeserver import Faults, RequestLog
+from indexers.fakeserver import Faults, RequestLog, fake_app
 
 __all__ = ["FakeContent", "FakeContentDeal", "FakeDealService"]
 
@@ -125,9 +125,7 @@ class FakeDealService:
     _next: int = 1
 
     def app(self) -> web.Application:
-        app = web.Application(
-            middlewares=[self.requests.middleware, self.faults.middleware, self._auth]
-        )
+        app = fake_app(self.requests.middleware, self.faults.middleware, self._auth)
         app.router.add_get("/content/deals", self._deals)
         app.router.add_get("/content/status/{id}", self._status)
         app.router.add_get("/content/aggregated/{id}", self._aggregated)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from indexers.fakeserver import Faults, RequestLog, ThreadedServer
+from indexers.fakeserver import Faults, RequestLog, ThreadedServer, fake_app
 
 PREFIX = "/files/"
 #: Bytes written per step when a response is throttled or cut.
@@ -77,7 +77,7 @@ class FakeFileServer:
         self._redirects[name] = location
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self.requests.middleware, self.faults.middleware])
+        app = fake_app(self.requests.middleware, self.faults.middleware)
         app.router.add_get(PREFIX + "{name:.+}", self._get)
         return app
 

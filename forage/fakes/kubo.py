@@ -40,7 +40,7 @@ from typing import Any
 from aiohttp import web
 from multiformats import CID, multihash, varint
 
-from indexers.fakeserver import Faults, RequestLog
+from indexers.fakeserver import Faults, RequestLog, fake_app
 
 __all__ = [
     "CarParseError",
@@ -292,7 +292,7 @@ class FakeKubo:
     requests: RequestLog = field(default_factory=RequestLog)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.requests.middleware, self.faults.middleware])
+        app = fake_app(self.requests.middleware, self.faults.middleware)
         app.router.add_route("*", "/api/v0/{command:.+}", self._handle)
         return app
 

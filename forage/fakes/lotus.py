@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 from multiformats import CID, multihash
 
-from indexers.fakeserver import Faults, RequestLog
+from indexers.fakeserver import Faults, RequestLog, fake_app
 from storage.deals import EPOCH_SECONDS, MAINNET_GENESIS
 
 __all__ = ["FakeLotus", "FakeMarketDeal", "fake_piece_cid", "not_found_message"]
@@ -115,7 +115,7 @@ class FakeLotus:
     _next_id: int = 100_000
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.requests.middleware, self.faults.middleware])
+        app = fake_app(self.requests.middleware, self.faults.middleware)
         app.router.add_post("/rpc/v1", self._rpc)
         app.router.add_post("/rpc/v0", self._rpc)
         return app

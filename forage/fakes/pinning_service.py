@@ -32,7 +32,7 @@ from typing import Any
 from aiohttp import web
 from multiformats import CID
 
-from indexers.fakeserver import Faults, RequestLog
+from indexers.fakeserver import Faults, RequestLog, fake_app
 
 __all__ = ["FakePinningService", "ServicePin"]
 
@@ -105,9 +105,7 @@ class FakePinningService:
     )
 
     def app(self) -> web.Application:
-        app = web.Application(
-            middlewares=[self.requests.middleware, self.faults.middleware, self._auth]
-        )
+        app = fake_app(self.requests.middleware, self.faults.middleware, self._auth)
         app.router.add_get("/pins", self._list)
         app.router.add_post("/pins", self._add)
         app.router.add_get("/pins/{requestid}", self._get)

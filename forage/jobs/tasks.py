@@ -29,6 +29,9 @@ prune_jobs     schedule.prune_jobs              delete finished jobs older than
 render_answers schedule.render_answers          queue the rendering of lookup answers that
                                                 changed or were never rendered
                                                 (:mod:`forage.lookup.answers`)
+optimize       schedule.optimize                refresh the planner's statistics: ``PRAGMA
+                                                optimize`` (SQLite), ``ANALYZE`` (PostgreSQL)
+                                                (:mod:`forage.db.statistics`)
 ============== ================================ =============================================
 
 An interval of 0 disables a task. Adding a task is one row in :data:`TASKS` (or a handler
@@ -54,6 +57,7 @@ from sqlalchemy.orm import Session
 from forage.config import Config
 from forage.db.engine import utcnow
 from forage.db.models import Archive, ArchiveStatus, Artifact, JobRecord, JobState
+from forage.db.statistics import OPTIMIZE, optimize_task
 from forage.errors import ConfigError, PermanentJobError
 from forage.jobs import admin
 from forage.jobs import queue as jobs
@@ -259,6 +263,7 @@ TASKS: tuple[Task, ...] = (
     Task("stats", "schedule.stats", log_stats),
     Task("prune_jobs", "schedule.prune_jobs", prune_jobs),
     Task(RENDER_ANSWERS, "schedule.render_answers", enqueue_kind(RENDER_ANSWERS)),
+    Task(OPTIMIZE, "schedule.optimize", optimize_task),
 )
 
 

@@ -14,7 +14,9 @@ stores them where nothing changed in between (:func:`forage.lookup.resolve.store
 
 The scheduler queues the job every ``schedule.render_answers`` seconds (task
 ``render_answers``); a run stops after ``schedule.render_batch`` answers and the next run
-goes on. ``forage db render-answers`` renders every stale answer at once.
+goes on. ``forage db render-answers`` renders every stale answer at once. Both refresh the
+planner's statistics after storing :data:`forage.db.statistics.BULK` answers or more, since
+those taken while answers had no purl make lookups scan (:mod:`forage.db.statistics`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from forage.db import statistics
 from forage.db.engine import utcnow
 from forage.db.models import Package, Version, VersionAnswer
 from forage.lookup.keys import Key
@@ -144,3 +147,7 @@ async def render_answers_job(ctx: JobContext, job: jobs.Job) -> None:
         "" if fills is None else "; more next run",
         extra={"fields": {"stored": stored, "complete": fills is None}},
     )
+    if stored >= statistics.BULK:
+        # Many answers gained purls: statistics taken before would make lookups scan.
+        refreshed = await ctx.transaction(statistics.refresh_session)
+        log.info("statistics refreshed", extra={"fields": refreshed.summary()})

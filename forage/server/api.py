@@ -14,7 +14,9 @@ Routes (described for clients in ``openapi.json``, served at ``/api/openapi.json
 
 Hostile input is answered with a 4xx naming the problem: bodies are bounded by
 ``server.max_body_size`` (413), batches by ``server.max_keys`` (413 naming the limit), JSON
-that does not parse or nests without end is a 400. Database work runs in worker threads
+that does not parse, nests without end or holds a string that is not Unicode (a lone surrogate
+escape, :mod:`indexers.jsontext`) is a 400, as is a form body its ``Content-Type`` does not
+describe. Database work runs in worker threads
 (``asyncio.to_thread``); on SQLite, reads use a read-only engine on the same file, so a
 lookup never waits for the job queue's writers.
 """
@@ -32,6 +34,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from forage.archive.failures import MAX_PER_PAGE, failed_archives
@@ -50,7 +53,7 @@ from forage.lookup.stats import api_stats
 from forage.lookup.views import KeyResult, KeyStatus, preferred_cid, summarize
 from forage.server.auth import json_http_error, requires_token
 from forage.server.state import CONFIG, SESSIONMAKER
-from indexers import ECOSYSTEMS, IndexerError, LockfileError, read_lockfile
+from indexers import ECOSYSTEMS, IndexerError, LockfileError, load_json, read_lockfile
 from storage import InvalidCID, parse_cid
 
 log = logging.getLogger(__name__)
@@ -132,15 +135,17 @@ def _not_found(message: str) -> web.HTTPError:
 
 
 async def _json_body(request: web.Request) -> Any:
-    """The request body as JSON; 400 for anything that does not parse (413 if too large)."""
+    """The request body as JSON; 400 for anything that does not parse or holds a string that
+    is not Unicode text (a lone surrogate escape, which nothing downstream can encode), 413 if
+    too large."""
     raw = await request.read()
     if not raw:
         raise _bad_request("the request body is empty; send JSON")
     try:
-        return json.loads(raw)
+        return load_json(raw)
     except RecursionError as exc:
         raise _bad_request("the JSON body nests too deeply") from exc
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, LoneSurrogate
         raise _bad_request(f"the body is not valid JSON: {exc}") from exc
 
 
@@ -244,21 +249,34 @@ async def lookup_lockfile(request: web.Request) -> web.Response:
     return await _lookup(request, keyed, lambda results: lockfile_reply(entries, results))
 
 
+async def _form_keys(request: web.Request) -> list[str]:
+    """``keys`` from a form body. aiohttp's form parsing fails with a plain exception on a body
+    that does not match its header (a ``multipart/form-data`` header on anything else, no
+    boundary, an unknown charset or transfer encoding, bytes its charset cannot decode): those
+    are the client's mistake, so a 400 naming it rather than a 500."""
+    try:
+        form = await request.post()
+    except (ValueError, LookupError, RuntimeError, HttpProcessingError) as exc:
+        kind = request.content_type or "form"
+        raise _bad_request(f"the form body could not be read as {kind}: {exc}"[:300]) from exc
+    keys = [
+        part.strip()
+        for value in form.getall("keys", [])
+        if isinstance(value, str)
+        for part in value.split(",")
+        if part.strip()
+    ]
+    if not keys:
+        raise _bad_request("give the keys to look up: keys=KEY,KEY,...")
+    return keys
+
+
 async def legacy_lookup(request: web.Request) -> web.Response:
     """``GET|POST /packages/lookup``: the original Forage's ``{key: cid | null}``."""
     if request.method == "POST" and request.content_type == "application/json":
         keys = [key for key in _body_keys(await _json_body(request)) if isinstance(key, str)]
     elif request.method == "POST" and "keys" not in request.query:
-        form = await request.post()
-        keys = [
-            part.strip()
-            for value in form.getall("keys", [])
-            if isinstance(value, str)
-            for part in value.split(",")
-            if part.strip()
-        ]
-        if not keys:
-            raise _bad_request("give the keys to look up: keys=KEY,KEY,...")
+        keys = await _form_keys(request)
     else:
         keys = _query_keys(request)
     return await _lookup(

@@ -10,8 +10,8 @@ URL is
 bounded and checked before it reaches SQL (a NUL byte alone makes PostgreSQL fail); bad input
 gets an HTML error page with a 4xx status, echoing nothing unescaped.
 
-Jinja2: https://jinja.palletsprojects.com/en/stable/api/ ; aiohttp static files:
-https://docs.aiohttp.org/en/stable/web_advanced.html#static-file-handling
+Jinja2: https://jinja.palletsprojects.com/en/stable/api/ ; aiohttp file responses:
+https://docs.aiohttp.org/en/stable/web_reference.html#fileresponse
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ from indexers import IndexerError
 
 #: The Jinja2 environment of an application (set by :func:`setup`).
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
+#: The files under ``static/`` by name: the only ones ``/static/`` serves.
+STATIC = web.AppKey("static_files", dict[str, Path])
 
 HERE = Path(__file__).parent
 #: Versions per page of a package page, rows per page of the deals page.
@@ -490,6 +492,16 @@ async def failed(request: web.Request) -> web.Response:
     return render(request, "failed.html", view=view, backoff=backoff, attempts=attempts)
 
 
+async def static_file(request: web.Request) -> web.FileResponse:
+    """``GET /static/{name}``: one of the files shipped in ``static/``, found by name in a
+    table made at start-up, so no path a client sends reaches the filesystem (aiohttp's own
+    static route answered a 500 for a name longer than the OS allows)."""
+    path = request.app[STATIC].get(request.match_info["name"])
+    if path is None:
+        raise web.HTTPNotFound(text="static file not found")
+    return web.FileResponse(path)
+
+
 def setup(app: web.Application) -> None:
     """Add the pages, their stylesheet and the template environment."""
     app[TEMPLATES] = make_environment()
@@ -498,4 +510,5 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/packages/{ecosystem}/{name:.+}", package, name="package")
     app.router.add_get("/deals", deals, name="deals")
     app.router.add_get("/failed", failed, name="failed")
-    app.router.add_static("/static/", HERE / "static", name="static")
+    app[STATIC] = {path.name: path for path in (HERE / "static").iterdir() if path.is_file()}
+    app.router.add_get("/static/{name}", static_file, name="static")

@@ -37,7 +37,7 @@ from typing import ClassVar
 
 from aiohttp import web
 
-from indexers.fakeserver import Faults, RequestLog, RunningServer, start_fake
+from indexers.fakeserver import Faults, RequestLog, RunningServer, fake_app, start_fake
 from indexers.golang.indexer import zip_filename
 
 MAX_LIMIT = 2000
@@ -318,7 +318,7 @@ class GoFake:
         return self.app()
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.requests.middleware, self.faults.middleware])
+        app = fake_app(self.requests.middleware, self.faults.middleware)
         app.router.add_get("/index", self._index)
         app.router.add_get("/proxy/{tail:.+}", self._proxy)
         app.router.add_get("/sumdb/lookup/{tail:.+}", self._lookup)

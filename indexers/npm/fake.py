@@ -49,7 +49,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from indexers.fakeserver import Faults, RequestLog
+from indexers.fakeserver import Faults, RequestLog, fake_app
 
 UPSTREAM = "https://registry.npmjs.org"
 
@@ -408,7 +408,7 @@ class FakeNpmRegistry:
         return "package-lock.json", json.dumps(document, indent=2).encode()
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self.requests.middleware, self.faults.middleware])
+        app = fake_app(self.requests.middleware, self.faults.middleware)
         app.router.add_get("/{tail:.*}", self._dispatch)
         return app
 

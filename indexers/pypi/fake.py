@@ -47,7 +47,7 @@ from xml.parsers.expat import ExpatError
 
 from aiohttp import web
 
-from indexers.fakeserver import Faults, RequestLog
+from indexers.fakeserver import Faults, RequestLog, fake_app
 from indexers.pypi.dists import make_sdist, make_wheel
 
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
@@ -433,7 +433,7 @@ class FakePyPI:
         return "requirements.txt", ("\n".join(lines) + "\n").encode()
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self.requests.middleware, self.faults.middleware])
+        app = fake_app(self.requests.middleware, self.faults.middleware)
         app.router.add_post("/pypi", self._xmlrpc)
         app.router.add_post("/RPC2", self._xmlrpc)
         app.router.add_get("/simple/", self._simple_root)

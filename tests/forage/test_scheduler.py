@@ -385,7 +385,7 @@ async def test_one_leads_another_waits_then_takes_over(migrated_url: str, tmp_pa
 async def test_the_schedule_survives_a_restart(migrated_url: str, tmp_path: Path) -> None:
     schedule = (
         "drain_archives = 3600\nretry_failed = 0\nreverify = 0\nstats = 0\nprune_jobs = 0\n"
-        "build_pieces = 0\nrender_answers = 0"
+        "build_pieces = 0\nrender_answers = 0\noptimize = 0"
     )
     config = config_for(tmp_path, migrated_url, schedule)
     engine = make_engine(config.database)

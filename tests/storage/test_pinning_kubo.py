@@ -1,8 +1,11 @@
-"""Kubo RPC backend against the fake node: CAR import, pin confirmation, batched ``pin/ls``
-with its all-or-nothing failure, command errors, and the fake's own wire behaviour."""
+"""Kubo RPC backend against the fake node: CAR import (a multi-MiB archive too), pin
+confirmation, batched ``pin/ls`` with its all-or-nothing failure, command errors, and the fake's
+own wire behaviour."""
 
 from __future__ import annotations
 
+import io
+import random
 from collections.abc import AsyncIterator
 
 import httpx
@@ -12,7 +15,7 @@ from multiformats import CID
 
 from forage.fakes.kubo import FakeKubo, car_v1, dag_pb_node, raw_block, read_car
 from indexers.fakeserver import RunningServer, serve
-from storage import BackendRejected, BackendUnavailable
+from storage import BackendRejected, BackendUnavailable, MemoryBlockstore, export_car, import_file
 from storage.pinning import KuboPinning, PinRef, PinState
 
 
@@ -51,6 +54,27 @@ async def test_car_upload_imports_every_block_and_pins_the_root(
     assert fake.requests.seen[0].query["pin-roots"] == "true"
     assert fake.requests.seen[0].headers["content-type"].startswith("multipart/form-data")
     assert fake.pin_ls_args == [[root]]
+
+
+async def test_a_multi_mib_archive_is_imported_whole(
+    kubo: tuple[FakeKubo, RunningServer], http_client: httpx.AsyncClient
+) -> None:
+    # Real Kubo sets no limit on dag/import; the fake must not refuse what it would take.
+    data = random.Random(15).randbytes(6 * 1024 * 1024 + 12_345)
+    blocks = MemoryBlockstore()
+    root = import_file(data, sink=blocks).cid
+    out = io.BytesIO()
+    export_car(blocks, root, out)
+    car = out.getvalue()
+    assert len(car) > 6 * 1024 * 1024
+    fake, server = kubo
+    request = await KuboPinning(http_client, server.url).pin(
+        str(root), car=stream(car, piece=64 * 1024)
+    )
+    assert request.status is PinState.PINNED, request.details
+    assert fake.is_pinned(str(root))
+    assert len(fake.blocks) == len(blocks) == 26  # 25 leaves of 256 KiB and the root
+    assert fake.requests.paths() == ["/api/v0/dag/import", "/api/v0/pin/ls"]
 
 
 async def test_car_missing_a_leaf_is_a_failed_pin(
