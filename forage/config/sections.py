@@ -64,8 +64,9 @@ class JobsConfig:
 
     A failed job waits ``min(backoff_cap, backoff_base * 2 ** (attempts - 1))``, jittered,
     before its next attempt, and is dead after ``max_attempts``. A running job's lease lasts
-    ``lease_seconds`` and is extended by the worker's heartbeat; an expired lease makes the job
-    claimable again. ``poll_interval`` is how often an idle worker looks for work.
+    ``lease_seconds`` and is extended by the worker's heartbeat every third of a lease, so it
+    can be short: an expired lease makes the job claimable again. ``poll_interval`` is how
+    often an idle worker looks for work.
 
     Bytes that fail verification (a digest mismatch: a CDN serving wrong bytes; an unreadable
     archive) may be right again later: the archive is tried ``mismatch_attempts`` times in
@@ -76,7 +77,7 @@ class JobsConfig:
     max_attempts: int = bounded(10, low=1, high=1000)
     backoff_base: float = bounded(30.0, low=0)
     backoff_cap: float = bounded(6 * 3600.0, low=0)
-    lease_seconds: float = bounded(300.0, low=0.1)
+    lease_seconds: float = bounded(30.0, low=0.1)
     poll_interval: float = bounded(1.0, low=0.01)
     mismatch_attempts: int = bounded(3, low=1, high=100)
     mismatch_backoff: float = bounded(3600.0, low=0)

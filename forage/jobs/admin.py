@@ -1,4 +1,5 @@
-"""The job queue's operator side: retry dead jobs, list and count jobs, prune finished ones.
+"""The job queue's operator side: retry dead jobs, list and count jobs, prune finished ones,
+and take back at once the leases of dead worker processes on this host.
 
 These read or rewrite ``jobs`` rows (:class:`~forage.db.models.JobRecord`) outside the life of
 a leased job, which is :mod:`forage.jobs.queue`'s. Like the queue's functions they take a
@@ -8,6 +9,7 @@ a leased job, which is :mod:`forage.jobs.queue`'s. Like the queue's functions th
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Collection, Sequence
 from datetime import datetime
 
@@ -112,3 +114,59 @@ def prune(session: Session, *, finished_before: datetime) -> int:
         .returning(_jobs.c.id)
     )
     return len(result.all())
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
+def expire_dead_local_leases(session: Session, *, host: str, now: datetime | None = None) -> int:
+    """Expire now the leases held by worker processes of ``host`` that no longer exist.
+
+    Owners are ``host:pid:token`` (:func:`~forage.jobs.worker.worker_owner`). A worker
+    SIGKILLed and restarted at once would otherwise leave its jobs idle for a whole lease;
+    expiring the lease (rather than queueing the job) makes it claimable by any worker right
+    away through :func:`~forage.jobs.queue.claim`'s expired-lease path, so the killed attempt
+    still counts toward ``max_attempts`` (a job that kills its worker every time is buried by
+    :func:`~forage.jobs.queue.reap_expired`) and a queued twin's ``dedup_key`` is left alone.
+    A live pid keeps its leases, even if the id was reused by another process: its jobs then
+    wait for the lease as before. Hosts must be named uniquely per pid namespace.
+    Returns how many jobs were freed.
+    """
+    now = now or utcnow()
+    rows = session.execute(
+        sa.select(_jobs.c.id, _jobs.c.kind, _jobs.c.lease_owner).where(
+            _jobs.c.state == JobState.RUNNING,
+            _jobs.c.lease_owner.startswith(f"{host}:", autoescape=True),
+            _jobs.c.lease_expires_at > now,
+        )
+    ).all()
+    dead: set[str] = set()
+    for row in rows:
+        owner_host, _, pid_text = row.lease_owner.rpartition(":")[0].rpartition(":")
+        pid = int(pid_text) if pid_text.isdigit() else 0
+        if owner_host == host and pid > 0 and not _pid_alive(pid):
+            dead.add(row.lease_owner)
+    if not dead:
+        return 0
+    freed = session.execute(
+        sa.update(_jobs)
+        .where(_jobs.c.state == JobState.RUNNING, _jobs.c.lease_owner.in_(sorted(dead)))
+        .values(lease_expires_at=now, updated_at=now)
+        .returning(_jobs.c.id, _jobs.c.kind, _jobs.c.lease_owner)
+    ).all()
+    for row in freed:
+        log.warning(
+            "job %d %s: its worker %s is gone; lease expired for immediate reclaim",
+            row.id,
+            row.kind,
+            row.lease_owner,
+        )
+    return len(freed)

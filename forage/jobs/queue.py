@@ -118,7 +118,7 @@ class RetryPolicy:
     max_attempts: int = 10
     backoff_base: float = 30.0
     backoff_cap: float = 6 * 3600.0
-    lease_seconds: float = 300.0
+    lease_seconds: float = 30.0
 
     @classmethod
     def from_config(cls, config: JobsConfig) -> RetryPolicy:

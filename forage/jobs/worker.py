@@ -7,7 +7,10 @@ for handlers (ids in payloads, idempotent, safe after a kill) is in :mod:`forage
 
 The loop keeps at most ``concurrency`` jobs in hand, claims more as they finish, and extends
 their leases every third of a lease (a job reclaimed elsewhere after a lost lease is
-cancelled here). Database calls run in threads (``asyncio.to_thread``), one transaction each.
+cancelled here), so leases can be short and a dead worker's jobs come back within one. At
+start-up it also expires at once the leases of this host's workers whose process is gone
+(:func:`~forage.jobs.admin.expire_dead_local_leases`). Database calls run in threads
+(``asyncio.to_thread``), one transaction each.
 
 Stopping: :meth:`Worker.stop` (first SIGTERM or SIGINT) stops claiming and lets the jobs in
 hand finish; :meth:`Worker.abort` (a second signal) cancels them and gives their leases back
@@ -184,6 +187,7 @@ class Worker:
             self.concurrency,
             ", ".join(kinds) or "(none)",
         )
+        await self._recover_local_leases(mode)
         heartbeat = asyncio.create_task(self._heartbeat_loop())
         stop_wait = asyncio.create_task(self._stopping.wait())
         try:
@@ -224,6 +228,21 @@ class Worker:
                 await asyncio.gather(self._completer, return_exceptions=True)
         log.info("worker %s finished: %s", self.owner, self.stats)
         return self.stats
+
+    async def _recover_local_leases(self, mode: Mode) -> None:
+        """Free at once the jobs of this host's dead workers (a SIGKILLed worker restarted
+        right away would otherwise find its jobs idle until their leases ran out)."""
+        try:
+            freed = await self._db(admin.expire_dead_local_leases, host=socket.gethostname())
+        except OperationalError as exc:
+            if mode != "forever":
+                raise
+            log.error("worker %s cannot reach the database: %s", self.owner, exc)
+            return
+        if freed:
+            log.info(
+                "worker %s took back %d job(s) of dead workers on this host", self.owner, freed
+            )
 
     async def _claim(self, kinds: list[str], limit: int) -> list[Job]:
         def claim(session: Session) -> list[Job]:

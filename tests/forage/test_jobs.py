@@ -4,7 +4,10 @@ expiry and reclaim. Time is passed in explicitly, so nothing here sleeps."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -437,3 +440,40 @@ def test_jobs_command_lists_and_retries(
     assert main(["jobs", "--state", "dead"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1
     assert main(["jobs", "retry", "987654321"]) == 3
+
+
+def _dead_pid() -> int:
+    """The id of a process that has exited (and been reaped), so no process has it now."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_dead_local_workers_leases_expire_at_once(db_session: Session) -> None:
+    dead, alive, elsewhere = (jobs.enqueue(db_session, "sync", {"n": n}, now=NOW) for n in range(3))
+    dead_pid = _dead_pid()
+    for job_id, owner in (
+        (dead, f"box:{dead_pid}:aa"),
+        (alive, f"box:{os.getpid()}:bb"),  # a live pid keeps its jobs
+        (elsewhere, f"other:{dead_pid}:cc"),  # another host's pids cannot be checked here
+    ):
+        assert [j.id for j in claim(db_session, owner, limit=1)] == [job_id]
+    assert admin.expire_dead_local_leases(db_session, host="box", now=NOW) == 1
+    assert admin.expire_dead_local_leases(db_session, host="box", now=NOW) == 0
+    # Claimable at once by anyone; the killed attempt still counts.
+    later = NOW + timedelta(seconds=1)
+    assert [(j.id, j.attempt) for j in claim(db_session, "w2", at=later)] == [(dead, 2)]
+    assert {job_id: row(db_session, job_id).lease_owner for job_id in (alive, elsewhere)} == {
+        alive: f"box:{os.getpid()}:bb",
+        elsewhere: f"other:{dead_pid}:cc",
+    }
+
+
+def test_a_dead_local_worker_on_the_last_attempt_buries_its_job(db_session: Session) -> None:
+    job_id = jobs.enqueue(db_session, "sync", {}, max_attempts=1, now=NOW)
+    assert claim(db_session, f"box:{_dead_pid()}:aa")
+    assert admin.expire_dead_local_leases(db_session, host="box", now=NOW) == 1
+    later = NOW + timedelta(seconds=1)
+    assert jobs.reap_expired(db_session, policy=POLICY, now=later) == 1
+    assert claim(db_session, "w2", at=later) == []
+    assert row(db_session, job_id).state is JobState.DEAD

@@ -465,3 +465,28 @@ def test_sigterm_finishes_the_job_in_hand_then_exits_zero(worker_url: str) -> No
     rows = job_rows(worker_url)
     assert rows[first].state is JobState.DONE
     assert [(rows[i].state, rows[i].attempts) for i in rest] == [(JobState.QUEUED, 0)] * 2
+
+
+def test_a_worker_restarted_after_sigkill_takes_the_jobs_back_at_once(worker_url: str) -> None:
+    # With a two-minute lease, the job would sit idle for 120 s after the kill; a worker
+    # starting on the same host sees the owner's pid is gone and runs the job straight away.
+    (job_id,) = enqueue_many(worker_url, "hang_first", [{}])
+    first = start_worker(worker_url, "--concurrency", "1", lease=120.0)
+    try:
+        wait_for(lambda: runs(worker_url))
+        assert job_rows(worker_url)[job_id].state is JobState.RUNNING
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    started = time.monotonic()
+    second = start_worker(worker_url, "--drain", lease=120.0)
+    finish(second, timeout=60)
+    assert time.monotonic() - started < 60
+    executions = runs(worker_url)
+    assert [(e[0], e[1], e[3]) for e in executions] == [
+        (job_id, 1, "start"),
+        (job_id, 2, "finish"),
+    ]
+    assert executions[1][2] == second.pid
+    row = job_rows(worker_url)[job_id]
+    assert (row.state, row.attempts) == (JobState.DONE, 2)
