@@ -81,13 +81,6 @@ class RegistryConfig:
         """The configured endpoint URLs, in the order the ecosystem declares them."""
         return tuple(url for url in self.endpoints.values() if url)
 
-    def url(self, key: str) -> str:
-        """An endpoint's URL (the registry must be configured)."""
-        value = self.endpoints[key]
-        if not value:
-            raise KeyError(f"registries.{self.ecosystem}.{key} is not set")
-        return value
-
     @property
     def configured(self) -> bool:
         return bool(self.endpoints) and all(self.endpoints.values())

@@ -129,3 +129,12 @@ def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
+
+
+def configure_npm(tmp_path: Path, url: str) -> None:
+    """Write the forage.toml that points Forage's npm registry at the fake at ``url``."""
+    (tmp_path / "forage.toml").write_text(
+        f'[data]\ndir = "{tmp_path / "data"}"\n'
+        f'[registries.npm]\nregistry_url = "{url}"\n'
+        f'replicate_url = "{url}/registry"\nallow_http = true\n'
+    )

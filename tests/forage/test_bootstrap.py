@@ -27,6 +27,7 @@ from indexers.golang.fake import GoFake
 from indexers.npm.fake import FakeNpmRegistry
 from indexers.pypi.fake import FakePyPI
 from tests.forage.index_harness import (
+    configure_npm,
     drain_imports,
     forage_on,
     import_jobs,
@@ -175,11 +176,7 @@ def test_forage_watch_from_origin_on_the_command_line(tmp_path: Path) -> None:
     registry.publish("left-pad", "1.0.0")
     registry.publish("right-pad", "1.0.0")
     with ThreadedServer(registry.make_app()) as fake:
-        (tmp_path / "forage.toml").write_text(
-            f'[data]\ndir = "{tmp_path / "data"}"\n'
-            f'[registries.npm]\nregistry_url = "{fake.url}"\n'
-            f'replicate_url = "{fake.url}/registry"\nallow_http = true\n'
-        )
+        configure_npm(tmp_path, fake.url)
         plain = run_cli(tmp_path, "watch", "npm", "--once")
         assert "caught up; 0 changes queued" in plain.stderr, plain.stderr
 

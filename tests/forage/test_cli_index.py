@@ -8,16 +8,7 @@ from pathlib import Path
 
 from indexers.fakeserver import ThreadedServer
 from indexers.npm.fake import FakeNpmRegistry
-from tests.forage.index_harness import run_cli
-
-
-def configure_npm(tmp_path: Path, url: str) -> None:
-    """Write the forage.toml that points Forage's npm registry at the fake at ``url``."""
-    (tmp_path / "forage.toml").write_text(
-        f'[data]\ndir = "{tmp_path / "data"}"\n'
-        f'[registries.npm]\nregistry_url = "{url}"\n'
-        f'replicate_url = "{url}/registry"\nallow_http = true\n'
-    )
+from tests.forage.index_harness import configure_npm, run_cli
 
 
 def test_watch_then_worker_records_packages_and_status_reports_them(tmp_path: Path) -> None:

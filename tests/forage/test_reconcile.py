@@ -28,6 +28,7 @@ from indexers.golang.history import format_time
 from indexers.npm.fake import FakeNpmRegistry
 from indexers.pypi.fake import FakePyPI
 from tests.forage.index_harness import (
+    configure_npm,
     drain_imports,
     forage_on,
     import_jobs,
@@ -193,11 +194,7 @@ def test_forage_reconcile_reports_counts_and_dry_run_queues_nothing(tmp_path: Pa
     registry.publish("left-pad", "1.0.0")
     registry.publish("right-pad", "1.0.0")
     with ThreadedServer(registry.make_app()) as fake:
-        (tmp_path / "forage.toml").write_text(
-            f'[data]\ndir = "{tmp_path / "data"}"\n'
-            f'[registries.npm]\nregistry_url = "{fake.url}"\n'
-            f'replicate_url = "{fake.url}/registry"\nallow_http = true\n'
-        )
+        configure_npm(tmp_path, fake.url)
         dry = run_cli(tmp_path, "reconcile", "npm", "--dry-run")
         assert dry.returncode == 0, dry.stderr
         assert "page 1: 2 checked, 2 missing, 0 changed" in dry.stderr
