@@ -76,7 +76,7 @@ def zero_piece_commp(height: int) -> bytes:
 FRC_QUADS = b"".join(bytes([value]) * 127 for value in range(4))
 
 
-@pytest.mark.parametrize(("impl", "vector"), vector_cases())
+@pytest.mark.parametrize(("impl", "vector"), list(vector_cases()))
 def test_vectors(impl: Implementation, vector: dict[str, Any]) -> None:
     """Streaming each vector's input in 1 MiB chunks gives its reference CIDs and padded size."""
     info = piece_commitment(
