@@ -73,3 +73,20 @@ def test_the_lookup_benchmark_reports_both_paths_against_the_bare_query(tmp_path
         assert set(batch) == {"http", "http_first_sight", "sql", "http_over_sql_p50"}
         assert batch["http"]["p50_ms"] <= batch["http"]["p99_ms"]
     assert set(report["goals"]) >= {"sqlite_p50_at_most_30ms", "http_at_most_2x_bare_query"}
+
+
+def test_the_memory_benchmark_reports_rss_around_a_burst_of_heavy_lookups(tmp_path: Path) -> None:
+    report = run_script(
+        "bench_memory.py",
+        "--artifacts=1000",
+        "--concurrency=3",
+        "--body-mib=0.5",
+        "--keys=200",
+        "--settle=0.5",
+        cwd=tmp_path,
+    )
+    assert report["requests"] == 3 and report["body_bytes"] == 512 * 1024
+    assert report["statuses"] == {"200": 3}  # the default budget admits them in turn
+    assert report["keys_found"] == 3 * 200  # every padded key names an indexed version
+    assert report["rss_peak_mib"] >= report["rss_baseline_mib"] > 0
+    assert report["peak_under_400_mib"] is (report["rss_peak_mib"] < 400)

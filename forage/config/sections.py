@@ -100,6 +100,13 @@ class ServerConfig:
     bytes. Unknown lookup keys queue backfill imports at most ``backfill_rate`` per second
     (bursts of ``backfill_burst``); a package checked upstream less than ``backfill_recheck``
     seconds ago is not asked for again.
+
+    ``request_memory`` is the memory budget, in bytes, of the request bodies being worked on
+    at once (:mod:`forage.server.budget`): a request with a body over 64 KiB is charged its
+    size while it runs, and one that does not fit waits up to ``request_wait`` seconds, then
+    gets a 503 with ``Retry-After``. A lookup needs a few times its body's size in working
+    memory, so the default (two maximal bodies at once) keeps sixteen concurrent 15 MB lookups
+    under 400 MiB. It must be at least ``max_body_size``, or the largest body could never run.
     """
 
     host: str = "127.0.0.1"
@@ -108,11 +115,21 @@ class ServerConfig:
     token_file: Path | None = None
     max_keys: int = bounded(10_000, low=1, high=1_000_000)
     max_body_size: int = bounded(16 * 1024**2, low=1024)
+    request_memory: int = bounded(32 * 1024**2, low=1024)
+    request_wait: float = bounded(60.0, low=0)
     backfill_rate: float = bounded(5.0, low=0)
     backfill_burst: int = bounded(500, low=0)
     backfill_recheck: float = bounded(3600.0, low=0)
 
     SECRETS: ClassVar[tuple[str, ...]] = ("api_token",)
+
+    def __post_init__(self) -> None:
+        if self.request_memory < self.max_body_size:
+            raise ConfigError(
+                "server.request_memory",
+                f"must be at least server.max_body_size ({self.max_body_size} bytes), got "
+                f"{self.request_memory}: a body of the largest size allowed could never run",
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,8 +136,14 @@ class FileLock:
         except BlockingIOError:
             os.close(fd)
             return False
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, self.owner.encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, self.owner.encode(), 0)
+        except OSError:
+            # A full disk: give the lock straight back rather than lead unnamed.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise
         self._fd = fd
         return True
 
@@ -146,10 +152,13 @@ class FileLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            try:
+                os.ftruncate(fd, 0)
+            except OSError:
+                log.debug("could not clear the scheduler lock file", exc_info=True)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def close(self) -> None:
         self.release()

@@ -12,12 +12,20 @@ neither repeats nor skips a run (late runs are coalesced into one). APScheduler 
 coordinate several schedulers itself, but it is a pre-release whose README says not to use
 it in production; APScheduler 3's job stores must not be shared by running schedulers, so
 Forage elects a leader itself and only the leader runs one.
+
+**No silent stop.** APScheduler 3 lets a job store's write error (a full disk) end its
+scheduling thread while the process lives on; :class:`_GuardedScheduler` turns that into a
+failure the leader acts on. A leader that cannot schedule, or a standby that cannot even
+ask for the lock, reports itself down (:mod:`forage.jobs.health`, so ``/healthz`` answers 503
+naming the scheduler), gives the lock up, waits :data:`FAILED_BACKOFF` polls (a healthy
+standby takes over meanwhile) and tries again, until it can.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -30,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from forage.config import Config
 from forage.db.engine import SCHEDULER_TABLE, make_sessionmaker
+from forage.jobs.health import PartHealth, Trouble
 from forage.jobs.leader import Leadership, current_leader, leadership_for
 from forage.jobs.reverify import reverify_job
 from forage.jobs.tasks import REVERIFY, WATCH, Task, schedule_table, watch_job
@@ -48,6 +56,9 @@ log = logging.getLogger(__name__)
 
 #: Where APScheduler keeps the schedule, in Forage's database.
 JOBSTORE_TABLE = SCHEDULER_TABLE
+#: Polls a scheduler that failed waits before it asks for the lock again, so that a standby
+#: that can still schedule is first to take over.
+FAILED_BACKOFF = 3
 #: How stored APScheduler jobs name :func:`fire_task` (``module:function``).
 _FIRE_REF = "forage.jobs.scheduler:fire_task"
 
@@ -66,6 +77,31 @@ def fire_task(token: str, name: str) -> None:
     scheduler.run_task(name)
 
 
+class SchedulingFailed(RuntimeError):
+    """APScheduler's loop could not keep the schedule (its job store refused a write)."""
+
+
+@functools.cache
+def _guarded_scheduler_class() -> type[BackgroundScheduler]:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    class _GuardedScheduler(BackgroundScheduler):
+        """A ``BackgroundScheduler`` whose loop survives its job store's errors: the first one
+        is kept in ``failure`` (the leader then stops it and gives the lock up) instead of
+        ending the thread unnoticed."""
+
+        failure: BaseException | None = None
+
+        def _process_jobs(self) -> float | None:
+            try:
+                return super()._process_jobs()  # type: ignore[no-any-return]
+            except Exception as exc:
+                self.failure = self.failure or exc
+                return None  # sleep until shut down
+
+    return _GuardedScheduler
+
+
 @dataclass(frozen=True, slots=True)
 class PlannedTask:
     """A task as scheduled: its name, interval and next run time (from the job store)."""
@@ -79,7 +115,7 @@ class Scheduler:
     """Runs the schedule table while it leads; waits for the lock otherwise.
 
     ``run()`` returns after :meth:`stop`. ``runs``/``failures`` count task runs in this
-    process; ``leading`` says whether it leads now.
+    process; ``leading`` says whether it leads now, ``terms`` how often it took the lock.
     """
 
     def __init__(
@@ -105,6 +141,8 @@ class Scheduler:
         self.runs: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
         self.leading = False
+        self.terms = 0
+        self.trouble = Trouble("scheduler", self.owner)
         self.token = secrets.token_hex(8)
         self._stopping = asyncio.Event()
 
@@ -116,8 +154,13 @@ class Scheduler:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
+    def health(self) -> PartHealth:
+        """``leading`` or ``standby``; ``down`` while it can neither schedule nor wait."""
+        return self.trouble.health("leading" if self.leading else "standby")
+
     async def run(self) -> None:
-        """Wait for the leadership, lead until stopped or the lock is lost, and repeat."""
+        """Wait for the leadership, lead until stopped or the lock is lost, and repeat;
+        after any failure, give the lock up, back off and try again."""
         leadership = leadership_for(self.engine, owner=self.owner)
         waiting = False
         _SCHEDULERS[self.token] = self
@@ -125,10 +168,12 @@ class Scheduler:
             while not self._stopping.is_set():
                 try:
                     acquired = await asyncio.to_thread(leadership.try_acquire)
-                except (SQLAlchemyError, OSError) as exc:
-                    log.warning("scheduler %s cannot take the leader lock: %s", self.owner, exc)
-                    acquired = False
+                except Exception as exc:
+                    self.trouble.failed(exc, "take the leader lock")
+                    await self._pause(self.poll * FAILED_BACKOFF)
+                    continue
                 if not acquired:
+                    self.trouble.recovered()
                     if not waiting:
                         log.info(
                             "scheduler %s waiting: another scheduler leads (%s)",
@@ -139,31 +184,43 @@ class Scheduler:
                     await self._pause(self.poll)
                     continue
                 waiting = False
+                self.terms += 1
+                failed = False
                 try:
                     await self._lead(leadership)
-                except (SQLAlchemyError, OSError) as exc:
-                    log.error("scheduler %s stopped leading: %s", self.owner, exc)
-                    await self._pause(self.poll)
+                except Exception as exc:
+                    self.trouble.failed(exc, "schedule")
+                    failed = True
                 finally:
-                    await asyncio.to_thread(leadership.release)
+                    await asyncio.to_thread(self._release, leadership)
+                if failed:
+                    await self._pause(self.poll * FAILED_BACKOFF)
         finally:
             _SCHEDULERS.pop(self.token, None)
-            await asyncio.to_thread(leadership.close)
+            await asyncio.to_thread(self._release, leadership, close=True)
         log.info("scheduler %s stopped: %s", self.owner, dict(self.runs) or "no task ran")
+
+    def _release(self, leadership: Leadership, *, close: bool = False) -> None:
+        try:
+            leadership.close() if close else leadership.release()
+        except Exception as exc:
+            log.warning("scheduler %s could not release the leader lock: %s", self.owner, exc)
 
     def _leader_name(self) -> str:
         try:
             return current_leader(self.engine) or "unknown"
-        except (SQLAlchemyError, OSError):
+        except Exception:
             return "unknown"
 
     async def _lead(self, leadership: Leadership) -> None:
+        """Run APScheduler while this scheduler holds the lock; raise if it cannot schedule."""
         scheduler = self._apscheduler()
         await asyncio.to_thread(scheduler.start, paused=True)
         try:
             planned = await asyncio.to_thread(self._install, scheduler)
             scheduler.resume()
             self.leading = True
+            self.trouble.recovered()
             log.info(
                 "scheduler %s leads: %s",
                 self.owner,
@@ -173,6 +230,10 @@ class Scheduler:
                 await self._pause(self.poll)
                 if self._stopping.is_set():
                     break
+                if scheduler.failure is not None:
+                    raise SchedulingFailed(
+                        f"{type(scheduler.failure).__name__}: {scheduler.failure}"
+                    ) from scheduler.failure
                 if not await asyncio.to_thread(leadership.check):
                     log.error("scheduler %s lost the leader lock; stops scheduling", self.owner)
                     break
@@ -180,12 +241,11 @@ class Scheduler:
             self.leading = False
             await asyncio.to_thread(scheduler.shutdown, wait=True)
 
-    def _apscheduler(self) -> BackgroundScheduler:
+    def _apscheduler(self) -> Any:
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-        from apscheduler.schedulers.background import BackgroundScheduler
 
-        return BackgroundScheduler(
+        return _guarded_scheduler_class()(
             jobstores={"default": SQLAlchemyJobStore(engine=self.engine, tablename=JOBSTORE_TABLE)},
             executors={"default": ThreadPoolExecutor(max_workers=self.threads)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},

@@ -8,9 +8,14 @@ for handlers (ids in payloads, idempotent, safe after a kill) is in :mod:`forage
 The loop keeps at most ``concurrency`` jobs in hand, claims more as they finish, and extends
 their leases every third of a lease (a job reclaimed elsewhere after a lost lease is
 cancelled here), so leases can be short and a dead worker's jobs come back within one. At
-start-up it also expires at once the leases of this host's workers whose process is gone
-(:func:`~forage.jobs.admin.expire_dead_local_leases`). Database calls run in threads
+start-up, and every :data:`DEAD_WORKER_CHECK` seconds while it claims, it also expires at once
+the leases of this host's workers whose process is gone
+(:func:`~forage.jobs.admin.expire_dead_local_leases`), so a killed worker's jobs are running
+again within seconds whether or not it is restarted. Database calls run in threads
 (``asyncio.to_thread``), one transaction each.
+
+A worker that cannot claim (a full disk, the database gone) keeps trying every poll and
+reports itself down meanwhile (:meth:`Worker.health`, shown by ``/healthz``).
 
 Stopping: :meth:`Worker.stop` (first SIGTERM or SIGINT) stops claiming and lets the jobs in
 hand finish; :meth:`Worker.abort` (a second signal) cancels them and gives their leases back
@@ -32,6 +37,7 @@ import secrets
 import signal
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,7 +45,6 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 from httpx_aiohttp import HttpxAiohttpClient
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from forage import __version__
@@ -50,6 +55,7 @@ from forage.db.models import JobState
 from forage.errors import ConfigError
 from forage.jobs import admin
 from forage.jobs import queue as jobs
+from forage.jobs.health import PartHealth, Trouble
 from forage.jobs.queue import Job, RetryPolicy
 from storage.blockstore import Blockstore
 
@@ -58,6 +64,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Mode = Literal["forever", "once", "drain"]
 USER_AGENT = f"forage/{__version__}"
+#: Seconds between a worker's looks for jobs still leased to dead workers of its host.
+DEAD_WORKER_CHECK = 2.0
 
 
 @dataclass(slots=True)
@@ -154,6 +162,12 @@ class Worker:
         self._aborting = False
         self._finished: list[tuple[int, asyncio.Future[bool]]] = []
         self._completer: asyncio.Task[None] | None = None
+        self.trouble = Trouble("worker", context.owner)
+        self._dead_checked = time.monotonic()  # the start-up recovery just looked
+
+    def health(self) -> PartHealth:
+        """``running``, or ``down`` while it cannot claim jobs (it keeps trying)."""
+        return self.trouble.health("running")
 
     @property
     def owner(self) -> str:
@@ -197,10 +211,12 @@ class Worker:
                 if free > 0:
                     try:
                         claimed = await self._claim(kinds, free)
-                    except OperationalError as exc:
+                    except Exception as exc:
                         if mode != "forever":
                             raise
-                        log.error("worker %s cannot reach the database: %s", self.owner, exc)
+                        self.trouble.failed(exc, "claim jobs")
+                    else:
+                        self.trouble.recovered()
                 for job in claimed:
                     self._start(job)
                 if mode == "once":
@@ -234,10 +250,10 @@ class Worker:
         right away would otherwise find its jobs idle until their leases ran out)."""
         try:
             freed = await self._db(admin.expire_dead_local_leases, host=socket.gethostname())
-        except OperationalError as exc:
+        except Exception as exc:
             if mode != "forever":
                 raise
-            log.error("worker %s cannot reach the database: %s", self.owner, exc)
+            self.trouble.failed(exc, "take back the jobs of dead workers")
             return
         if freed:
             log.info(
@@ -245,13 +261,21 @@ class Worker:
             )
 
     async def _claim(self, kinds: list[str], limit: int) -> list[Job]:
+        now = time.monotonic()
+        look_for_dead = now - self._dead_checked >= DEAD_WORKER_CHECK
+        host = socket.gethostname()
+
         def claim(session: Session) -> list[Job]:
+            if look_for_dead:
+                admin.expire_dead_local_leases(session, host=host)
             jobs.reap_expired(session, policy=self.policy)
             return jobs.claim(
                 session, owner=self.owner, limit=limit, policy=self.policy, kinds=kinds
             )
 
         claimed = await self._db(claim)
+        if look_for_dead:
+            self._dead_checked = now
         self.stats.claimed += len(claimed)
         return claimed
 

@@ -150,6 +150,15 @@ def _answered(
     return _not_found(key, reason, checked=item.last_synced)
 
 
+def not_queued(missing: Sequence[Missing], error: Exception) -> dict[Key, KeyResult]:
+    """The outcome of keys whose imports could not be queued because the database refused the
+    write (``error``: a full disk, a read-only or locked database)."""
+    orig = getattr(error, "orig", None) or error
+    why = str(orig).splitlines()[0][:200] if str(orig) else type(orig).__name__
+    reason = f"not in the index, and no import could be queued now ({why}); ask again later"
+    return {item.key: _not_found(item.key, reason) for item in missing}
+
+
 def backfill(
     session: Session,
     missing: Sequence[Missing],

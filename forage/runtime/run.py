@@ -13,7 +13,8 @@ PostgreSQL any number of them may run on many machines.
 
 Shutdown (:meth:`Running.stop`, the first SIGINT or SIGTERM): the scheduler stops scheduling
 and gives its lock up, the worker stops claiming and finishes the jobs in hand, then the
-HTTP server closes its connections and the database is released. A second signal
+HTTP server closes its connections and the database is released. A part that cannot work
+(a full disk) keeps retrying and the HTTP server's ``/healthz`` names it meanwhile. A second signal
 (:meth:`Running.abort`) interrupts the jobs in hand and gives their leases back at once. If a
 part fails, the others are stopped the same way and the process exits non-zero.
 """
@@ -35,6 +36,7 @@ from forage.config import Config
 from forage.jobs.queue import RetryPolicy
 from forage.jobs.scheduler import Scheduler
 from forage.jobs.worker import Handler, JobContext, Worker, install_signal_handlers, job_context
+from forage.server.ops import PARTS
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +176,8 @@ async def start(
                 if scheduler:
                     running.scheduler = Scheduler(config, engine, owner=context.owner)
                     running.spawn("scheduler", running.scheduler.run())
+                if running.app is not None:
+                    running.app[PARTS].extend(p for p in (running.worker, running.scheduler) if p)
                 yield running
             finally:
                 running.stop()

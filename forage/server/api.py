@@ -16,7 +16,9 @@ Hostile input is answered with a 4xx naming the problem: bodies are bounded by
 ``server.max_body_size`` (413), batches by ``server.max_keys`` (413 naming the limit), JSON
 that does not parse, nests without end or holds a string that is not Unicode (a lone surrogate
 escape, :mod:`indexers.jsontext`) is a 400, as is a form body its ``Content-Type`` does not
-describe. Database work runs in worker threads
+describe. A lookup body's keys are read as a stream of JSON events (:mod:`forage.server.bodies`)
+and a large answer is streamed out as it is encoded, all within the memory budget of requests
+with large bodies (:mod:`forage.server.budget`). Database work runs in worker threads
 (``asyncio.to_thread``); on SQLite, reads use a read-only engine on the same file, so a
 lookup never waits for the job queue's writers.
 """
@@ -28,7 +30,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -42,7 +44,7 @@ from forage.errors import InvalidKey
 from forage.index.ingest import IMPORT
 from forage.jobs import queue as jobs
 from forage.lookup.backfill import BackfillPolicy, import_dedup_key
-from forage.lookup.batch import lockfile_reply, lookup
+from forage.lookup.batch import lockfile_dependencies, lockfile_summary, lookup
 from forage.lookup.keys import MAX_KEY_LENGTH, PLATFORMS, Key, parse_key
 from forage.lookup.normalize import normalize_name
 from forage.lookup.packages import package_view
@@ -52,8 +54,17 @@ from forage.lookup.sessions import read_only_sessionmaker
 from forage.lookup.stats import api_stats
 from forage.lookup.views import KeyResult, KeyStatus, preferred_cid, summarize
 from forage.server.auth import json_http_error, requires_token
+from forage.server.bodies import BodyError, NotKeysObject, TooManyKeys, lookup_keys
+from forage.server.budget import trim_heap
 from forage.server.state import CONFIG, SESSIONMAKER
-from indexers import ECOSYSTEMS, IndexerError, LockfileError, load_json, read_lockfile
+from indexers import (
+    ECOSYSTEMS,
+    IndexerError,
+    LockEntry,
+    LockfileError,
+    load_json,
+    read_lockfile,
+)
 from storage import InvalidCID, parse_cid
 
 log = logging.getLogger(__name__)
@@ -62,27 +73,46 @@ log = logging.getLogger(__name__)
 _CID_TEXT = re.compile(r"[A-Za-z0-9+/=_-]{8,256}")
 #: Read-only sessions for lookups (the app's own sessionmaker except on SQLite).
 READER = web.AppKey("lookup_reader", sessionmaker[Session])
-#: Batches of answers waiting to be stored beyond which new ones are dropped (recomputed on
-#: their next lookup) rather than queued without bound.
-MAX_PENDING_ANSWERS = 8
+#: Bytes of a reply encoded per step (in a worker thread) and written before the next: a
+#: 10,000-key answer of tens of MB is never held whole.
+REPLY_CHUNK = 256 * 1024
+#: Answers waiting to be stored beyond which a new batch is dropped (recomputed on its next
+#: lookup) rather than queued: a 10,000-key batch of first sights holds tens of MB of them,
+#: outside any request's memory budget.
+MAX_PENDING_ANSWERS = 10_000
 
 
 class AnswerWriter:
     """Stores rendered lookup answers (:func:`forage.lookup.resolve.save_answers`) one batch at a
     time in a thread of its own, off the requests' path, so a lookup never waits for the
-    database's write lock."""
+    database's write lock. At most :data:`MAX_PENDING_ANSWERS` wait; once none do, the heap
+    is trimmed (:func:`forage.server.budget.trim_heap`)."""
 
     def __init__(self, write: sessionmaker[Session]) -> None:
         self._write = write
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="forage-answers")
-        self._slots = threading.BoundedSemaphore(MAX_PENDING_ANSWERS)
+        self._lock = threading.Lock()
+        self._pending = 0
 
     def keep(self, fills: Sequence[AnswerFill]) -> None:
-        if not self._slots.acquire(blocking=False):
-            log.info("answer writer busy: %d rendered answers not stored", len(fills))
-            return
-        future = self._executor.submit(save_answers, self._write, fills)
-        future.add_done_callback(lambda _: self._slots.release())
+        count = len(fills)
+        with self._lock:
+            if self._pending and self._pending + count > MAX_PENDING_ANSWERS:
+                log.info("answer writer busy: %d rendered answers not stored", count)
+                return
+            self._pending += count
+        self._executor.submit(self._save, fills)
+
+    def _save(self, fills: Sequence[AnswerFill]) -> None:
+        try:
+            save_answers(self._write, fills)
+        finally:
+            with self._lock:
+                self._pending -= len(fills)
+                idle = self._pending == 0
+            del fills
+            if idle:
+                trim_heap()
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -149,15 +179,37 @@ async def _json_body(request: web.Request) -> Any:
         raise _bad_request(f"the body is not valid JSON: {exc}") from exc
 
 
-def _check_count(request: web.Request, count: int, what: str = "keys") -> None:
+def _too_many(request: web.Request, count: int, what: str = "keys") -> web.HTTPError:
     limit = request.app[CONFIG].server.max_keys
-    if count > limit:
-        raise json_http_error(
-            web.HTTPRequestEntityTooLarge,
-            f"too many {what}: at most {limit} per request, got {count}; split the batch",
-            max_size=limit,
-            actual_size=count,
-        )
+    return json_http_error(
+        web.HTTPRequestEntityTooLarge,
+        f"too many {what}: at most {limit} per request, got {count}; split the batch",
+        max_size=limit,
+        actual_size=count,
+    )
+
+
+def _check_count(request: web.Request, count: int, what: str = "keys") -> None:
+    if count > request.app[CONFIG].server.max_keys:
+        raise _too_many(request, count, what)
+
+
+async def _streamed_keys(request: web.Request) -> list[object]:
+    """The items of a JSON body's ``keys`` array (:func:`forage.server.bodies.lookup_keys`,
+    in a worker thread): nothing else in the body is built, and the body itself is dropped
+    once read; the same 400s and 413 as :func:`_json_body` and :func:`_check_count`."""
+    raw = await request.read()
+    if not raw:
+        raise _bad_request("the request body is empty; send JSON")
+    limit = request.app[CONFIG].server.max_keys
+    try:
+        return await asyncio.to_thread(lookup_keys, raw, limit=limit)
+    except TooManyKeys as exc:
+        raise _too_many(request, exc.count) from exc
+    except NotKeysObject as exc:
+        raise _bad_request('the body must be a JSON object {"keys": [KEY, ...]}') from exc
+    except BodyError as exc:
+        raise _bad_request(f"the body is not valid JSON: {exc}") from exc
 
 
 def _query_keys(request: web.Request) -> list[str]:
@@ -173,66 +225,94 @@ def _query_keys(request: web.Request) -> list[str]:
     return keys
 
 
-def _body_keys(body: Any) -> list[Any]:
-    keys = body.get("keys") if isinstance(body, dict) else None
-    if not isinstance(keys, list):
-        raise _bad_request('the body must be a JSON object {"keys": [KEY, ...]}')
-    return keys
-
-
 async def _lookup(
     request: web.Request,
     keys: Sequence[object],
-    reply: Callable[[Sequence[KeyResult]], Any],
+    reply: Callable[[Sequence[KeyResult]], Iterator[bytes]],
     *,
     rendered: bool = False,
-) -> web.Response:
-    """Look ``keys`` up and answer ``reply(results)`` (already JSON bytes with ``rendered``:
-    results with their stored fragments), both in a worker thread: encoding 10,000 results
-    would otherwise hold the event loop."""
+) -> web.StreamResponse:
+    """Look ``keys`` up in a worker thread and answer the JSON ``reply(results)`` yields
+    (``rendered``: results with their stored fragments, see :func:`_lookup_parts`)."""
     _check_count(request, len(keys))
     app = request.app
-
-    def work() -> bytes:
-        results = lookup(
-            app[READER],
-            app[SESSIONMAKER],
-            keys,
-            policy=app[BACKFILL],
-            rendered=rendered,
-            keep=app[ANSWERS].keep,
-        )
-        answer = reply(results)
-        return answer if isinstance(answer, bytes) else orjson.dumps(answer)
-
-    body = await asyncio.to_thread(work)
-    return web.Response(body=body, content_type="application/json")
+    results = await asyncio.to_thread(
+        lookup,
+        app[READER],
+        app[SESSIONMAKER],
+        keys,
+        policy=app[BACKFILL],
+        rendered=rendered,
+        keep=app[ANSWERS].keep,
+    )
+    del keys
+    return await _send(request, reply(results))
 
 
-def _lookup_reply(results: Sequence[KeyResult]) -> bytes:
+def _next_chunk(parts: Iterator[bytes]) -> bytes:
+    """The next :data:`REPLY_CHUNK` bytes or more of ``parts`` (``b""`` once they are done)."""
+    chunk: list[bytes] = []
+    size = 0
+    for part in parts:
+        chunk.append(part)
+        size += len(part)
+        if size >= REPLY_CHUNK:
+            break
+    return b"".join(chunk)
+
+
+async def _send(request: web.Request, parts: Iterator[bytes]) -> web.StreamResponse:
+    """A JSON reply of ``parts``, encoded a chunk at a time in a worker thread (10,000 results
+    would otherwise hold the event loop); a reply of one chunk is sent with its length."""
+    chunk = await asyncio.to_thread(_next_chunk, parts)
+    if len(chunk) < REPLY_CHUNK:
+        return web.Response(body=chunk, content_type="application/json")
+    response = web.StreamResponse()
+    response.content_type = "application/json"
+    await response.prepare(request)
+    while chunk:
+        await response.write(chunk)
+        chunk = await asyncio.to_thread(_next_chunk, parts)
+    await response.write_eof()
+    return response
+
+
+def _lookup_parts(results: Sequence[KeyResult]) -> Iterator[bytes]:
     """``{"results": [...], "summary": {...}}`` with each version's stored answer spliced in
-    as bytes (the same JSON ``orjson`` would write for the whole)."""
-    parts = [b'{"results":[']
+    as bytes (the same JSON ``orjson`` would write for the whole), a result at a time."""
+    yield b'{"results":['
     for index, result in enumerate(results):
         if index:
-            parts.append(b",")
-        parts += result.json_parts()
-    parts += (b'],"summary":', orjson.dumps(summarize(results)), b"}")
-    return b"".join(parts)
+            yield b","
+        yield from result.json_parts()
+    yield b'],"summary":' + orjson.dumps(summarize(results)) + b"}"
 
 
-async def lookup_post(request: web.Request) -> web.Response:
+def _lockfile_parts(entries: Sequence[LockEntry], results: Sequence[KeyResult]) -> Iterator[bytes]:
+    """:func:`forage.lookup.batch.lockfile_reply` encoded a dependency at a time."""
+    yield b'{"dependencies":['
+    for index, dependency in enumerate(lockfile_dependencies(entries, results)):
+        yield (b"," if index else b"") + orjson.dumps(dependency)
+    yield b'],"summary":' + orjson.dumps(lockfile_summary(entries, results)) + b"}"
+
+
+def _legacy_parts(results: Sequence[KeyResult]) -> Iterator[bytes]:
+    """The original Forage's ``{key: cid | null}`` (one value per distinct key, as a dict)."""
+    yield orjson.dumps({result.key: preferred_cid(result.artifacts) for result in results})
+
+
+async def lookup_post(request: web.Request) -> web.StreamResponse:
     """``POST /api/v1/lookup``: ``{"keys": [...]}`` to one result per key."""
-    keys = _body_keys(await _json_body(request))
-    return await _lookup(request, keys, _lookup_reply, rendered=True)
+    keys = await _streamed_keys(request)
+    return await _lookup(request, keys, _lookup_parts, rendered=True)
 
 
-async def lookup_get(request: web.Request) -> web.Response:
+async def lookup_get(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/lookup?keys=a,b``: the same answer as the POST."""
-    return await _lookup(request, _query_keys(request), _lookup_reply, rendered=True)
+    return await _lookup(request, _query_keys(request), _lookup_parts, rendered=True)
 
 
-async def lookup_lockfile(request: web.Request) -> web.Response:
+async def lookup_lockfile(request: web.Request) -> web.StreamResponse:
     """``POST /api/v1/lookup/lockfile[?filename=go.sum]``: every dependency of the body."""
     data = await request.read()
     if not data:
@@ -244,9 +324,10 @@ async def lookup_lockfile(request: web.Request) -> web.Response:
         raise _bad_request(str(exc)) from exc
     except RecursionError as exc:
         raise _bad_request("the JSON document nests too deeply") from exc
+    del data
     keyed = [entry.key for entry in entries if entry.key is not None]
     _check_count(request, len(keyed), "dependencies")
-    return await _lookup(request, keyed, lambda results: lockfile_reply(entries, results))
+    return await _lookup(request, keyed, lambda results: _lockfile_parts(entries, results))
 
 
 async def _form_keys(request: web.Request) -> list[str]:
@@ -271,19 +352,15 @@ async def _form_keys(request: web.Request) -> list[str]:
     return keys
 
 
-async def legacy_lookup(request: web.Request) -> web.Response:
+async def legacy_lookup(request: web.Request) -> web.StreamResponse:
     """``GET|POST /packages/lookup``: the original Forage's ``{key: cid | null}``."""
     if request.method == "POST" and request.content_type == "application/json":
-        keys = [key for key in _body_keys(await _json_body(request)) if isinstance(key, str)]
+        keys = [key for key in await _streamed_keys(request) if isinstance(key, str)]
     elif request.method == "POST" and "keys" not in request.query:
         keys = await _form_keys(request)
     else:
         keys = _query_keys(request)
-    return await _lookup(
-        request,
-        keys,
-        lambda results: {result.key: preferred_cid(result.artifacts) for result in results},
-    )
+    return await _lookup(request, keys, _legacy_parts)
 
 
 async def cid_lookup(request: web.Request) -> web.Response:

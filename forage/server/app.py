@@ -3,7 +3,8 @@
 Each module named in ``ROUTE_MODULES`` (full module names: the API, gateway and pages here,
 the mirror and pieces elsewhere in ``forage``) has ``setup(app: web.Application) -> None``. Errors
 never leak as tracebacks: an unexpected exception is logged and answered with a JSON 500 that
-names no internals. Server docs: https://docs.aiohttp.org/en/stable/web_advanced.html
+names no internals. Requests with large bodies run within a memory budget
+(:mod:`forage.server.budget`). Server docs: https://docs.aiohttp.org/en/stable/web_advanced.html
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from forage.config import Config
 from forage.errors import InvalidKey, NotFound
+from forage.server import budget
 from forage.server.state import BLOCKSTORE, CONFIG, SESSIONMAKER
 from storage.blockstore import Blockstore
 from storage.errors import InvalidCID
@@ -87,9 +89,11 @@ def make_app(
 ) -> web.Application:
     """The whole HTTP server as one application."""
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=config.server.max_body_size
+        middlewares=[error_middleware, budget.budget_middleware],
+        client_max_size=config.server.max_body_size,
     )
     app[CONFIG] = config
+    budget.setup(app)
     app[SESSIONMAKER] = sessionmaker
     app[BLOCKSTORE] = blockstore
     for name in ROUTE_MODULES:

@@ -1,9 +1,11 @@
 """Operations endpoints: ``GET /healthz`` and Prometheus ``GET /metrics``.
 
-``/healthz`` answers 200 when the database answers a query and the blockstore accepts a
-write, else 503; the body names each check (``{"status": "ok", "checks": {"database":
-{"ok": true, "ms": 0.4}, "blockstore": {...}}}``) and, on failure, only the error's class:
-details go to the log. ``/metrics`` is the text exposition format
+``/healthz`` answers 200 when the database answers a query, the blockstore accepts a
+write and every background part of this process (its scheduler and worker under ``forage
+run``, :mod:`forage.jobs.health`) can work, else 503; the body names each check
+(``{"status": "ok", "checks": {"database": {"ok": true, "ms": 0.4}, "blockstore": {...},
+"scheduler": {"ok": true, "state": "leading"}}}``), lists the failing ones in ``down`` and
+gives only each error's class: details go to the log. ``/metrics`` is the text exposition format
 (https://prometheus.io/docs/instrumenting/exposition_formats/) of
 :class:`~forage.server.metrics.Metrics`:
 index gauges, process metrics, and per-route request latency recorded by this module's
@@ -26,6 +28,7 @@ import sqlalchemy as sa
 from aiohttp import web
 from sqlalchemy.orm import Session, sessionmaker
 
+from forage.jobs.health import Monitored
 from forage.server.metrics import Metrics
 from forage.server.state import BLOCKSTORE, SESSIONMAKER
 from storage import Block, Blockstore, block_cid
@@ -33,6 +36,8 @@ from storage import Block, Blockstore, block_cid
 log = logging.getLogger(__name__)
 
 METRICS = web.AppKey("metrics", Metrics)
+#: The background parts running in this process, which ``/healthz`` reports on.
+PARTS = web.AppKey("parts", list[Monitored])
 #: Route paths whose latency is also recorded as lookup latency.
 LOOKUP_ROUTES = ("/api/v1/lookup", "/packages/lookup")
 #: Seconds a health check may take before it counts as failed.
@@ -44,6 +49,7 @@ PROBE = b"forage healthz probe\n"
 def setup(app: web.Application) -> None:
     """Add ``/healthz``, ``/metrics`` and the request-timing middleware."""
     app[METRICS] = Metrics(app[SESSIONMAKER])
+    app[PARTS] = []
     app.middlewares.append(measure)
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/metrics", metrics, name="metrics")
@@ -116,19 +122,22 @@ async def _check(name: str, fn: Callable[..., None], *args: Any) -> dict[str, An
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 if the database answers and the blockstore is writable, else 503."""
+    """200 if the database answers, the blockstore is writable and every background part of
+    this process works, else 503 naming what does not."""
     database, blockstore = await asyncio.gather(
         _check("database", ping_database, request.config_dict[SESSIONMAKER]),
         _check("blockstore", probe_blockstore, request.config_dict[BLOCKSTORE]),
     )
-    healthy = database["ok"] and blockstore["ok"]
+    checks: dict[str, dict[str, Any]] = {"database": database, "blockstore": blockstore}
+    for part in request.config_dict[PARTS]:
+        health = part.health()
+        checks[health.part] = health.to_json()
+    down = [name for name, check in checks.items() if not check["ok"]]
+    body: dict[str, Any] = {"status": "unavailable" if down else "ok", "checks": checks}
+    if down:
+        body["down"] = down
     return web.json_response(
-        {
-            "status": "ok" if healthy else "unavailable",
-            "checks": {"database": database, "blockstore": blockstore},
-        },
-        status=200 if healthy else 503,
-        headers={"Cache-Control": "no-store"},
+        body, status=503 if down else 200, headers={"Cache-Control": "no-store"}
     )
 
 

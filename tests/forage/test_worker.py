@@ -490,3 +490,26 @@ def test_a_worker_restarted_after_sigkill_takes_the_jobs_back_at_once(worker_url
     assert executions[1][2] == second.pid
     row = job_rows(worker_url)[job_id]
     assert (row.state, row.attempts) == (JobState.DONE, 2)
+
+
+def test_a_running_worker_takes_a_killed_workers_jobs_without_a_restart(worker_url: str) -> None:
+    # Nobody restarts the killed worker: a worker already running on the same host notices
+    # at its next look (every DEAD_WORKER_CHECK seconds) that the owner's pid is gone, long
+    # before the two-minute lease would have run out.
+    (job_id,) = enqueue_many(worker_url, "hang_first", [{}])
+    first = start_worker(worker_url, "--concurrency", "1", lease=120.0)
+    try:
+        wait_for(lambda: runs(worker_url))
+        survivor = start_worker(worker_url, "--drain", lease=120.0)
+        assert survivor.stderr is not None
+        while b" started: mode drain" not in (line := survivor.stderr.readline()):
+            assert line, "the survivor exited before it started"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    finish(survivor, timeout=60)
+    executions = runs(worker_url)
+    assert [(e[0], e[1], e[3], e[2]) for e in executions] == [
+        (job_id, 1, "start", first.pid),
+        (job_id, 2, "finish", survivor.pid),
+    ]
