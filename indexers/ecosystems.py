@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from indexers import golang, npm, pypi
+from indexers import cargo, composer, gem, golang, maven, npm, pypi
 from indexers.ecosystem import Ecosystem, FileCheck
 from indexers.errors import InvalidName
 
@@ -20,6 +20,10 @@ ECOSYSTEMS: Mapping[str, Ecosystem] = {
         npm.ECOSYSTEM,
         pypi.ECOSYSTEM,
         golang.ECOSYSTEM,
+        cargo.ECOSYSTEM,
+        gem.ECOSYSTEM,
+        composer.ECOSYSTEM,
+        maven.ECOSYSTEM,
     )
 }
 

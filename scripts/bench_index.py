@@ -3,11 +3,13 @@
 A fake npm registry (in a child process, so its CPU is not ours) serves a replicate feed of
 ``--packages`` changes whose packuments carry ``--versions`` versions each, every request
 delayed by ``--latency`` seconds. Forage watches the feed to its head, then a worker imports
-every package. Prints JSON: versions recorded per second (watch + import, wall clock), the
-count recorded, the CPU seconds this process spent on it (all threads; the registry's CPU is
-not counted) with versions per CPU second, and peak RSS of this process, for each database
-URL given. On a shared machine the wall-clock rate follows the load; versions per CPU second
-much less so, which makes it the figure to compare between runs.
+every package. ``--ecosystem NAME`` measures another registered ecosystem instead, through its
+own fake (``publish_release`` of versions ``1.<i>.0``, in the ecosystem's version spelling)
+and a bootstrap of its feed from ``origin``. Prints JSON: versions recorded per second (watch
++ import, wall clock), the count recorded, the CPU seconds this process spent on it (all
+threads; the registry's CPU is not counted) with versions per CPU second, and peak RSS of
+this process, for each database URL given. On a shared machine the wall-clock rate follows
+the load; versions per CPU second much less so, which makes it the figure to compare between runs.
 
     python scripts/bench_index.py                                  # SQLite in a temp dir
     python scripts/bench_index.py --database-url postgresql+psycopg://user@127.0.0.1:5432/db
@@ -41,9 +43,11 @@ sys.path.insert(0, str(ROOT))
 from forage.config import load_config  # noqa: E402
 from forage.db.engine import make_sessionmaker, open_database  # noqa: E402
 from forage.db.models import Version  # noqa: E402
+from forage.index.bootstrap import start as start_bootstrap  # noqa: E402
 from forage.index.ingest import IMPORT, create_cursor, import_job, watch_feed  # noqa: E402
 from forage.jobs.queue import RetryPolicy  # noqa: E402
 from forage.jobs.worker import Worker, job_context  # noqa: E402
+from indexers import ECOSYSTEMS  # noqa: E402
 from indexers.npm.fake import UPSTREAM, FakeNpmRegistry  # noqa: E402
 
 
@@ -76,21 +80,43 @@ def packument(name: str, versions: int) -> dict[str, Any]:
     }
 
 
-def serve_registry(port: int, packages: int, versions: int, latency: float, ready: Any) -> None:
-    """Child process: build the registry, add latency, serve until killed."""
-    registry = FakeNpmRegistry()
+def bench_version(ecosystem: str, i: int) -> str:
+    """The i-th version, spelled like the ecosystem's sample versions (Go's ``v`` prefix)."""
+    prefix = "v" if ECOSYSTEMS[ecosystem].fake().SAMPLE_VERSIONS[0].startswith("v") else ""
+    return f"{prefix}1.{i}.0"
+
+
+def build_app(ecosystem: str, packages: int, versions: int) -> web.Application:
+    """The registry's app holding every benchmark package (npm's built packuments directly)."""
+    if ecosystem == "npm":
+        registry = FakeNpmRegistry()
+        for i in range(packages):
+            name = f"bench-pkg-{i}"
+            doc = packument(name, versions)
+            registry.docs[name] = doc
+            registry.feed_entry(name, rev=doc["_rev"])
+        return registry.make_app()
+    fake = ECOSYSTEMS[ecosystem].fake()
+    if hasattr(fake, "batch"):
+        fake.batch = 1000  # feeds of numbered chunks: a realistic number of publications each
+    base = fake.NAME_EXAMPLES[0][1]
     for i in range(packages):
-        name = f"bench-pkg-{i}"
-        doc = packument(name, versions)
-        registry.docs[name] = doc
-        registry.feed_entry(name, rev=doc["_rev"])
+        for v in range(versions):
+            fake.publish_release(f"{base}-{i}", bench_version(ecosystem, v))
+    return fake.make_app()
+
+
+def serve_registry(
+    ecosystem: str, port: int, packages: int, versions: int, latency: float, ready: Any
+) -> None:
+    """Child process: build the registry, add latency, serve until killed."""
+    app = build_app(ecosystem, packages, versions)
 
     @web.middleware
     async def delay(request: web.Request, handler: Any) -> web.StreamResponse:
         await asyncio.sleep(latency)
         return await handler(request)
 
-    app = registry.make_app()
     app.middlewares.insert(0, delay)
     ready.set()
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
@@ -102,11 +128,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def run(url: str, database_url: str, *, concurrency: int, data_dir: Path) -> dict[str, Any]:
+async def run(
+    ecosystem: str, url: str, database_url: str, *, concurrency: int, data_dir: Path
+) -> dict[str, Any]:
     config_file = data_dir / "forage.toml"
+    endpoints = ECOSYSTEMS[ecosystem].fake().config_endpoints(url)
+    table = "".join(f'{key} = "{value}"\n' for key, value in endpoints.items())
     config_file.write_text(
         f'[data]\ndir = "{data_dir}"\n[database]\nurl = "{database_url}"\n'
-        f'[registries.npm]\nregistry_url = "{url}"\nreplicate_url = "{url}/registry"\n'
+        f"[registries.{ecosystem}]\n{table}"
         f"allow_http = true\nmax_connections = {concurrency}\n"
     )
     config = load_config(config_file, environ={})
@@ -116,8 +146,11 @@ async def run(url: str, database_url: str, *, concurrency: int, data_dir: Path) 
             # Start the feed at its beginning rather than its head, so it replays everything.
             start = time.perf_counter()
             cpu_start = time.process_time()
-            await ctx.transaction(create_cursor, "npm", {"seq": 0})
-            watch = await watch_feed(ctx, "npm")
+            if ecosystem == "npm":
+                await ctx.transaction(create_cursor, "npm", {"seq": 0})
+            else:
+                await start_bootstrap(ctx, ecosystem, "origin")
+            watch = await watch_feed(ctx, ecosystem)
             watched = time.perf_counter()
             worker = Worker(
                 ctx,
@@ -135,6 +168,7 @@ async def run(url: str, database_url: str, *, concurrency: int, data_dir: Path) 
     finally:
         engine.dispose()
     return {
+        "ecosystem": ecosystem,
         "database": database_url.split(":", 1)[0],
         "changes": watch.changes,
         "imports_done": stats.done,
@@ -150,6 +184,7 @@ async def run(url: str, database_url: str, *, concurrency: int, data_dir: Path) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ecosystem", default="npm", choices=sorted(ECOSYSTEMS))
     parser.add_argument("--packages", type=int, default=20_000)
     parser.add_argument("--versions", type=int, default=5, help="versions per package")
     parser.add_argument("--latency", type=float, default=0.020, help="seconds per request")
@@ -162,7 +197,7 @@ def main() -> None:
     ready = multiprocessing.Event()
     child = multiprocessing.Process(
         target=serve_registry,
-        args=(port, args.packages, args.versions, args.latency, ready),
+        args=(args.ecosystem, port, args.packages, args.versions, args.latency, ready),
         daemon=True,
     )
     child.start()
@@ -176,6 +211,7 @@ def main() -> None:
                 results.append(
                     asyncio.run(
                         run(
+                            args.ecosystem,
                             f"http://127.0.0.1:{port}",
                             url,
                             concurrency=args.concurrency,

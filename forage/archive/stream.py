@@ -33,7 +33,7 @@ import asyncio
 import base64
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,6 +43,7 @@ from forage.archive.targets import ArchiveResult, ArchiveTarget
 from forage.errors import ConfigError, JobError
 from forage.jobs.worker import JobContext
 from indexers import FILE_CHECKS, DigestCheck, DigestVerifier
+from indexers.digests import HASHERS
 from indexers.download import HostPolicy, iter_body, open_download
 from storage import BlockSink, Blockstore, UnixFSImporter
 
@@ -76,7 +77,10 @@ class _Pass:
 
     def __init__(self, target: ArchiveTarget, batch: BlockSink, spool: IO[bytes] | None) -> None:
         self.target = target
-        self.verifier = DigestVerifier(target.url, target.digests, size=target.size)
+        # Nothing published to verify against: record Forage's own sha256 of the first
+        # download instead, so later copies can be held to the same bytes.
+        own = () if _checkable(target.digests) else ("sha256",)
+        self.verifier = DigestVerifier(target.url, target.digests, size=target.size, also=own)
         self.importer = UnixFSImporter()
         self.batch = batch
         self.spool = spool
@@ -121,10 +125,22 @@ def _cid_text(cid: CID) -> str:
     return "b" + base64.b32encode(bytes(cid)).decode("ascii").lower().rstrip("=")
 
 
+def _checkable(digests: Mapping[str, str]) -> bool:
+    """Whether an artifact has a digest Forage can check its bytes against."""
+    return any(name in HASHERS or name in FILE_CHECKS for name in digests)
+
+
 def _result(importer: UnixFSImporter, check: DigestCheck, target: ArchiveTarget) -> ArchiveResult:
-    if not check.verified:
-        log.warning("%s %s: the index holds no digest to verify", target.purl, target.filename)
+    """The archive's CID and digest: the strongest one verified against the registry's, or,
+    when the registry published none, Forage's own sha256 of these bytes."""
     strongest = check.verified[0] if check.verified else None
+    if strongest is None:
+        log.warning(
+            "%s %s: the registry published no digest; recording Forage's own sha256",
+            target.purl,
+            target.filename,
+        )
+        strongest = "sha256" if "sha256" in check.actual else None
     return ArchiveResult(
         cid=_cid_text(importer.result.cid),
         size=importer.result.size,

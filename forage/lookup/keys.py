@@ -26,13 +26,10 @@ from indexers import ALIASES, ECOSYSTEMS, IndexerError
 #: The longest key we parse; longer input is refused before any work.
 MAX_KEY_LENGTH = 1024
 
-#: Platform names of the 2021 Forage key format for ecosystems not registered (yet): their
-#: keys parse, and lookups answer that Forage does not index them.
-FORAGE_2021_PLATFORMS: Mapping[str, str] = {"cargo": "cargo", "rubygems": "gem", "gem": "gem"}
-
 #: Forage platform names (lowercased) to purl types, the ecosystem ids used inside Forage:
-#: every registered ecosystem's name and aliases first.
-PLATFORMS: Mapping[str, str] = {**FORAGE_2021_PLATFORMS, **ALIASES}
+#: every registered ecosystem's name and aliases. (A purl of any other type parses, and
+#: lookups answer that Forage does not index it.)
+PLATFORMS: Mapping[str, str] = ALIASES
 
 
 @dataclass(frozen=True, slots=True)

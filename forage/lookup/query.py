@@ -173,6 +173,8 @@ def load_artifacts(
                 Archive.cid,
                 Archive.size.label("archived_size"),
                 _raw(Archive.archived_at),
+                Archive.verified_algorithm,
+                Archive.verified_digest,
             )
             .outerjoin(Archive, Archive.artifact_id == Artifact.id)
             .where(where)
@@ -213,6 +215,11 @@ def load_artifacts(
                 cid=row.cid if status == _ARCHIVED else None,
                 archived_size=row.archived_size,
                 archived_at=_when(row.archived_at),
+                archive_digest=(
+                    f"{row.verified_algorithm}:{row.verified_digest}"
+                    if row.verified_digest and status == _ARCHIVED
+                    else None
+                ),
                 pins=pins.get(row.archive_id, ()),
                 pieces=pieces.get(row.archive_id, ()),
                 removed_at=_when(row.removed_at),

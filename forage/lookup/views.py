@@ -148,6 +148,9 @@ class ArtifactView:
     cid: str | None = None
     archived_size: int | None = None
     archived_at: datetime | None = None
+    #: The archive's digest, ``"<algorithm>:<hex>"``: verified against the registry's, or
+    #: Forage's own sha256 of the first download when the registry published none.
+    archive_digest: str | None = None
     pins: tuple[PinView, ...] = ()
     pieces: tuple[PieceView, ...] = ()
     removed_at: datetime | None = None
@@ -161,6 +164,10 @@ class ArtifactView:
                 "status": self.archive_status,
                 "size": self.archived_size,
                 "archived_at": _iso(self.archived_at),
+                "digest": self.archive_digest,
+                # "forage": the registry published no digest for this file, so nothing but
+                # Forage's own digest of its first download vouches for these bytes.
+                "digest_source": "registry" if self.digests else "forage",
             }
         )
         return {

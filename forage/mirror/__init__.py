@@ -31,7 +31,7 @@ from forage.mirror.index import IndexArchive
 from forage.server.state import BLOCKSTORE, CONFIG, SESSIONMAKER
 from indexers import ECOSYSTEMS, HostPolicy
 from indexers.mirror.registry import MirrorContext, RegistryMirror
-from indexers.mirror.upstream import Deadline, Upstream
+from indexers.mirror.upstream import Deadline, Upstream, arrival_middleware
 from storage import BlockSource
 
 MIRROR = web.AppKey("mirror", MirrorContext)
@@ -80,6 +80,8 @@ def build_mirror(
             file_checks=ecosystem.file_checks,
             spool_dir=spool_dir,
             cooldown=timedelta(days=section.cooldown_days),
+            endpoints=section.endpoints if section.configured else None,
+            cache_dir=config.data.dir / "mirror-cache" / name,
         )
     return mirror
 
@@ -101,6 +103,7 @@ def setup(app: web.Application) -> None:
         sessions = make_sessionmaker(engine)
     mirror = build_mirror(config, sessionmaker=sessions, blockstore=app[BLOCKSTORE], client=client)
     app[MIRROR] = mirror
+    app.middlewares.append(arrival_middleware)  # single flight counts from each arrival
 
     async def close(_app: web.Application) -> None:
         await client.aclose()

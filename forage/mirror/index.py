@@ -59,6 +59,8 @@ def _files_query() -> sa.Select[Any]:
             Version.published_at,
             Package.extra,
             Package.status,
+            Archive.verified_algorithm,
+            Archive.verified_digest,
         )
         .join(Version, Artifact.version_id == Version.id)
         .join(Package, Version.package_id == Package.id)
@@ -80,6 +82,14 @@ def _digests(session: Session, ids: Sequence[int]) -> dict[int, dict[str, str]]:
     return found
 
 
+def _own_digest(row: Any) -> dict[str, str]:
+    """For a file whose registry published no digest, the sha256 Forage recorded at its
+    first download: what its archived and later upstream copies are held to."""
+    if row.verified_algorithm in HASHERS and row.verified_digest:
+        return {row.verified_algorithm: row.verified_digest}
+    return {}
+
+
 def _files(session: Session, query: sa.Select[Any]) -> list[ArchivedFile]:
     rows = session.execute(query).all()
     digests = _digests(session, [row.id for row in rows])
@@ -92,7 +102,7 @@ def _files(session: Session, query: sa.Select[Any]) -> list[ArchivedFile]:
             url=row.url,
             cid=row.cid,
             size=row.artifact_size if row.artifact_size is not None else row.size,
-            digests=digests[row.id],
+            digests=digests[row.id] or _own_digest(row),
             removed=bool(row.removed),
             hold=hold_reason(row.extra or {}, row.status),
             yanked=row.yanked,
@@ -178,6 +188,22 @@ def find_file(
         )
     files = _files(session, query.order_by(Artifact.id).limit(1))
     return files[0] if files else None
+
+
+def indexed_digests(
+    session: Session, ecosystem: str, *, name: str, version: str
+) -> dict[str, str] | None:
+    """The digests the index holds for the first file of ``name@version``, archived or not
+    (``None``: no such file indexed)."""
+    artifact_id = session.execute(
+        sa.select(Artifact.id)
+        .join(Version, Artifact.version_id == Version.id)
+        .join(Package, Version.package_id == Package.id)
+        .where(Package.ecosystem == ecosystem, Package.name == name, Version.number == version)
+        .order_by(Artifact.id)
+        .limit(1)
+    ).scalar_one_or_none()
+    return None if artifact_id is None else _digests(session, [artifact_id])[artifact_id]
 
 
 def package_stamp(session: Session, ecosystem: str, name: str) -> tuple[Any, ...] | None:
@@ -321,6 +347,11 @@ class IndexArchive:
             find_file, ecosystem, name=name, filename=filename, version=version, sha256=sha256
         )
 
+    async def indexed_digests(
+        self, ecosystem: str, *, name: str, version: str
+    ) -> dict[str, str] | None:
+        return await self._query(indexed_digests, ecosystem, name=name, version=version)
+
     async def load_verified(self, file: ArchivedFile, spool: Spool) -> None:
         await asyncio.to_thread(load_verified, self.blockstore, file, spool)
 
@@ -334,6 +365,7 @@ class IndexArchive:
 __all__ = [
     "IndexArchive",
     "find_file",
+    "indexed_digests",
     "load_verified",
     "package_extra",
     "package_hold",

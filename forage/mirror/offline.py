@@ -22,7 +22,10 @@ The manifest format (``format`` = :data:`BUNDLE_FORMAT`, ``version`` 1)::
                                  "artifacts": [{"filename", "url", "size", "kind", "yanked",
                                                 "yanked_reason", "requires_python",
                                                 "uploaded_at", "digests",
-                                                "archive": {"cid", "size"}}]}]}]}
+                                                "archive": {"cid", "size", "own_digest"?}}]}]}]}
+
+``own_digest`` (``{"sha256": hex}``) is the digest Forage recorded at the first download of
+a file whose registry published none: the import holds the bytes to it instead.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ from forage.lookup.keys import Key, parse_key, registered_name
 from forage.mirror.index import load_verified
 from indexers import ECOSYSTEMS, IndexerError, LockEntry, PackageInfo, Release
 from indexers import Artifact as ArtifactInfo
-from indexers.errors import ArchiveInvalid
+from indexers.digests import HASHERS, normalize_hex
+from indexers.errors import ArchiveInvalid, InvalidDigest
 from indexers.mirror.rows import ArchivedFile
 from indexers.mirror.spool import Spool
 from storage import (
@@ -246,7 +250,7 @@ def bundle_manifest(session: Session, keys: Sequence[Key]) -> tuple[dict[str, An
                     "requires_python": artifact.requires_python,
                     "uploaded_at": _iso(artifact.uploaded_at),
                     "digests": digests,
-                    "archive": {"cid": archive.cid, "size": archive.size},
+                    "archive": {"cid": archive.cid, "size": archive.size, **_own(archive, digests)},
                 }
             )
     manifest = {
@@ -255,6 +259,27 @@ def bundle_manifest(session: Session, keys: Sequence[Key]) -> tuple[dict[str, An
         "packages": list(packages.values()),
     }
     return manifest, missing
+
+
+def _own(archive: Archive, digests: Mapping[str, str]) -> dict[str, Any]:
+    """``{"own_digest": ...}`` for an archive whose registry published no digest."""
+    if digests or not archive.verified_algorithm or not archive.verified_digest:
+        return {}
+    return {"own_digest": {archive.verified_algorithm: archive.verified_digest}}
+
+
+def _own_digest(archive: Mapping[str, Any]) -> dict[str, str]:
+    """A bundle's ``own_digest``, checked: one hashlib algorithm and its hex value."""
+    own = archive.get("own_digest")
+    if own is None:
+        return {}
+    _expect(isinstance(own, dict) and len(own) == 1, "own_digest is not one digest")
+    ((algorithm, value),) = own.items()
+    _expect(algorithm in HASHERS and isinstance(value, str), "own_digest is not a hash")
+    try:
+        return {algorithm: normalize_hex(algorithm, value)}
+    except InvalidDigest as exc:
+        raise BundleError(f"bundle manifest: {exc}") from exc
 
 
 def export_bundle(
@@ -381,7 +406,9 @@ def _record(session: Session, info: PackageInfo, manifest_entry: Mapping[str, An
                 )
             ).one()
             archive = artifact.get("archive") or {}
-            pending.append((row.id, row.status, archive.get("cid"), archive.get("size")))
+            _expect(isinstance(archive, dict), "archive is not an object")
+            own = _own_digest(archive)
+            pending.append((row.id, row.status, archive.get("cid"), archive.get("size"), own))
     return pending
 
 
@@ -395,14 +422,19 @@ def _digests_of(session: Session, artifact_id: int) -> dict[str, str]:
 
 
 def _store_archive(
-    session: Session, artifact_id: int, cid: str, size: int, algorithm: str | None
+    session: Session,
+    artifact_id: int,
+    cid: str,
+    size: int,
+    algorithm: str | None,
+    own: Mapping[str, str],
 ) -> None:
     existing = session.execute(
         sa.select(Archive).where(Archive.artifact_id == artifact_id)
     ).scalar_one_or_none()
     digest_value = None
     if algorithm is not None:
-        digest_value = _digests_of(session, artifact_id).get(algorithm)
+        digest_value = (_digests_of(session, artifact_id) or own).get(algorithm)
     values = {
         "cid": cid,
         "size": size,
@@ -452,13 +484,13 @@ def import_bundle(
         with sessions.begin() as session:
             pending = _record(session, info, entry)
         report.packages += 1
-        for artifact_id, status, cid, size in pending:
+        for artifact_id, status, cid, size, own in pending:
             if status is ArchiveStatus.ARCHIVED:
                 report.already += 1
                 continue
             _expect(isinstance(cid, str) and isinstance(size, int), "archive without cid/size")
             with sessions() as session:
-                digests = _digests_of(session, artifact_id)
+                digests = _digests_of(session, artifact_id) or own
             checked = ArchivedFile(
                 artifact_id=artifact_id,
                 package=info.name,
@@ -475,7 +507,7 @@ def import_bundle(
                 raise BundleError(f"{info.name}: {exc}") from exc
             strongest = next((a for a in ("sha512", "sha256", "h1", "sha1") if a in digests), None)
             with sessions.begin() as session:
-                _store_archive(session, artifact_id, cid, size, strongest)
+                _store_archive(session, artifact_id, cid, size, strongest, own)
             report.archives += 1
     log.info(
         "imported bundle: %d blocks, %d packages, %d archives (%d already held)",

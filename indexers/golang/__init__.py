@@ -2,8 +2,10 @@
 
 Everything Go-specific lives in this package: the index feed and module mapping
 (:mod:`.indexer`), module paths, versions and the ``h1:`` zip hash (:mod:`.gomod`), the
-GOPROXY protocol served under ``/go/`` (:mod:`.mirror`), ``go.sum`` (:mod:`.lockfiles`) and the
-loopback fake of the index, proxy and checksum database (:mod:`.fake`).
+GOPROXY protocol served under ``/go/`` (:mod:`.mirror`), the checksum database's notes, log and
+tiles (:mod:`.sumdb`) and its proxy under ``/go/sumdb/`` (:mod:`.checksums`), ``go.sum``
+(:mod:`.lockfiles`) and the loopback fake of the index, proxy and checksum database
+(:mod:`.fake`).
 """
 
 from __future__ import annotations

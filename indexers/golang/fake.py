@@ -1,4 +1,4 @@
-"""A loopback fake of the Go module services: the index feed, a GOPROXY and a sumdb lookup.
+"""A loopback fake of the Go module services: the index feed, a GOPROXY and a checksum database.
 
 One aiohttp app serves all three, each under its own prefix (see :class:`GoEndpoints`):
 
@@ -7,9 +7,11 @@ One aiohttp app serves all three, each under its own prefix (see :class:`GoEndpo
 - ``GET /proxy/<escaped path>/@v/list``, ``@v/<escaped version>.info|.mod|.zip``,
   ``/proxy/<escaped path>/@latest`` (https://go.dev/ref/mod#goproxy-protocol); 404 for an
   unknown module or version, 410 for a module marked gone;
-- ``GET /sumdb/lookup/<escaped path>@<escaped version>``: record number, the two go.sum lines
-  and a tree note shaped like sum.golang.org's (its signature is random bytes: Forage does not
-  verify notes).
+- a real checksum database under ``/sumdb/`` (``lookup/<escaped path>@<escaped version>``,
+  ``latest``, ``tile/...``): a transparency log of every version published with ``in_sumdb``
+  (:class:`indexers.golang.sumdb.TransparencyLog`), its tree notes signed with an Ed25519 key
+  made for each fake, so the go command verifies through it with
+  ``GOSUMDB=<fake.sumdb_key>`` (the name is :data:`SUMDB_NAME`).
 
 Zips are built on the fly (entries ``<path>@<version>/<name>``, sorted); their ``h1:`` values
 are computed here from the file contents, independently of ``indexers.golang.gomod``. Faults come
@@ -26,7 +28,6 @@ import hashlib
 import io
 import json
 import re
-import secrets
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +40,11 @@ from aiohttp import web
 
 from indexers.fakeserver import Faults, RequestLog, RunningServer, fake_app, start_fake
 from indexers.golang.indexer import zip_filename
+from indexers.golang.sumdb import Signer, TransparencyLog, parse_tile_path
 
 MAX_LIMIT = 2000
+#: The fake checksum database's name (its notes' signer, the first part of ``GOSUMDB``).
+SUMDB_NAME = "sum.fake.test"
 EPOCH = "2019-04-10T19:08:52.997264Z"
 _STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z", re.ASCII)
 
@@ -162,7 +166,8 @@ class GoFake:
     ``add_version`` publishes a version (on the proxy, in the sumdb, in the feed);
     ``add_feed_line`` / ``add_malformed_line`` write the feed directly; ``remove_module``
     makes the proxy answer 410; ``withdraw`` keeps a version listed but unservable (404);
-    ``tamper`` serves a zip whose contents differ from its sumdb ``h1:``. Use as
+    ``tamper`` serves a zip whose contents differ from its sumdb ``h1:``; ``sumdb_key`` is
+    the verifier key of the checksum database (``GOSUMDB``). Use as
     ``async with GoFake() as fake:`` (then ``fake.endpoints``), or serve ``fake.app()``
     yourself (``GoEndpoints.at(server.url)`` then names the three services).
     """
@@ -174,6 +179,7 @@ class GoFake:
         self.faults = Faults()
         self.requests = RequestLog()
         self.lookups = 0
+        self.sumdb = TransparencyLog(Signer.generate(SUMDB_NAME))
         self._server: RunningServer | None = None
         self._clock = _nanos(EPOCH) or 0
         self._seq = 0
@@ -215,8 +221,11 @@ class GoFake:
             time=time or datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=self._seq),
             listed=not _is_pseudo(version) if listed is None else listed,
             in_sumdb=in_sumdb,
-            record=self._seq * 7,
+            record=-1,
         )
+        if in_sumdb:
+            record = f"{path} {version} {entry.h1}\n{path} {version}/go.mod {entry.go_mod_h1}\n"
+            entry.record = self.sumdb.append(record.encode())
         self.modules.setdefault(path, {})[version] = entry
         if in_feed:
             self.add_feed_line(path, version, feed_at)
@@ -235,6 +244,11 @@ class GoFake:
     ) -> None:
         """Put a line that is not a JSON object into the feed, served with ``timestamp``'s page."""
         self._insert(self._at(timestamp), text)
+
+    @property
+    def sumdb_key(self) -> str:
+        """The checksum database's verifier key, as ``GOSUMDB`` takes it."""
+        return self.sumdb.signer.verifier_key
 
     def remove_module(self, path: str) -> None:
         """The proxy answers 410 Gone for every URL of ``path`` (the sumdb keeps its records)."""
@@ -322,6 +336,8 @@ class GoFake:
         app.router.add_get("/index", self._index)
         app.router.add_get("/proxy/{tail:.+}", self._proxy)
         app.router.add_get("/sumdb/lookup/{tail:.+}", self._lookup)
+        app.router.add_get("/sumdb/latest", self._latest)
+        app.router.add_get("/sumdb/tile/{tail:.+}", self._tile)
         return app
 
     async def _index(self, request: web.Request) -> web.Response:
@@ -381,18 +397,20 @@ class GoFake:
         if entry is None or not entry.in_sumdb:
             return self._not_found(f"{tail}")
         self.lookups += 1
-        root = base64.b64encode(hashlib.sha256(entry.h1.encode()).digest()).decode()
-        signature = base64.b64encode(secrets.token_bytes(68)).decode()
-        body = (
-            f"{entry.record}\n"
-            f"{path} {version} {entry.h1}\n"
-            f"{path} {version}/go.mod {entry.go_mod_h1}\n"
-            "\n"
-            f"go.sum database tree\n{entry.record + 1}\n{root}\n"
-            "\n"
-            f"\u2014 fake.sumdb.test {signature}\n"
-        )
-        return web.Response(text=body, content_type="text/plain")
+        body = self.sumdb.lookup(entry.record)
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+    async def _latest(self, request: web.Request) -> web.Response:
+        body = self.sumdb.signed_tree()
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+    async def _tile(self, request: web.Request) -> web.Response:
+        tail = request.path.removeprefix("/sumdb/")
+        tile = parse_tile_path(tail)
+        data = self.sumdb.tile(tile) if tile is not None else None
+        if data is None:
+            return self._not_found(tail)
+        return web.Response(body=data, content_type="application/octet-stream")
 
     # -- running -----------------------------------------------------------------------------
 
@@ -484,6 +502,7 @@ __all__ = [
     "EPOCH",
     "MAX_LIMIT",
     "SHARED_TIMESTAMP",
+    "SUMDB_NAME",
     "FakeVersion",
     "FeedLine",
     "GoEndpoints",

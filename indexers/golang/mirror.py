@@ -6,12 +6,17 @@ for ``A``; the go command sends ``!`` as ``%21``) and are decoded and checked by
 with a ``text/plain`` body, never a 5xx: with ``GOPROXY=forage,next`` the go command moves on
 to the next proxy only on 404/410 (``research/registries.md`` §3.4).
 
-Upstream first (``registries.golang.proxy_url``). Zips are checked against the checksum
-database's ``h1:`` the index holds and ``.mod`` files against the go.mod ``h1:`` when it is
-known (``Package.extra["go_mod_h1"]``). When the upstream fails, answers come from the index
-and the archived zip: ``list`` names archived tagged versions the registry has not removed,
-``.info`` carries the recorded time, ``.mod`` is the ``go.mod`` inside the verified zip (or
-the synthetic ``module <path>`` a module without one gets).
+Upstream first (``registries.golang.proxy_url``). No zip or ``.mod`` whose ``h1:`` Forage
+knows reaches a client unchecked: the whole body is spooled and hashed first, against the
+``h1:`` the index holds (archived or not), else the checksum database's record (through
+:mod:`.checksums`, so it is kept for later); the go.mod ``h1:`` likewise
+(``Package.extra["go_mod_h1"]``, else the record). Bytes that fail are replaced by the
+verified archive when there is one, else answered ``502`` naming the mismatch -- never a 200.
+When the upstream fails, answers come from the index and the archived zip: ``list`` names
+archived tagged versions the registry has not removed, ``.info`` carries the recorded time,
+``.mod`` is the ``go.mod`` inside the verified zip (or the synthetic ``module <path>`` a module
+without one gets). ``/go/sumdb/<name>/...`` is the configured checksum database
+(:class:`~indexers.golang.checksums.ChecksumProxy`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from aiohttp import web
 
 from indexers.base import parse_time
 from indexers.errors import ArchiveInvalid, InvalidName, UpstreamFailed
+from indexers.golang.checksums import ChecksumProxy
 from indexers.golang.gomod import (
     check_version,
     escape_path,
@@ -39,7 +45,12 @@ from indexers.golang.gomod import (
     unescape_path,
     unescape_version,
 )
-from indexers.mirror.registry import EcosystemRoutes, source_headers, verified_algorithms
+from indexers.mirror.registry import (
+    EcosystemRoutes,
+    MirrorContext,
+    source_headers,
+    verified_algorithms,
+)
 from indexers.mirror.rows import ArchivedFile, PackageRows, Withdrawn, hold_reason
 from indexers.mirror.spool import Spool, send_spool
 from indexers.mirror.upstream import Answer
@@ -121,6 +132,16 @@ class GoRoutes(EcosystemRoutes):
     ecosystem = ECOSYSTEM
     prefix = PREFIX
 
+    def __init__(self, mirror: MirrorContext) -> None:
+        super().__init__(mirror)
+        upstream = self.registry.upstream
+        self.checksums = ChecksumProxy(
+            upstream=upstream.sibling() if upstream is not None else None,
+            base_url=self.registry.endpoints.get("sumdb_url"),
+            cache_dir=self.registry.cache_dir,
+            flights=self.registry.flights,
+        )
+
     def setup(self, app: web.Application) -> None:
         app.router.add_get(PREFIX + "{tail:.+}", self.dispatch)
 
@@ -134,6 +155,16 @@ class GoRoutes(EcosystemRoutes):
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         tail = request.path[len(PREFIX) :]
+        if tail.startswith("sumdb/"):
+            name, _, rest = tail.removeprefix("sumdb/").partition("/")
+            found = await self.checksums.answer(name, rest)
+            source = "archive" if found.cached else "upstream"
+            return web.Response(
+                status=found.status,
+                body=found.body,
+                content_type=found.content_type,
+                headers=source_headers(source, error=found.error),
+            )
         if tail.endswith("/@latest"):
             escaped, what = tail.removesuffix("/@latest"), "@latest"
         elif "/@v/" in tail:
@@ -257,10 +288,8 @@ class GoRoutes(EcosystemRoutes):
         error: UpstreamFailed | None = None
         try:
             if kind == "zip":
-                digests = (
-                    {"h1": archived.digests["h1"]} if archived and "h1" in archived.digests else {}
-                )
-                fetched = await self.registry.file(url, digests)
+                zip_h1 = await self.known_h1(path, version, archived)
+                fetched = await self.registry.file(url, {"h1": zip_h1} if zip_h1 else {})
                 if fetched.spool is not None:
                     headers = source_headers("upstream", verified=fetched.verified)
                     return await send_spool(
@@ -269,6 +298,8 @@ class GoRoutes(EcosystemRoutes):
                 absent = fetched.answer
             else:
                 answer, _ = await self.registry.document(url)
+                if kind == "mod" and mod_h1 is None and not answer.absent:
+                    mod_h1 = (await self.checksums.hashes(path, version) or ("", None))[1]
                 if not answer.absent:
                     if kind == "mod" and mod_h1 and gomod_h1(answer.body) != mod_h1:
                         raise UpstreamFailed(
@@ -282,6 +313,13 @@ class GoRoutes(EcosystemRoutes):
             return await self.from_archive(request, archived, kind, path, removed=True)
         except UpstreamFailed as exc:
             error = exc
+        if archived is None and error is not None and error.kind == "digest":
+            return go_error(
+                502,
+                f"bad gateway: the upstream's {kind} of {path}@{version} fails its checksum "
+                f"and no verified copy is archived: {error.reason}",
+                source_headers("upstream", error=error),
+            )
         if archived is None:
             return go_error(
                 404,
@@ -291,6 +329,17 @@ class GoRoutes(EcosystemRoutes):
         return await self.from_archive(
             request, archived, kind, path, removed=archived.removed, error=error, mod_h1=mod_h1
         )
+
+    async def known_h1(self, path: str, version: str, archived: ArchivedFile | None) -> str | None:
+        """The zip ``h1:`` Forage knows: the archive's, the index's, else the checksum
+        database's (``None``: nobody recorded one, as for a private module)."""
+        if archived is not None and "h1" in archived.digests:
+            return archived.digests["h1"]
+        indexed = await self.mirror.archive.indexed_digests(ECOSYSTEM, name=path, version=version)
+        if indexed and "h1" in indexed:
+            return indexed["h1"]
+        recorded = await self.checksums.hashes(path, version)
+        return recorded[0] if recorded else None
 
     async def from_archive(
         self,

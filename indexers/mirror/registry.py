@@ -109,6 +109,12 @@ class ArchiveIndex(Protocol):
     ) -> ArchivedFile | None:
         """The archived file matching every filter given, or ``None``."""
 
+    async def indexed_digests(
+        self, ecosystem: str, *, name: str, version: str
+    ) -> Mapping[str, str] | None:
+        """The upstream digests the index holds for ``name@version``'s file, archived or not
+        (``None``: not indexed); for an ecosystem with one file per version."""
+
     async def load_verified(self, file: ArchivedFile, spool: Spool) -> None:
         """Read ``file``'s archived bytes into ``spool``, checked against its digests."""
 
@@ -172,7 +178,9 @@ class RegistryMirror:
 
     ``cooldown`` keeps releases younger than it out of listings and ``latest`` (as pnpm's
     ``minimumReleaseAge`` and uv's ``exclude-newer`` do on the client): :meth:`cutoff` is the
-    newest publish time a listing may show, ``None`` without a cooldown.
+    newest publish time a listing may show, ``None`` without a cooldown. ``endpoints`` are
+    the registry's configured endpoints (for an ecosystem that serves more than one of its
+    services); ``cache_dir`` is where it may keep immutable upstream answers on disk.
     """
 
     def __init__(
@@ -186,8 +194,12 @@ class RegistryMirror:
         file_checks: Mapping[str, FileCheck] | None = None,
         spool_dir: Path | None = None,
         cooldown: timedelta | None = None,
+        endpoints: Mapping[str, str | None] | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.ecosystem = ecosystem
+        self.endpoints = dict(endpoints or {})
+        self.cache_dir = cache_dir
         self.cooldown = cooldown if cooldown else None
         self.upstream = upstream
         self.archive = archive
@@ -307,7 +319,8 @@ class RegistryMirror:
                 raise UpstreamFailed(redact(url), "digest", str(exc)) from exc
             return Fetched(answer, spool, tuple(verified))
 
-        result: Fetched = await self.flights.run(("file", url), fetch)
+        key = ("file", url, tuple(sorted(digests.items())))
+        result: Fetched = await self.flights.run(key, fetch)
         return result
 
     async def archived(self, file: ArchivedFile) -> Spool:

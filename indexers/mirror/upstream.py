@@ -16,7 +16,8 @@ After a connection-level failure or a 5xx the upstream counts as down for ``down
 requests in that window go straight to the archive instead of each waiting out the deadline.
 
 :class:`SingleFlight` makes concurrent identical requests share one upstream fetch (each
-waiter gets the same result; a waiter that disconnects does not cancel it for the others).
+waiter gets the same result; a waiter that disconnects does not cancel it for the others),
+counting as concurrent every request that arrived before the shared call finished.
 :class:`MetadataCache` keeps upstream documents for a TTL, 404s for a much shorter one, in a
 bounded LRU.
 """
@@ -30,11 +31,13 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urljoin
 
 import httpx
+from aiohttp import web
 
 from indexers.base import redact
 from indexers.download import DownloadRefused, HostPolicy
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_REDIRECTS = 5
 #: Answers that say "not here" and are passed on, not treated as failures.
@@ -149,6 +153,17 @@ class Upstream:
         self._down_reason = ""
         #: Requests sent upstream (redirect hops included), for logs and tests.
         self.requests = 0
+
+    def sibling(self) -> Upstream:
+        """Another upstream on the same client, deadline, hosts and clock, with a down window
+        of its own (a second service of the same registry, such as Go's checksum database)."""
+        return Upstream(
+            self.client,
+            deadline=self.deadline,
+            policy=self.policy,
+            down_seconds=self.down_seconds,
+            clock=self._clock,
+        )
 
     def down(self) -> str | None:
         """Why the upstream is being skipped right now, or ``None`` if it may be asked."""
@@ -269,11 +284,45 @@ class Upstream:
             raise self._failed(url, "truncated", f"{received} of {declared} bytes")
 
 
-class SingleFlight(Generic[T]):
-    """Run one task per key at a time; concurrent callers with that key share its result."""
+#: When the request being answered reached the server (``time.monotonic()``), set by
+#: :func:`arrival_middleware`; ``None`` outside a request.
+ARRIVED: ContextVar[float | None] = ContextVar("forage_request_arrived", default=None)
 
-    def __init__(self) -> None:
+
+@web.middleware
+async def arrival_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Note when each request arrived, for :class:`SingleFlight`."""
+    token = ARRIVED.set(time.monotonic())
+    try:
+        return await handler(request)
+    finally:
+        ARRIVED.reset(token)
+
+
+class SingleFlight(Generic[T]):
+    """Run one task per key at a time; concurrent callers with that key share its result.
+
+    Concurrent means overlapping in time, not "still running when the caller got this far": a
+    request that arrived (:data:`ARRIVED`) before a call for its key *finished* shares that
+    call's outcome even if it reaches :meth:`run` a moment later (a burst against a fast
+    upstream: the first fetch can end while the rest of the burst is still reading the index).
+    A request that arrived after the call finished starts a new one, so sequential requests see
+    the upstream as it is now. Finished outcomes are kept ``keep_seconds`` at most, and at most
+    ``max_kept`` of them.
+    """
+
+    def __init__(
+        self,
+        *,
+        keep_seconds: float = 5.0,
+        max_kept: int = 32,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._tasks: dict[Hashable, asyncio.Task[T]] = {}
+        self._finished: OrderedDict[Hashable, tuple[float, asyncio.Task[T]]] = OrderedDict()
+        self._keep_seconds = keep_seconds
+        self._max_kept = max_kept
+        self._clock = clock
         #: How many calls started a task (the others joined one).
         self.started = 0
 
@@ -281,20 +330,37 @@ class SingleFlight(Generic[T]):
         return len(self._tasks)
 
     async def run(self, key: Hashable, factory: Callable[[], Awaitable[T]]) -> T:
-        """Return ``await factory()``, joining the running call for ``key`` if there is one."""
+        """Return ``await factory()``, joining the call for ``key`` that was running when the
+        current request arrived, if there is one."""
+        self._prune()
         task = self._tasks.get(key)
         if task is None:
+            arrived = ARRIVED.get()
+            finished = self._finished.get(key)
+            if finished is not None and arrived is not None and arrived <= finished[0]:
+                return finished[1].result()
             self.started += 1
             task = asyncio.ensure_future(factory())
             self._tasks[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))
         return await asyncio.shield(task)
 
+    def _prune(self) -> None:
+        horizon = self._clock() - self._keep_seconds
+        while self._finished:
+            oldest = next(iter(self._finished.values()))
+            if oldest[0] >= horizon and len(self._finished) <= self._max_kept:
+                return
+            self._finished.popitem(last=False)
+
     def _forget(self, key: Hashable, task: asyncio.Task[T]) -> None:
         if self._tasks.get(key) is task:
             del self._tasks[key]
-        if not task.cancelled():
-            task.exception()  # retrieved, so a failure nobody awaited is not reported
+        if task.cancelled():
+            return
+        task.exception()  # retrieved, so a failure nobody awaited is not reported
+        self._finished.pop(key, None)
+        self._finished[key] = (self._clock(), task)
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,11 +421,13 @@ class MetadataCache(Generic[T]):
 
 __all__ = [
     "ABSENT",
+    "ARRIVED",
     "Answer",
     "Cached",
     "Deadline",
     "MetadataCache",
     "SingleFlight",
     "Upstream",
+    "arrival_middleware",
     "classify",
 ]

@@ -136,7 +136,7 @@ KEYS = [
     "npm:left-pad:1.1.0",
     "pkg:npm/left-pad@1.2.0",
     "not a key",
-    "pkg:cargo/serde@1.0.0",
+    "pkg:nuget/Newtonsoft.Json@13.0.1",
 ]
 
 
@@ -163,7 +163,7 @@ async def test_batch_lookup_answers_every_key_in_order(api: Api) -> None:
     # Two versions of one unknown npm package: one import job, queued once.
     assert results[2]["job_id"] == results[3]["job_id"]
     assert [job.payload["name"] for job in api.jobs()] == ["left-pad"]
-    assert results[5]["reason"] == "Forage does not index cargo packages"
+    assert results[5]["reason"] == "Forage does not index nuget packages"
 
 
 async def test_get_answers_like_post_and_a_second_ask_queues_nothing(api: Api) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from indexers import ECOSYSTEMS
 from indexers.fakeserver import ThreadedServer
 from indexers.npm.fake import FakeNpmRegistry
 from tests.forage.index_harness import configure_npm, run_cli
@@ -74,6 +75,6 @@ def test_hostile_and_missing_names_exit_with_clear_errors(tmp_path: Path) -> Non
         assert missing.returncode == 1
         assert "does not exist upstream" in missing.stderr
 
-        unknown = run_cli(tmp_path, "watch", "maven", "--once")
+        unknown = run_cli(tmp_path, "watch", "nuget", "--once")
         assert unknown.returncode == 2
-        assert "known: npm, pypi, golang" in unknown.stderr
+        assert f"known: {', '.join(ECOSYSTEMS)}" in unknown.stderr

@@ -153,5 +153,5 @@ def test_usage_errors_exit_before_opening_the_database(
     (tmp_path / "weird.json").write_text('{"neither": true}')
     weird = forage(migrated_url, "lookup", "--lockfile", "weird.json")
     assert weird.returncode == 1
-    assert "neither a package-lock.json nor a CycloneDX SBOM" in weird.stderr
+    assert "JSON that is neither a package-lock.json nor" in weird.stderr
     assert not (tmp_path / "never-created.db").exists()

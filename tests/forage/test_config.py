@@ -10,12 +10,16 @@ import pytest
 from forage.cli import main
 from forage.config import Config, Secret, env_name, load_config
 from forage.errors import ConfigError
+from indexers import ECOSYSTEMS
 
 NPM_TOML = """
 [registries.npm]
 registry_url = "https://registry.example.test/"
 replicate_url = "https://replicate.example.test/registry"
 """
+
+#: How configuration errors list the registries Forage knows.
+KNOWN = ", ".join(sorted(ECOSYSTEMS))
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +113,7 @@ def test_relative_paths_in_file_are_relative_to_the_file(
         ("[server]\nport = 70000\n", {}, "server.port", "must be <= 65535"),
         ("[worker]\nconcurency = 2\n", {}, "worker.concurency", "unknown setting"),
         ("[wokrer]\n", {}, "wokrer", "unknown section"),
-        ("[registries.cargo]\n", {}, "registries.cargo", "known registries: golang, npm, pypi"),
+        ("[registries.nuget]\n", {}, "registries.nuget", f"known registries: {KNOWN}"),
         ("[jobs]\nbackoff_base = 100\nbackoff_cap = 10\n", {}, "jobs.backoff_cap", "smaller"),
         ("", {"FORAGE_DATABASE_URL": "mysql://x/y"}, "database.url", "unsupported database"),
         ("", {"FORAGE_DATABASE_URL": "sqlite:///:memory:"}, "database.url", "in-memory"),
@@ -188,8 +192,8 @@ def test_unconfigured_registry_says_what_to_set(tmp_path: Path) -> None:
     for key in ("index_url", "json_url", "xmlrpc_url"):
         assert f"registries.pypi.{key}" in message
         assert f"FORAGE_REGISTRIES_PYPI_{key.upper()}" in message
-    with pytest.raises(ConfigError, match="known registries: golang, npm, pypi"):
-        config.registry("cargo")
+    with pytest.raises(ConfigError, match=f"known registries: {KNOWN}"):
+        config.registry("nuget")
 
 
 def test_configured_registry_gets_download_hosts_from_its_endpoints(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ def test_purl_round_trip_keeps_scope_encoded() -> None:
     [
         ("", "empty key"),
         ("lodash", "expected pkg:"),
-        ("maven:junit:4.12", "unknown platform 'maven'"),
+        ("nuget:Newtonsoft.Json:13.0.1", "unknown platform 'nuget'"),
         ("pkg:npm/", "name"),
         ("npm::1.0.0", "missing package name"),
         ("npm:lo\x00dash:1.0.0", "control character"),

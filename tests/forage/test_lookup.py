@@ -210,7 +210,7 @@ def test_no_import_for_unindexed_unconfigured_or_recently_checked_packages(
         db_session, ecosystem="npm", name="gone", deleted=True, last_synced=NOW - timedelta(1 / 24)
     )
     keys = [
-        "pkg:cargo/serde@1.0.0",
+        "pkg:nuget/Newtonsoft.Json@13.0.1",
         "pypi:requests:2.31.0",
         "npm:fresh:2.0.0",
         "npm:stale:2.0.0",
@@ -225,7 +225,7 @@ def test_no_import_for_unindexed_unconfigured_or_recently_checked_packages(
         KeyStatus.QUEUED,
         KeyStatus.NOT_FOUND,
     ]
-    assert results[0].reason == "Forage does not index cargo packages"
+    assert results[0].reason == "Forage does not index nuget packages"
     assert results[1].reason == "the pypi registry is not configured on this server"
     assert (
         results[2].reason == "the registry listed no version 2.0.0 (checked 2024-12-31T23:55:00Z)"

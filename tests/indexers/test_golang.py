@@ -7,6 +7,7 @@ fake computes its own ``h1:`` from file contents, independently of ``indexers.go
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -30,6 +31,7 @@ from indexers.errors import (
     PackageNotFound,
     UpstreamUnavailable,
 )
+from indexers.golang import sumdb
 from indexers.golang.fake import SHARED_TIMESTAMP, GoFake, demo_fake
 from indexers.golang.gomod import (
     check_path,
@@ -798,3 +800,91 @@ async def test_info_version_must_match_the_request(http_client: httpx.AsyncClien
         fake.modules["example.com/m"]["v1.0.0"] = entry
         with pytest.raises(FeedError, match=r"not v1\.0\.0"):
             await indexer_for(fake, http_client, sumdb_url=None).release("example.com/m", "v1.0.0")
+
+
+# -- the checksum database's formats (indexers.golang.sumdb) ---------------------------------
+
+#: golang.org/x/mod sumdb/note's published example: a signer key, a text, the signed note.
+NOTE_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
+NOTE_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
+NOTE_TEXT = (
+    "If you think cryptography is the answer to your problem,\n"
+    "then you don't know what your problem is.\n"
+)
+NOTE_SIGNED = (
+    NOTE_TEXT + "\n\u2014 PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZ"
+    "SNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
+).encode()
+
+
+def test_notes_are_signed_and_verified_as_golang_x_mod_does() -> None:
+    signer = sumdb.Signer.from_key(NOTE_SKEY)
+    assert signer.verifier_key == NOTE_VKEY
+    assert signer.sign(NOTE_TEXT) == NOTE_SIGNED
+    assert sumdb.verify_note(NOTE_SIGNED, NOTE_VKEY, url="u") == NOTE_TEXT
+    forged = NOTE_SIGNED.replace(b"cryptography", b"cryptanalysis")
+    with pytest.raises(FeedError, match="no valid signature"):
+        sumdb.verify_note(forged, NOTE_VKEY, url="u")
+    other = sumdb.Signer.generate("PeterNeumann").verifier_key
+    with pytest.raises(FeedError):
+        sumdb.verify_note(NOTE_SIGNED, other, url="u")
+
+
+@pytest.mark.parametrize(
+    ("tile", "path"),
+    [
+        (sumdb.Tile(8, 0, 0, 256), "tile/8/0/000"),
+        (sumdb.Tile(8, 1, 1234067, 17), "tile/8/1/x001/x234/067.p/17"),
+        (sumdb.Tile(8, -1, 5, 256), "tile/8/data/005"),
+    ],
+)
+def test_tile_paths_round_trip(tile: sumdb.Tile, path: str) -> None:
+    assert tile.path == path
+    assert sumdb.parse_tile_path(path) == tile
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "tile/8/0/0",
+        "tile/8/0/000.p/256",
+        "tile/8/0/000.p/0",
+        "tile/8/0/x000/001",
+        "tile/8/../000",
+        "tile/31/0/000",
+        "tile/8/0/000/",
+    ],
+)
+def test_tile_paths_not_spelled_canonically_are_refused(path: str) -> None:
+    assert sumdb.parse_tile_path(path) is None
+
+
+def test_the_log_tree_hash_is_rfc6962s() -> None:
+    """Tree hashes from a 7-record log, recomputed by RFC 6962's recursive definition over
+    leaf hashes; a tile holds the level's hashes, a partial tile a prefix of the full one."""
+    log = sumdb.TransparencyLog(sumdb.Signer.generate("t.test"), height=2)
+    records = [f"example.com/m{i} v1.0.0 h1:x\n".encode() for i in range(7)]
+    for record in records:
+        log.append(record)
+    leaves = [hashlib.sha256(b"\x00" + r).digest() for r in records]
+
+    def node(a: bytes, b: bytes) -> bytes:
+        return hashlib.sha256(b"\x01" + a + b).digest()
+
+    root = node(
+        node(node(leaves[0], leaves[1]), node(leaves[2], leaves[3])),
+        node(node(leaves[4], leaves[5]), leaves[6]),
+    )
+    size, found = sumdb.parse_tree(
+        sumdb.verify_note(log.signed_tree(), log.signer.verifier_key, url="u"), url="u"
+    )
+    assert (size, found) == (7, root)
+    assert log.tile(sumdb.Tile(2, 0, 1, 3)) == b"".join(leaves[4:7])
+    assert log.tile(sumdb.Tile(2, 1, 0, 1)) == node(
+        node(leaves[0], leaves[1]), node(leaves[2], leaves[3])
+    )
+    assert log.tile(sumdb.Tile(2, 1, 0, 2)) is None  # the second 4-leaf subtree is not complete
+    assert log.tile(sumdb.Tile(2, -1, 0, 2)) == records[0] + b"\n" + records[1] + b"\n"
+    record_id, text, note = sumdb.split_lookup(log.lookup(3), url="u")
+    assert (record_id, text) == (3, records[3])
+    assert note == log.signed_tree()

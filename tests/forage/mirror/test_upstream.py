@@ -11,7 +11,7 @@ import asyncio
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -20,7 +20,14 @@ from aiohttp import web
 from indexers.download import HostPolicy
 from indexers.errors import UpstreamFailed
 from indexers.fakeserver import Faults, RequestLog, RunningServer, blackhole, serve
-from indexers.mirror.upstream import Deadline, MetadataCache, SingleFlight, Upstream, classify
+from indexers.mirror.upstream import (
+    ARRIVED,
+    Deadline,
+    MetadataCache,
+    SingleFlight,
+    Upstream,
+    classify,
+)
 
 BODY = bytes(range(256)) * 40  # 10 KiB
 DEADLINE = Deadline(connect=0.5, first_byte=0.5, total=2.0, min_rate=4000, grace=0.3)
@@ -243,6 +250,43 @@ async def test_single_flight_shares_a_failure() -> None:
     )
     assert [type(r) for r in results] == [UpstreamFailed] * 3
     assert flight.started == 1
+
+
+async def test_single_flight_counts_a_request_from_its_arrival() -> None:
+    """A request that arrived before the call for its key finished shares its outcome, even
+    if it asks after the call ended; one that arrived later, or runs outside any request,
+    starts a new call; outcomes are kept a bounded time."""
+    clock = Clock()
+    flight: SingleFlight[str] = SingleFlight(keep_seconds=5, max_kept=2, clock=clock)
+    calls: list[str] = []
+
+    def work(value: str) -> Callable[[], Awaitable[str]]:
+        async def run() -> str:
+            calls.append(value)
+            return value
+
+        return run
+
+    async def arriving_at(when: float, key: str, value: str) -> str:
+        ARRIVED.set(when)
+        return await flight.run(key, work(value))
+
+    async def outside(key: str, value: str) -> str:
+        ARRIVED.set(None)
+        return await flight.run(key, work(value))
+
+    arrived = clock.now
+    assert await asyncio.create_task(arriving_at(arrived, "k", "a")) == "a"
+    await asyncio.sleep(0)  # the call's done callback has run: it is over
+    clock.now += 1
+    assert await asyncio.create_task(arriving_at(arrived, "k", "b")) == "a"
+    assert await asyncio.create_task(arriving_at(clock.now, "k", "c")) == "c"
+    assert await asyncio.create_task(outside("k", "d")) == "d"
+    await asyncio.sleep(0)
+    clock.now += 6  # past keep_seconds: even an early arrival starts afresh
+    assert await asyncio.create_task(arriving_at(arrived, "k", "e")) == "e"
+    assert calls == ["a", "c", "d", "e"]
+    assert flight.started == len(calls)
 
 
 def test_metadata_cache_ttls_and_bound() -> None:

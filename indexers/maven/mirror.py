@@ -1,0 +1,288 @@
+"""The Maven repository layout served under ``/maven2/``, for ``mvn`` (a ``<mirror>`` in
+``settings.xml``), Gradle and any repository client.
+
+- ``GROUP/as/path/ARTIFACT/maven-metadata.xml``: the upstream's, without what the index knows
+  was withdrawn (and releases younger than a cooldown); when the upstream fails, rendered from
+  the index: the archived versions the registry has not removed, in publication order.
+- ``.../VERSION/FILE``: upstream first, checked against the digests the index holds for it
+  (else against the upstream's strongest sidecar); on any failure, bad bytes included, the
+  archived copy, re-verified. A file the upstream no longer has is served from the archive as
+  ``archive-removed``.
+- ``FILE.md5|.sha1|.sha256|.sha512`` (and the metadata's): never passed through. A file's
+  sidecar is the digest Forage verified its bytes against, or the digest of the bytes Forage
+  serves for it, computed once per content and kept; the metadata's is the digest of the
+  document Forage serves. So ``mvn --strict-checksums`` checks what Forage verified.
+
+Errors are 404s with a one-line text body: a repository client moves on to its next
+repository on a 404 and fails the build on other statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from indexers.errors import ArchiveInvalid, InvalidName, UpstreamFailed
+from indexers.maven.coords import (
+    ECOSYSTEM,
+    SIDECARS,
+    artifact_dir,
+    check_version,
+    file_path,
+    is_snapshot,
+    normalize_name,
+    parse_sidecar,
+    split_name,
+)
+from indexers.maven.documents import DocumentError, parse_metadata, render_metadata
+from indexers.mirror.registry import EcosystemRoutes, source_headers, verified_algorithms
+from indexers.mirror.rows import ArchivedFile, PackageRows
+from indexers.mirror.spool import Spool, send_spool
+
+PREFIX = "/maven2/"
+METADATA = "maven-metadata.xml"
+TEXT = "text/plain"
+XML = "text/xml"
+CONTENT_TYPES = {"pom": XML, "xml": XML, "jar": "application/java-archive"}
+
+
+def not_found(message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(status=404, text=message[:500] + "\n", content_type=TEXT, headers=headers)
+
+
+def hash_spool(spool: Spool) -> dict[str, str]:
+    """Every sidecar digest of a spool's bytes, in one pass (blocking)."""
+    hashers = {algorithm: hashlib.new(algorithm) for algorithm in SIDECARS.values()}
+    with spool.open() as reader:
+        while chunk := reader.read(1 << 20):
+            for hasher in hashers.values():
+                hasher.update(chunk)
+    return {algorithm: hasher.hexdigest() for algorithm, hasher in hashers.items()}
+
+
+def fallback_versions(rows: PackageRows) -> list[str]:
+    """Archived versions a fallback ``maven-metadata.xml`` lists: not removed, in publication
+    order (the order Central's metadata keeps), undated ones first."""
+    listed = {f.version for f in rows.listed_files()}
+    dated = [(v.published_at is not None, v.published_at, v.number) for v in rows.versions]
+    return [
+        number
+        for *_, number in sorted(dated, key=lambda d: (d[0], d[1] or 0, d[2]))
+        if number in listed
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Obtained:
+    """A file's verified bytes and who answered."""
+
+    spool: Spool
+    headers: dict[str, str]
+    digests: Mapping[str, str]
+
+
+class MavenRoutes(EcosystemRoutes):
+    """The handlers, bound to the application's
+    :class:`~indexers.mirror.registry.MirrorContext`."""
+
+    ecosystem = ECOSYSTEM
+    prefix = PREFIX
+
+    def setup(self, app: web.Application) -> None:
+        app.router.add_get(PREFIX + "{tail:.+}", self.dispatch)
+
+    @staticmethod
+    def listing_path(name: str) -> str:
+        return f"{PREFIX}{artifact_dir(name)}/{METADATA}"
+
+    @staticmethod
+    def file_path(name: str, version: str, filename: str, digests: Mapping[str, str]) -> str:
+        return PREFIX + file_path(name, version, filename)
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        parts = request.path[len(PREFIX) :].split("/")
+        if any(part in ("", ".", "..") for part in parts) or len(parts) < 3:
+            return not_found(f"not found: {request.path[:200]}")
+        last, algorithm = parts[-1], None
+        for suffix, name in SIDECARS.items():
+            if last.endswith(suffix):
+                last, algorithm = last.removesuffix(suffix), name
+                break
+        try:
+            if last == METADATA:
+                name = normalize_name(".".join(parts[:-2]) + "/" + parts[-2])
+                return await self.metadata(name, "/".join(parts[:-1]), algorithm)
+            if len(parts) < 4:
+                return not_found(f"not found: {request.path[:200]}")
+            name = normalize_name(".".join(parts[:-3]) + "/" + parts[-3])
+            version = check_version(parts[-2])
+        except InvalidName as exc:
+            return not_found(f"not found: {exc}")
+        if algorithm is None:
+            return await self.file(request, name, version, last)
+        return await self.sidecar(name, version, last, algorithm)
+
+    def _url(self, path: str) -> str:
+        return f"{self.registry.base_url}/{path}"
+
+    # -- maven-metadata.xml -----------------------------------------------------------------------
+
+    async def metadata(self, name: str, directory: str, algorithm: str | None) -> web.Response:
+        body, headers = await self.metadata_body(name, directory)
+        if body is None:
+            return not_found(f"not found: {directory}/{METADATA}", headers)
+        if algorithm is not None:
+            return web.Response(
+                text=hashlib.new(algorithm, body).hexdigest(), content_type=TEXT, headers=headers
+            )
+        return web.Response(body=body, content_type=XML, headers=headers)
+
+    async def metadata_body(self, name: str, directory: str) -> tuple[bytes | None, dict[str, str]]:
+        """The metadata document Forage serves for ``directory`` (``None``: none)."""
+        withdrawn = await self.withdrawn(name)
+        if withdrawn.hold is not None:
+            return None, source_headers("archive")
+        try:
+            answer, _ = await self.registry.document(self._url(f"{directory}/{METADATA}"))
+        except UpstreamFailed as exc:
+            return await self.fallback_metadata(name), source_headers("archive", error=exc)
+        headers = source_headers("upstream")
+        if answer.absent:
+            return None, headers
+        if not withdrawn and self.registry.cutoff() is None:
+            return answer.body, headers
+        try:
+            metadata = parse_metadata(answer.body)
+        except DocumentError:
+            return answer.body, headers
+        rows = await self.mirror.archive.package_rows(ECOSYSTEM, name)
+        dates = {v.number: v.published_at for v in rows.versions} if rows else {}
+        kept = [
+            v
+            for v in metadata.versions
+            if v not in withdrawn.versions and self.registry.cooled(dates.get(v))
+        ]
+        group, artifact = split_name(name)
+        body = render_metadata(
+            metadata.group or group, metadata.artifact or artifact, kept, is_snapshot=is_snapshot
+        )
+        return body, headers
+
+    async def fallback_metadata(self, name: str) -> bytes | None:
+        rows = await self.mirror.archive.package_rows(ECOSYSTEM, name)
+        if rows is None or rows.hold is not None:
+            return None
+        cooled = {v.number for v in rows.versions if self.registry.cooled(v.published_at)}
+        versions = [v for v in fallback_versions(rows) if v in cooled]
+        if not versions:
+            return None
+        group, artifact = split_name(name)
+        return render_metadata(group, artifact, versions, is_snapshot=is_snapshot)
+
+    # -- files ------------------------------------------------------------------------------------
+
+    async def upstream_digests(self, url: str) -> dict[str, str]:
+        """The strongest sidecar the upstream publishes for ``url`` (``{}``: none)."""
+        for suffix, algorithm in SIDECARS.items():
+            answer, _ = await self.registry.document(url + suffix)
+            if answer.absent:
+                continue
+            value = parse_sidecar(answer.body.decode("ascii", "replace"), algorithm)
+            if value is not None:
+                return {algorithm: value}
+        return {}
+
+    async def obtain(
+        self, name: str, version: str, filename: str
+    ) -> tuple[Obtained | web.Response, ArchivedFile | None]:
+        """The file's verified bytes: the upstream's, else the archive's (see the module
+        docstring); a 404 response when neither has them."""
+        if (await self.withdrawn(name)).hold is not None:
+            return not_found(f"not found: {name} is not served"), None
+        archived = await self.mirror.archive.find_file(ECOSYSTEM, name=name, filename=filename)
+        if archived is not None and archived.version != version:
+            archived = None
+        url = self._url(file_path(name, version, filename))
+        error: UpstreamFailed | None = None
+        removed = archived.removed if archived else False
+        try:
+            digests = dict(archived.digests) if archived else await self.upstream_digests(url)
+            fetched = await self.registry.file(url, digests)
+            if fetched.spool is not None:
+                headers = source_headers("upstream", verified=fetched.verified)
+                return Obtained(fetched.spool, headers, digests), archived
+            removed = True
+        except UpstreamFailed as exc:
+            error = exc
+        if archived is None:
+            headers = source_headers("upstream" if error is None else "archive", error=error)
+            return not_found(f"not found: {name} {version} {filename}", headers), None
+        try:
+            spool = await self.registry.archived(archived)
+        except ArchiveInvalid as exc:
+            headers = source_headers("archive", error=error)
+            return not_found(
+                f"not found: archived copy failed verification: {exc.reason}", headers
+            ), archived
+        headers = source_headers(
+            "archive-removed" if removed else "archive",
+            error=error,
+            verified=verified_algorithms(archived.digests),
+        )
+        return Obtained(spool, headers, archived.digests), archived
+
+    def _sums_key(self, digests: Mapping[str, str]) -> tuple[str, ...] | None:
+        strong = [(a, v) for a, v in sorted(digests.items()) if a in ("sha512", "sha256", "sha1")]
+        return ("maven-sums", *strong[0]) if strong else None
+
+    async def _remember_sums(self, obtained: Obtained) -> dict[str, str]:
+        sums = await asyncio.to_thread(hash_spool, obtained.spool)
+        key = self._sums_key(obtained.digests)
+        if key is not None:
+            self.registry.derived.put(key, sums)
+        return sums
+
+    async def file(
+        self, request: web.Request, name: str, version: str, filename: str
+    ) -> web.StreamResponse:
+        obtained, _ = await self.obtain(name, version, filename)
+        if isinstance(obtained, web.Response):
+            return obtained
+        await self._remember_sums(obtained)
+        kind = filename.rpartition(".")[2]
+        content_type = CONTENT_TYPES.get(kind, "application/octet-stream")
+        return await send_spool(
+            request, obtained.spool, content_type=content_type, headers=obtained.headers
+        )
+
+    async def sidecar(self, name: str, version: str, filename: str, algorithm: str) -> web.Response:
+        """The digest Forage verified the file against, or that of the bytes it serves."""
+        archived = await self.mirror.archive.find_file(ECOSYSTEM, name=name, filename=filename)
+        known: Mapping[str, str] = {}
+        if archived is not None and archived.version == version:
+            known = archived.digests
+            headers = source_headers("archive")
+        else:
+            try:
+                known = await self.upstream_digests(self._url(file_path(name, version, filename)))
+                headers = source_headers("upstream")
+            except UpstreamFailed as exc:
+                headers = source_headers("archive", error=exc)
+        if algorithm in known:
+            return web.Response(text=known[algorithm], content_type=TEXT, headers=headers)
+        key = self._sums_key(known)
+        cached = self.registry.derived.fresh(key) if key is not None else None
+        if cached is not None:
+            return web.Response(text=cached.value[algorithm], content_type=TEXT, headers=headers)
+        obtained, _ = await self.obtain(name, version, filename)
+        if isinstance(obtained, web.Response):
+            return obtained
+        sums = await self._remember_sums(obtained)
+        return web.Response(text=sums[algorithm], content_type=TEXT, headers=obtained.headers)
+
+
+__all__ = ["MavenRoutes", "fallback_versions", "hash_spool"]
