@@ -106,6 +106,9 @@ class AnswerWriter:
     def _save(self, fills: Sequence[AnswerFill]) -> None:
         try:
             save_answers(self._write, fills)
+        except Exception:
+            # The answers are a cache, recomputed at the next lookup: log, and keep writing.
+            log.exception("answer writer: %d rendered answers not stored", len(fills))
         finally:
             with self._lock:
                 self._pending -= len(fills)
