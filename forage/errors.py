@@ -4,6 +4,7 @@ Hierarchy::
 
     ForageError
     ├── ConfigError         the configuration file or a FORAGE_* variable is invalid or missing
+    │   └── ConfigErrors    several such mistakes, reported together
     ├── InvalidKey          a lookup key (purl or platform:name:version) cannot be parsed
     ├── NotFound            a package, version, artifact or job the caller named does not exist
     ├── JobError            a job cannot run as asked
@@ -31,6 +32,25 @@ class ConfigError(ForageError):
         self.key = key
         self.reason = reason
         super().__init__(f"configuration {key}: {reason}")
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration mistakes, gathered so the operator fixes them in one round."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        self.problems = [p for problem in problems for p in getattr(problem, "problems", [problem])]
+        super().__init__(self.problems[0].key, self.problems[0].reason)
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
+
+    @staticmethod
+    def raise_all(problems: list[ConfigError]) -> None:
+        """Raise nothing for no problems, the one problem itself, or all of them."""
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            raise ConfigErrors(problems)
 
 
 class InvalidKey(ForageError):

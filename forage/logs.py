@@ -32,7 +32,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
-from forage.config import LOG_FORMATS
+#: Log line formats: ``text`` for people, ``logfmt`` (key=value) and ``json`` for machines
+#: (here, not in :mod:`forage.config`, so the CLI's parser names them without loading it).
+LOG_FORMATS: tuple[str, ...] = ("text", "logfmt", "json")
 
 if TYPE_CHECKING:
     from forage.jobs.queue import Job

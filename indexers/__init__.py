@@ -36,6 +36,7 @@ from indexers.errors import (
     MirrorError,
     PackageNotFound,
     StaleMetadata,
+    UnsupportedLockfile,
     UpstreamFailed,
     UpstreamUnavailable,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "Page",
     "Release",
     "StaleMetadata",
+    "UnsupportedLockfile",
     "UpstreamFailed",
     "UpstreamUnavailable",
     "find_ecosystem",

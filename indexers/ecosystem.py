@@ -101,6 +101,16 @@ class FakeRegistry(Protocol):
         """A lockfile in this ecosystem's main format naming ``releases``: (file name, bytes)."""
 
 
+def _no_development(version: str) -> bool:
+    """A registry whose every version is a release."""
+    return False
+
+
+def _as_stored(algorithm: str, value: str) -> str:
+    """A digest as the index stores it: lowercase hex (Go's ``h1:`` verbatim)."""
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Ecosystem:
     """One registry's registration: see the module docstring.
@@ -114,6 +124,28 @@ class Ecosystem:
     re-reads behind its cursor (feeds whose entries may land late); ``unlisted_versions``
     marks registries that serve versions they never list (Go pseudo-versions), so imports
     carry the asked-for version.
+
+    Two hooks let shared code apply registry rules it cannot know:
+
+    - ``qualifiers`` are the purl qualifiers that pick files *within* a version (RubyGems
+      ``platform``, Maven ``classifier`` and ``type``), and ``file_matches(name, version,
+      filename, qualifiers)`` says whether a file of the version is one they name. A lookup
+      of a qualified purl answers only the matching files; other qualifiers (and every
+      qualifier of an ecosystem without the hook) do not change what a key names, nor do
+      those equal to ``qualifier_defaults`` (Maven's ``type=jar``, which SBOM tools write on
+      every component: the same purl as none, the whole version).
+    - ``is_development(version)`` recognises development versions (Packagist dev branches,
+      Maven SNAPSHOTs): moving builds rather than releases, recorded without their files
+      unless the registry's ``development`` setting asks for them
+      (:mod:`forage.index.selection`).
+
+    Two more tell people how the registry's own tools see a package (the web pages):
+    ``install_hint(base_url, name, version)`` is the shell command that installs the version
+    through Forage's mirror at ``base_url`` (the server's origin, no trailing slash; ``None``:
+    no hint), and ``digest_notation(algorithm, value)`` spells a stored digest as the
+    registry's tools print it (npm's SRI; the stored hex or ``h1:`` by default).
+    ``version_hint(version)`` says why a looked-up version cannot be one of the registry's
+    and what was meant (Go's ``1.0.0`` for ``v1.0.0``), or ``None``.
     """
 
     name: str
@@ -129,6 +161,13 @@ class Ecosystem:
     file_checks: Mapping[str, FileCheck] = field(default_factory=dict)
     rescan_window: int = 0
     unlisted_versions: bool = False
+    qualifiers: tuple[str, ...] = ()
+    qualifier_defaults: Mapping[str, str] = field(default_factory=dict)
+    file_matches: Callable[[str, str, str, Mapping[str, str]], bool] | None = None
+    is_development: Callable[[str], bool] = field(default=_no_development)
+    install_hint: Callable[[str, str, str], str] | None = None
+    digest_notation: Callable[[str, str], str] = field(default=_as_stored)
+    version_hint: Callable[[str], str | None] | None = None
 
     @property
     def default_interval(self) -> timedelta:
@@ -142,6 +181,29 @@ class Ecosystem:
     def normalize_name(self, name: str) -> str:
         """The registry's canonical spelling of ``name``; ``InvalidName`` if it is not one."""
         return self.indexer.normalize_name(name)
+
+    def selecting(self, qualifiers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        """The qualifiers among ``qualifiers`` that pick files of a version, sorted (the rest,
+        and those at their default, say nothing a missing one does not: dropped)."""
+        if self.file_matches is None:
+            return ()
+        return tuple(
+            sorted(
+                (k, v)
+                for k, v in qualifiers.items()
+                if k in self.qualifiers and v and self.qualifier_defaults.get(k) != v
+            )
+        )
+
+    def selects(
+        self, name: str, version: str, filename: str, qualifiers: Mapping[str, str]
+    ) -> bool:
+        """Whether ``filename`` of the version is a file ``qualifiers`` name (every file when
+        none of them picks files)."""
+        picked = dict(self.selecting(qualifiers))
+        if not picked or self.file_matches is None:
+            return True
+        return self.file_matches(name, version, filename, picked)
 
 
 __all__ = [

@@ -19,6 +19,7 @@ Hierarchy::
     │                           (corrupt zip, member names with ``..``, NUL, absolute paths)
     ├── DigestMismatch          bytes whose digest (or size) differs from the registry's own
     ├── LockfileError           a document that is not a lockfile or SBOM we can read
+    │   └── UnsupportedLockfile a document of no format Forage reads (``supported`` lists them)
     └── MirrorError             the package mirror could not use one of its sources
         ├── UpstreamFailed      the upstream failed within its deadline (``kind`` says how:
         │                       refused, reset, timeout, slow, dns, tls, status, truncated,
@@ -153,6 +154,15 @@ class DigestMismatch(IndexerError):
 
 class LockfileError(IndexerError):
     """The document is not a lockfile or SBOM we can read."""
+
+
+class UnsupportedLockfile(LockfileError):
+    """The document is of no format Forage reads (rather than a broken one of a format it
+    does): the API answers 415 and the CLI exits 2, naming the ``supported`` formats."""
+
+    def __init__(self, what: str, supported: tuple[str, ...]) -> None:
+        self.supported = supported
+        super().__init__(f"{what} is not a lockfile Forage reads ({', '.join(supported)})")
 
 
 class MirrorError(IndexerError):

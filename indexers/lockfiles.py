@@ -1,22 +1,25 @@
 """Read the packages a lockfile or SBOM names, as lookup keys.
 
 Each ecosystem's home declares its own formats (:class:`~indexers.ecosystem.LockfileFormat`:
-npm's ``package-lock.json``, pip's ``requirements.txt``, Go's ``go.sum``...); the one format
-that spans ecosystems, a CycloneDX JSON SBOM (https://cyclonedx.org/docs/1.6/json/, every
-component's ``purl``), lives here. :func:`read_lockfile` picks the format by file name, then by
-content, and returns one :class:`~indexers.types.LockEntry` per dependency: a purl key, or a
-``problem`` saying why it has none; one bad line never hides the others.
+npm's ``package-lock.json`` and ``yarn.lock``, pip's ``requirements.txt`` and Poetry's
+``poetry.lock``, Go's ``go.sum``...); the formats that span ecosystems, SBOMs naming every
+component by purl (CycloneDX JSON and XML, SPDX 2.3 JSON), live in :mod:`indexers.sboms`.
+:func:`read_lockfile` picks the format by file name, then by content, and returns one
+:class:`~indexers.types.LockEntry` per dependency: a purl key with the digests the document
+pins, or a ``problem`` saying why it has none; one bad line never hides the others. A
+document of no known format raises :class:`~indexers.errors.UnsupportedLockfile`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from packageurl import PackageURL
 
+from indexers.digests import HASHERS, normalize_hex, parse_sri
 from indexers.ecosystem import LockfileFormat
-from indexers.errors import LockfileError
+from indexers.errors import InvalidDigest, LockfileError, UnsupportedLockfile
 from indexers.jsontext import load_json
 from indexers.types import LockEntry
 
@@ -44,37 +47,59 @@ def load_json_object(text: str, what: str) -> dict[str, Any]:
     return document
 
 
-def read_cyclonedx(text: str) -> Iterator[LockEntry]:
-    """Yield every component (nested ones too) of a CycloneDX JSON SBOM by its purl."""
-    document: Mapping[str, Any] = load_json_object(text, "CycloneDX SBOM")
-    stack = list(document.get("components") or [])
-    while stack:
-        component = stack.pop(0)
-        if not isinstance(component, dict):
-            continue
-        stack.extend(component.get("components") or [])
-        source = str(component.get("bom-ref") or component.get("name") or "component")
-        purl = component.get("purl")
-        if isinstance(purl, str) and purl:
-            yield LockEntry(source[:300], purl)
-        else:
-            yield LockEntry(source[:300], None, "component has no purl")
+def hash_algorithm(name: str) -> str | None:
+    """hashlib's name for a digest algorithm as lockfiles and SBOMs spell it (``SHA-256``,
+    ``SHA256``, ``sha256``, ``BLAKE2b-256``), ``None`` for one Forage never computes."""
+    spelled = name.strip().lower().replace("-", "").replace("_", "")
+    known = {algorithm.replace("_", ""): algorithm for algorithm in HASHERS}
+    return known.get(spelled)
 
 
-CYCLONEDX = LockfileFormat(
-    name="CycloneDX SBOM",
-    detect=lambda base, text: '"bomFormat"' in text and '"CycloneDX"' in text,
-    read=read_cyclonedx,
-    json=True,
-)
+def pinned_digest(algorithm: str, value: str) -> tuple[tuple[str, str], ...]:
+    """``((algorithm, hex),)`` for a digest a document pins, or ``()`` for one Forage cannot
+    compare (an unknown algorithm, a malformed value: nothing to check, nothing refused)."""
+    name = hash_algorithm(algorithm)
+    if name is None:
+        return ()
+    try:
+        return ((name, normalize_hex(name, value)),)
+    except InvalidDigest:
+        return ()
+
+
+def pinned_hashes(values: Iterable[object]) -> tuple[tuple[str, str], ...]:
+    """The digests of ``"<algorithm>:<hex>"`` strings (pip, Poetry, uv, Pipfile.lock, a purl's
+    ``checksum``; ``=`` also separates), those Forage cannot compare left out."""
+    pinned: list[tuple[str, str]] = []
+    for value in values:
+        if isinstance(value, str):
+            algorithm, _, digest = value.replace("=", ":", 1).partition(":")
+            pinned.extend(pinned_digest(algorithm, digest))
+    return tuple(dict.fromkeys(pinned))
+
+
+def pinned_sri(integrity: object) -> tuple[tuple[str, str], ...]:
+    """The digests of an SRI string (npm, yarn v1, pnpm), ``()`` for a malformed one."""
+    if not isinstance(integrity, str):
+        return ()
+    try:
+        return tuple(parse_sri(integrity).items())
+    except InvalidDigest:
+        return ()
 
 
 def lockfile_formats() -> tuple[LockfileFormat, ...]:
-    """Every format Forage reads: each registered ecosystem's, then CycloneDX."""
+    """Every format Forage reads: each registered ecosystem's, then the SBOMs."""
     from indexers.ecosystems import ECOSYSTEMS
+    from indexers.sboms import SBOM_FORMATS
 
     own = tuple(fmt for eco in ECOSYSTEMS.values() for fmt in eco.lockfiles)
-    return (*own, CYCLONEDX)
+    return (*own, *SBOM_FORMATS)
+
+
+def supported_formats() -> tuple[str, ...]:
+    """The names of the formats :func:`read_lockfile` reads, for errors and the API."""
+    return tuple(fmt.name for fmt in lockfile_formats())
 
 
 def _choose(text: str, base: str) -> LockfileFormat:
@@ -87,10 +112,7 @@ def _choose(text: str, base: str) -> LockfileFormat:
             return fmt
     if text.lstrip().startswith(("{", "[")):
         load_json_object(text, base or "lockfile")
-        names = [f"a {fmt.name}" for fmt in formats if fmt.json]
-        raise LockfileError("JSON that is neither " + " nor ".join(names))
-    known = ", ".join(fmt.name for fmt in formats)
-    raise LockfileError(f"{base or 'the document'} is not a lockfile Forage reads ({known})")
+    raise UnsupportedLockfile(base or "the document", supported_formats())
 
 
 def read_lockfile(data: bytes, *, filename: str = "") -> list[LockEntry]:
@@ -109,13 +131,17 @@ def read_lockfile(data: bytes, *, filename: str = "") -> list[LockEntry]:
 
 
 __all__ = [
-    "CYCLONEDX",
     "MAX_ENTRIES",
     "LockEntry",
     "LockfileError",
+    "UnsupportedLockfile",
+    "hash_algorithm",
     "load_json_object",
     "lockfile_formats",
+    "pinned_digest",
+    "pinned_hashes",
+    "pinned_sri",
     "purl_key",
-    "read_cyclonedx",
     "read_lockfile",
+    "supported_formats",
 ]

@@ -125,11 +125,18 @@ class PackageInfo:
 @dataclass(frozen=True, slots=True)
 class LockEntry:
     """One dependency a lockfile or SBOM names: where it came from (a path, a line) and its
-    purl, or the ``problem`` that kept it from having one (unpinned, not from a registry)."""
+    purl, or the ``problem`` that kept it from having one (unpinned, not from a registry).
+
+    ``integrity`` holds the digests the document pins for the release's files, as
+    ``(algorithm, lowercase hex)`` with hashlib's names (npm's SRI, pip's ``--hash``, an
+    SBOM's hashes): a lookup compares them with the digests Forage verified, so bytes other
+    than the ones the lockfile was made with are flagged rather than reported as found.
+    """
 
     source: str
     key: str | None
     problem: str | None = None
+    integrity: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,9 @@ simultaneous ``POST /api/v1/lookup`` bodies of ``--body-mib`` MiB each. A body h
 qualifier to ``--key-length`` characters (qualifiers do not change the version a purl names,
 and the reply echoes every key), and JSON whitespace fills the rest of the size. The server's
 resident memory (``/proc/PID/status``: ``VmRSS`` polled, ``VmHWM`` the kernel's own peak) is
-reported before the burst, at its peak, and ``--settle`` seconds after it. Prints JSON.
+reported before the burst, at its peak, and ``--settle`` seconds after it, what stays split
+into anonymous memory and mapped file pages (``RssAnon``, ``RssFile``: SQLite readers map the
+database file). Prints JSON.
 
     python scripts/bench_memory.py                          # 16 concurrent 15 MiB lookups
     python scripts/bench_memory.py --concurrency 4 --body-mib 2 --keys 1000 --artifacts 2000
@@ -181,6 +183,10 @@ def main() -> None:
             peak = max(sampler.peak, status_mib(child.pid, "VmHWM"))
             time.sleep(args.settle)
             after = status_mib(child.pid, "VmRSS")
+            after_parts = {
+                field: round(status_mib(child.pid, field), 1)
+                for field in ("RssAnon", "RssFile", "RssShmem")
+            }
         finally:
             child.terminate()
             child.wait(30)
@@ -201,6 +207,7 @@ def main() -> None:
         "rss_after_mib": round(after, 1),
         "settle_seconds": args.settle,
         "after_over_baseline_mib": round(after - baseline, 1),
+        "rss_after_parts_mib": after_parts,
         "peak_under_400_mib": peak < PEAK_GOAL_MIB,
         "refusals": [
             {key: o.get(key) for key in ("status", "retry_after", "error")} for o in refusals

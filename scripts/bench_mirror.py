@@ -1,21 +1,40 @@
-"""Benchmark the mirror with its upstream down: archived tarballs, huge packuments, big pages.
+"""Benchmark the mirror with its upstream down, alone and side by side with verdaccio and devpi.
 
 Builds a throwaway Forage (SQLite, filesystem blockstore) holding:
 
-- ``--tarballs`` npm packages of one ``--tarball-size`` tarball each;
-- one npm package with ``--versions`` archived versions (real npm tarballs, so the fallback
-  packument reads each version's ``package.json`` from the archive);
-- one PyPI project with ``--files`` archived files;
+- ``--tarballs`` npm packages of one tarball each (a real npm tarball wrapping
+  ``--tarball-size`` random bytes);
+- one npm package, ``big``, with ``--versions`` archived versions (real npm tarballs, so the
+  fallback packument reads each version's ``package.json`` from the archive);
+- one PyPI project, ``sample-project``, with ``--files`` archived wheels;
 
 points the npm and PyPI registries at a closed port (connection refused: the upstream is
 down), serves only the mirror routes, and drives it from a separate process with
-``--clients`` concurrent connections. Every served file is re-verified against its upstream
-digests, as in production. Prints JSON: requests/s and MB/s for tarballs, p50/p99 latency of
-the packument and the simple page (JSON form, as pip asks) after one cold request each, and
-the server's peak RSS.
+``--clients`` concurrent connections. First, Forage alone (the fields the README has quoted
+since issue 7): requests/s and MB/s for tarballs, p50/p99 latency of the full packument and
+the simple page (JSON form, as pip asks) after one cold request each, and the server's peak
+RSS (``server_peak_rss_mb``, setup included).
 
-Run: ``python3 scripts/bench_mirror.py`` (about a minute on 2 cores), or smaller with
-``--versions 1000 --files 200 --tarballs 50`` while developing.
+Then ``comparison``: Forage and each of ``--peers`` (verdaccio 6 for npm, devpi-server for
+PyPI), one after another, each alone on the machine, in two modes: ``upstream_down`` (the
+upstream refuses connections) and ``offline`` (Forage ``mirror.offline = true``, devpi
+``--offline-mode``, verdaccio with no uplink). The peers hold the same packages, proxied once
+from the project's loopback fakes, which are then stopped (see ``bench_mirror_peers.py``).
+Per server and mode, for a tarball, the abbreviated packument of ``big`` (npm's ``Accept``),
+the simple page (pip's ``Accept``) and ``--wheels`` wheels: requests/s, p50, p99 and errors
+after a warm-up of ``--warmup`` x the requests, left out; and the server's peak RSS while it
+was measured (``VmHWM``, reset before the warm-up). ``forage_over_best_peer`` divides Forage's
+requests/s by the best peer's on each endpoint.
+
+The peers are installed into ``--scratch`` on first use (npm and pip reach their registries
+then, and only then); a peer that cannot be installed or started is reported as
+``unavailable`` with the reason, and the rest is measured. The benchmark itself contacts no
+public registry.
+
+Run: ``python3 scripts/bench_mirror.py`` (about half an hour on 2 cores, most of it the
+peers' answers for the 10,000-version packument), Forage alone with ``--peers none`` (about
+five minutes), or smaller with ``--versions 1000 --files 200 --tarballs 50`` while developing.
+Prints one JSON document; ``load_average_at_start``/``_at_end`` say how quiet the machine was.
 """
 
 from __future__ import annotations
@@ -24,22 +43,36 @@ import argparse
 import asyncio
 import hashlib
 import json
-import multiprocessing
 import os
 import random
 import resource
+import signal
 import socket
-import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-PIP_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1"
+import bench_mirror_load as bench
+import bench_mirror_peers as peers
+
+EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+#: Four wheels per version of ``sample-project``, one per platform.
+PLATFORMS = ("any", "manylinux_2_17_x86_64", "macosx_11_0_arm64", "win_amd64")
+#: Endpoints of the comparison, and which peer serves each.
+SERVED_BY = {
+    "tarball": "verdaccio",
+    "abbreviated_packument": "verdaccio",
+    "simple_page": "devpi",
+    "wheel": "devpi",
+}
+PROJECT = "sample-project"
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 
 
 def closed_port() -> int:
@@ -48,18 +81,43 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def write_config(root: Path) -> Path:
+def write_config(root: Path, *, offline: bool = False) -> Path:
     down = f"http://127.0.0.1:{closed_port()}"
-    path = root / "forage.toml"
+    path = root / ("forage-offline.toml" if offline else "forage.toml")
     path.write_text(
         f'[data]\ndir = "{root / "data"}"\n'
-        "[mirror]\ndown_seconds = 600\n"
+        f"[mirror]\ndown_seconds = 600\noffline = {'true' if offline else 'false'}\n"
         f'[registries.npm]\nregistry_url = "{down}/npm"\nreplicate_url = "{down}/replicate"\n'
         "allow_http = true\n"
         f'[registries.pypi]\nindex_url = "{down}/simple"\njson_url = "{down}/pypi"\n'
         f'xmlrpc_url = "{down}/pypi"\nallow_http = true\n'
     )
     return path
+
+
+# -- the packages every server holds ---------------------------------------------------------
+
+
+def npm_packages(args: argparse.Namespace) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+    """``(name, [(version, tarball)])`` for every npm package, the same bytes on every call."""
+    from indexers.npm.fake import make_tarball
+
+    rng = random.Random(7)
+    for index in range(args.tarballs):
+        name = f"blob-{index}"
+        blob = rng.randbytes(args.tarball_size)
+        yield name, [("1.0.0", make_tarball(name, "1.0.0", {"blob.bin": blob}))]
+    versions = [f"1.{i // 1000}.{i % 1000}" for i in range(args.versions)]
+    yield "big", [(version, make_tarball("big", version)) for version in versions]
+
+
+def wheels(args: argparse.Namespace) -> Iterator[tuple[str, str, bytes]]:
+    """``(version, filename, bytes)`` for every file of ``sample-project``."""
+    for index in range(args.files):
+        version = f"{index // len(PLATFORMS)}.0"
+        platform = PLATFORMS[index % len(PLATFORMS)]
+        filename = f"sample_project-{version}-py3-none-{platform}.whl"
+        yield version, filename, f"wheel {index}\n".encode() * 64
 
 
 def populate(config: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -70,7 +128,7 @@ def populate(config: Any, args: argparse.Namespace) -> dict[str, Any]:
     from forage.index.ingest import record_package
     from indexers import Artifact as ArtifactInfo
     from indexers import PackageInfo, Release, parse_sri
-    from indexers.npm.fake import make_tarball, sri_sha512
+    from indexers.npm.fake import sri_sha512
     from storage import FilesystemBlockstore, import_file
 
     # Setup only: no fsync per block (the server reads the store as production does).
@@ -78,8 +136,6 @@ def populate(config: Any, args: argparse.Namespace) -> dict[str, Any]:
     engine = open_database(config.database)
     sessions = make_sessionmaker(engine)
     archives: dict[tuple[str, str, str], tuple[str, int]] = {}
-    epoch = datetime(2024, 1, 1, tzinfo=UTC)
-    rng = random.Random(7)
 
     def stored(data: bytes) -> tuple[str, int]:
         with store.batch() as batch:
@@ -101,54 +157,33 @@ def populate(config: Any, args: argparse.Namespace) -> dict[str, Any]:
                             filename, f"https://npm.invalid/{name}/-/{filename}", None, digests
                         ),
                     ),
-                    published_at=epoch + timedelta(minutes=index),
+                    published_at=EPOCH + timedelta(minutes=index),
                 )
             )
         return PackageInfo(
             "npm", name, name, tuple(out), extra={"dist_tags": {"latest": releases[-1][0]}}
         )
 
-    infos = []
-    blobs = []
-    for index in range(args.tarballs):
-        name = f"blob-{index}"
-        data = rng.randbytes(args.tarball_size)
-        infos.append(npm_info(name, [("1.0.0", data)]))
-        blobs.append(f"/npm/{name}/-/{name}-1.0.0.tgz")
-    big = [
-        (f"1.{i // 1000}.{i % 1000}", make_tarball("big", f"1.{i // 1000}.{i % 1000}"))
-        for i in range(args.versions)
-    ]
-    infos.append(npm_info("big", big))
-    files = []
-    for index in range(args.files):
-        version = f"{index // 4}.0"
-        filename = f"sample_project-{version}-py3-none-any-{index % 4}.whl"
-        data = f"wheel {index}\n".encode() * 64
-        archives[("pypi", "sample-project", filename)] = stored(data)
-        files.append(
-            Release(
-                version=version,
-                artifacts=(
-                    ArtifactInfo(
-                        filename,
-                        f"https://files.invalid/{filename}",
-                        len(data),
-                        {"sha256": hashlib.sha256(data).hexdigest()},
-                        requires_python=">=3.8",
-                        uploaded_at=epoch,
-                    ),
-                ),
+    infos = [npm_info(name, releases) for name, releases in npm_packages(args)]
+    blobs = [f"/npm/blob-{i}/-/blob-{i}-1.0.0.tgz" for i in range(args.tarballs)]
+    merged: dict[str, list[ArtifactInfo]] = {}
+    for version, filename, data in wheels(args):
+        archives[("pypi", PROJECT, filename)] = stored(data)
+        merged.setdefault(version, []).append(
+            ArtifactInfo(
+                filename,
+                f"https://files.invalid/{filename}",
+                len(data),
+                {"sha256": hashlib.sha256(data).hexdigest()},
+                requires_python=">=3.8",
+                uploaded_at=EPOCH,
             )
         )
-    merged: dict[str, list[ArtifactInfo]] = {}
-    for release in files:
-        merged.setdefault(release.version, []).extend(release.artifacts)
     infos.append(
         PackageInfo(
             "pypi",
-            "sample-project",
-            "sample-project",
+            PROJECT,
+            PROJECT,
             tuple(Release(version=v, artifacts=tuple(a)) for v, a in merged.items()),
         )
     )
@@ -178,86 +213,11 @@ def populate(config: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {"blobs": blobs}
 
 
-async def load(
-    base: str, paths: list[str], *, clients: int, total: int, headers: dict[str, str]
-) -> dict[str, Any]:
-    """Fetch ``total`` requests over ``paths`` with ``clients`` concurrent connections."""
-    import httpx
-
-    latencies: list[float] = []
-    received = 0
-    queue = [paths[i % len(paths)] for i in range(total)]
-    random.Random(1).shuffle(queue)
-
-    async with httpx.AsyncClient(
-        base_url=base, timeout=120, limits=httpx.Limits(max_connections=clients)
-    ) as client:
-
-        async def worker() -> None:
-            nonlocal received
-            while queue:
-                path = queue.pop()
-                started = time.perf_counter()
-                response = await client.get(path, headers=headers)
-                latencies.append(time.perf_counter() - started)
-                if response.status_code != 200 or "archive" not in response.headers.get(
-                    "Forage-Source", ""
-                ):
-                    raise RuntimeError(f"{path}: {response.status_code} {response.text[:200]}")
-                received += len(response.content)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        elapsed = time.perf_counter() - started
-    ordered = sorted(latencies)
-    return {
-        "requests": total,
-        "seconds": round(elapsed, 3),
-        "requests_per_second": round(total / elapsed, 1),
-        "mb_per_second": round(received / elapsed / 1e6, 2),
-        "p50_ms": round(statistics.median(ordered) * 1000, 1),
-        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 1),
-        "bytes_per_response": received // total,
-    }
+# -- Forage -----------------------------------------------------------------------------------
 
 
-def client_process(base: str, plan: dict[str, Any], args: argparse.Namespace, out: Any) -> None:
-    async def run() -> dict[str, Any]:
-        import httpx
-
-        results: dict[str, Any] = {}
-        results["tarballs"] = await load(
-            base, plan["blobs"], clients=args.clients, total=args.tarball_requests, headers={}
-        )
-        async with httpx.AsyncClient(base_url=base, timeout=300) as client:
-            started = time.perf_counter()
-            await client.get("/npm/big", headers={"accept": "application/json"})
-            results["packument_cold_ms"] = round((time.perf_counter() - started) * 1000, 1)
-            started = time.perf_counter()
-            await client.get("/pypi/simple/sample-project/", headers={"accept": PIP_ACCEPT})
-            results["simple_page_cold_ms"] = round((time.perf_counter() - started) * 1000, 1)
-        results["packument"] = await load(
-            base,
-            ["/npm/big"],
-            clients=args.clients,
-            total=args.page_requests,
-            headers={"accept": "application/json"},
-        )
-        results["simple_page"] = await load(
-            base,
-            ["/pypi/simple/sample-project/"],
-            clients=args.clients,
-            total=args.page_requests,
-            headers={"accept": PIP_ACCEPT},
-        )
-        return results
-
-    out.put(asyncio.run(run()))
-
-
-async def serve_and_measure(
-    config: Any, plan: dict[str, Any], args: argparse.Namespace
-) -> dict[str, Any]:
+async def with_forage(config: Any, body: Callable[[str], Awaitable[dict[str, Any]]]) -> Any:
+    """Serve the mirror routes of ``config`` in this process while ``body(url)`` runs."""
     from aiohttp import web
 
     import forage.mirror
@@ -274,52 +234,319 @@ async def serve_and_measure(
     app[BLOCKSTORE] = open_blockstore(config)
     forage.mirror.setup(app)
     running = await start_fake(app)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue: Any = multiprocessing.get_context("spawn").Queue()
-    process = multiprocessing.get_context("spawn").Process(
-        target=client_process, args=(running.url, plan, args, queue)
-    )
-    process.start()
     try:
-        results = await asyncio.to_thread(queue.get, True, 3600)
+        return await body(running.url)
     finally:
-        await asyncio.to_thread(process.join, 60)
         await running.close()
         engine.dispose()
-    results["server_peak_rss_mb"] = round(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
-    )
-    results["server_rss_before_load_mb"] = round(rss_before / 1024, 1)
+
+
+def forage_endpoint(name: str, paths: list[str], total: int, **headers: str) -> bench.Endpoint:
+    """An endpoint whose every answer must come from Forage's archive."""
+    return bench.Endpoint(name, paths, total, headers, "Forage-Source", "archive")
+
+
+async def forage_alone(config: Any, plan: dict[str, Any], args: argparse.Namespace) -> Any:
+    """The Forage-only figures (issue 7's fields): no warm-up, one cold request per page."""
+    json_accept = {"accept": "application/json"}
+    pip = {"accept": bench.PIP_ACCEPT}
+    endpoints = [
+        forage_endpoint("tarballs", plan["blobs"], args.tarball_requests),
+        forage_endpoint("packument_cold", ["/npm/big"], 1, **json_accept),
+        forage_endpoint("simple_page_cold", [f"/pypi/simple/{PROJECT}/"], 1, **pip),
+        forage_endpoint("packument", ["/npm/big"], args.page_requests, **json_accept),
+        forage_endpoint("simple_page", [f"/pypi/simple/{PROJECT}/"], args.page_requests, **pip),
+    ]
+
+    async def body(url: str) -> dict[str, Any]:
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        measured = await bench.measure(url, endpoints, clients=args.clients, warmup=0)
+        results: dict[str, Any] = {}
+        for name, figures in measured.items():
+            if figures["errors"]:
+                raise RuntimeError(f"{name}: {figures['error_kinds']}")
+            figures.pop("errors")
+            if name.endswith("_cold"):
+                results[f"{name}_ms"] = figures["p50_ms"]
+            else:
+                results[name] = figures
+        results["server_peak_rss_mb"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+        )
+        results["server_rss_before_load_mb"] = round(rss_before / 1024, 1)
+        return results
+
+    return await with_forage(config, body)
+
+
+def peer_endpoint(name: str, paths: list[str], total: int, **headers: str) -> bench.Endpoint:
+    """An endpoint of a peer: any 200 answer counts."""
+    return bench.Endpoint(name, paths, total, headers)
+
+
+def comparison_endpoints(
+    args: argparse.Namespace,
+    *,
+    tarball: Callable[[str], str] | None = None,
+    packument: str | None = None,
+    page: str | None = None,
+    wheel_paths: list[str] | None = None,
+    check: Callable[..., bench.Endpoint] | None = None,
+) -> list[bench.Endpoint]:
+    """The comparison's endpoints a server has (``None``: not its ecosystem)."""
+    make = check or peer_endpoint
+    out = []
+    if tarball is not None:
+        paths = [tarball(f"blob-{i}") for i in range(args.tarballs)]
+        out.append(make("tarball", paths, args.tarball_requests))
+    if packument is not None:
+        out.append(
+            make("abbreviated_packument", [packument], args.page_requests, accept=bench.NPM_ACCEPT)
+        )
+    if page is not None:
+        out.append(make("simple_page", [page], args.page_requests, accept=bench.PIP_ACCEPT))
+    if wheel_paths is not None:
+        out.append(make("wheel", wheel_paths, args.tarball_requests))
+    return out
+
+
+def measure_server(
+    url: str, pid: int, endpoints: list[bench.Endpoint], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Figures of ``endpoints`` and the server's peak RSS while they were measured."""
+    bench.reset_peak_rss(pid)
+    results = asyncio.run(bench.measure(url, endpoints, clients=args.clients, warmup=args.warmup))
+    results["peak_rss_mb"] = bench.peak_rss_mb(pid)
     return results
 
 
+async def forage_modes(root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from forage import __version__
+    from forage.config import load_config
+
+    report: dict[str, Any] = {"version": __version__}
+    for mode, offline in (("upstream_down", False), ("offline", True)):
+        config = load_config(write_config(root, offline=offline), environ={})
+
+        async def body(url: str) -> dict[str, Any]:
+            page = f"/pypi/simple/{PROJECT}/"
+            paths = await asyncio.to_thread(bench.discover_files, url, page, ".whl", args.wheels)
+            endpoints = comparison_endpoints(
+                args,
+                tarball=lambda name: f"/npm/{name}/-/{name}-1.0.0.tgz",
+                packument="/npm/big",
+                page=page,
+                wheel_paths=paths,
+                check=forage_endpoint,
+            )
+            return await asyncio.to_thread(measure_server, url, os.getpid(), endpoints, args)
+
+        report[mode] = await with_forage(config, body)
+    return report
+
+
+# -- the peers --------------------------------------------------------------------------------
+
+
+def npm_fake(args: argparse.Namespace) -> Any:
+    """The npm packages Forage holds, in a fake npm registry (one document per package)."""
+    from indexers.npm.fake import (
+        FakeNpmRegistry,
+        NpmTarball,
+        sri_sha512,
+        tarball_path,
+        version_manifest,
+    )
+
+    registry = FakeNpmRegistry()
+    for name, releases in npm_packages(args):
+        versions, times = {}, {}
+        for index, (version, data) in enumerate(releases):
+            sha1 = hashlib.sha1(data).hexdigest()  # noqa: S324 - npm's shasum
+            tarball = NpmTarball(
+                name, version, tarball_path(name, version), data, sri_sha512(data), sha1
+            )
+            registry.tarballs[tarball.path] = tarball
+            versions[version] = version_manifest(name, version, tarball)
+            times[version] = (EPOCH + timedelta(minutes=index)).isoformat()
+        registry.docs[name] = {
+            "_id": name,
+            "_rev": "1-0",
+            "name": name,
+            "dist-tags": {"latest": releases[-1][0]},
+            "versions": versions,
+            "time": {"created": EPOCH.isoformat(), "modified": times[releases[-1][0]], **times},
+        }
+    return registry
+
+
+def pypi_fake(args: argparse.Namespace) -> Any:
+    """``sample-project`` as Forage holds it, in a fake PyPI."""
+    from indexers.pypi.fake import FakePyPI, PyPIFile
+
+    fake = FakePyPI()
+    files = list(wheels(args))
+    for version in dict.fromkeys(version for version, _, _ in files):
+        fake.add_version(PROJECT, version)
+    fake.projects[PROJECT].files.extend(
+        PyPIFile(PROJECT, version, filename, data, EPOCH, requires_python=">=3.8")
+        for version, filename, data in files
+    )
+    return fake
+
+
+async def _bare_json_type(request: Any, response: Any) -> None:
+    """Send PEP 691 JSON as PyPI does, with no ``charset`` (aiohttp adds one): devpi compares
+    the content type verbatim and parses anything else as HTML, finding no files."""
+    if response.headers.get("Content-Type", "").startswith(SIMPLE_JSON + ";"):
+        response.headers["Content-Type"] = SIMPLE_JSON
+
+
+def pypi_app(args: argparse.Namespace) -> Any:
+    app = pypi_fake(args).make_app()
+    app.on_response_prepare.append(_bare_json_type)
+    return app
+
+
+def run_peer(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Install (if needed), prime and measure one peer in both modes."""
+    scratch = Path(args.scratch).expanduser()
+    try:
+        scratch.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise peers.PeerUnavailable(f"no scratch folder {scratch}: {exc}") from exc
+    if name == "verdaccio":
+        command, version = peers.install_verdaccio(scratch)
+        registry = npm_fake(args)
+        blobs = [f"/blob-{i}/-/blob-{i}-1.0.0.tgz" for i in range(args.tarballs)]
+        prime = peers.prime_npm([f"blob-{i}" for i in range(args.tarballs)], blobs, ["/big"])
+
+        def verdaccio(server: peers.Server, mode: str) -> dict[str, Any]:
+            endpoints = comparison_endpoints(
+                args, tarball=lambda n: f"/{n}/-/{n}-1.0.0.tgz", packument="/big"
+            )
+            return measure_server(server.url, server.pid, endpoints, args)
+
+        modes = peers.run_verdaccio(
+            command, root / "verdaccio", registry.make_app(), prime, verdaccio
+        )
+    else:
+        bin_dir, version = peers.install_devpi(scratch)
+        page = f"{peers.INDEX}/+simple/{PROJECT}/"
+
+        def devpi(server: peers.Server, mode: str) -> dict[str, Any]:
+            paths = bench.discover_files(server.url, page, ".whl", args.wheels)
+            endpoints = comparison_endpoints(args, page=page, wheel_paths=paths)
+            return measure_server(server.url, server.pid, endpoints, args)
+
+        modes = peers.run_devpi(
+            bin_dir,
+            root / "devpi",
+            pypi_app(args),
+            peers.prime_pypi(page, args.wheels),
+            devpi,
+        )
+    return {"version": version, **modes}
+
+
+def ratios(servers: dict[str, Any]) -> dict[str, Any]:
+    """Forage's requests/s over the best peer's, per mode and endpoint."""
+    out: dict[str, Any] = {}
+    for mode in ("upstream_down", "offline"):
+        for endpoint, peer in SERVED_BY.items():
+            theirs = servers.get(peer, {}).get(mode, {}).get(endpoint)
+            ours = servers["forage"][mode][endpoint]
+            if theirs and theirs["requests_per_second"]:
+                out.setdefault(mode, {})[endpoint] = {
+                    "best_peer": peer,
+                    "requests_per_second": round(
+                        ours["requests_per_second"] / theirs["requests_per_second"], 2
+                    ),
+                    "peer_p99_over_forage_p99": round(
+                        theirs["p99_ms"] / max(ours["p99_ms"], 0.1), 2
+                    ),
+                }
+    return out
+
+
+def parse_peers(text: str) -> list[str]:
+    names = [] if text == "none" else [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(peers.PEERS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown peer {', '.join(unknown)}: choose from {', '.join(peers.PEERS)} or none"
+        )
+    return names
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and each option's default."""
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tarballs", type=int, default=200)
-    parser.add_argument("--tarball-size", type=int, default=512 * 1024)
-    parser.add_argument("--tarball-requests", type=int, default=2000)
-    parser.add_argument("--versions", type=int, default=10_000)
-    parser.add_argument("--files", type=int, default=2_000)
-    parser.add_argument("--page-requests", type=int, default=400)
-    parser.add_argument("--clients", type=int, default=20)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--tarballs", type=int, default=200, help="npm packages")
+    parser.add_argument(
+        "--tarball-size", type=int, default=512 * 1024, help="random bytes per tarball"
+    )
+    parser.add_argument(
+        "--tarball-requests", type=int, default=2000, help="requests per file endpoint"
+    )
+    parser.add_argument("--versions", type=int, default=10_000, help="versions of npm 'big'")
+    parser.add_argument("--files", type=int, default=2_000, help="files of sample-project")
+    parser.add_argument("--page-requests", type=int, default=400, help="requests per document")
+    parser.add_argument("--clients", type=int, default=20, help="concurrent connections")
+    parser.add_argument(
+        "--wheels", type=int, default=200, help="wheels requested in turn (comparison)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=0.1, help="warm-up share of requests (comparison)"
+    )
+    parser.add_argument(
+        "--peers",
+        type=parse_peers,
+        default=",".join(peers.PEERS),
+        help="comma-separated peers to compare with, or none",
+    )
+    parser.add_argument(
+        "--scratch",
+        default="~/.cache/forage-bench-mirror",
+        help="where the peers are installed and kept between runs",
+    )
     args = parser.parse_args()
+    # A SIGTERM unwinds like Ctrl-C: the peers are stopped and the scratch run removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from forage.config import load_config
 
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="forage-bench-mirror-") as tmp:
         root = Path(tmp)
         config = load_config(write_config(root), environ={})
         started = time.perf_counter()
         plan = populate(config, args)
         setup_seconds = round(time.perf_counter() - started, 1)
-        results = asyncio.run(serve_and_measure(config, plan, args))
+        results = asyncio.run(forage_alone(config, plan, args))
+        servers: dict[str, Any] = {"forage": asyncio.run(forage_modes(root, args))}
+        for name in args.peers:
+            try:
+                servers[name] = run_peer(name, root, args)
+            except peers.PeerUnavailable as exc:
+                servers[name] = {"unavailable": str(exc)}
     report = {
         "benchmark": "mirror, upstream down (connection refused)",
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
+        "load_average_at_start": [round(load, 2) for load in load_at_start],
+        "load_average_at_end": [round(load, 2) for load in os.getloadavg()],
         "setup_seconds": setup_seconds,
         "parameters": vars(args),
         **results,
+        "comparison": {
+            "load_generator": f"httpx from one separate process, {args.clients} connections",
+            "servers": servers,
+            "forage_over_best_peer": ratios(servers),
+        },
     }
     print(json.dumps(report, indent=2))
     return 0

@@ -1,78 +1,168 @@
 """Content addressing and where bytes go: UnixFS, CIDs, CAR, blockstores, pinning, deals.
 
 ``forage`` may use only the names listed in ``__all__``; ``tests/test_exports.py`` guards it.
+Names are loaded on first use (PEP 562), so a command that only hashes files (``forage cid``)
+does not pay for the HTTP clients of pinning and deals.
 """
 
 from __future__ import annotations
 
-from storage.blockstore import BlockSink, BlockSource, Blockstore, MemoryBlockstore
-from storage.car import (
-    CarReader,
-    CarWriter,
-    encode_car_header,
-    export_car,
-    read_car,
-    write_car_from_file,
-)
-from storage.cid import Block, block_cid, parse_cid, verify_block
-from storage.commp import (
-    CommP,
-    PieceInfo,
-    padded_piece_size,
-    piece_cid_v1,
-    piece_cid_v2,
-    piece_commitment,
-)
-from storage.dag import read_file, walk_dag
-from storage.dagpb import PBLink, PBNode, decode_pbnode, encode_pbnode
-from storage.deals import (
-    EPOCH_SECONDS,
-    MAINNET_GENESIS,
-    ChainHead,
-    DealInfo,
-    DealService,
-    DealSource,
-    LotusClient,
-    epoch_time,
-    parse_market_deal,
-    time_epoch,
-)
-from storage.errors import (
-    BackendError,
-    BackendRejected,
-    BackendUnavailable,
-    BlockFormatError,
-    BlockNotFound,
-    BlockstoreError,
-    BlockstoreFull,
-    CarError,
-    CarFormatError,
-    CarTruncated,
-    CommPError,
-    ImportSizeError,
-    IntegrityError,
-    InvalidCID,
-    StorageError,
-)
-from storage.flatfs import FilesystemBlockstore
-from storage.pinning import (
-    ClusterPinning,
-    KuboPinning,
-    PinningBackend,
-    PinningService,
-    PinRef,
-    PinRequest,
-    PinState,
-)
-from storage.unixfs import (
-    ImportResult,
-    UnixFSData,
-    UnixFSImporter,
-    compute_cid,
-    decode_unixfs,
-    encode_unixfs,
-    import_file,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from storage.blockstore import BlockSink, BlockSource, Blockstore, MemoryBlockstore
+    from storage.car import (
+        CarReader,
+        CarWriter,
+        encode_car_header,
+        export_car,
+        read_car,
+        write_car_from_file,
+    )
+    from storage.cid import Block, block_cid, parse_cid, verify_block
+    from storage.commp import (
+        CommP,
+        PieceInfo,
+        padded_piece_size,
+        piece_cid_v1,
+        piece_cid_v2,
+        piece_commitment,
+    )
+    from storage.dag import read_file, walk_dag
+    from storage.dagpb import PBLink, PBNode, decode_pbnode, encode_pbnode
+    from storage.deals import (
+        EPOCH_SECONDS,
+        MAINNET_GENESIS,
+        ChainHead,
+        DealInfo,
+        DealService,
+        DealSource,
+        LotusClient,
+        epoch_time,
+        parse_market_deal,
+        time_epoch,
+    )
+    from storage.errors import (
+        BackendError,
+        BackendRejected,
+        BackendUnavailable,
+        BlockFormatError,
+        BlockNotFound,
+        BlockstoreError,
+        BlockstoreFull,
+        CarError,
+        CarFormatError,
+        CarTruncated,
+        CommPError,
+        ImportSizeError,
+        IntegrityError,
+        InvalidCID,
+        StorageError,
+    )
+    from storage.flatfs import FilesystemBlockstore
+    from storage.pinning import (
+        ClusterPinning,
+        KuboPinning,
+        PinningBackend,
+        PinningService,
+        PinRef,
+        PinRequest,
+        PinState,
+    )
+    from storage.unixfs import (
+        ImportResult,
+        UnixFSData,
+        UnixFSImporter,
+        compute_cid,
+        decode_unixfs,
+        encode_unixfs,
+        import_file,
+    )
+
+#: Where each public name is defined.
+_HOMES: dict[str, str] = {
+    "BackendError": "storage.errors",
+    "BackendRejected": "storage.errors",
+    "BackendUnavailable": "storage.errors",
+    "Block": "storage.cid",
+    "BlockFormatError": "storage.errors",
+    "BlockNotFound": "storage.errors",
+    "BlockSink": "storage.blockstore",
+    "BlockSource": "storage.blockstore",
+    "Blockstore": "storage.blockstore",
+    "BlockstoreError": "storage.errors",
+    "BlockstoreFull": "storage.errors",
+    "CarError": "storage.errors",
+    "CarFormatError": "storage.errors",
+    "CarReader": "storage.car",
+    "CarTruncated": "storage.errors",
+    "CarWriter": "storage.car",
+    "ChainHead": "storage.deals",
+    "ClusterPinning": "storage.pinning",
+    "CommP": "storage.commp",
+    "CommPError": "storage.errors",
+    "DealInfo": "storage.deals",
+    "DealService": "storage.deals",
+    "DealSource": "storage.deals",
+    "EPOCH_SECONDS": "storage.deals",
+    "FilesystemBlockstore": "storage.flatfs",
+    "ImportResult": "storage.unixfs",
+    "ImportSizeError": "storage.errors",
+    "IntegrityError": "storage.errors",
+    "InvalidCID": "storage.errors",
+    "KuboPinning": "storage.pinning",
+    "LotusClient": "storage.deals",
+    "MAINNET_GENESIS": "storage.deals",
+    "MemoryBlockstore": "storage.blockstore",
+    "PBLink": "storage.dagpb",
+    "PBNode": "storage.dagpb",
+    "PieceInfo": "storage.commp",
+    "PinRef": "storage.pinning",
+    "PinRequest": "storage.pinning",
+    "PinState": "storage.pinning",
+    "PinningBackend": "storage.pinning",
+    "PinningService": "storage.pinning",
+    "StorageError": "storage.errors",
+    "UnixFSData": "storage.unixfs",
+    "UnixFSImporter": "storage.unixfs",
+    "block_cid": "storage.cid",
+    "compute_cid": "storage.unixfs",
+    "decode_pbnode": "storage.dagpb",
+    "decode_unixfs": "storage.unixfs",
+    "encode_car_header": "storage.car",
+    "encode_pbnode": "storage.dagpb",
+    "encode_unixfs": "storage.unixfs",
+    "epoch_time": "storage.deals",
+    "export_car": "storage.car",
+    "import_file": "storage.unixfs",
+    "padded_piece_size": "storage.commp",
+    "parse_cid": "storage.cid",
+    "parse_market_deal": "storage.deals",
+    "piece_cid_v1": "storage.commp",
+    "piece_cid_v2": "storage.commp",
+    "piece_commitment": "storage.commp",
+    "read_car": "storage.car",
+    "read_file": "storage.dag",
+    "time_epoch": "storage.deals",
+    "verify_block": "storage.cid",
+    "walk_dag": "storage.dag",
+    "write_car_from_file": "storage.car",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'storage' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
+
 
 __all__ = [
     "EPOCH_SECONDS",

@@ -24,7 +24,9 @@ Specs: https://github.com/ipfs/specs/blob/main/UNIXFS.md and boxo
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
@@ -313,6 +315,24 @@ class UnixFSImporter:
             raise ImportSizeError("the import is not finalized yet")
         return self._result
 
+    def add_leaf_digest(self, digest: bytes, length: int) -> list[Block]:
+        """Add the next raw leaf by its SHA-256, hashed elsewhere (on another thread), instead
+        of its bytes: hash-only raw-leaf imports, whole chunks only (a shorter one last)."""
+        if not self._streaming_hash or self._fill or self._result is not None:
+            raise ImportSizeError("add_leaf_digest() needs a hash-only raw-leaf import")
+        if not 0 < length <= self.chunk_size or len(digest) != 32:
+            raise ImportSizeError(f"a leaf of {length} bytes with a {len(digest)}-byte digest")
+        out: list[Block] = []
+        self._size += length
+        self._leaves += 1
+        self._push(0, _Link(_V1_RAW + digest, length, length), out)
+        return out
+
+    @property
+    def takes_leaf_digests(self) -> bool:
+        """Whether :meth:`add_leaf_digest` may be used (hash-only, raw leaves)."""
+        return self._streaming_hash and not self._fill and self._result is None
+
     def update(self, data: bytes | bytearray | memoryview) -> list[Block]:
         """Add the next bytes of the file; return the blocks completed by them (maybe none)."""
         if self._result is not None:
@@ -438,6 +458,67 @@ def _pieces(source: Source) -> Iterator[bytes | bytearray | memoryview]:
         yield from source
 
 
+#: Leaves read (and hashed in parallel) at a time: 4 MiB of 256 KiB leaves.
+_LEAVES_PER_READ = 16
+
+
+def _read_full(stream: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` (fewer bytes only at the end of ``stream``), so leaves stay aligned."""
+    total = 0
+    while total < len(view):
+        count = stream.readinto(view[total:])  # type: ignore[attr-defined]
+        if not count:
+            break
+        total += count
+    return int(total)
+
+
+def _sha256(data: memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def hash_workers() -> int:
+    """Threads to hash leaves on: every core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def leaf_digests(stream: BinaryIO, chunk_size: int, workers: int) -> Iterator[tuple[bytes, int]]:
+    """``(sha256, length)`` of each ``chunk_size`` leaf of ``stream``, in order, the leaves
+    hashed on ``workers`` threads (hashlib releases the GIL) while the next 16 leaves are read
+    into a second buffer. A file of one leaf is hashed here, starting no thread."""
+    size = chunk_size * _LEAVES_PER_READ
+    buffers = (memoryview(bytearray(size)), memoryview(bytearray(size)))
+    pool: ThreadPoolExecutor | None = None
+    pending: list[tuple[Future[bytes], int]] = []
+    turn = 0
+    try:
+        while True:
+            view = buffers[turn]
+            count = _read_full(stream, view)
+            for future, length in pending:
+                yield future.result(), length
+            if not count:
+                return
+            if pool is None and count <= chunk_size:
+                yield _sha256(view[:count]), count
+                continue
+            pool = pool or ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leaf")
+            pending = [
+                (
+                    pool.submit(_sha256, view[at : min(at + chunk_size, count)]),
+                    min(chunk_size, count - at),
+                )
+                for at in range(0, count, chunk_size)
+            ]
+            turn ^= 1
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
 def import_file(
     source: Source,
     *,
@@ -462,9 +543,15 @@ def import_file(
         max_links=max_links,
         emit=emit,
     )
-    for piece in _pieces(source):
-        for block in importer.update(piece):
-            sink.put(block)  # type: ignore[union-attr]
+    workers = hash_workers()
+    if importer.takes_leaf_digests and hasattr(source, "readinto") and workers > 1:
+        for digest, length in leaf_digests(source, chunk_size, workers):  # type: ignore[arg-type]
+            for block in importer.add_leaf_digest(digest, length):
+                sink.put(block)  # type: ignore[union-attr]
+    else:
+        for piece in _pieces(source):
+            for block in importer.update(piece):
+                sink.put(block)  # type: ignore[union-attr]
     for block in importer.finalize():
         sink.put(block)  # type: ignore[union-attr]
     return importer.result

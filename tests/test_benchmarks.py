@@ -92,6 +92,56 @@ def test_the_memory_benchmark_reports_rss_around_a_burst_of_heavy_lookups(tmp_pa
     assert report["peak_under_400_mib"] is (report["rss_peak_mib"] < 400)
 
 
+def test_the_mirror_benchmark_measures_forage_alone_when_no_peer_is_asked(tmp_path: Path) -> None:
+    report = run_script(
+        "bench_mirror.py",
+        "--peers=none",
+        "--tarballs=4",
+        "--tarball-size=4096",
+        "--tarball-requests=24",
+        "--versions=30",
+        "--files=12",
+        "--page-requests=12",
+        "--wheels=6",
+        "--clients=3",
+        cwd=tmp_path,
+    )
+    # The Forage-only fields the README quotes since issue 7.
+    assert report["tarballs"]["requests"] == 24 and report["tarballs"]["bytes_per_response"] > 4096
+    assert report["packument"]["p50_ms"] <= report["packument"]["p99_ms"]
+    assert report["packument_cold_ms"] > 0 and report["simple_page_cold_ms"] > 0
+    assert report["server_peak_rss_mb"] >= report["server_rss_before_load_mb"] > 0
+    comparison = report["comparison"]
+    assert list(comparison["servers"]) == ["forage"] and comparison["forage_over_best_peer"] == {}
+    forage = comparison["servers"]["forage"]
+    for mode in ("upstream_down", "offline"):
+        figures = forage[mode]
+        assert set(figures) == {
+            "tarball",
+            "abbreviated_packument",
+            "simple_page",
+            "wheel",
+            "peak_rss_mb",
+        }
+        # Every answer came from the archive (the script counts any other as an error).
+        assert all(figures[name]["errors"] == 0 for name in figures if name != "peak_rss_mb")
+        assert figures["tarball"]["requests"] == figures["wheel"]["requests"] == 24
+        assert 512 <= figures["wheel"]["bytes_per_response"] <= 576  # the script's wheels
+        # The abbreviated packument is smaller than the full one, for the same 30 versions.
+        full = report["packument"]["bytes_per_response"]
+        assert 0 < figures["abbreviated_packument"]["bytes_per_response"] < full
+        assert figures["peak_rss_mb"] > 0
+    refused = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_mirror.py"), "--peers=verdaccio,nexus"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SCRIPTS.parent)},
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2 and "unknown peer nexus" in refused.stderr
+
+
 def test_chaos_reports_no_5xx_nothing_lost_and_the_recovery(tmp_path: Path) -> None:
     report = run_script(
         "chaos.py",

@@ -33,7 +33,7 @@ import asyncio
 import base64
 import logging
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -215,6 +215,28 @@ def _spool(ctx: JobContext, target: ArchiveTarget) -> IO[bytes] | None:
     directory = Path(ctx.config.data.dir) / SPOOL_DIR
     directory.mkdir(parents=True, exist_ok=True)
     return tempfile.TemporaryFile(dir=directory)
+
+
+def store_bytes(
+    blockstore: Blockstore, target: ArchiveTarget, chunks: Iterable[bytes], *, spool_dir: Path
+) -> ArchiveResult:
+    """Archive bytes already at hand (the mirror's pull-through, issue 16) in the same pass
+    as a download -- verify, import, stage, commit -- so the CID and result are the archive
+    job's. Blocking; nothing is left behind on an exception."""
+    spool = None
+    if not FILE_CHECKS.keys().isdisjoint(target.digests):
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        spool = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - closed below
+    try:
+        with blockstore.batch() as batch:
+            work = _Pass(target, batch, spool)
+            for chunk in chunks:
+                work.received += len(chunk)
+                work.both(chunk)
+            return work.finish()
+    finally:
+        if spool is not None:
+            spool.close()
 
 
 async def fetch_and_store(

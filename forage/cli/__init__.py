@@ -12,14 +12,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from forage import __version__
-from forage.config import LOG_FORMATS, Config
-from forage.errors import ConfigError, ForageError, InvalidKey, NotFound
-from indexers.errors import IndexerError, InvalidName, PackageNotFound
-from storage.errors import StorageError
+from forage.errors import ConfigError, ConfigErrors, ForageError, InvalidKey, NotFound
+from forage.logs import LOG_FORMATS
+
+if TYPE_CHECKING:
+    from forage.config import Config
 
 COMMAND_MODULES: tuple[str, ...] = (
     "archive",
@@ -94,6 +97,7 @@ def load_cli_config(args: argparse.Namespace) -> Config:
     from forage.config import load_config
 
     config = load_config(args.config)
+    args.loaded_config = config  # named in failure messages (forage.cli.failures)
     if getattr(args, "log_format", None) is None and config.logging.format != "text":
         configure_logging(args.verbose, args.quiet, config.logging.format)
     return config
@@ -108,19 +112,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     configure_logging(args.verbose, args.quiet, args.log_format)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
         print("forage: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ConfigError, InvalidKey, InvalidName) as exc:
-        print(f"forage: {exc}", file=sys.stderr)
+    except ConfigErrors as exc:
+        for problem in exc.problems:
+            print(f"forage: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    except (NotFound, PackageNotFound) as exc:
-        print(f"forage: {exc}", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    except (ForageError, IndexerError, StorageError) as exc:
-        print(f"forage: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    except Exception as exc:
+        code = _exit_code(exc)
+        if code is not None:
+            print(f"forage: {exc}", file=sys.stderr)
+            return code
+        from forage.cli.failures import explain
+
+        failure = explain(exc, args)
+        if failure is None or args.verbose:
+            raise
+        print(f"forage: {failure.message}", file=sys.stderr)
+        return failure.exit_code
+
+
+def _exit_code(exc: Exception) -> int | None:
+    """The documented exit code of one of our libraries' errors (``None``: not one). The
+    libraries are looked at only if loaded: an error cannot come from a module never imported,
+    and importing them here would slow every command's start."""
+    usage: list[type[Exception]] = [ConfigError, InvalidKey]
+    missing: list[type[Exception]] = [NotFound]
+    failed: list[type[Exception]] = [ForageError]
+    indexer_errors: Any = sys.modules.get("indexers.errors")
+    if indexer_errors is not None:
+        usage += [indexer_errors.InvalidName, indexer_errors.LockfileError]
+        missing.append(indexer_errors.PackageNotFound)
+        failed.append(indexer_errors.IndexerError)
+    storage_errors: Any = sys.modules.get("storage.errors")
+    if storage_errors is not None:
+        failed.append(storage_errors.StorageError)
+    for code, kinds in ((EXIT_USAGE, usage), (EXIT_NOT_FOUND, missing), (EXIT_FAILURE, failed)):
+        if isinstance(exc, tuple(kinds)):
+            return code
+    return None
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader went away (``forage ... | head``): stop without a word. Standard output is
+    pointed at /dev/null so the interpreter's final flush does not complain again.
+    https://docs.python.org/3/library/signal.html#note-on-sigpipe"""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ happens next: the time of the job's next try, or ``dead`` (:mod:`forage.archive.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from typing import Any
@@ -60,6 +59,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
     if args.failed:
         return _list_failed(args)
     if not args.keys and not args.pending:
@@ -85,7 +86,7 @@ def _list_failed(args: argparse.Namespace) -> int:
         print(f"forage: --limit must be from 1 to {MAX_PER_PAGE}", file=sys.stderr)
         return EXIT_USAGE
     config = load_cli_config(args)
-    engine = open_database(config.database)
+    engine = open_database(config.database, read_only=True)
     try:
         with make_sessionmaker(engine)() as session:
             listing = failed_archives(session, per_page=args.limit)
@@ -108,6 +109,8 @@ def _list_failed(args: argparse.Namespace) -> int:
 
 
 async def _archive(config: Any, args: argparse.Namespace, *, progress: bool) -> int:
+    import asyncio
+
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "cid",
         help="print the IPFS CID of files",
         description=(
-            "Print the CID that `ipfs add` gives each FILE, one per line in the order given: "
+            "Print the CID that `ipfs add` gives each FILE as `CID  FILE` lines in the order "
+            "given, like sha256sum: "
             "256 KiB chunks, balanced DAG of at most 174 links per node, SHA-256. Files are "
             "read once in constant memory. An unreadable file is reported on stderr, the "
             "others are still printed, and the exit status is 1."
@@ -56,7 +57,7 @@ def _fail(message: str) -> None:
 
 
 def cid_command(args: argparse.Namespace) -> int:
-    """Print one CID per readable file; return 1 if any file could not be read."""
+    """Print ``CID  FILE`` per readable file; return 1 if any file could not be read."""
     from storage import StorageError, compute_cid
 
     failed = 0
@@ -75,7 +76,7 @@ def cid_command(args: argparse.Namespace) -> int:
             _fail(f"{name}: {exc}")
             failed += 1
             continue
-        print(cid, flush=True)
+        print(f"{cid}  {name}", flush=True)
     return 1 if failed else 0
 
 

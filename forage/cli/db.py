@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from forage.cli import EXIT_FAILURE, load_cli_config
+from forage.cli.progress import add_progress_option, bar, wanted
 
 
 def register(subparsers: Any) -> None:
@@ -40,6 +41,7 @@ def register(subparsers: Any) -> None:
         "The scheduler's render_answers task does the same, schedule.render_batch at a time.",
     )
     render.add_argument("--limit", type=int, help="stop after about this many answers")
+    add_progress_option(render)
     render.set_defaults(handler=run_render_answers)
     optimize = commands.add_parser(
         "optimize",
@@ -54,14 +56,16 @@ def register(subparsers: Any) -> None:
     revision.set_defaults(handler=run_revision)
 
 
-def _engine(args: argparse.Namespace) -> Any:
-    from forage.db.engine import make_engine
+def _engine(args: argparse.Namespace, *, read_only: bool = False) -> Any:
+    from forage.db.engine import make_engine, require_existing
 
     if not args.verbose:
         # Alembic narrates every step at INFO; our own summary line is enough.
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
     config = load_cli_config(args)
+    if read_only:
+        require_existing(config.database)
     return config, make_engine(config.database)
 
 
@@ -99,7 +103,7 @@ def run_downgrade(args: argparse.Namespace) -> int:
 def run_current(args: argparse.Namespace) -> int:
     from forage.db.engine import current_revision, head_revision
 
-    _config, engine = _engine(args)
+    _config, engine = _engine(args, read_only=True)
     try:
         revision = current_revision(engine)
     finally:
@@ -113,7 +117,7 @@ def run_current(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     from forage.db.schema import schema_diff
 
-    _config, engine = _engine(args)
+    _config, engine = _engine(args, read_only=True)
     try:
         diff = schema_diff(engine)
     finally:
@@ -124,19 +128,26 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_render_answers(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    import sqlalchemy as sa
 
     from forage.db import statistics
-    from forage.db.engine import make_sessionmaker
-    from forage.lookup.answers import render_stale
+    from forage.db.engine import make_sessionmaker, utcnow
+    from forage.lookup.answers import render_stale, stale_ids
 
     if args.limit is not None and args.limit < 1:
         print("forage: --limit must be at least 1", file=sys.stderr)
         return 2
     config, engine = _engine(args)
     try:
-        with tqdm(unit=" answers", desc="rendering", disable=None, file=sys.stderr) as bar:
-            stored = render_stale(make_sessionmaker(engine), limit=args.limit, progress=bar.update)
+        sessions = make_sessionmaker(engine)
+        total = None
+        if wanted(args):
+            with sessions() as session:
+                stale = stale_ids(after=0, now=utcnow()).subquery()
+                total = session.scalar(sa.select(sa.func.count()).select_from(stale))
+            total = total if args.limit is None else min(total or 0, args.limit)
+        with bar(args, total=total, desc="rendering", unit=" answers") as progress:
+            stored = render_stale(sessions, limit=args.limit, progress=progress.update)
         if stored >= statistics.BULK:
             with engine.begin() as connection:
                 statistics.refresh(connection)

@@ -10,15 +10,14 @@ deal sources now.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from typing import Any
 
 from forage.cli import load_cli_config
+from forage.cli.progress import add_progress_option, bar, human_size, wanted
 
 STATES = (
     "proposed",
@@ -43,6 +42,7 @@ def register(subparsers: Any) -> None:
     build.add_argument(
         "--partial", action="store_true", help="also build a last piece short of the minimum fill"
     )
+    add_progress_option(build)
     build.set_defaults(handler=run_build)
 
     deals = subparsers.add_parser("deals", help="list Filecoin deals, or sync them now")
@@ -57,12 +57,13 @@ def register(subparsers: Any) -> None:
 
 
 @contextmanager
-def _database(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
-    """The configuration and a sessionmaker (SQLite is migrated on first use)."""
+def _database(args: argparse.Namespace, *, read_only: bool = False) -> Iterator[tuple[Any, Any]]:
+    """The configuration and a sessionmaker (SQLite is migrated on first use; a listing
+    never creates it)."""
     from forage.db.engine import make_sessionmaker, open_database
 
     config = load_cli_config(args)
-    engine = open_database(config.database)
+    engine = open_database(config.database, read_only=read_only)
     try:
         yield config, make_sessionmaker(engine)
     finally:
@@ -74,19 +75,27 @@ def _json_line(value: dict[str, Any]) -> str:
 
 
 def run_pieces(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from forage.filecoin.pieces import list_pieces
 
-    with _database(args) as (_, sessionmaker), sessionmaker() as session:
+    with _database(args, read_only=True) as (_, sessionmaker), sessionmaker() as session:
         rows = list_pieces(session, limit=args.limit)
     if args.json:
         for row in rows:
             print(_json_line(asdict(row)))
         return 0
-    print(f"{'PIECE CID':<66} {'PADDED':>12} {'CAR BYTES':>12} {'MEMBERS':>8} {'ACTIVE':>6}")
+    if not rows:
+        print(
+            "forage: no pieces yet; 'forage pieces build' packs archived files into pieces",
+            file=sys.stderr,
+        )
+        return 0
+    print(f"{'PIECE CID':<66} {'PADDED':>10} {'CAR':>10} {'MEMBERS':>8} {'ACTIVE':>6}")
     for row in rows:
         print(
-            f"{row.piece_cid:<66} {row.padded_size:>12} {row.car_size:>12} "
-            f"{row.members:>8} {row.active_deals:>6}"
+            f"{row.piece_cid:<66} {human_size(row.padded_size):>10} "
+            f"{human_size(row.car_size):>10} {row.members:>8} {row.active_deals:>6}"
         )
     return 0
 
@@ -96,23 +105,68 @@ def run_build(args: argparse.Namespace) -> int:
     from forage.filecoin.pieces import build_pieces
 
     with _database(args) as (config, sessionmaker):
-        built = build_pieces(config, sessionmaker, open_blockstore(config), partial=args.partial)
+        total = _unpacked_archives(sessionmaker) if wanted(args) else None
+        with bar(args, total=total, desc="packing", unit=" archives") as progress:
+            built = build_pieces(
+                config,
+                sessionmaker,
+                open_blockstore(config),
+                partial=args.partial,
+                progress=lambda piece: progress.update(piece.members),
+            )
     for piece in built:
         print(f"{piece.piece_cid} {piece.padded_size} {piece.car_size} {piece.members}")
-    print(f"forage: {len(built)} piece(s) built", file=sys.stderr)
+    if built:
+        size = human_size(sum(piece.car_size for piece in built))
+        print(f"forage: {len(built)} piece(s) built, {size} of CAR data", file=sys.stderr)
+    else:
+        print(
+            "forage: 0 piece(s) built: no archived file waits for a piece, or too few to "
+            "fill one (--partial builds it anyway)",
+            file=sys.stderr,
+        )
     return 0
 
 
+def _unpacked_archives(sessionmaker: Any) -> int:
+    """How many archived files wait for a piece (the bar's total)."""
+    import sqlalchemy as sa
+
+    from forage.db.models import Archive, ArchiveStatus, PieceMember
+
+    packed = sa.select(PieceMember.archive_id).where(PieceMember.archive_id == Archive.id)
+    with sessionmaker() as session:
+        return int(
+            session.scalar(
+                sa.select(sa.func.count()).where(
+                    Archive.status == ArchiveStatus.ARCHIVED,
+                    Archive.cid.is_not(None),
+                    ~packed.exists(),
+                )
+            )
+            or 0
+        )
+
+
 def run_deals(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from forage.db.models import DealState
     from forage.filecoin.deals import list_deals
 
     state = DealState(args.state) if args.state else None
-    with _database(args) as (_, sessionmaker), sessionmaker() as session:
+    with _database(args, read_only=True) as (_, sessionmaker), sessionmaker() as session:
         rows = list_deals(session, state=state, piece_cid=args.piece, limit=args.limit)
     if args.json:
         for row in rows:
             print(_json_line({**asdict(row), "state": row.state.value}))
+        return 0
+    if not rows:
+        print(
+            "forage: no deals recorded; 'forage deals sync' reads the configured deal sources "
+            "([filecoin] lotus_url or deal_service_url)",
+            file=sys.stderr,
+        )
         return 0
     print(f"{'DEAL':>10}  {'SOURCE':<11} {'PROVIDER':<10} {'STATE':<16} {'ENDS':<10} PIECE CID")
     for row in rows:
@@ -125,6 +179,8 @@ def run_deals(args: argparse.Namespace) -> int:
 
 
 def run_sync(args: argparse.Namespace) -> int:
+    import asyncio
+
     from forage.filecoin.deals import open_sources, sync_deals
 
     async def run(config: Any, sessionmaker: Any) -> Any:

@@ -10,7 +10,6 @@ temporary directory is removed at the end. See :mod:`forage.runtime.demo`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -41,6 +40,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
     from forage.runtime.demo import DemoReport, run_demo
 
     if not 0 <= args.port <= 65535:

@@ -13,9 +13,9 @@ what is known and what waits.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from forage.cli import EXIT_FAILURE, EXIT_USAGE, load_cli_config
@@ -73,6 +73,8 @@ def register(subparsers: Any) -> None:
 
 
 def run_watch(args: argparse.Namespace) -> int:
+    import asyncio
+
     from forage.index.registries import check_ecosystem
     from indexers import ECOSYSTEMS
 
@@ -87,16 +89,22 @@ def run_watch(args: argparse.Namespace) -> int:
 async def _watch(
     config: Any, ecosystem: str, *, once: bool, interval: float, position: str | None
 ) -> int:
+    import asyncio
+
     from forage.db.engine import make_sessionmaker, open_database
     from forage.index import bootstrap
     from forage.index.ingest import watch_feed
     from forage.jobs.worker import job_context
-    from indexers import InvalidPosition
+    from indexers import ECOSYSTEMS, InvalidPosition
+
+    def where(cursor: Any) -> str:
+        position = ECOSYSTEMS[ecosystem].indexer.cursor_position(cursor)
+        return describe_position(ecosystem, position)
 
     def progress(stats: Any) -> None:
         print(
             f"forage: {ecosystem}: page {stats.pages}, {stats.changes} changes queued, "
-            f"cursor {json.dumps(stats.cursor)}",
+            f"cursor at {where(stats.cursor)}",
             file=sys.stderr,
         )
 
@@ -112,7 +120,7 @@ async def _watch(
                 verb = "resuming" if walk.resumed else "starting"
                 print(
                     f"forage: {ecosystem}: {verb} a bootstrap from {walk.position}; "
-                    f"cursor {json.dumps(walk.cursor)}",
+                    f"cursor at {where(walk.cursor)}",
                     file=sys.stderr,
                 )
             while True:
@@ -132,6 +140,8 @@ async def _watch(
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
+    import asyncio
+
     from forage.index.registries import check_ecosystem
 
     config = load_cli_config(args)
@@ -162,6 +172,8 @@ async def _reconcile(config: Any, ecosystem: str, *, dry_run: bool) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    import asyncio
+
     from forage.index.registries import check_ecosystem
 
     if args.versions is not None and args.versions < 1:
@@ -200,7 +212,7 @@ def run_status(args: argparse.Namespace) -> int:
     from forage.index.status import registry_status
 
     config = load_cli_config(args)
-    engine = open_database(config.database)
+    engine = open_database(config.database, read_only=True)
     try:
         with make_sessionmaker(engine)() as session:
             status = registry_status(session)
@@ -215,7 +227,57 @@ def run_status(args: argparse.Namespace) -> int:
         return 0
     for name, row in report.items():
         print("\n".join(_status_lines(name, row)))
+    if all(row["cursor"] is None and not row["packages"].get("known") for row in report.values()):
+        print(
+            "forage: the index is empty; configure a registry ([registries.NAME] in "
+            "forage.toml), then 'forage watch NAME' follows its feed and 'forage import NAME "
+            "PACKAGE' records one package",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _moment(text: str) -> str:
+    """An ISO 8601 time as ``2026-01-02 03:04:05 UTC``; anything else as it is."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def describe_position(ecosystem: str, value: Any) -> str:
+    """A feed position in words: a time, or the registry's counter by its name (``seq 42``,
+    ``serial 1234``), never the stored JSON."""
+    import dataclasses
+
+    from indexers import ECOSYSTEMS
+
+    if value is None:
+        return "unknown"
+    if isinstance(value, str):
+        return _moment(value)
+    registered = ECOSYSTEMS.get(ecosystem)
+    if registered is None or not isinstance(value, int):
+        return str(value)
+    label = dataclasses.fields(registered.indexer.cursor_type)[0].name
+    return f"{label} {value}"
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3 min 5 s``, ``2 h 10 min``, ``3 d 4 h``: the two largest units."""
+    whole = int(seconds)
+    units = (("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1))
+    parts: list[str] = []
+    for name, size in units:
+        if whole >= size or (name == "s" and not parts):
+            parts.append(f"{whole // size} {name}")
+            whole %= size
+        if len(parts) == 2:
+            break
+    return " ".join(parts)
 
 
 def _status_lines(name: str, row: dict[str, Any]) -> list[str]:
@@ -225,12 +287,14 @@ def _status_lines(name: str, row: dict[str, Any]) -> list[str]:
         return ", ".join(f"{n} {state}" for state, n in counts.items())
 
     if row["cursor"] is None:
-        feed = "not watched yet"
+        feed = "not watched yet: 'forage watch " + name + "' follows it"
     else:
-        lag = "unknown" if row["lag_seconds"] is None else f"{row['lag_seconds']:.0f} s"
-        where = "at head" if row["at_head"] else f"last at head: {row['caught_up_at'] or 'never'}"
-        head = "unknown" if row["head"] is None else row["head"]
-        feed = f"head {head}, cursor {row['position']}, lag {lag} ({where})"
+        lag = "unknown" if row["lag_seconds"] is None else duration(row["lag_seconds"])
+        caught_up = _moment(row["caught_up_at"]) if row["caught_up_at"] else "never"
+        where = "at head" if row["at_head"] else f"last at head: {caught_up}"
+        head = describe_position(name, row["head"])
+        cursor = describe_position(name, row["position"])
+        feed = f"cursor at {cursor}, head {head}, lag {lag} ({where})"
     return [
         f"{name}{'' if row['configured'] else ' (not configured)'}",
         f"  feed      {feed}",

@@ -1,7 +1,8 @@
 """``forage jobs``: look at the job queue and put dead jobs back to work.
 
-``forage jobs [--state S] [--kind K] [--limit N]`` lists jobs, newest first;
-``forage jobs stats`` counts them by kind and state; ``forage jobs retry ID... | --all-dead
+``forage jobs [--state S] [--kind K] [--limit N]`` lists jobs, newest first (errors cut to
+a line); ``forage jobs show ID`` prints one job whole: its payload and its last error in
+full; ``forage jobs stats`` counts them by kind and state; ``forage jobs retry ID... | --all-dead
 [--kind K]`` queues dead jobs again with fresh attempts; ``forage jobs prune --older-than
 DAYS`` deletes finished (``done``) jobs.
 """
@@ -9,11 +10,13 @@ DAYS`` deletes finished (``done``) jobs.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from datetime import timedelta
+import textwrap
+from datetime import datetime, timedelta
 from typing import Any
 
-from forage.cli import EXIT_USAGE, load_cli_config
+from forage.cli import EXIT_NOT_FOUND, EXIT_USAGE, load_cli_config
 
 STATES = ("queued", "running", "done", "dead")
 
@@ -26,6 +29,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     parser.set_defaults(handler=run_list)
     commands = parser.add_subparsers(dest="jobs_command", metavar="COMMAND")
+    show = commands.add_parser("show", help="one job: payload, times and the whole error")
+    show.add_argument("job_id", type=int, metavar="ID", help="the job's id (from 'forage jobs')")
+    show.set_defaults(handler=run_show)
     stats = commands.add_parser("stats", help="count jobs by kind and state")
     stats.set_defaults(handler=run_stats)
     retry = commands.add_parser("retry", help="queue dead jobs again")
@@ -41,9 +47,9 @@ def register(subparsers: Any) -> None:
 
 
 def _sessionmaker(args: argparse.Namespace) -> Any:
-    from forage.db.engine import make_engine, make_sessionmaker
+    from forage.db.engine import make_sessionmaker, open_database
 
-    engine = make_engine(load_cli_config(args).database)
+    engine = open_database(load_cli_config(args).database, read_only=True)
     return engine, make_sessionmaker(engine)
 
 
@@ -63,6 +69,14 @@ def run_list(args: argparse.Namespace) -> int:
             rows = admin.list_jobs(session, state=args.state, kind=args.kind, limit=args.limit)
     finally:
         engine.dispose()
+    if not rows:
+        which = " ".join(f"{k}={v}" for k, v in (("state", args.state), ("kind", args.kind)) if v)
+        print(
+            f"forage: no jobs{' with ' + which if which else ''}; 'forage watch', 'forage "
+            "import' and the scheduler queue them, 'forage worker' runs them",
+            file=sys.stderr,
+        )
+        return 0
     print(f"{'ID':>8}  {'KIND':<20} {'STATE':<8} {'TRIES':>5}  {'RUN AFTER':<20} LAST ERROR")
     for row in rows:
         limit = row.max_attempts if row.max_attempts is not None else "-"
@@ -70,6 +84,42 @@ def run_list(args: argparse.Namespace) -> int:
             f"{row.id:>8}  {row.kind:<20} {row.state.value:<8} {row.attempts:>2}/{limit:<2}  "
             f"{row.run_after:%Y-%m-%d %H:%M:%S}  {_short(row.last_error)}"
         )
+    return 0
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from forage.db.models import JobRecord
+
+    engine, sessionmaker = _sessionmaker(args)
+    try:
+        with sessionmaker() as session:
+            job = session.get(JobRecord, args.job_id)
+    finally:
+        engine.dispose()
+    if job is None:
+        print(f"forage: no job {args.job_id}; 'forage jobs' lists them", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    limit = job.max_attempts if job.max_attempts is not None else "unlimited"
+    lease = f"{job.lease_owner} until {_when(job.lease_expires_at)}" if job.lease_owner else "-"
+    print(f"job       {job.id}")
+    print(f"kind      {job.kind}")
+    print(f"state     {job.state.value}")
+    print(f"attempts  {job.attempts} of {limit}")
+    print(f"created   {_when(job.created_at)}")
+    print(f"updated   {_when(job.updated_at)}")
+    print(f"run after {_when(job.run_after)}")
+    print(f"finished  {_when(job.finished_at)}")
+    print(f"lease     {lease}")
+    print(f"dedup key {job.dedup_key or '-'}")
+    print("payload")
+    print(textwrap.indent(json.dumps(job.payload, indent=2, sort_keys=True), "  "))
+    print("last error" + ("" if job.last_error else "  -"))
+    if job.last_error:
+        print(textwrap.indent(job.last_error.rstrip("\n"), "  "))
     return 0
 
 
@@ -83,6 +133,9 @@ def run_stats(args: argparse.Namespace) -> int:
             counts = admin.counts(session)
     finally:
         engine.dispose()
+    if not counts:
+        print("forage: the job queue is empty", file=sys.stderr)
+        return 0
     print(f"{'KIND':<24} " + " ".join(f"{s:>8}" for s in STATES))
     for kind in sorted({k for k, _ in counts}):
         row = " ".join(f"{counts.get((kind, jobs.JobState(s)), 0):>8}" for s in STATES)

@@ -1,11 +1,13 @@
 """``forage lookup``: where are the bytes of these packages, from the local index.
 
 ``forage lookup KEY...`` takes purls or Forage keys; ``--lockfile FILE`` adds every dependency
-of an npm ``package-lock.json``, a pinned ``requirements.txt``, a ``go.sum`` or a CycloneDX
-JSON SBOM. It prints a table (one line per file: CID, pins, and the active Filecoin deals
-with provider and expiry) or, with ``--json``, the API's JSON answer. Keys the index lacks
-queue an import, as the API does (``--no-backfill`` to only read). Exit status: 0 when every
-key was found, 3 when some were not (queued, unknown or malformed).
+of a lockfile or SBOM (any format of :func:`indexers.read_lockfile`), each one's pinned digests
+compared with the files Forage holds (a mismatch counts as not found). It prints a table (one
+line per file: CID, pins, and the active Filecoin deals with provider and expiry) or, with
+``--json``, the API's JSON answer. Keys the index lacks queue an import, as the API does
+(``--no-backfill`` to only read). Exit status: 0 when every key was found, 3 when some were
+not (queued, unknown or malformed), 2 when every key was malformed or the lockfile cannot be
+read (of no supported format included).
 """
 
 from __future__ import annotations
@@ -38,7 +40,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--lockfile",
         metavar="FILE",
-        help="package-lock.json, requirements.txt, go.sum or a CycloneDX JSON SBOM",
+        help="a lockfile (package-lock.json, yarn.lock, pnpm-lock.yaml, requirements.txt, "
+        "poetry.lock, uv.lock, Pipfile.lock, go.sum, Cargo.lock...) or an SBOM (CycloneDX, SPDX)",
+    )
+    parser.add_argument(
+        "--digest",
+        action="append",
+        dest="digests",
+        metavar="DIGEST",
+        help="find files by registry digest: hex, sha256:HEX, sha512-BASE64, h1:BASE64",
     )
     parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
     parser.add_argument(
@@ -54,6 +64,10 @@ def run_lookup(args: argparse.Namespace) -> int:
     from forage.lookup.sessions import read_only_sessionmaker
     from indexers import LockEntry, read_lockfile
 
+    if args.digests:
+        from forage.cli.digests import run_digest_lookup
+
+        return run_digest_lookup(args)
     if not args.keys and not args.lockfile:
         print("forage: give keys to look up, or --lockfile FILE", file=sys.stderr)
         return EXIT_USAGE
@@ -65,9 +79,9 @@ def run_lookup(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"forage: cannot read {path}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
-        entries += read_lockfile(data, filename=path.name)
+        entries += read_lockfile(data, filename=path.name)  # LockfileError: exit 2 (main)
     config = load_cli_config(args)
-    engine = open_database(config.database)
+    engine = open_database(config.database, read_only=True)
     writer = make_sessionmaker(engine)
     reader, reader_engine = read_only_sessionmaker(writer)
     try:
@@ -90,11 +104,15 @@ def run_lookup(args: argparse.Namespace) -> int:
         if args.lockfile:
             print(json.dumps(reply, indent=2))
         else:
-            body = {"results": reply["dependencies"], "summary": reply["summary"]}
-            for result in body["results"]:
-                del result["source"]
-            del body["summary"]["skipped"]
-            print(json.dumps(body, indent=2))
+            # /api/v1/lookup's answer: without what only a lockfile's reply has.
+            lockfile_only = ("source", "integrity", "pinned", "mismatched")
+            answers = [
+                {k: v for k, v in result.items() if k not in lockfile_only}
+                for result in reply["dependencies"]
+            ]
+            extra = ("skipped", "integrity_mismatch")
+            shown = {k: v for k, v in reply["summary"].items() if k not in extra}
+            print(json.dumps({"results": answers, "summary": shown}, indent=2))
     else:
         print_table(reply["dependencies"])
     summary = reply["summary"]
@@ -104,6 +122,8 @@ def run_lookup(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     missing = sum(count for status, count in summary.items() if status not in ("found", "skipped"))
+    if missing and missing == summary.get("invalid", 0) and not summary.get("found"):
+        return EXIT_USAGE  # nothing could even be asked: every key was malformed
     return EXIT_NOT_FOUND if missing else 0
 
 
@@ -122,7 +142,9 @@ def _rows(dependencies: Sequence[dict[str, Any]]) -> Iterator[tuple[str, ...]]:
     for dependency in dependencies:
         label = dependency["key"] or dependency["source"]
         status = dependency["status"]
-        if status != "found":
+        if dependency.get("integrity") == "mismatch":
+            status = "found, INTEGRITY MISMATCH"
+        if dependency["status"] != "found":
             detail = {
                 "queued": f"import queued (job {dependency.get('job_id')})",
                 "invalid": dependency.get("error"),

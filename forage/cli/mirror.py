@@ -10,12 +10,18 @@ with no network, whose mirror then serves those releases. See :mod:`forage.mirro
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
 
 from forage.cli import EXIT_FAILURE, load_cli_config
+from forage.cli.progress import (
+    add_progress_option,
+    bar,
+    counting_reader,
+    counting_writer,
+    human_size,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -38,6 +44,7 @@ def register(subparsers: Any) -> None:
     )
     export.add_argument("--lockfile", required=True, type=Path, metavar="FILE")
     export.add_argument("-o", "--output", required=True, type=Path, metavar="CAR")
+    add_progress_option(export)
     export.set_defaults(handler=run_export)
 
     load = subparsers.add_parser(
@@ -47,6 +54,7 @@ def register(subparsers: Any) -> None:
         "against their upstream digests, rows recorded. Needs no network.",
     )
     load.add_argument("car", type=Path, metavar="CAR")
+    add_progress_option(load)
     load.set_defaults(handler=run_import_car)
 
 
@@ -65,6 +73,7 @@ def _keys(path: Path) -> Any:
 
 
 def run_prime(args: argparse.Namespace) -> int:
+    import asyncio
 
     config = load_cli_config(args)
     keys = _keys(args.lockfile)
@@ -72,6 +81,8 @@ def run_prime(args: argparse.Namespace) -> int:
 
 
 async def _prime(config: Any, keys: Any, concurrency: int) -> int:
+    import asyncio
+
     from forage.db.engine import make_sessionmaker, open_database
     from forage.jobs.worker import job_context
     from forage.mirror.offline import prime
@@ -98,7 +109,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     config = load_cli_config(args)
     keys = _keys(args.lockfile)
-    engine = open_database(config.database)
+    engine = open_database(config.database, read_only=True)
     try:
         with make_sessionmaker(engine)() as session:
             manifest, missing = bundle_manifest(session, keys)
@@ -107,11 +118,21 @@ def run_export(args: argparse.Namespace) -> int:
     for purl in missing:
         print(f"forage: {purl}: not archived; run 'forage prime' first", file=sys.stderr)
     partial = args.output.with_name(args.output.name + ".partial")
-    with partial.open("wb") as out:
-        report = export_bundle(manifest, open_blockstore(config), out)
+    total = sum(
+        artifact["archive"]["size"] or 0
+        for package in manifest["packages"]
+        for version in package["versions"]
+        for artifact in version["artifacts"]
+    )
+    with (
+        partial.open("wb") as out,
+        bar(args, total=total or None, desc="exporting", unit="B", in_bytes=True) as progress,
+    ):
+        report = export_bundle(manifest, open_blockstore(config), counting_writer(out, progress))
     partial.replace(args.output)
     print(
-        f"wrote {args.output}: {report.archives} archives, {report.size} bytes, root {report.root}"
+        f"wrote {args.output}: {report.archives} archives, {human_size(report.size)}, "
+        f"root {report.root}"
     )
     return EXIT_FAILURE if missing else 0
 
@@ -124,9 +145,16 @@ def run_import_car(args: argparse.Namespace) -> int:
     config = load_cli_config(args)
     engine = open_database(config.database)
     try:
-        with args.car.open("rb") as stream:
+        with (
+            args.car.open("rb") as stream,
+            bar(
+                args, total=args.car.stat().st_size, desc="importing", unit="B", in_bytes=True
+            ) as progress,
+        ):
             report = import_bundle(
-                stream, blockstore=open_blockstore(config), sessions=make_sessionmaker(engine)
+                counting_reader(stream, progress),
+                blockstore=open_blockstore(config),
+                sessions=make_sessionmaker(engine),
             )
     except OSError as exc:
         print(f"forage: cannot read {args.car}: {exc.strerror}", file=sys.stderr)

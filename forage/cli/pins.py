@@ -11,7 +11,6 @@ and :mod:`forage.pins.report`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from typing import Any
@@ -48,7 +47,7 @@ def run_show(args: argparse.Namespace) -> int:
     from forage.pins.report import failed_pins, pin_counts
 
     config = load_cli_config(args)
-    engine = open_database(config.database)
+    engine = open_database(config.database, read_only=True)
     try:
         with make_sessionmaker(engine)() as session:
             counts = pin_counts(session, config)
@@ -87,6 +86,8 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    import asyncio
+
     from forage.db.engine import make_sessionmaker, open_database
     from forage.pins.check import check_pins
 

@@ -11,7 +11,6 @@ run times the database holds; ``scheduler --run TASK`` runs one task now and exi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
@@ -50,6 +49,8 @@ def register(subparsers: Any) -> None:
 
 
 def run_all(args: argparse.Namespace) -> int:
+    import asyncio
+
     from forage.runtime.run import run_forage
 
     if args.concurrency is not None and args.concurrency < 1:
@@ -75,6 +76,7 @@ def run_all(args: argparse.Namespace) -> int:
 
 
 def run_scheduler(args: argparse.Namespace) -> int:
+    import asyncio
 
     config = load_cli_config(args)
     if args.list:

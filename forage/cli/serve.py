@@ -12,13 +12,15 @@ Shutdown order: https://docs.aiohttp.org/en/stable/web_advanced.html#graceful-sh
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forage.cli import load_cli_config
+
+if TYPE_CHECKING:
+    import asyncio
 
 #: Seconds requests in flight get to finish once a stop signal arrives.
 SHUTDOWN_TIMEOUT = 10.0
@@ -40,6 +42,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import asyncio
 
     config = load_cli_config(args)
     host = args.host or config.server.host
@@ -90,6 +93,8 @@ async def run_app(app: Any, *, host: str, port: int, stop: asyncio.Event) -> Non
 
 async def serve(config: Any, *, host: str, port: int) -> int:
     """Open the database and blockstore, serve until SIGINT/SIGTERM, close everything."""
+    import asyncio
+
     from forage.archive.blocks import open_blockstore
     from forage.db.engine import make_sessionmaker, open_database
     from forage.server.app import make_app

@@ -13,7 +13,6 @@ site's own job kinds or the test suite's; ``--kind K`` (repeatable) runs only so
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
@@ -42,6 +41,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
     from forage.jobs.worker import load_handlers, run_worker
 
     config = load_cli_config(args)

@@ -46,7 +46,7 @@ from forage.config.values import (
     mask_url_password,
     netloc,
 )
-from forage.errors import ConfigError
+from forage.errors import ConfigError, ConfigErrors
 from indexers import ECOSYSTEMS
 
 log = logging.getLogger("forage.config")
@@ -83,37 +83,60 @@ def load_config(
             raise ConfigError(str(source), f"not valid TOML: {exc}") from exc
         base_dir = source.resolve().parent
     _warn_unknown_variables(environ, document)
+    problems: list[ConfigError] = []
     known = {name for name, _ in SECTIONS} | {"registries"}
     for name in document:
         if name not in known:
-            raise ConfigError(name, f"unknown section; known: {', '.join(sorted(known))}")
+            problems.append(
+                ConfigError(name, f"unknown section; known: {', '.join(sorted(known))}")
+            )
+
+    def checked(build: Any, *build_args: Any, fallback: Any) -> Any:
+        # Every mistake is collected, so the operator fixes them all in one round.
+        try:
+            return build(*build_args)
+        except ConfigError as exc:
+            problems.append(exc)
+            return fallback
 
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS:
-        sections[name] = _build(cls, name, _table(document, name), environ, base_dir)
+        table = checked(_table, document, name, fallback={})
+        sections[name] = checked(_build, cls, name, table, environ, base_dir, fallback=cls())
     sections["data"] = replace(sections["data"], dir=sections["data"].dir.resolve())
-    registries_table = _table(document, "registries")
+    registries_table = checked(_table, document, "registries", fallback={})
     for name in registries_table:
         if name not in ECOSYSTEMS:
-            raise ConfigError(
-                f"registries.{name}",
-                f"unknown registry; known registries: {', '.join(sorted(ECOSYSTEMS))}",
-            )
-    registries = {
-        name: _build_registry(
-            name, f"registries.{name}", _table(registries_table, name), environ, base_dir
-        )
-        for name in ECOSYSTEMS
-    }
+            from forage.lookup.keys import near_ecosystem_hint
+
+            known = f"; known registries: {', '.join(sorted(ECOSYSTEMS))}"
+            reason = f"unknown registry{near_ecosystem_hint(name) or known}"
+            problems.append(ConfigError(f"registries.{name}", reason))
+    registries = {}
+    for name in ECOSYSTEMS:
+        prefix = f"registries.{name}"
+        table = checked(_table, registries_table, name, fallback={})
+        registry = checked(_build_registry, name, prefix, table, environ, base_dir, fallback=None)
+        registries[name] = registry or _build_registry(name, prefix, {}, {}, base_dir)
     sections["registries"] = RegistriesConfig(MappingProxyType(registries))
-    sections["server"] = _with_token(sections["server"], document, environ)
-    sections["filecoin"] = _with_filecoin(sections["filecoin"])
-    sections["pinning"] = _with_pin_backends(
-        sections["pinning"], _table(document, "pinning"), environ, base_dir
+    server = sections["server"]
+    sections["server"] = checked(_with_token, server, document, environ, fallback=server)
+    filecoin = sections["filecoin"]
+    sections["filecoin"] = checked(_with_filecoin, filecoin, fallback=filecoin)
+    pinning = sections["pinning"]
+    pinning_table = checked(_table, document, "pinning", fallback={})
+    sections["pinning"] = checked(
+        _with_pin_backends, pinning, pinning_table, environ, base_dir, fallback=pinning
     )
-    sections["database"] = _with_database_url(sections["database"], sections["data"])
+    database = sections["database"]
+    sections["database"] = checked(
+        _with_database_url, database, sections["data"], fallback=database
+    )
     if sections["jobs"].backoff_cap < sections["jobs"].backoff_base:
-        raise ConfigError("jobs.backoff_cap", "must not be smaller than jobs.backoff_base")
+        problems.append(
+            ConfigError("jobs.backoff_cap", "must not be smaller than jobs.backoff_base")
+        )
+    ConfigErrors.raise_all(problems)
     return Config(**sections, source=source)
 
 
@@ -146,11 +169,11 @@ def _build(
 ) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in fields(cls)}
-    for key in table:
-        if key not in names:
-            raise ConfigError(
-                f"{prefix}.{key}", f"unknown setting; known: {', '.join(sorted(names))}"
-            )
+    problems = [
+        ConfigError(f"{prefix}.{key}", f"unknown setting; known: {', '.join(sorted(names))}")
+        for key in table
+        if key not in names
+    ]
     secrets = getattr(cls, "SECRETS", ())
     values: dict[str, Any] = {}
     for f in fields(cls):
@@ -159,19 +182,27 @@ def _build(
         key = f"{prefix}.{f.name}"
         var = env_name(key)
         if f.name in secrets and f.name in table:
-            raise ConfigError(
-                key,
-                f"secrets are not read from the config file; set {var} or {prefix}.token_file",
+            problems.append(
+                ConfigError(
+                    key,
+                    f"secrets are not read from the config file; set {var} or {prefix}.token_file",
+                )
             )
+            continue
         if var in environ:
             raw, origin, rel = environ[var], f" (from {var})", Path.cwd()
         elif f.name in table:
             raw, origin, rel = table[f.name], "", base_dir
         else:
             continue
-        value = _coerce(hints[f.name], raw, key, origin, rel, from_env=var in environ)
-        _check_bounds(value, f.metadata, key, origin)
+        try:
+            value = _coerce(hints[f.name], raw, key, origin, rel, from_env=var in environ)
+            _check_bounds(value, f.metadata, key, origin)
+        except ConfigError as exc:
+            problems.append(exc)
+            continue
         values[f.name] = value
+    ConfigErrors.raise_all(problems)
     return cls(**values)
 
 

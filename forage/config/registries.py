@@ -35,7 +35,10 @@ class RegistryConfig:
     backfill imports, reconcile and ``prime``): ``allow``/``deny`` are package-name glob
     patterns (``fnmatch``, on the registry's canonical name; deny wins; no allow means all),
     ``allow_file``/``deny_file`` files of more, one per line (``#`` comments);
-    ``prereleases`` false leaves pre-releases out (by the ecosystem's own rules); ``newest``
+    ``prereleases`` false leaves pre-releases out (by the ecosystem's own rules);
+    ``development`` true archives the files of development versions too, moving builds
+    recorded without files by default (Packagist dev branches ``dev-*``/``*-dev``, Maven
+    SNAPSHOTs: the ecosystem's ``is_development``; other registries have none); ``newest``
     keeps the N most recently published versions of each package; ``max_file_size`` leaves
     out files the registry says are larger; ``files`` are file-name glob patterns a file must
     match (PyPI: ``*-none-any.whl``, ``*manylinux*x86_64.whl``, ``*.tar.gz``).
@@ -53,6 +56,7 @@ class RegistryConfig:
     allow_file: Path | None = None
     deny_file: Path | None = None
     prereleases: bool = True
+    development: bool = False
     newest: int | None = bounded(None, low=1)
     max_file_size: int | None = bounded(None, low=1)
     files: tuple[str, ...] = ()

@@ -18,6 +18,7 @@ from forage.config.values import (
     section_dict,
 )
 from forage.errors import ConfigError
+from forage.logs import LOG_FORMATS
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +167,6 @@ class ScheduleConfig:
     batch: int = bounded(1000, low=1, high=1_000_000)
     keep_done_jobs: float = bounded(7 * 86400.0, low=0)
     leader_poll: float = bounded(5.0, low=0.1)
-
-
-#: Log line formats: ``text`` for people, ``logfmt`` (key=value) and ``json`` for machines.
-LOG_FORMATS: tuple[str, ...] = ("text", "logfmt", "json")
 
 
 @dataclass(frozen=True, slots=True)

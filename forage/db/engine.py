@@ -132,7 +132,16 @@ def make_engine(database: DatabaseConfig | str, *, read_only: bool = False) -> E
 
 def _sqlite_engine(url: sa.URL, config: DatabaseConfig, *, read_only: bool) -> Engine:
     if url.database:
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        parent = Path(url.database).parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = "a file is in the way" if isinstance(exc, FileExistsError) else exc.strerror
+            raise ConfigError(
+                "data.dir",
+                f"cannot create {parent}: {why}; set data.dir (FORAGE_DATA_DIR) "
+                "or database.url to a writable place",
+            ) from exc
     engine = sa.create_engine(
         url,
         echo=config.echo,
@@ -232,13 +241,17 @@ def include_object(
     return table not in UNMANAGED_TABLES
 
 
-def open_database(database: DatabaseConfig) -> Engine:
+def open_database(database: DatabaseConfig, *, read_only: bool = False) -> Engine:
     """An engine on a database at the head revision, ready for work.
 
     The embedded SQLite store is created or migrated on first use (zero set-up); a shared
     PostgreSQL database behind the code's revision is refused with the command to run, since
-    migrating it is a decision for its operator.
+    migrating it is a decision for its operator. Commands that only read pass ``read_only``:
+    run in the wrong directory, they must say so rather than create an empty database and
+    report an empty index.
     """
+    if read_only:
+        require_existing(database)
     engine = make_engine(database)
     current, head = current_revision(engine), head_revision()
     if current == head:
@@ -252,3 +265,18 @@ def open_database(database: DatabaseConfig) -> Engine:
         f"{database.display_url} is at revision {current or 'empty'}, the code needs {head}: "
         "run 'forage db upgrade'",
     )
+
+
+def require_existing(database: DatabaseConfig) -> None:
+    """Refuse an SQLite database file that does not exist (a command that only reads)."""
+    url = sa.make_url(database.url or "")
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return
+    path = Path(url.database)
+    if not path.exists():
+        raise ConfigError(
+            "database.url",
+            f"no database at {path}: run in the directory of your forage.toml, pass "
+            "-c FILE or set FORAGE_DATA_DIR (a command that writes, such as "
+            "'forage db upgrade', creates it)",
+        )

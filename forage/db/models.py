@@ -254,6 +254,7 @@ class Archive(Base):
     __table_args__ = (
         sa.UniqueConstraint("artifact_id"),
         sa.Index(None, "cid"),
+        sa.Index(None, "verified_algorithm", "verified_digest"),
         sa.CheckConstraint(cid_check("cid"), name="cid"),
         sa.CheckConstraint("size IS NULL OR size >= 0", name="size"),
         sa.CheckConstraint(

@@ -46,7 +46,7 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -489,9 +489,11 @@ def build_pieces(
     *,
     partial: bool = False,
     now: datetime | None = None,
+    progress: Callable[[BuiltPiece], object] | None = None,
 ) -> list[BuiltPiece]:
     """Build every piece that is due: each full one, then the last partial one if it reaches
-    ``piece_min_fill``, its oldest archive has waited ``piece_max_wait``, or ``partial``."""
+    ``piece_min_fill``, its oldest archive has waited ``piece_max_wait``, or ``partial``;
+    ``progress(piece)`` after each one built."""
     filecoin = config.filecoin
     now = now or utcnow()
     remove_orphans(config, sessionmaker, now=now)
@@ -514,6 +516,8 @@ def build_pieces(
                 return built
         try:
             built.append(build_piece(config, sessionmaker, source, plan.members))
+            if progress is not None:
+                progress(built[-1])
         except PieceBuildError as exc:
             if exc.archive_id is None or exc.archive_id in broken:
                 raise

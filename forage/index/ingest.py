@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -37,7 +37,6 @@ from forage.index.registries import make_indexer
 from forage.index.removals import record_removals, release_removal, remove_package
 from forage.index.selection import PackageExcluded, selection_for
 from forage.jobs import queue as jobs
-from forage.jobs.worker import JobContext
 from indexers import (
     ECOSYSTEMS,
     Change,
@@ -47,6 +46,9 @@ from indexers import (
     Page,
     UpstreamUnavailable,
 )
+
+if TYPE_CHECKING:
+    from forage.jobs.worker import JobContext  # the job machinery: only its type here
 
 log = logging.getLogger(__name__)
 

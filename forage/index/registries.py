@@ -23,9 +23,11 @@ def check_ecosystem(ecosystem: str) -> str:
     known ones."""
     registered = find_ecosystem(ecosystem)
     if registered is None:
-        raise ConfigError(
-            "ecosystem", f"unknown registry {ecosystem!r}; known: {', '.join(ECOSYSTEMS)}"
-        )
+        from forage.lookup.keys import near_ecosystem_hint
+
+        known = f"; known: {', '.join(ECOSYSTEMS)}"
+        hint = near_ecosystem_hint(ecosystem)
+        raise ConfigError("ecosystem", f"unknown registry {ecosystem!r}{hint or known}")
     return registered.name
 
 

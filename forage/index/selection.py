@@ -2,18 +2,24 @@
 
 An operator rarely wants all of a registry (bandersnatch's users' top request is choosing
 *what* to mirror). The selection is read from configuration (:class:`~forage.config.
-RegistryConfig`: ``allow``/``deny`` name patterns and list files, ``prereleases``, ``newest``,
-``max_file_size``, ``files``) and applied at the two places every path goes through:
+RegistryConfig`: ``allow``/``deny`` name patterns and list files, ``prereleases``,
+``development``, ``newest``, ``max_file_size``, ``files``) and applied at the two places every
+path goes through:
 
 - where feed changes become import jobs (the watcher, its re-scan, a bootstrap, a reconcile
-  sweep): :meth:`Selection.changes` drops packages whose name is not selected;
+  sweep): :meth:`Selection.changes` drops packages whose name is not selected, and changes
+  announcing a development version unless ``development`` asks for them;
 - where a package is recorded (:func:`forage.index.ingest.import_package`, which ``forage
   import``, backfill lookups and ``prime`` all use): :meth:`Selection.admit` refuses a name
   not selected with :class:`PackageExcluded`, and :meth:`Selection.apply` leaves out the
   releases and files the selection does not want, marking the answer incomplete so nothing
   left out is taken for a removal upstream.
 
-What a pre-release is differs per ecosystem: each indexer's ``is_prerelease`` decides.
+What a pre-release is differs per ecosystem: each indexer's ``is_prerelease`` decides; what a
+development version is (a dev branch, a SNAPSHOT), the ecosystem's ``is_development``.
+Development versions are recorded without their files by default: those change under the
+same version, so an archive of one is a snapshot of a moment rather than the release a key
+names.
 ``max_file_size`` applies to files whose size the registry publishes (PyPI does; npm's
 packuments and the Go proxy do not, where ``max_download_size`` still bounds downloads).
 """
@@ -67,6 +73,7 @@ class Selection:
     allow: frozenset[str] = frozenset()
     deny: frozenset[str] = frozenset()
     prereleases: bool = True
+    development: bool = False
     newest: int | None = None
     max_file_size: int | None = None
     files: tuple[str, ...] = ()
@@ -82,6 +89,7 @@ class Selection:
             allow=frozenset(allow),
             deny=frozenset(deny),
             prereleases=section.prereleases,
+            development=section.development,
             newest=section.newest,
             max_file_size=section.max_file_size,
             files=section.files,
@@ -104,10 +112,16 @@ class Selection:
             raise PackageExcluded(reason)
 
     def changes(self, changes: Iterable[Change]) -> tuple[Change, ...]:
-        """The changes of selected packages."""
-        if not (self.allow or self.deny):
+        """The changes of selected packages (and versions)."""
+        development = None if self.development else ECOSYSTEMS[self.ecosystem].is_development
+        if not (self.allow or self.deny or development):
             return tuple(changes)
-        return tuple(change for change in changes if self.excluded(change.name) is None)
+        return tuple(
+            change
+            for change in changes
+            if self.excluded(change.name) is None
+            and not (development and change.version and development(change.version))
+        )
 
     def _file_wanted(self, filename: str, size: int | None) -> bool:
         if self.max_file_size is not None and size is not None and size > self.max_file_size:
@@ -117,10 +131,15 @@ class Selection:
     def apply(self, info: PackageInfo) -> PackageInfo:
         """``info`` with only the selected releases and files (``complete`` false when
         anything was left out)."""
-        is_prerelease: Callable[[str], bool] = ECOSYSTEMS[self.ecosystem].indexer.is_prerelease
+        ecosystem = ECOSYSTEMS[self.ecosystem]
+        is_prerelease: Callable[[str], bool] = ecosystem.indexer.is_prerelease
         kept: list[Release] = []
         for release in info.releases:
             if not self.prereleases and is_prerelease(release.version):
+                continue
+            if not self.development and ecosystem.is_development(release.version):
+                # Known (a lookup finds it) but never archived.
+                kept.append(dataclasses.replace(release, artifacts=()))
                 continue
             files = tuple(a for a in release.artifacts if self._file_wanted(a.filename, a.size))
             if release.artifacts and not files:

@@ -10,10 +10,16 @@ Both spellings name one release of one package and are accepted everywhere a key
 
 Parsing is syntax only; names are then normalized by the registry's own rules
 (``normalize``), so ``pkg:pypi/Django`` and ``pypi:django:...`` meet in one row.
+
+A purl's qualifiers are kept where they pick files within a version
+(:meth:`~indexers.Ecosystem.selecting`: ``pkg:gem/nokogiri@1.16.0?platform=java``,
+``pkg:maven/org.slf4j/slf4j-api@2.0.9?classifier=sources``), so a lookup of one answers
+those files only; any other qualifier names nothing Forage tells apart and is dropped.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,11 +40,27 @@ PLATFORMS: Mapping[str, str] = ALIASES
 
 @dataclass(frozen=True, slots=True)
 class Key:
-    """One parsed key: ecosystem (purl type), package name and version (``None`` if absent)."""
+    """One parsed key: ecosystem (purl type), package name, version (``None`` if absent) and
+    the qualifiers that pick files of the version (sorted pairs; see the module docstring)."""
 
     ecosystem: str
     name: str
     version: str | None
+    qualifiers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def release(self) -> Key:
+        """The whole version this key names files of (itself when it has no qualifiers)."""
+        return Key(self.ecosystem, self.name, self.version) if self.qualifiers else self
+
+    def wants(self, filename: str) -> bool:
+        """Whether ``filename``, a file of this key's version, is one the key names."""
+        if not self.qualifiers or self.version is None:
+            return True
+        registered = ECOSYSTEMS.get(self.ecosystem)
+        return registered is None or registered.selects(
+            self.name, self.version, filename, dict(self.qualifiers)
+        )
 
     def purl(self) -> str:
         """Return the canonical purl spelling of this key."""
@@ -48,6 +70,7 @@ class Key:
             namespace=namespace or None,
             name=name,
             version=self.version,
+            qualifiers=dict(self.qualifiers) or None,
         ).to_string()
 
 
@@ -68,7 +91,13 @@ def _parse_purl(key: str) -> Key:
     except ValueError as exc:
         raise InvalidKey(key, str(exc)) from exc
     name = f"{purl.namespace}/{purl.name}" if purl.namespace else purl.name
-    return Key(purl.type, name, purl.version or None)
+    ecosystem = PLATFORMS.get(purl.type, purl.type)
+    if ecosystem not in ECOSYSTEMS and (near := _near_ecosystem(purl.type)) is not None:
+        raise InvalidKey(key, f"unknown purl type {purl.type!r}: did you mean {near!r}?")
+    registered = ECOSYSTEMS.get(ecosystem)
+    qualifiers = purl.qualifiers if isinstance(purl.qualifiers, dict) else {}
+    picked = registered.selecting(qualifiers) if registered is not None else ()
+    return Key(ecosystem, name, purl.version or None, picked)
 
 
 def _parse_forage(key: str) -> Key:
@@ -77,8 +106,7 @@ def _parse_forage(key: str) -> Key:
         raise InvalidKey(key, "expected pkg:TYPE/NAME@VERSION or PLATFORM:NAME:VERSION")
     ecosystem = PLATFORMS.get(platform.lower())
     if ecosystem is None:
-        known = ", ".join(sorted(PLATFORMS))
-        raise InvalidKey(key, f"unknown platform {platform!r} (known: {known})")
+        raise InvalidKey(key, unknown_ecosystem(platform, noun="platform"))
     name, sep, version = rest.rpartition(":")
     if not sep:
         name, version = rest, ""
@@ -104,13 +132,15 @@ def parse_key(
     parsed = _parse_purl(key) if key.startswith("pkg:") else _parse_forage(key)
     if not parsed.name:
         raise InvalidKey(key, "missing package name")
+    if (problem := version_problem(parsed)) is not None:
+        raise InvalidKey(key, problem)
     if normalize is None:
         return parsed
     try:
         name = normalize(parsed.ecosystem, parsed.name)
     except IndexerError as exc:
         raise InvalidKey(key, str(exc)) from exc
-    return Key(parsed.ecosystem, name, parsed.version)
+    return Key(parsed.ecosystem, name, parsed.version, parsed.qualifiers)
 
 
 def registered_name(ecosystem: str, name: str) -> str:
@@ -121,3 +151,48 @@ def registered_name(ecosystem: str, name: str) -> str:
         known = ", ".join(ECOSYSTEMS)
         raise InvalidKey(f"{ecosystem}:{name}", f"no registry {ecosystem!r}; known: {known}")
     return registered.normalize_name(name)
+
+
+def _near_ecosystem(spelling: str) -> str | None:
+    close = difflib.get_close_matches(spelling.lower(), PLATFORMS, n=1, cutoff=0.75)
+    return PLATFORMS[close[0]] if close else None
+
+
+def near_ecosystem_hint(spelling: str) -> str:
+    """``: did you mean 'golang'?`` when ``spelling`` is a near miss of an ecosystem's name or
+    alias, else ``""``."""
+    near = _near_ecosystem(spelling)
+    return "" if near is None else f": did you mean {near!r}?"
+
+
+def unknown_ecosystem(spelling: str, *, noun: str = "ecosystem") -> str:
+    """Why ``spelling`` names no ecosystem: the near miss it resembles, else the known ones
+    (every ecosystem's name and aliases)."""
+    hint = near_ecosystem_hint(spelling)
+    known = f"; known: {', '.join(sorted(PLATFORMS))}"
+    return f"unknown {noun} {spelling[:100]!r}{hint or known}"
+
+
+#: Characters no exact version has, and the ``1.x`` wildcard: what a range is spelled with.
+_RANGE = re.compile(r"[\^~<>*|,\[\]()\s]|^=|^v?\d+(?:\.\d+)*\.[xX]$")
+#: Tags that point at a version in some registry's tools (npm dist-tags, Maven's LATEST).
+_TAGS = frozenset({"latest", "next", "stable", "release", "canary", "nightly", "beta", "alpha"})
+
+
+def version_problem(key: Key) -> str | None:
+    """Why ``key``'s version cannot name one release (a range, a tag, or not the registry's
+    spelling, with what was meant), or ``None``. Lookups answer exact versions only."""
+    version = key.version
+    if version is None:
+        return None
+    if _RANGE.search(version):
+        exact = version.lstrip("=")
+        if exact != version and not _RANGE.search(exact):
+            return f"{version!r} is a constraint, not a version: did you mean {exact!r}?"
+        return f"{version!r} is a range, not a version: name one exact version"
+    if version.lower() in _TAGS:
+        return f"{version!r} is a tag, not a version: name the exact version it points to"
+    registered = ECOSYSTEMS.get(key.ecosystem)
+    if registered is not None and registered.version_hint is not None:
+        return registered.version_hint(version)
+    return None

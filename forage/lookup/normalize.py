@@ -14,7 +14,7 @@ import json
 import re
 
 from forage.errors import InvalidKey
-from forage.lookup.keys import MAX_KEY_LENGTH, Key, parse_key
+from forage.lookup.keys import MAX_KEY_LENGTH, Key, parse_key, version_problem
 from indexers import ECOSYSTEMS, IndexerError
 
 
@@ -55,7 +55,8 @@ def canonical_purl(key: Key) -> str:
     """``key.purl()``, spelled here without the purl library for plain names (as
     :data:`_PLAIN_PURL` reads them): building a ``PackageURL`` costs more than a lookup."""
     plain = (
-        key.ecosystem in ECOSYSTEMS
+        not key.qualifiers
+        and key.ecosystem in ECOSYSTEMS
         and _PLAIN_NAME.fullmatch(key.name)
         and (key.version is None or _PLAIN_VERSION.fullmatch(key.version))
     )
@@ -80,6 +81,8 @@ def parse_lookup_key(raw: object) -> Key:
             key = Key(ecosystem, _normalized(ecosystem, name), version)
         except IndexerError as exc:
             raise InvalidKey(raw, str(exc)) from exc
+        if (problem := version_problem(key)) is not None:
+            raise InvalidKey(raw, problem)
     if key.version is None:
         raise InvalidKey(raw, "a lookup key must name a version (NAME@VERSION or NAME:VERSION)")
     return key

@@ -7,6 +7,11 @@ the active Filecoin deals holding them; the keys the index does not know are ret
 :func:`~forage.lookup.backfill.backfill`. With ``rendered``, a version's stored answer is
 used as is and the answers computed instead are returned to be stored
 (:func:`store_answers`) where nothing changed in between.
+
+A key with qualifiers that pick files (``?platform=java``, ``?classifier=sources``,
+:mod:`forage.lookup.keys`) is answered with those files only: it is read like its whole
+version but never served nor stored as the version's answer, and a version none of whose
+files match is ``not_found`` saying so (no import is queued: the version is known).
 """
 
 from __future__ import annotations
@@ -94,6 +99,13 @@ def removal_of(row: Any) -> Removal | None:
     return None if removal == NOT_REMOVED else removal
 
 
+def _no_file(key: Key) -> KeyResult:
+    """The answer for a known version none of whose files the key's qualifiers pick."""
+    picked = "&".join(f"{name}={value}" for name, value in key.qualifiers)
+    reason = f"{key.name} {key.version} has no file matching {picked}"
+    return KeyResult("", KeyStatus.NOT_FOUND, key, reason=reason)
+
+
 def _echo(raw: object) -> str:
     return raw if isinstance(raw, str) else json.dumps(raw)
 
@@ -129,13 +141,16 @@ def resolve(
     missing: list[Missing] = []
     fills: dict[int, AnswerFill] = {}
     rest = unique
-    if unique and rendered:
-        stored = session.connection().execute(_stored_answers(session, unique, now)).all()
+    # Stored answers are of whole versions: a key picking some files is always computed.
+    whole = [key for key in unique if not key.qualifiers] if rendered else []
+    if whole:
+        stored = session.connection().execute(_stored_answers(session, whole, now)).all()
         for position, body in stored:
-            bodies[position - 1] = body
+            bodies[slots[whole[position - 1]]] = body
         rest = [key for key, body in zip(unique, bodies, strict=True) if body is None]
     if rest:
-        statement = _version_rows(session, rest, rendered=rendered)
+        releases = list(dict.fromkeys(key.release for key in rest))
+        statement = _version_rows(session, releases, rendered=rendered)
         for row in session.connection().execute(statement).all():
             key = Key(row.ecosystem, row.name, row.number)
             if row.version_id is not None:
@@ -145,8 +160,16 @@ def resolve(
     artifacts = load_artifacts(
         session, version_ids=sorted({row.version_id for row in versions.values()}), now=now
     )
-    for key, version in versions.items():
+    for key in rest:
+        version = versions.get(key.release)
+        if version is None:
+            continue
         views = tuple(artifacts.get(version.version_id, ()))
+        if key.qualifiers:
+            views = tuple(view for view in views if key.wants(view.filename))
+            if not views:
+                answers[slots[key]] = _no_file(key)
+                continue
         result = KeyResult(
             "",
             KeyStatus.FOUND,
@@ -160,14 +183,15 @@ def resolve(
         if rendered:
             body = render_fragment(result)
             result = replace(result, rendered=body)
-            fills[version.version_id] = AnswerFill(
-                version.version_id, version.stamp, body, valid_until(views), canonical_purl(key)
-            )
+            if not key.qualifiers:
+                fills[version.version_id] = AnswerFill(
+                    version.version_id, version.stamp, body, valid_until(views), canonical_purl(key)
+                )
         answers[slots[key]] = result
     for key, body, answer in zip(unique, bodies, answers, strict=True):
         if body is not None or answer is not None:
             continue
-        package = packages.get(key)
+        package = packages.get(key.release)
         missing.append(
             Missing(
                 key,

@@ -13,7 +13,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -229,6 +229,14 @@ class KeyResult:
             self.removal,
         )
 
+    def rendered_only(self) -> KeyResult:
+        """This result as a reply needs it once it is rendered: its key, status and bytes.
+        A batch holds these while its reply streams, not the thousands of small view and
+        key objects the bytes were rendered from (the allocator would keep their pools)."""
+        if self.rendered is None:
+            return self
+        return KeyResult(self.key, self.status, rendered=self.rendered)
+
     def json_parts(self) -> tuple[bytes, ...]:
         """``to_json()`` encoded, in pieces that splice the stored fragment in as is: a reply
         joins the pieces of all its results once instead of copying each fragment twice."""
@@ -241,6 +249,8 @@ class KeyResult:
         return b"".join(self.json_parts())
 
     def to_json(self) -> dict[str, Any]:
+        if self.rendered is not None:
+            return cast(dict[str, Any], orjson.loads(self.to_json_bytes()))
         out: dict[str, Any] = {"key": self.key, "status": self.status.value}
         if self.parsed is not None:
             out.update(
@@ -249,6 +259,8 @@ class KeyResult:
                 name=self.parsed.name,
                 version=self.parsed.version,
             )
+            if self.parsed.qualifiers:
+                out["qualifiers"] = dict(self.parsed.qualifiers)
         if self.status is KeyStatus.FOUND:
             out.update(
                 published_at=_iso(self.published_at),

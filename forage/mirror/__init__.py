@@ -11,13 +11,16 @@ requests share one ``httpx.AsyncClient``, closed with the application; it ignore
 environment variables, so what the mirror reaches is what the configuration says. On SQLite
 the mirror reads through its own read-only engine (a deferred ``BEGIN``, ``query_only``): the
 application's engine begins every transaction ``IMMEDIATE``, which would make concurrent mirror
-reads queue for the write lock. :mod:`forage.mirror.offline` primes, exports and imports the
-archive for air-gapped mirrors.
+reads queue for the write lock. While the application runs, every file the mirror fetches and
+verifies is archived in the same pass, its package indexed first if need be
+(:mod:`forage.mirror.keep`), and npm's last good packuments are kept under
+``<data.dir>/mirror-documents/`` (issue 16). :mod:`forage.mirror.offline` primes, exports and
+imports the archive for air-gapped mirrors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 import httpx
@@ -25,9 +28,12 @@ from aiohttp import web
 from sqlalchemy.orm import Session, sessionmaker
 
 from forage import __version__
+from forage.archive.stream import SPOOL_DIR
 from forage.config import Config
 from forage.db.engine import make_engine, make_sessionmaker
+from forage.jobs.worker import job_context
 from forage.mirror.index import IndexArchive
+from forage.mirror.keep import PullThrough
 from forage.server.state import BLOCKSTORE, CONFIG, SESSIONMAKER
 from indexers import ECOSYSTEMS, HostPolicy
 from indexers.mirror.registry import MirrorContext, RegistryMirror
@@ -82,8 +88,29 @@ def build_mirror(
             cooldown=timedelta(days=section.cooldown_days),
             endpoints=section.endpoints if section.configured else None,
             cache_dir=config.data.dir / "mirror-cache" / name,
+            documents_dir=config.data.dir / "mirror-documents" / name,
         )
     return mirror
+
+
+def _pull_through(
+    archive: IndexArchive, mirror: MirrorContext
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """While the application runs, the files the mirror fetches are archived as they pass
+    (:mod:`forage.mirror.keep`), through a job context of the mirror's own."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
+        async with job_context(config, app[SESSIONMAKER], owner="mirror") as context:
+            archive.pull_through = PullThrough(context, spool_dir=config.data.dir / SPOOL_DIR)
+            try:
+                yield
+            finally:
+                for registry in mirror.registries.values():
+                    await registry.settle()
+                archive.pull_through = None
+
+    return run
 
 
 def setup(app: web.Application) -> None:
@@ -111,6 +138,8 @@ def setup(app: web.Application) -> None:
             engine.dispose()
 
     app.on_cleanup.append(close)
+    if isinstance(mirror.archive, IndexArchive) and not config.mirror.offline:
+        app.cleanup_ctx.append(_pull_through(mirror.archive, mirror))
     for ecosystem in ECOSYSTEMS.values():
         ecosystem.mirror()(mirror).setup(app)
 

@@ -3,10 +3,13 @@
 Rows come from the index (``Package -> Version -> Artifact (+ digests) -> Archive``, see
 :mod:`forage.db.models`) as the plain values of :mod:`indexers.mirror.rows`; bytes from the
 blockstore through :func:`storage.read_file`, whose blocks are each checked against their CID.
-Before a byte is served the whole file is read into a :class:`~indexers.mirror.spool.Spool`
-and checked again against the digests the *registry* published (npm sha512/sha1, PyPI sha256,
-plus the size, and each ecosystem's whole-file checks such as Go's ``h1:``): a file that fails
-is :class:`~indexers.errors.ArchiveInvalid` and is never served. :class:`IndexArchive` offers
+The first time a process serves an archive, the whole file is read into a
+:class:`~indexers.mirror.spool.Spool` and checked again against the digests the *registry*
+published (npm sha512/sha1, PyPI sha256, plus the size, and each ecosystem's whole-file checks
+such as Go's ``h1:``): a file that fails is :class:`~indexers.errors.ArchiveInvalid` and is
+never served. Later reads of it skip the hashing (a verified file never changes; the scheduled
+``reverify`` marks a damaged archive failed, and the index then stops offering it), as do
+reads of the archives a pull-through (:mod:`forage.mirror.keep`) wrote. :class:`IndexArchive` offers
 all of it to the mirror as its :class:`~indexers.mirror.registry.ArchiveIndex`.
 
 Queries are plain functions over a ``Session`` returning frozen values, run in a thread.
@@ -16,21 +19,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from multiformats import CID
 from sqlalchemy.orm import Session, sessionmaker
 
 from forage.db.models import Archive, ArchiveStatus, Artifact, ArtifactDigest, Package, Version
+from forage.mirror.keep import PullThrough
 from indexers import FILE_CHECKS
 from indexers.digests import HASHERS, DigestVerifier
 from indexers.errors import ArchiveInvalid, DigestMismatch, InvalidArchive, InvalidDigest
 from indexers.mirror.rows import ArchivedFile, PackageRows, VersionRow, Withdrawn, hold_reason
 from indexers.mirror.spool import Spool
-from storage import BlockSource, StorageError, parse_cid, read_file
+from storage import Block, BlockSource, StorageError, parse_cid, read_file
 
 T = TypeVar("T")
+
+#: Archives remembered as verified (about 200 bytes each); past it the least recently served
+#: are verified again when next served.
+MAX_VERIFIED = 200_000
 
 log = logging.getLogger(__name__)
 
@@ -301,13 +311,70 @@ def load_verified(source: BlockSource, archived: ArchivedFile, spool: Spool) -> 
         raise ArchiveInvalid(archived.cid, f"cannot be read: {exc}") from exc
 
 
+class _Trusted:
+    """A block source that skips re-hashing where the store allows it (``get_trusted``)."""
+
+    def __init__(self, source: BlockSource) -> None:
+        self._get = getattr(source, "get_trusted", source.get)
+
+    def get(self, cid: CID) -> Block:
+        block: Block = self._get(cid)
+        return block
+
+
+def load_trusted(source: BlockSource, archived: ArchivedFile, spool: Spool) -> None:
+    """Read an archive verified earlier in this process into ``spool`` without hashing it
+    again (issue 16: a verified file never changes; ``reverify`` samples the store, and a
+    damaged archive it finds leaves the index, so :func:`find_file` stops returning it)."""
+    try:
+        for chunk in read_file(_Trusted(source), parse_cid(archived.cid)):
+            spool.write(chunk)
+    except StorageError as exc:
+        raise ArchiveInvalid(archived.cid, f"cannot be read: {exc}") from exc
+    spool.finish()
+    if spool.size != archived.size:
+        raise ArchiveInvalid(archived.cid, f"holds {spool.size} bytes, not {archived.size}")
+
+
+class Verified:
+    """The archives (artifact id, CID) verified since the process started, the most recently
+    used ``limit`` of them: one forgotten is simply verified again, so memory stays bounded."""
+
+    def __init__(self, limit: int = MAX_VERIFIED) -> None:
+        self.limit = limit
+        self._seen: OrderedDict[tuple[int, str], None] = OrderedDict()
+
+    def __contains__(self, key: tuple[int, str]) -> bool:
+        if key not in self._seen:
+            return False
+        self._seen.move_to_end(key)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, key: tuple[int, str]) -> None:
+        self._seen[key] = None
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.limit:
+            self._seen.popitem(last=False)
+
+
 class IndexArchive:
     """The mirror's :class:`~indexers.mirror.registry.ArchiveIndex` over Forage's database and
-    blockstore: each read in a worker thread, in a short session of its own."""
+    blockstore: each read in a worker thread, in a short session of its own.
+
+    ``verified`` holds the archives (artifact id, CID) whose bytes were checked against their
+    upstream digests since the process started (read once, or written by a pull-through):
+    they are served without hashing them again. ``pull_through`` (set while the application
+    runs) archives the files the mirror fetches; without it the mirror only reads.
+    """
 
     def __init__(self, sessionmaker: sessionmaker[Session], blockstore: BlockSource) -> None:
         self.sessionmaker = sessionmaker
         self.blockstore = blockstore
+        self.pull_through: PullThrough | None = None
+        self.verified = Verified()
 
     async def _query(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         def run() -> T:
@@ -353,7 +420,22 @@ class IndexArchive:
         return await self._query(indexed_digests, ecosystem, name=name, version=version)
 
     async def load_verified(self, file: ArchivedFile, spool: Spool) -> None:
+        key = (file.artifact_id, file.cid)
+        if key in self.verified:
+            await asyncio.to_thread(load_trusted, self.blockstore, file, spool)
+            return
         await asyncio.to_thread(load_verified, self.blockstore, file, spool)
+        self.verified.add(key)
+
+    async def keep(self, ecosystem: str, name: str, url: str, spool: Spool) -> str:
+        if self.pull_through is None:
+            return "not kept: the mirror has no writable archive"
+        kept, artifact_id, cid = await self.pull_through.keep(
+            ecosystem, name, url, spool.blocking_chunks()
+        )
+        if artifact_id is not None and cid is not None:
+            self.verified.add((artifact_id, cid))
+        return kept.value
 
     def chunks(self, cid: str) -> Iterator[bytes]:
         try:
@@ -364,8 +446,10 @@ class IndexArchive:
 
 __all__ = [
     "IndexArchive",
+    "Verified",
     "find_file",
     "indexed_digests",
+    "load_trusted",
     "load_verified",
     "package_extra",
     "package_hold",

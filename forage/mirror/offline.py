@@ -114,12 +114,14 @@ class PrimeReport:
 
 
 def release_artifacts(session: Session, keys: Sequence[Key]) -> dict[Key, list[int]]:
-    """The artifact ids of each named release (an empty list when the index lacks it)."""
+    """The artifact ids of each named release (an empty list when the index lacks it), only
+    the files a key's qualifiers name (``?platform=java``)."""
     found: dict[Key, list[int]] = {key: [] for key in keys}
     for key in keys:
-        found[key] = list(
-            session.execute(
-                sa.select(Artifact.id)
+        found[key] = [
+            artifact_id
+            for artifact_id, filename in session.execute(
+                sa.select(Artifact.id, Artifact.filename)
                 .join(Version, Artifact.version_id == Version.id)
                 .join(Package, Version.package_id == Package.id)
                 .where(
@@ -128,8 +130,9 @@ def release_artifacts(session: Session, keys: Sequence[Key]) -> dict[Key, list[i
                     Version.number == key.version,
                 )
                 .order_by(Artifact.id)
-            ).scalars()
-        )
+            )
+            if key.wants(filename)
+        ]
     return found
 
 
@@ -161,7 +164,7 @@ async def prime(ctx: Any, keys: Sequence[Key], *, concurrency: int = 4) -> Prime
     for key, artifact_ids in ids.items():
         if not artifact_ids:
             report.failed.append((key.purl(), "the registry does not list this release"))
-    every = [artifact_id for artifact_ids in ids.values() for artifact_id in artifact_ids]
+    every = list(dict.fromkeys(artifact_id for found in ids.values() for artifact_id in found))
     for outcome in await archive_many(ctx, every, concurrency=concurrency):
         if outcome.status is not ArchiveStatus.ARCHIVED:
             report.failed.append((outcome.purl, f"{outcome.filename}: {outcome.error}"))
@@ -194,6 +197,7 @@ def bundle_manifest(session: Session, keys: Sequence[Key]) -> tuple[dict[str, An
     packages: dict[int, dict[str, Any]] = {}
     versions: dict[int, dict[str, Any]] = {}
     missing: list[str] = []
+    taken: set[int] = set()
     for key in keys:
         rows = session.execute(
             sa.select(Package, Version, Artifact, Archive)
@@ -208,10 +212,14 @@ def bundle_manifest(session: Session, keys: Sequence[Key]) -> tuple[dict[str, An
             )
             .order_by(Artifact.id)
         ).all()
+        rows = [row for row in rows if key.wants(row.Artifact.filename)]
         if not rows:
             missing.append(key.purl())
             continue
         for package, version, artifact, archive in rows:
+            if artifact.id in taken:
+                continue
+            taken.add(artifact.id)
             entry = packages.setdefault(
                 package.id,
                 {

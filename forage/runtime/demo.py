@@ -2,11 +2,13 @@
 
 What it does, in order:
 
-1. Starts a local registry for every ecosystem :data:`PACKAGES` names (npm with its
-   ``_changes`` replica, PyPI's simple, JSON and XML-RPC APIs, the Go module index, proxy and
-   checksum database) and a Kubo node for pinning: each ecosystem's fake (the ``fake`` module
-   of its home in ``indexers``) and :mod:`forage.fakes.kubo`, speaking the real wire formats
-   on 127.0.0.1 with ports the OS picks.
+1. Starts a local registry for every registered ecosystem (npm with its ``_changes``
+   replica, PyPI's simple, JSON and XML-RPC APIs, the Go module index, proxy and checksum
+   database, crates.io's sparse index, RubyGems' compact index, Packagist, a Maven
+   repository with its index, and whatever home is added next) and a Kubo node for pinning:
+   each ecosystem's fake (the ``fake`` module of its home in ``indexers``) and
+   :mod:`forage.fakes.kubo`, speaking the real wire formats on 127.0.0.1 with ports the OS
+   picks.
 2. Writes a ``forage.toml`` in a new temporary directory pointing at them (plain ``http``
    allowed, the Kubo node as the pinning backend ``local-kubo``, watcher and pin-check
    intervals of a second), with the SQLite database and blockstore beside it.
@@ -15,7 +17,8 @@ What it does, in order:
 4. Publishes :data:`PACKAGES` on the local registries; the watchers see them, import jobs
    record them, archive jobs download, verify and content-address every file, and the pin
    check pins the archives on the Kubo node.
-5. When every file is archived and pinned, asks the HTTP API for a batch lookup of
+5. When every release is recorded and each of its files archived and pinned, asks the HTTP
+   API for a batch lookup of
    :data:`KEYS` (both key spellings) and hands the answer, the web page's URL and the
    config's path to ``on_ready``; then stops (``once``) or serves until SIGINT/SIGTERM.
 
@@ -39,33 +42,56 @@ import httpx
 import sqlalchemy as sa
 
 from forage.config import Config, load_config
-from forage.db.models import Archive, ArchiveStatus, FeedCursor, JobRecord, JobState, Pin, PinStatus
+from forage.db.models import (
+    Archive,
+    ArchiveStatus,
+    Artifact,
+    FeedCursor,
+    JobRecord,
+    JobState,
+    Pin,
+    PinStatus,
+    Version,
+)
 from forage.errors import ForageError
 from forage.fakes.kubo import FakeKubo
 from forage.jobs.worker import install_signal_handlers
+from forage.lookup.keys import Key
 from forage.runtime.run import Running, start
 from indexers import ECOSYSTEMS, FakeRegistry
 from indexers.fakeserver import start_fake
 
 log = logging.getLogger(__name__)
 
-#: What the demo publishes: (ecosystem, name, version).
-PACKAGES: tuple[tuple[str, str, str], ...] = (
+#: Releases chosen by hand to show key spellings (a scoped npm name, a Go module path).
+_CHOSEN: tuple[tuple[str, str, str], ...] = (
     ("npm", "left-pad", "1.3.0"),
     ("npm", "@demo/hello", "1.0.0"),
     ("npm", "@demo/hello", "1.1.0"),
     ("pypi", "tinyproj", "0.1.0"),
     ("golang", "example.com/hello", "v1.0.0"),
 )
-#: Files those releases hold: one tarball per npm version, a wheel and an sdist on PyPI, one
-#: module zip on the Go proxy.
-EXPECTED_FILES = 6
-#: The batch lookup the demo prints, in both key spellings (purl and Forage key).
+
+
+def _sample(ecosystem: str) -> tuple[str, str, str]:
+    """A release of an ecosystem the demo has no chosen one for: its fake's first example
+    name (canonical spelling) at its first sample version."""
+    fake = ECOSYSTEMS[ecosystem].fake()
+    return ecosystem, fake.NAME_EXAMPLES[0][1], fake.SAMPLE_VERSIONS[0]
+
+
+#: What the demo publishes: (ecosystem, name, version), one release at least per ecosystem.
+PACKAGES: tuple[tuple[str, str, str], ...] = _CHOSEN + tuple(
+    _sample(name) for name in ECOSYSTEMS if name not in {e for e, _, _ in _CHOSEN}
+)
+#: The batch lookup the demo prints, in both key spellings (purl and Forage key): every
+#: release but ``@demo/hello`` 1.0.0.
 KEYS: tuple[str, ...] = (
     "pkg:npm/left-pad@1.3.0",
     "npm:@demo/hello:1.1.0",
     "pkg:pypi/tinyproj@0.1.0",
     "go:example.com/hello:v1.0.0",
+    *(Key(e, n, v).purl() for e, n, v in PACKAGES[len(_CHOSEN) :]),
 )
 #: The package whose web page the demo points at.
 PAGE = "/packages/npm/left-pad"
@@ -86,6 +112,9 @@ class DemoReport:
     page_url: str
     config_path: Path
     lookup: Mapping[str, Any]
+    #: Files the published releases hold (the fakes decide: PyPI a wheel and an sdist, Maven
+    #: a POM and a jar, one file elsewhere), each archived and pinned.
+    files: int
     archived: int
     pinned: int
     seconds: float
@@ -165,7 +194,11 @@ def _count(running: Running, query: Any) -> int:
         return int(session.execute(query).scalar_one())
 
 
-def _progress(running: Running) -> tuple[int, int]:
+def _progress(running: Running) -> tuple[int, int, int] | None:
+    """``(files, archived, pinned)`` once every release is recorded (with its files, in the
+    same transaction) and every file archived and pinned; ``None`` before."""
+    versions = _count(running, sa.select(sa.func.count()).select_from(Version))
+    files = _count(running, sa.select(sa.func.count()).select_from(Artifact))
     archived = _count(
         running,
         sa.select(sa.func.count()).where(Archive.status == ArchiveStatus.ARCHIVED),
@@ -176,7 +209,8 @@ def _progress(running: Running) -> tuple[int, int]:
             Pin.backend == PIN_BACKEND, Pin.status == PinStatus.PINNED
         ),
     )
-    return archived, pinned
+    done = versions >= len(PACKAGES) and files and archived == files and pinned == files
+    return (files, archived, pinned) if done else None
 
 
 def _problems(running: Running) -> str:
@@ -252,15 +286,13 @@ async def run_demo(
                 )
                 publish(fakes)
                 say(
-                    f"published {len(PACKAGES)} releases ({EXPECTED_FILES} files); "
+                    f"published {len(PACKAGES)} releases on {len(FEEDS)} registries; "
                     "watching, importing, archiving, pinning..."
                 )
-                archived, pinned = await _until(
-                    lambda: (lambda a_p: a_p if min(a_p) >= EXPECTED_FILES else None)(
-                        _progress(running)
-                    ),
+                files, archived, pinned = await _until(
+                    lambda: _progress(running),
                     deadline=deadline,
-                    what=f"{EXPECTED_FILES} files archived and pinned",
+                    what=f"{len(PACKAGES)} releases recorded, their files archived and pinned",
                     running=running,
                 )
                 say(f"{archived} files archived and {pinned} pinned on {PIN_BACKEND}")
@@ -269,6 +301,7 @@ async def run_demo(
                     page_url=running.url + PAGE,
                     config_path=config_path,
                     lookup=await _lookup(running.url),
+                    files=files,
                     archived=archived,
                     pinned=pinned,
                     seconds=time.monotonic() - started,

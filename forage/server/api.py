@@ -4,9 +4,13 @@ Routes (described for clients in ``openapi.json``, served at ``/api/openapi.json
 
 - ``POST /api/v1/lookup`` ``{"keys": [...]}`` and ``GET /api/v1/lookup?keys=a,b``: one result
   per key, in order (:mod:`forage.lookup.batch`); unknown keys queue a backfill import;
-- ``POST /api/v1/lookup/lockfile`` takes a ``package-lock.json``, ``requirements.txt``,
-  ``go.sum`` or CycloneDX JSON SBOM as the body and answers for every dependency;
+- ``POST /api/v1/lookup/lockfile`` takes a lockfile or SBOM (``package-lock.json``,
+  ``yarn.lock``, ``poetry.lock``, ``go.sum``, CycloneDX, SPDX...; as the body or a multipart
+  upload) and answers for every dependency, its pinned digests checked (415 for a format
+  Forage does not read, naming those it does);
 - ``GET|POST /packages/lookup?keys=...``: the original Forage's reply, ``{key: cid | null}``;
+- ``POST /api/v1/lookup/digests`` ``{"digests": [...]}`` and ``GET ?digests=a,b``: the files
+  with each registry digest (hex, SRI, ``h1:``), like a key lookup;
 - ``GET /api/v1/cids/{cid}``, ``GET /api/v1/packages/{ecosystem}/{name}``,
   ``GET /api/v1/packages/{ecosystem}/{name}/versions/{version}``, ``GET /api/v1/stats``;
 - ``POST /api/v1/import`` (bearer token, :mod:`forage.server.auth`): queue a package import;
@@ -44,8 +48,9 @@ from forage.errors import InvalidKey
 from forage.index.ingest import IMPORT
 from forage.jobs import queue as jobs
 from forage.lookup.backfill import BackfillPolicy, import_dedup_key
-from forage.lookup.batch import lockfile_dependencies, lockfile_summary, lookup
-from forage.lookup.keys import MAX_KEY_LENGTH, PLATFORMS, Key, parse_key
+from forage.lookup.batch import LockfileSummary, lockfile_dependencies, lookup
+from forage.lookup.digests import digests_reply, lookup_digests
+from forage.lookup.keys import MAX_KEY_LENGTH, PLATFORMS, Key, parse_key, unknown_ecosystem
 from forage.lookup.normalize import normalize_name
 from forage.lookup.packages import package_view
 from forage.lookup.resolve import AnswerFill, save_answers
@@ -55,13 +60,14 @@ from forage.lookup.stats import api_stats
 from forage.lookup.views import KeyResult, KeyStatus, preferred_cid, summarize
 from forage.server.auth import json_http_error, requires_token
 from forage.server.bodies import BodyError, NotKeysObject, TooManyKeys, lookup_keys
-from forage.server.budget import trim_heap
+from forage.server.budget import BUDGET, trim_heap
 from forage.server.state import CONFIG, SESSIONMAKER
 from indexers import (
     ECOSYSTEMS,
     IndexerError,
     LockEntry,
     LockfileError,
+    UnsupportedLockfile,
     load_json,
     read_lockfile,
 )
@@ -130,6 +136,11 @@ async def _reader_context(app: web.Application) -> AsyncIterator[None]:
     reader, engine = read_only_sessionmaker(app[SESSIONMAKER])
     app[READER] = reader
     app[ANSWERS] = AnswerWriter(app[SESSIONMAKER])
+    if engine is not None:
+        # Each reader connection maps the SQLite file; after a burst of heavy lookups, the
+        # pages read through every one would stay resident: close the idle ones (new ones
+        # map the file again, its pages still in the page cache).
+        app[BUDGET].idle_hooks.append(engine.dispose)
     yield
     app[ANSWERS].close()
     if engine is not None:
@@ -147,6 +158,8 @@ def setup(app: web.Application) -> None:
     router.add_get("/packages/lookup", legacy_lookup)
     router.add_post("/packages/lookup", legacy_lookup)
     router.add_get("/api/v1/cids/{cid}", cid_lookup)
+    router.add_post("/api/v1/lookup/digests", digests_lookup)
+    router.add_get("/api/v1/lookup/digests", digests_lookup)
     router.add_get("/api/v1/packages/{ecosystem}/{name:.+}/versions/{version}", version_detail)
     router.add_get("/api/v1/packages/{ecosystem}/{name:.+}", package_detail)
     router.add_get("/api/v1/stats", stats)
@@ -293,10 +306,11 @@ def _lookup_parts(results: Sequence[KeyResult]) -> Iterator[bytes]:
 
 def _lockfile_parts(entries: Sequence[LockEntry], results: Sequence[KeyResult]) -> Iterator[bytes]:
     """:func:`forage.lookup.batch.lockfile_reply` encoded a dependency at a time."""
+    summary = LockfileSummary()
     yield b'{"dependencies":['
     for index, dependency in enumerate(lockfile_dependencies(entries, results)):
-        yield (b"," if index else b"") + orjson.dumps(dependency)
-    yield b'],"summary":' + orjson.dumps(lockfile_summary(entries, results)) + b"}"
+        yield (b"," if index else b"") + orjson.dumps(summary.add(dependency))
+    yield b'],"summary":' + orjson.dumps(summary.counts) + b"}"
 
 
 def _legacy_parts(results: Sequence[KeyResult]) -> Iterator[bytes]:
@@ -315,14 +329,33 @@ async def lookup_get(request: web.Request) -> web.StreamResponse:
     return await _lookup(request, _query_keys(request), _lookup_parts, rendered=True)
 
 
+async def _uploaded_lockfile(request: web.Request) -> tuple[bytes, str]:
+    """The lockfile of a ``multipart/form-data`` upload (``curl -F file=@yarn.lock``): its
+    first file field, with the file name the client gave."""
+    try:
+        form = await request.post()
+    except (ValueError, LookupError, RuntimeError, HttpProcessingError) as exc:
+        raise _bad_request(f"the multipart body could not be read: {exc}"[:300]) from exc
+    for value in form.values():
+        if isinstance(value, web.FileField):
+            return await asyncio.to_thread(value.file.read), value.filename or ""
+    raise _bad_request("the multipart body holds no file; upload the lockfile as a file field")
+
+
 async def lookup_lockfile(request: web.Request) -> web.StreamResponse:
-    """``POST /api/v1/lookup/lockfile[?filename=go.sum]``: every dependency of the body."""
-    data = await request.read()
+    """``POST /api/v1/lookup/lockfile[?filename=go.sum]``: every dependency of the body (or of
+    the file of a multipart upload). 415 for a document of no format Forage reads."""
+    if request.content_type == "multipart/form-data":
+        data, uploaded = await _uploaded_lockfile(request)
+    else:
+        data, uploaded = await request.read(), ""
     if not data:
         raise _bad_request("the request body is empty; send the lockfile itself")
-    filename = request.query.get("filename", "")
+    filename = request.query.get("filename", "") or uploaded
     try:
         entries = await asyncio.to_thread(read_lockfile, data, filename=filename)
+    except UnsupportedLockfile as exc:
+        raise json_http_error(web.HTTPUnsupportedMediaType, str(exc)) from exc
     except LockfileError as exc:
         raise _bad_request(str(exc)) from exc
     except RecursionError as exc:
@@ -382,6 +415,29 @@ async def cid_lookup(request: web.Request) -> web.Response:
     return _json({"cid": normalized, "artifacts": [match.to_json() for match in matches]})
 
 
+async def digests_lookup(request: web.Request) -> web.Response:
+    """``POST /api/v1/lookup/digests`` ``{"digests": [...]}`` or ``GET ?digests=a,b``: the
+    archived files with each registry digest (:mod:`forage.lookup.digests`)."""
+    if request.method == "POST":
+        body = await _json_body(request)
+        given = body.get("digests") if isinstance(body, dict) else None
+        if not isinstance(given, list) or not all(isinstance(d, str) for d in given):
+            raise _bad_request('the body must be a JSON object {"digests": [DIGEST, ...]}')
+    else:
+        # A query string decodes an unescaped "+" of base64 as a space; digests hold none.
+        given = [
+            part.strip().replace(" ", "+")
+            for value in request.query.getall("digests", [])
+            for part in value.split(",")
+            if part.strip()
+        ]
+    if not given:
+        raise _bad_request("give the digests to look up: ?digests=DIGEST,DIGEST,...")
+    _check_count(request, len(given), "digests")
+    results = await asyncio.to_thread(_in_session, request, lookup_digests, given)
+    return _json(digests_reply(results))
+
+
 def _in_session(request: web.Request, read: Callable[..., Any], *args: Any) -> Any:
     with request.app[READER]() as session, session.begin():
         return read(session, *args)
@@ -391,8 +447,7 @@ def _ecosystem(request: web.Request) -> str:
     given = request.match_info["ecosystem"]
     ecosystem = PLATFORMS.get(given.lower(), given.lower())
     if ecosystem not in ECOSYSTEMS:
-        known = ", ".join(sorted(ECOSYSTEMS))
-        raise _not_found(f"unknown ecosystem {given[:100]!r} (known: {known})")
+        raise _not_found(unknown_ecosystem(given))
     return ecosystem
 
 
@@ -497,9 +552,9 @@ def _import_key(body: dict[str, Any]) -> Key:
                 raise _bad_request(f"name longer than {MAX_KEY_LENGTH} characters")
             if version is not None and not isinstance(version, str):
                 raise _bad_request("version must be a string")
-            ecosystem = PLATFORMS.get(ecosystem.lower(), ecosystem.lower())
-            if ecosystem not in ECOSYSTEMS:
-                raise _bad_request(f"unknown ecosystem {ecosystem[:100]!r}")
+            if ecosystem.lower() not in PLATFORMS:
+                raise _bad_request(unknown_ecosystem(ecosystem))
+            ecosystem = PLATFORMS[ecosystem.lower()]
             key = Key(ecosystem, normalize_name(ecosystem, name), version or None)
     except InvalidKey as exc:
         raise _bad_request(str(exc)) from exc

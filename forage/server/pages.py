@@ -1,6 +1,10 @@
-"""Server-rendered web pages: home (archive statistics and health, recent versions), package
-search, one page per package (every version's files with CID, pins, piece and active deals)
-and the deals page.
+"""Server-rendered web pages: home (archive statistics and health per registry, recent
+versions), search (names, purls, keys, CIDs, digests: :mod:`forage.server.finder`), one page
+per package (purl, install commands through the mirror, every version's files with sizes,
+digests in the registry's notation, CID, raw download, pins, piece and active deals), the
+deals page, failed archives and the API reference (:mod:`forage.server.apidocs`).
+
+Charts are inline SVG drawn on the server (:mod:`forage.server.charts`): no script, no CDN.
 
 Pages are Jinja2 templates (``templates/``, autoescaped, undefined names are errors) over plain
 values read by one session per request (pages never write), in a worker thread so the event
@@ -43,12 +47,16 @@ from forage.db.models import (
 )
 from forage.filecoin.health import ArchiveHealth, archive_health
 from forage.lookup.epochs import epoch_time, live_deal
+from forage.lookup.keys import PLATFORMS, Key, unknown_ecosystem
 from forage.lookup.normalize import normalize_name
 from forage.lookup.query import load_artifacts
 from forage.lookup.stats import archive_stats
 from forage.lookup.views import ArtifactView
+from forage.server import apidocs, finder
+from forage.server.charts import BarChart
+from forage.server.dashboards import expiry_chart, registry_health, replicas_chart
 from forage.server.state import CONFIG, SESSIONMAKER
-from indexers import IndexerError
+from indexers import ECOSYSTEMS, IndexerError
 
 #: The Jinja2 environment of an application (set by :func:`setup`).
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
@@ -112,6 +120,20 @@ def human_bytes(value: int | None) -> str:
     return f"{value / 1024**exponent:.1f} {'KMGTPE'[exponent - 1]}iB"
 
 
+def duration(seconds: float | None) -> str:
+    """``5400`` as ``1 h 30 min``: a feed's lag at a glance."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    parts = [(days, "d"), (hours, "h"), (minutes, "min")]
+    return " ".join(f"{n} {unit}" for n, unit in parts if n)
+
+
 def _epoch_time(epoch: int | None) -> datetime | None:
     return None if epoch is None else epoch_time(epoch)
 
@@ -127,6 +149,21 @@ def safe_url(url: str | None) -> str | None:
     return url if urlsplit(url).scheme in ("http", "https") else None
 
 
+def digest_text(ecosystem: str, algorithm: str, value: str) -> str:
+    """A stored digest as the registry's own tools print it (npm's SRI, hex elsewhere)."""
+    registered = ECOSYSTEMS.get(ecosystem)
+    return value if registered is None else registered.digest_notation(algorithm, value)
+
+
+def raw_path(ecosystem: str, name: str, version: str, artifact: ArtifactView) -> str | None:
+    """Where the mirror serves this file's bytes (``None`` for an unregistered ecosystem)."""
+    registered = ECOSYSTEMS.get(ecosystem)
+    if registered is None:
+        return None
+    routes = registered.mirror()
+    return routes.file_path(name, version, artifact.filename, artifact.digests)
+
+
 def make_environment() -> jinja2.Environment:
     """The template environment: autoescaping on for everything, undefined names fail."""
     env = jinja2.Environment(
@@ -138,8 +175,11 @@ def make_environment() -> jinja2.Environment:
     )
     env.filters["bytes"] = human_bytes
     env.filters["time"] = show_time
+    env.filters["duration"] = duration
     env.filters["safe_url"] = safe_url
     env.globals["package_path"] = package_path
+    env.globals["digest_text"] = digest_text
+    env.globals["raw_path"] = raw_path
     return env
 
 
@@ -244,6 +284,9 @@ class VersionFiles:
     artifacts: list[ArtifactView]
     removed_at: datetime | None = None
     removal: str | None = None
+    purl: str = ""
+    #: The command installing this version through Forage's mirror (``None``: no hint).
+    install: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +302,7 @@ class PackagePage:
     versions: list[VersionFiles]
     status: str | None = None
     status_reason: str | None = None
+    purl: str = ""
 
 
 def find_package(session: Session, ecosystem: str, name: str) -> tuple[Package | None, str]:
@@ -281,7 +325,7 @@ def find_package(session: Session, ecosystem: str, name: str) -> tuple[Package |
 
 
 def package_page(
-    session: Session, ecosystem: str, name: str, page: int, now: datetime
+    session: Session, ecosystem: str, name: str, page: int, now: datetime, base_url: str
 ) -> PackagePage | str | None:
     """One page of a package's versions, newest first, each with all its files; the
     canonical name (a string) when the package is known under another spelling; ``None``
@@ -306,6 +350,8 @@ def package_page(
         .all()
     )
     files = load_artifacts(session, version_ids=[v.id for v in versions], now=now)
+    registered = ECOSYSTEMS.get(package.ecosystem)
+    hint = None if registered is None else registered.install_hint
     return PackagePage(
         ecosystem=package.ecosystem,
         name=package.name,
@@ -325,11 +371,14 @@ def package_page(
                 files.get(v.id, []),
                 v.removed_at,
                 v.removal,
+                Key(package.ecosystem, package.name, v.number).purl(),
+                None if hint is None else hint(base_url, package.name, v.number),
             )
             for v in versions
         ],
         status=package.status,
         status_reason=package.status_reason,
+        purl=Key(package.ecosystem, package.name, None).purl(),
     )
 
 
@@ -356,6 +405,8 @@ class DealsPage:
     pages: int
     state: str | None
     health: ArchiveHealth
+    replicas_chart: BarChart
+    expiry_chart: BarChart
 
 
 def deals_page(
@@ -401,21 +452,27 @@ def deals_page(
         for row in rows
     ]
     total = sum(by_state.values()) if state is None else by_state[state]
+    health = archive_health(session, min_replicas=min_replicas, limit=DEALS_PER_PAGE)
     return DealsPage(
         by_state=by_state,
         deals=deals,
         page=page,
         pages=max(1, -(-total // DEALS_PER_PAGE)),
         state=state,
-        health=archive_health(session, min_replicas=min_replicas, limit=DEALS_PER_PAGE),
+        health=health,
+        replicas_chart=replicas_chart(health),
+        expiry_chart=expiry_chart(session, now),
     )
 
 
 def home_page(session: Session, min_replicas: int) -> dict[str, Any]:
+    registries, files_chart = registry_health(session)
     return {
         "stats": archive_stats(session),
         "health": archive_health(session, min_replicas=min_replicas, limit=UNDER_REPLICATED),
         "recent": recent_versions(session, RECENT_VERSIONS),
+        "registries": registries,
+        "files_chart": files_chart,
     }
 
 
@@ -430,7 +487,8 @@ async def home(request: web.Request) -> web.Response:
 
 
 async def search(request: web.Request) -> web.Response:
-    """``GET /search?q=NAME[&ecosystem=E]``: packages whose name contains ``NAME``."""
+    """``GET /search?q=TEXT[&ecosystem=E]``: a purl or key goes to its package page; a CID or
+    a digest lists the archived files with those bytes; names containing ``TEXT`` follow."""
     try:
         text = _clean_text(request.query.get("q", ""), "the search text", limit=MAX_QUERY_LENGTH)
         ecosystem = _clean_text(
@@ -438,8 +496,14 @@ async def search(request: web.Request) -> web.Response:
         )
     except _BadInput as exc:
         return error_page(request, 400, str(exc))
+    key = finder.as_key(text) if text else None
+    if key is not None:
+        anchor = "" if key.version is None else "#v-" + quote(key.version, safe="")
+        raise web.HTTPFound(package_path(key.ecosystem, key.name) + anchor)
+    files = await _read(request, finder.find_files, text, utcnow()) if text else None
+    ecosystem = PLATFORMS.get(ecosystem.lower(), ecosystem)
     hits = await _read(request, search_packages, text, ecosystem or None) if text else []
-    return render(request, "search.html", query=text, ecosystem=ecosystem, hits=hits)
+    return render(request, "search.html", query=text, ecosystem=ecosystem, hits=hits, files=files)
 
 
 async def package(request: web.Request) -> web.Response:
@@ -452,7 +516,16 @@ async def package(request: web.Request) -> web.Response:
         page = _page_number(request)
     except _BadInput as exc:
         return error_page(request, 400, str(exc))
-    found = await _read(request, package_page, ecosystem, name, page, utcnow())
+    canonical = PLATFORMS.get(ecosystem.lower())
+    if canonical is None:
+        return error_page(request, 404, unknown_ecosystem(ecosystem))
+    if canonical != ecosystem:
+        query = f"?{request.query_string}" if request.query_string else ""
+        raise web.HTTPMovedPermanently(package_path(canonical, name) + query)
+    base_url = request.app[CONFIG].mirror.public_url or f"{request.scheme}://{request.host}"
+    found = await _read(
+        request, package_page, ecosystem, name, page, utcnow(), base_url.rstrip("/")
+    )
     if found is None:
         return error_page(request, 404, f"no {ecosystem} package named {name[:200]!r} is indexed")
     if isinstance(found, str):
@@ -492,6 +565,11 @@ async def failed(request: web.Request) -> web.Response:
     return render(request, "failed.html", view=view, backoff=backoff, attempts=attempts)
 
 
+async def api_docs(request: web.Request) -> web.Response:
+    """``GET /docs`` (and ``/api/docs``): the API reference, rendered from ``openapi.json``."""
+    return render(request, "api_docs.html", ref=apidocs.reference())
+
+
 async def static_file(request: web.Request) -> web.FileResponse:
     """``GET /static/{name}``: one of the files shipped in ``static/``, found by name in a
     table made at start-up, so no path a client sends reaches the filesystem (aiohttp's own
@@ -510,5 +588,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/packages/{ecosystem}/{name:.+}", package, name="package")
     app.router.add_get("/deals", deals, name="deals")
     app.router.add_get("/failed", failed, name="failed")
+    app.router.add_get("/docs", api_docs, name="api_docs")
+    app.router.add_get("/api/docs", api_docs)
     app[STATIC] = {path.name: path for path in (HERE / "static").iterdir() if path.is_file()}
     app.router.add_get("/static/{name}", static_file, name="static")

@@ -10,6 +10,7 @@ sparse registry protocol served under ``/cargo/`` (:mod:`.mirror`), ``Cargo.lock
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,15 @@ def _fake() -> FakeRegistry:
     return FakeCratesIo()
 
 
+def _install_hint(base_url: str, name: str, version: str) -> str:
+    """``cargo add`` with crates.io replaced by the mirror's sparse index (README)."""
+    return (
+        "cargo --config 'source.crates-io.replace-with=\"forage\"'"
+        f" --config 'source.forage.registry=\"sparse+{base_url}/cargo/index/\"'"
+        f" add {shlex.quote(f'{name}@={version}')}"
+    )
+
+
 ECOSYSTEM = Ecosystem(
     name="cargo",
     title="crates.io",
@@ -53,6 +63,7 @@ ECOSYSTEM = Ecosystem(
     mirror_endpoint="index_url",
     mirror=_mirror,
     fake=_fake,
+    install_hint=_install_hint,
     lockfiles=(CARGO_LOCK,),
 )
 

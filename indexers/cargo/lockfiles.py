@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from indexers.ecosystem import LockfileFormat
 from indexers.errors import LockfileError
-from indexers.lockfiles import purl_key
+from indexers.lockfiles import pinned_digest, purl_key
 from indexers.types import LockEntry
 
 #: The source ids crates.io has: its git index and its sparse index.
@@ -51,7 +51,9 @@ def read_cargo_lock(text: str) -> Iterator[LockEntry]:
         elif source not in CRATES_IO:
             yield LockEntry(where, None, f"from another registry: {source[:200]}")
         else:
-            yield LockEntry(where, purl_key("cargo", name, version))
+            # ``checksum`` is the sha256 of the .crate file, as the index's ``cksum``.
+            integrity = pinned_digest("sha256", str(package.get("checksum") or ""))
+            yield LockEntry(where, purl_key("cargo", name, version), integrity=integrity)
 
 
 def _detect(base: str, text: str) -> bool:

@@ -39,6 +39,7 @@ from indexers.cargo.sparse import (
     validate_name,
 )
 from indexers.errors import ArchiveInvalid, InvalidName, UpstreamFailed
+from indexers.mirror.failures import unavailable
 from indexers.mirror.registry import EcosystemRoutes, FileRef, source_headers
 from indexers.mirror.rows import ArchivedFile, PackageRows, Withdrawn
 from indexers.mirror.spool import send_spool
@@ -61,6 +62,14 @@ def not_found(detail: str = "Not Found", **headers: str) -> web.Response:
 
 def bad_request(detail: str) -> web.Response:
     return web.json_response({"errors": [{"detail": detail}]}, status=400)
+
+
+def failed(error: UpstreamFailed, headers: dict[str, str], retry_after: float) -> web.Response:
+    """The answer when neither the upstream nor the archive has it: a 5xx cargo reports and
+    retries as a spurious network error (:mod:`indexers.mirror.failures`)."""
+    answer = unavailable(error, headers, retry_after=retry_after)
+    body = {"errors": [{"detail": answer.message}]}
+    return web.json_response(body, status=answer.status, headers=answer.headers)
 
 
 def withdraw_index(body: bytes, withdrawn: Withdrawn) -> bytes:
@@ -147,6 +156,12 @@ class CargoRoutes(EcosystemRoutes):
             raise UpstreamFailed(url, "status", "config.json has no 'dl'")
         return dl
 
+    async def upstream_offers(self, file: ArchivedFile) -> bool | None:
+        """Whether the crate's upstream index file still lists the version (yanked or not)."""
+        body = await self.upstream_index(file.package)
+        lines = parse_lines(body) if body is not None else []
+        return any(line is not None and line.get("vers") == file.version for line in lines)
+
     async def upstream_index(self, name: str) -> bytes | None:
         """The upstream's index file of ``name`` (``None``: crates.io's 404), each line's
         download location remembered. Raises ``UpstreamFailed``."""
@@ -204,7 +219,10 @@ class CargoRoutes(EcosystemRoutes):
                     body = await asyncio.to_thread(fallback_index, rows)
                 self.registry.rendered.put(key, body)
         if not body:
-            return not_found(**headers)
+            hold = await self.mirror.archive.package_hold(ECOSYSTEM, name)
+            if hold is not None:
+                return not_found(f"{name} is not served: {hold}", **headers)
+            return failed(error, headers, self.registry.settings.down_seconds)
         return web.Response(body=body, content_type=INDEX_TYPE, headers=headers)
 
     # -- downloads --------------------------------------------------------------------------
@@ -221,11 +239,14 @@ class CargoRoutes(EcosystemRoutes):
         if hold is not None:
             return not_found(f"{name} is not served: {hold}")
         archived = await self.mirror.archive.find_file(ECOSYSTEM, name=name, version=version)
+        local = await self.serve_local(request, archived, content_type=CRATE_TYPE)
+        if local is not None:
+            return local
         error: UpstreamFailed | None = None
         try:
             ref = await self._ref(name, version, archived)
             if ref is not None:
-                fetched = await self.registry.file(ref.url, ref.digests)
+                fetched = await self.registry.file(ref.url, ref.digests, package=name)
                 if fetched.spool is not None:
                     headers = source_headers("upstream", verified=fetched.verified)
                     return await send_spool(
@@ -239,7 +260,10 @@ class CargoRoutes(EcosystemRoutes):
         except UpstreamFailed as exc:
             error = exc
         if archived is None:
-            return not_found(**source_headers("archive", error=error))
+            if error is None:
+                return not_found(**source_headers("archive"))
+            headers = source_headers("archive", error=error)
+            return failed(error, headers, self.registry.settings.down_seconds)
         return await self.serve_archived(request, archived, removed=archived.removed, error=error)
 
     async def _ref(self, name: str, version: str, archived: ArchivedFile | None) -> FileRef | None:

@@ -10,6 +10,7 @@ reading an archived dist's ``composer.json`` (:mod:`.manifest`), ``composer.lock
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ import httpx
 
 from indexers.composer.indexer import ComposerCursor, ComposerIndexer
 from indexers.composer.lockfiles import COMPOSER_LOCK
+from indexers.composer.metadata import is_dev
 from indexers.ecosystem import Ecosystem, Endpoint
 
 if TYPE_CHECKING:
@@ -40,6 +42,13 @@ def _fake() -> FakeRegistry:
     return FakePackagist()
 
 
+def _install_hint(base_url: str, name: str, version: str) -> str:
+    return (
+        f"composer config repositories.forage composer {base_url}/composer"
+        f" && composer require {shlex.quote(f'{name}:{version}')}"
+    )
+
+
 ECOSYSTEM = Ecosystem(
     name="composer",
     title="Packagist",
@@ -53,7 +62,9 @@ ECOSYSTEM = Ecosystem(
     mirror_endpoint="repo_url",
     mirror=_mirror,
     fake=_fake,
+    install_hint=_install_hint,
     lockfiles=(COMPOSER_LOCK,),
+    is_development=is_dev,
 )
 
 __all__ = ["ECOSYSTEM", "ComposerCursor", "ComposerIndexer"]

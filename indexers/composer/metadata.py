@@ -193,9 +193,10 @@ def _abandoned(entries: list[dict[str, Any]]) -> tuple[str | None, str | None]:
 def map_package(name: str, tagged: list[dict[str, Any]], dev: list[dict[str, Any]]) -> PackageInfo:
     """Map a package's expanded tagged and dev-branch entries to :class:`PackageInfo`.
 
-    Every tagged version becomes a release with its dist; dev branches become releases
-    without files (their archives are never taken). ``extra`` keeps each version's dist
-    ``reference`` (the commit a lockfile pins) for the mirror to rebuild metadata from.
+    Every version becomes a release with its dist, dev branches included: whether those are
+    archived is the registry's ``development`` setting (``is_dev`` is the ecosystem's
+    ``is_development``). ``extra`` keeps each version's dist ``reference`` (the commit a
+    lockfile pins) for the mirror to rebuild metadata from.
     """
     releases: list[Release] = []
     references: dict[str, str] = {}
@@ -205,7 +206,7 @@ def map_package(name: str, tagged: list[dict[str, Any]], dev: list[dict[str, Any
         if not isinstance(version, str) or not version or version in seen:
             continue
         seen.add(version)
-        artifact = None if is_dev(version) else _artifact(name, entry)
+        artifact = _artifact(name, entry)
         dist = entry.get("dist")
         reference = dist.get("reference") if isinstance(dist, dict) else None
         if isinstance(reference, str) and reference and artifact is not None:

@@ -41,6 +41,7 @@ from indexers.composer.metadata import (
     validate_name,
 )
 from indexers.errors import ArchiveInvalid, FeedError, InvalidName, UpstreamFailed
+from indexers.mirror.failures import unavailable
 from indexers.mirror.registry import EcosystemRoutes, FileRef, source_headers
 from indexers.mirror.rows import ArchivedFile, PackageRows
 from indexers.mirror.spool import send_spool
@@ -59,6 +60,14 @@ def not_found(message: str = "Not Found", **headers: str) -> web.Response:
 
 def bad_request(message: str) -> web.Response:
     return web.json_response({"status": "error", "message": message}, status=400)
+
+
+def failed(error: UpstreamFailed, headers: dict[str, str], retry_after: float) -> web.Response:
+    """Neither the upstream nor the archive has it: a 5xx Composer reports as a failed
+    download of the repository, not "could not find package" (:mod:`indexers.mirror.failures`)."""
+    answer = unavailable(error, headers, retry_after=retry_after)
+    body = {"status": "error", "message": answer.message}
+    return web.json_response(body, status=answer.status, headers=answer.headers)
 
 
 def dist_path(name: str, version: str, filename: str) -> str:
@@ -257,6 +266,8 @@ class ComposerRoutes(EcosystemRoutes):
         except UpstreamFailed as exc:
             headers = source_headers("archive", error=exc)
             entries = await self.fallback_entries(name, dev=dev, base=base)
+            if not entries and await self.mirror.archive.package_hold(ECOSYSTEM, name) is None:
+                return failed(exc, headers, self.registry.settings.down_seconds)
         if entries is None:
             return not_found(**headers)
         body = await asyncio.to_thread(json.dumps, {"packages": {name: entries}})
@@ -280,11 +291,14 @@ class ComposerRoutes(EcosystemRoutes):
         if hold is not None:
             return not_found(f"{name} is not served: {hold}")
         archived = await archive.find_file(ECOSYSTEM, name=name, version=version, filename=filename)
+        local = await self.serve_local(request, archived, content_type=ZIP)
+        if local is not None:
+            return local
         error: UpstreamFailed | None = None
         try:
             ref = await self._ref(request, name, version, archived)
             if ref is not None:
-                fetched = await self.registry.file(ref.url, ref.digests)
+                fetched = await self.registry.file(ref.url, ref.digests, package=name)
                 if fetched.spool is not None:
                     headers = source_headers("upstream", verified=fetched.verified)
                     return await send_spool(
@@ -296,7 +310,10 @@ class ComposerRoutes(EcosystemRoutes):
         except UpstreamFailed as exc:
             error = exc
         if archived is None:
-            return not_found(**source_headers("archive", error=error))
+            headers = source_headers("archive", error=error)
+            if error is None:
+                return not_found(**headers)
+            return failed(error, headers, self.registry.settings.down_seconds)
         return await self._archived(request, archived, removed=archived.removed, error=error)
 
     async def _ref(

@@ -11,12 +11,14 @@ The purl type is ``gem``; the 2021 Forage platform name ``rubygems`` is an alias
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import httpx
 
 from indexers.ecosystem import Ecosystem, Endpoint
+from indexers.gem.compact import platform_file
 from indexers.gem.indexer import GemCursor, GemIndexer, validate_name
 from indexers.gem.lockfiles import GEMFILE_LOCK
 
@@ -41,6 +43,13 @@ def _fake() -> FakeRegistry:
     return FakeRubyGems()
 
 
+def _install_hint(base_url: str, name: str, version: str) -> str:
+    return (
+        f"gem install --clear-sources --source {base_url}/gems/ {shlex.quote(name)}"
+        f" -v {shlex.quote(version)}"
+    )
+
+
 ECOSYSTEM = Ecosystem(
     name="gem",
     title="RubyGems",
@@ -56,7 +65,10 @@ ECOSYSTEM = Ecosystem(
     mirror_endpoint="registry_url",
     mirror=_mirror,
     fake=_fake,
+    install_hint=_install_hint,
     lockfiles=(GEMFILE_LOCK,),
+    qualifiers=("platform",),
+    file_matches=platform_file,
 )
 
 __all__ = ["ECOSYSTEM", "GemCursor", "GemIndexer", "validate_name"]

@@ -18,7 +18,7 @@ first ``-`` of ``V-PLATFORM`` starts the platform, as Bundler splits it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from indexers.base import redact
@@ -44,6 +44,13 @@ def version_key(version: str, platform: str) -> str:
 def gem_filename(name: str, version: str, platform: str) -> str:
     """``NAME-V[-PLATFORM].gem``, the name RubyGems downloads it by."""
     return f"{name}-{version_key(version, platform)}.gem"
+
+
+def platform_file(name: str, version: str, filename: str, qualifiers: Mapping[str, str]) -> bool:
+    """Whether ``filename`` is the gem of the ``platform`` qualifier's variant of the version
+    (``pkg:gem/nokogiri@1.16.0?platform=java``; ``ruby`` is the plain gem), the
+    :attr:`~indexers.ecosystem.Ecosystem.file_matches` of RubyGems."""
+    return filename == gem_filename(name, version, qualifiers.get("platform", RUBY))
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +180,7 @@ __all__ = [
     "parse_info_line",
     "parse_versions",
     "parse_versions_line",
+    "platform_file",
     "render_info",
     "render_names",
     "render_versions",

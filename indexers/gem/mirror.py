@@ -44,6 +44,7 @@ from indexers.gem.compact import (
 )
 from indexers.gem.indexer import validate_name
 from indexers.gem.marshal import quick_gemspec
+from indexers.mirror.failures import unavailable
 from indexers.mirror.registry import EcosystemRoutes, FileRef, source_headers
 from indexers.mirror.rows import ArchivedFile, PackageRows, Withdrawn
 from indexers.mirror.spool import send_spool
@@ -71,6 +72,14 @@ def _not_found(headers: dict[str, str], why: str = "") -> web.Response:
     return web.Response(
         status=404, text=f"404 Not Found{': ' + why if why else ''}\n", headers=headers
     )
+
+
+def _failed(error: UpstreamFailed, headers: dict[str, str], retry_after: float) -> web.Response:
+    """Neither the upstream nor the archive has it: a 5xx ``gem`` and ``bundle`` report as a
+    failed fetch (and retry), not "could not find gem" (:mod:`indexers.mirror.failures`)."""
+    answer = unavailable(error, headers, retry_after=retry_after)
+    text = f"{answer.status} {answer.message}\n"
+    return web.Response(status=answer.status, text=text, headers=answer.headers)
 
 
 def withdraw_info(entries: list[InfoEntry], name: str, withdrawn: Withdrawn) -> list[InfoEntry]:
@@ -202,6 +211,12 @@ class GemRoutes(EcosystemRoutes):
         except InvalidName as exc:
             return web.Response(status=400, text=f"400 Bad Request: {exc}\n")
 
+    async def upstream_offers(self, file: ArchivedFile) -> bool | None:
+        """Whether the gem's upstream ``/info`` still lists the file's version and platform."""
+        entries = await self._upstream_info(file.package) or []
+        names = {gem_filename(file.package, e.version, e.platform) for e in entries}
+        return file.filename in names
+
     async def _upstream_info(self, name: str) -> list[InfoEntry] | None:
         """The upstream's ``/info`` entries (``None``: it has no such gem), checksums learnt."""
         body = await self._upstream(f"info/{name}")
@@ -216,7 +231,8 @@ class GemRoutes(EcosystemRoutes):
             if entry.checksum:
                 filename = gem_filename(name, entry.version, entry.platform)
                 gem_url = self._upstream_url(f"gems/{filename}")
-                self.registry.refs.put(filename, FileRef(gem_url, {"sha256": entry.checksum}))
+                ref = FileRef(gem_url, {"sha256": entry.checksum}, package=name)
+                self.registry.refs.put(filename, ref)
         return entries
 
     async def info(self, request: web.Request) -> web.StreamResponse:
@@ -235,7 +251,9 @@ class GemRoutes(EcosystemRoutes):
         rows = await self.mirror.archive.package_rows(ECOSYSTEM, name)
         fallback = fallback_entries(rows) if rows is not None else []
         if not fallback:
-            return _not_found(headers)
+            if rows is not None and rows.hold is not None:
+                return _not_found(headers, rows.hold)
+            return _failed(error, headers, self.registry.settings.down_seconds)
         return _text(render_info(fallback), headers)
 
     def _filename(self, request: web.Request, suffix: str) -> str | web.Response:
@@ -252,12 +270,14 @@ class GemRoutes(EcosystemRoutes):
         archived = await self.mirror.archive.find_file(ECOSYSTEM, filename=gem)
         if archived is not None and archived.hold is not None:
             return _not_found({}, archived.hold)
+        absent = False
         try:
             body = await self._upstream(f"quick/Marshal.4.8/{filename}")
             if body is not None:
                 return web.Response(
                     body=body, content_type=GEM_TYPE, headers=source_headers("upstream")
                 )
+            absent = True
             error = UpstreamFailed(
                 self._upstream_url(f"quick/Marshal.4.8/{filename}"), "status", "HTTP 404"
             )
@@ -265,7 +285,9 @@ class GemRoutes(EcosystemRoutes):
             error = exc
         headers = source_headers("archive", error=error)
         if archived is None:
-            return _not_found(headers)
+            if absent:
+                return _not_found(headers)
+            return _failed(error, headers, self.registry.settings.down_seconds)
         extra = await self.mirror.archive.package_extra(ECOSYSTEM, archived.package) or {}
         entry = recorded_entry(extra, _key(archived.package, gem), archived.digests.get("sha256"))
         when = archived.published_at or archived.uploaded_at
@@ -299,6 +321,9 @@ class GemRoutes(EcosystemRoutes):
         archived = await self.mirror.archive.find_file(ECOSYSTEM, filename=filename)
         if archived is not None and archived.hold is not None:
             return _not_found({}, archived.hold)
+        local = await self.serve_local(request, archived, content_type=GEM_TYPE)
+        if local is not None:
+            return local
         error: UpstreamFailed | None = None
         try:
             if self.registry.upstream is None:
@@ -308,7 +333,7 @@ class GemRoutes(EcosystemRoutes):
                 ref = FileRef(self._upstream_url(f"gems/{filename}"), archived.digests)
             if ref is None:
                 return _not_found(source_headers("upstream"))
-            fetched = await self.registry.file(ref.url, ref.digests)
+            fetched = await self.registry.file(ref.url, ref.digests, package=ref.package)
             if fetched.spool is not None:
                 headers = source_headers("upstream", verified=fetched.verified)
                 return await send_spool(
@@ -320,7 +345,10 @@ class GemRoutes(EcosystemRoutes):
         except UpstreamFailed as exc:
             error = exc
         if archived is None:
-            return _not_found(source_headers("archive", error=error))
+            headers = source_headers("archive", error=error)
+            if error is None:
+                return _not_found(headers)
+            return _failed(error, headers, self.registry.settings.down_seconds)
         return await self._archived(request, archived, removed=archived.removed, error=error)
 
     async def _archived(

@@ -10,6 +10,7 @@ tiles (:mod:`.sumdb`) and its proxy under ``/go/sumdb/`` (:mod:`.checksums`), ``
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING
 
@@ -50,6 +51,16 @@ def _check_h1(reader: IO[bytes], expected: str, url: str) -> str:
     return verify_go_zip(reader, expected, url=url)
 
 
+def _install_hint(base_url: str, name: str, version: str) -> str:
+    return f"GOPROXY={base_url}/go go get {shlex.quote(f'{name}@{version}')}"
+
+
+def _version_hint(version: str) -> str | None:
+    if version[:1].isdigit():
+        return f"Go module versions start with v: did you mean v{version}?"
+    return None
+
+
 ECOSYSTEM = Ecosystem(
     name="golang",
     title="Go modules",
@@ -64,9 +75,11 @@ ECOSYSTEM = Ecosystem(
     mirror_endpoint="proxy_url",
     mirror=_mirror,
     fake=_fake,
+    install_hint=_install_hint,
     lockfiles=(GO_SUM,),
     file_checks={"h1": _check_h1},
     unlisted_versions=True,
+    version_hint=_version_hint,
 )
 
 __all__ = ["ECOSYSTEM", "GoCursor", "GoIndexer"]

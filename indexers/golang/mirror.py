@@ -12,6 +12,10 @@ knows reaches a client unchecked: the whole body is spooled and hashed first, ag
 :mod:`.checksums`, so it is kept for later); the go.mod ``h1:`` likewise
 (``Package.extra["go_mod_h1"]``, else the record). Bytes that fail are replaced by the
 verified archive when there is one, else answered ``502`` naming the mismatch -- never a 200.
+That 502 is deliberate, unlike an unreachable upstream (a 404, so ``go`` tries the next proxy,
+where the other ecosystems answer 5xx: :mod:`indexers.mirror.failures`): bytes that fail their
+checksum are a tampering signal, and a 5xx stops ``go`` with the reason rather than quietly
+sending it to another source.
 When the upstream fails, answers come from the index and the archived zip: ``list`` names
 archived tagged versions the registry has not removed, ``.info`` carries the recorded time,
 ``.mod`` is the ``go.mod`` inside the verified zip (or the synthetic ``module <path>`` a module
@@ -190,6 +194,12 @@ class GoRoutes(EcosystemRoutes):
         rows = await self.mirror.archive.package_rows(ECOSYSTEM, path)
         return None if rows is None or rows.hold is not None else rows
 
+    async def upstream_offers(self, file: ArchivedFile) -> bool | None:
+        """Whether the proxy still serves the module (a 404/410 list: removed); its list
+        leaves pseudo-versions out, so a version missing from it says nothing."""
+        answer, _ = await self.registry.document(self._url(file.package, "@v/list"))
+        return False if answer.absent else None
+
     # -- list and @latest ---------------------------------------------------------------------
 
     async def listing(self, request: web.Request, path: str, what: str) -> web.StreamResponse:
@@ -288,8 +298,12 @@ class GoRoutes(EcosystemRoutes):
         error: UpstreamFailed | None = None
         try:
             if kind == "zip":
+                local = await self.serve_local(request, archived, content_type="application/zip")
+                if local is not None:
+                    return local
                 zip_h1 = await self.known_h1(path, version, archived)
-                fetched = await self.registry.file(url, {"h1": zip_h1} if zip_h1 else {})
+                digests = {"h1": zip_h1} if zip_h1 else {}
+                fetched = await self.registry.file(url, digests, package=path)
                 if fetched.spool is not None:
                     headers = source_headers("upstream", verified=fetched.verified)
                     return await send_spool(

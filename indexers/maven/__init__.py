@@ -10,12 +10,14 @@ dependency:list`` (:mod:`.lockfiles`) and the loopback fake (:mod:`.fake`).
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import httpx
 
 from indexers.ecosystem import Ecosystem, Endpoint
+from indexers.maven.coords import is_snapshot, typed_file
 from indexers.maven.indexer import MavenCursor, MavenIndexer
 from indexers.maven.lockfiles import DEPENDENCY_LIST, GRADLE_LOCKFILE
 
@@ -44,6 +46,14 @@ def _fake() -> FakeRegistry:
     return FakeMaven()
 
 
+def _install_hint(base_url: str, name: str, version: str) -> str:
+    coordinates = shlex.quote(f"{name.replace('/', ':')}:{version}")
+    return (
+        f"mvn dependency:get -Dartifact={coordinates}"
+        f" -DremoteRepositories=forage::default::{base_url}/maven2"
+    )
+
+
 ECOSYSTEM = Ecosystem(
     name="maven",
     title="Maven Central",
@@ -57,7 +67,12 @@ ECOSYSTEM = Ecosystem(
     mirror_endpoint="repository_url",
     mirror=_mirror,
     fake=_fake,
+    install_hint=_install_hint,
     lockfiles=(GRADLE_LOCKFILE, DEPENDENCY_LIST),
+    qualifiers=("classifier", "type"),
+    qualifier_defaults={"type": "jar"},
+    file_matches=typed_file,
+    is_development=is_snapshot,
 )
 
 __all__ = ["ECOSYSTEM", "MavenCursor", "MavenIndexer"]

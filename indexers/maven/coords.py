@@ -21,6 +21,7 @@ Layout (https://maven.apache.org/repositories/layout.html): ``GROUP/as/path/ARTI
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -44,6 +45,8 @@ _HEX_LENGTHS = {"sha512": 128, "sha256": 64, "sha1": 40, "md5": 32}
 
 #: ``ARTIFACT-VERSION-yyyyMMdd.HHmmss-N``: a deployed SNAPSHOT build (``ArtifactUtils``).
 _TIMESTAMPED = re.compile(r".*-[0-9]{8}\.[0-9]{6}-[0-9]+")
+#: The ``yyyyMMdd.HHmmss-N`` of a SNAPSHOT build's file names.
+_BUILD = re.compile(r"[0-9]{8}\.[0-9]{6}-[0-9]+")
 #: Maven's ``ComparableVersion`` qualifiers that sort before a release, and their one-letter
 #: forms (``a1``, ``b2``, ``m3``: a letter directly followed by a digit).
 _PRERELEASE = re.compile(
@@ -139,6 +142,46 @@ def parse_file_name(artifact: str, version: str, filename: str) -> FileName | No
     return FileName(classifier, extension)
 
 
+#: Maven's default artifact handlers (``maven-core``'s ``artifact-handlers.xml``): the
+#: extension of a dependency ``type`` and the classifier it implies. Other types are their
+#: own extension (``war``, ``ear``, ``zip``).
+TYPES: dict[str, tuple[str, str | None]] = {
+    "jar": ("jar", None),
+    "maven-plugin": ("jar", None),
+    "ejb": ("jar", None),
+    "bundle": ("jar", None),
+    "ejb-client": ("jar", "client"),
+    "test-jar": ("jar", "tests"),
+    "java-source": ("jar", "sources"),
+    "javadoc": ("jar", "javadoc"),
+}
+
+
+def _build_of(artifact: str, version: str, filename: str) -> str:
+    """The version as ``filename`` spells it: a SNAPSHOT's files name their timestamped
+    build (``lib-1.1-20240101.120000-3.jar`` of ``1.1-SNAPSHOT``)."""
+    base = version.removesuffix("SNAPSHOT")
+    if base == version:
+        return version
+    build = _BUILD.match(filename, len(artifact) + 1 + len(base))
+    prefix = filename.startswith(f"{artifact}-{base}")
+    return base + build.group() if prefix and build else version
+
+
+def typed_file(name: str, version: str, filename: str, qualifiers: Mapping[str, str]) -> bool:
+    """Whether ``filename`` is the file a purl's ``classifier`` and ``type`` name (each with
+    the purl spec's default: no classifier, type ``jar``), the
+    :attr:`~indexers.ecosystem.Ecosystem.file_matches` of Maven."""
+    artifact = split_name(name)[1]
+    parsed = parse_file_name(artifact, _build_of(artifact, version, filename), filename)
+    if parsed is None:
+        return False
+    kind = qualifiers.get("type", "jar")
+    extension, implied = TYPES.get(kind, (kind, None))
+    classifier = qualifiers.get("classifier", implied)
+    return parsed.extension == extension and parsed.classifier == classifier
+
+
 def parse_sidecar(text: str, algorithm: str) -> str | None:
     """The digest in a checksum sidecar: its first word, lowercase hex of the algorithm's
     length (sidecars written by some tools append the file name); ``None`` if malformed."""
@@ -154,6 +197,7 @@ def parse_sidecar(text: str, algorithm: str) -> str | None:
 __all__ = [
     "ECOSYSTEM",
     "SIDECARS",
+    "TYPES",
     "FileName",
     "artifact_dir",
     "check_version",
@@ -164,4 +208,5 @@ __all__ = [
     "parse_file_name",
     "parse_sidecar",
     "split_name",
+    "typed_file",
 ]

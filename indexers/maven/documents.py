@@ -88,6 +88,18 @@ def parse_metadata(body: bytes) -> Metadata:
     )
 
 
+def snapshot_build(body: bytes) -> str | None:
+    """``TIMESTAMP-BUILDNUMBER`` of a SNAPSHOT's version-level ``maven-metadata.xml`` (its
+    files are ``ARTIFACT-BASE-TIMESTAMP-BUILDNUMBER[-CLASSIFIER].EXT``); ``None`` for a
+    SNAPSHOT deployed without timestamps (``localCopy``, or no ``<snapshot>``)."""
+    root = _parse(body, "maven-metadata.xml")
+    snapshot = _child(_child(root, "versioning"), "snapshot")
+    timestamp, build = _text(snapshot, "timestamp"), _text(snapshot, "buildNumber")
+    if _text(snapshot, "localCopy") == "true" or not timestamp or not build:
+        return None
+    return f"{timestamp}-{build}"
+
+
 def render_metadata(
     group: str,
     artifact: str,
@@ -208,4 +220,5 @@ __all__ = [
     "parse_pom",
     "render_listing",
     "render_metadata",
+    "snapshot_build",
 ]

@@ -38,7 +38,9 @@ artifact of its ``packaging``. Each file's digest is its strongest sidecar (sha5
 sha1 > md5), fetched here and checked by the archiver; a mismatch fails the archive. A POM's
 ``<relocation>`` is kept as the release's ``deprecated`` note (``relocated to g:a:v``) and in
 ``extra["relocations"]``; the relocation POM is archived like any file, and clients follow it
-to the new coordinates, which Forage indexes on their own. SNAPSHOTs are never archived.
+to the new coordinates, which Forage indexes on their own. SNAPSHOTs a repository lists are
+read (their newest timestamped build, from the version-level ``maven-metadata.xml``) and left
+out by the registry's ``development`` setting, off by default; the index never carries them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -75,6 +78,7 @@ from indexers.maven.documents import (
     parse_listing,
     parse_metadata,
     parse_pom,
+    snapshot_build,
 )
 from indexers.maven.indexdata import (
     PROPERTIES,
@@ -250,8 +254,9 @@ class MavenIndexer(Indexer[MavenCursor]):
         return f"{self.repository_url}/{artifact_dir(name)}"
 
     async def package(self, name: str, *, change: Change | None = None) -> PackageInfo:
-        """Every non-SNAPSHOT version ``maven-metadata.xml`` lists (plus the one the feed
-        announced, should the metadata lag the index), each with its files and digests."""
+        """Every version ``maven-metadata.xml`` lists (plus the one the feed announced, should
+        the metadata lag the index), each with its files and digests; SNAPSHOTs are left out
+        by the registry's ``development`` setting unless it asks for them."""
         name = normalize_name(name)
         url = f"{self._dir_url(name)}/maven-metadata.xml"
         response = await self.get(url, not_found=(ECOSYSTEM, name))
@@ -275,11 +280,7 @@ class MavenIndexer(Indexer[MavenCursor]):
 
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(one(v, v not in extra))
-                    for v in [*versions, *extra]
-                    if not is_snapshot(v)
-                ]
+                tasks = [group.create_task(one(v, v not in extra)) for v in [*versions, *extra]]
         except ExceptionGroup as failed:
             first = failed.exceptions[0]
             if isinstance(first, IndexerError):
@@ -305,7 +306,8 @@ class MavenIndexer(Indexer[MavenCursor]):
         """One version: its files with their strongest sidecar digest. A listed version whose
         POM is gone is a ``deleted`` release; an unlisted one that is gone is ``None``."""
         group, artifact = split_name(name)
-        pom_name = f"{artifact}-{version}.pom"
+        stem = await self.snapshot_stem(name, version) if is_snapshot(version) else version
+        pom_name = f"{artifact}-{stem}.pom"
         pom_url = f"{self.repository_url}/{file_path(name, version, pom_name)}"
         try:
             pom_body = (await self.get(pom_url, not_found=(ECOSYSTEM, name))).content
@@ -319,19 +321,17 @@ class MavenIndexer(Indexer[MavenCursor]):
             pom = Pom("jar")
         entries = await self.listing(pom_url.rpartition("/")[0] + "/")
         if entries is None:
-            names = [pom_name] + (
-                [f"{artifact}-{version}.{pom.extension}"] if pom.extension else []
-            )
+            names = [pom_name] + ([f"{artifact}-{stem}.{pom.extension}"] if pom.extension else [])
             files = [Entry(n, None, None) for n in names]
             present: set[str] | None = None
         else:
-            files = [e for e in entries if parse_file_name(artifact, version, e.name)]
+            files = [e for e in entries if parse_file_name(artifact, stem, e.name)]
             present = {e.name for e in entries}
         artifacts = []
         for entry in files:
             url = f"{self.repository_url}/{file_path(name, version, entry.name)}"
             digests = await self.digest(url, entry.name, present)
-            parsed = parse_file_name(artifact, version, entry.name)
+            parsed = parse_file_name(artifact, stem, entry.name)
             kind = (parsed.classifier or parsed.extension) if parsed else None
             artifacts.append(
                 Artifact(
@@ -355,6 +355,17 @@ class MavenIndexer(Indexer[MavenCursor]):
             deprecated=note,
         )
         return release, pom
+
+    async def snapshot_stem(self, name: str, version: str) -> str:
+        """The version as a SNAPSHOT's newest files spell it (``1.1-20240101.120000-3`` for
+        ``1.1-SNAPSHOT``, from its version-level ``maven-metadata.xml``); the version itself
+        for one deployed without timestamps or without that document."""
+        url = f"{self._dir_url(name)}/{quote(version, safe='+')}/maven-metadata.xml"
+        try:
+            build = snapshot_build((await self.get(url, not_found=(ECOSYSTEM, name))).content)
+        except (PackageNotFound, DocumentError):
+            return version
+        return version.removesuffix("SNAPSHOT") + build if build else version
 
     async def listing(self, url: str) -> list[Entry] | None:
         """A version directory's files, or ``None`` where the repository lists no directories."""

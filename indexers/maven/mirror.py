@@ -13,8 +13,11 @@
   serves for it, computed once per content and kept; the metadata's is the digest of the
   document Forage serves. So ``mvn --strict-checksums`` checks what Forage verified.
 
-Errors are 404s with a one-line text body: a repository client moves on to its next
-repository on a 404 and fails the build on other statuses.
+Errors have a one-line text body. What the upstream does not have is a 404: a repository
+client moves on to its next repository. What neither the upstream nor the archive can give is a
+5xx (:mod:`indexers.mirror.failures`): Maven reports it as a transfer error, which its resolver
+does not cache, where a 404 in an outage would be cached as "not found" in the local repository
+until the update interval passes.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from indexers.maven.coords import (
     split_name,
 )
 from indexers.maven.documents import DocumentError, parse_metadata, render_metadata
+from indexers.mirror.failures import unavailable
 from indexers.mirror.registry import EcosystemRoutes, source_headers, verified_algorithms
 from indexers.mirror.rows import ArchivedFile, PackageRows
 from indexers.mirror.spool import Spool, send_spool
@@ -52,6 +56,13 @@ CONTENT_TYPES = {"pom": XML, "xml": XML, "jar": "application/java-archive"}
 
 def not_found(message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(status=404, text=message[:500] + "\n", content_type=TEXT, headers=headers)
+
+
+def failed(error: UpstreamFailed, headers: dict[str, str], retry_after: float) -> web.Response:
+    answer = unavailable(error, headers, retry_after=retry_after)
+    return web.Response(
+        status=answer.status, text=answer.message + "\n", content_type=TEXT, headers=answer.headers
+    )
 
 
 def hash_spool(spool: Spool) -> dict[str, str]:
@@ -132,7 +143,9 @@ class MavenRoutes(EcosystemRoutes):
     # -- maven-metadata.xml -----------------------------------------------------------------------
 
     async def metadata(self, name: str, directory: str, algorithm: str | None) -> web.Response:
-        body, headers = await self.metadata_body(name, directory)
+        body, headers, error = await self.metadata_body(name, directory)
+        if body is None and error is not None:
+            return failed(error, headers, self.registry.settings.down_seconds)
         if body is None:
             return not_found(f"not found: {directory}/{METADATA}", headers)
         if algorithm is not None:
@@ -141,24 +154,27 @@ class MavenRoutes(EcosystemRoutes):
             )
         return web.Response(body=body, content_type=XML, headers=headers)
 
-    async def metadata_body(self, name: str, directory: str) -> tuple[bytes | None, dict[str, str]]:
-        """The metadata document Forage serves for ``directory`` (``None``: none)."""
+    async def metadata_body(
+        self, name: str, directory: str
+    ) -> tuple[bytes | None, dict[str, str], UpstreamFailed | None]:
+        """The metadata document Forage serves for ``directory`` (``None``: none) and the
+        upstream failure that made it come from the archive."""
         withdrawn = await self.withdrawn(name)
         if withdrawn.hold is not None:
-            return None, source_headers("archive")
+            return None, source_headers("archive"), None
         try:
             answer, _ = await self.registry.document(self._url(f"{directory}/{METADATA}"))
         except UpstreamFailed as exc:
-            return await self.fallback_metadata(name), source_headers("archive", error=exc)
+            return await self.fallback_metadata(name), source_headers("archive", error=exc), exc
         headers = source_headers("upstream")
         if answer.absent:
-            return None, headers
+            return None, headers, None
         if not withdrawn and self.registry.cutoff() is None:
-            return answer.body, headers
+            return answer.body, headers, None
         try:
             metadata = parse_metadata(answer.body)
         except DocumentError:
-            return answer.body, headers
+            return answer.body, headers, None
         rows = await self.mirror.archive.package_rows(ECOSYSTEM, name)
         dates = {v.number: v.published_at for v in rows.versions} if rows else {}
         kept = [
@@ -170,7 +186,7 @@ class MavenRoutes(EcosystemRoutes):
         body = render_metadata(
             metadata.group or group, metadata.artifact or artifact, kept, is_snapshot=is_snapshot
         )
-        return body, headers
+        return body, headers, None
 
     async def fallback_metadata(self, name: str) -> bytes | None:
         rows = await self.mirror.archive.package_rows(ECOSYSTEM, name)
@@ -200,7 +216,8 @@ class MavenRoutes(EcosystemRoutes):
         self, name: str, version: str, filename: str
     ) -> tuple[Obtained | web.Response, ArchivedFile | None]:
         """The file's verified bytes: the upstream's, else the archive's (see the module
-        docstring); a 404 response when neither has them."""
+        docstring); a 404 response when the upstream has none, a 5xx when neither can give
+        them."""
         if (await self.withdrawn(name)).hold is not None:
             return not_found(f"not found: {name} is not served"), None
         archived = await self.mirror.archive.find_file(ECOSYSTEM, name=name, filename=filename)
@@ -209,9 +226,16 @@ class MavenRoutes(EcosystemRoutes):
         url = self._url(file_path(name, version, filename))
         error: UpstreamFailed | None = None
         removed = archived.removed if archived else False
+        spool = await self.local_spool(archived)
+        if archived is not None and spool is not None:  # verified bytes never change
+            offered, error = await self.offered(archived)
+            source = "archive-removed" if removed or offered is False else "archive"
+            verified = verified_algorithms(archived.digests)
+            headers = source_headers(source, error=error, verified=verified)
+            return Obtained(spool, headers, archived.digests), archived
         try:
             digests = dict(archived.digests) if archived else await self.upstream_digests(url)
-            fetched = await self.registry.file(url, digests)
+            fetched = await self.registry.file(url, digests, package=name)
             if fetched.spool is not None:
                 headers = source_headers("upstream", verified=fetched.verified)
                 return Obtained(fetched.spool, headers, digests), archived
@@ -220,14 +244,15 @@ class MavenRoutes(EcosystemRoutes):
             error = exc
         if archived is None:
             headers = source_headers("upstream" if error is None else "archive", error=error)
+            if error is not None:
+                return failed(error, headers, self.registry.settings.down_seconds), None
             return not_found(f"not found: {name} {version} {filename}", headers), None
         try:
             spool = await self.registry.archived(archived)
         except ArchiveInvalid as exc:
             headers = source_headers("archive", error=error)
-            return not_found(
-                f"not found: archived copy failed verification: {exc.reason}", headers
-            ), archived
+            text = f"502 Bad Gateway: archived copy failed verification: {exc.reason}\n"
+            return web.Response(status=502, text=text, content_type=TEXT, headers=headers), archived
         headers = source_headers(
             "archive-removed" if removed else "archive",
             error=error,

@@ -6,9 +6,17 @@ rules"). Metadata documents are fetched whole under the total deadline, cached
 (:class:`~indexers.mirror.upstream.MetadataCache`) and shared between concurrent requests
 (single flight). Files are streamed from the upstream into a spool while hashed against the
 registry's digests (and any whole-file check the ecosystem registers, such as Go's ``h1:``)
-and only served once they pass; a digest mismatch counts as an upstream failure. Archived
-files are read and re-verified the same way by the :class:`ArchiveIndex` the application
-provides. Each response carries:
+and only served once they pass; a digest mismatch counts as an upstream failure.
+
+Issue 16: a file Forage verified never changes, so an archived file is served from the archive
+without asking the upstream (:meth:`EcosystemRoutes.serve_local`), whose answer then only
+matters for listings and removals, read at the metadata TTL (:meth:`EcosystemRoutes.offered`).
+The :class:`ArchiveIndex` the application provides checks archived bytes against their
+digests once per archive per process (and its scheduled ``reverify`` samples them). Every file
+the mirror fetches and verifies is archived in the same pass (:meth:`RegistryMirror.keep`, in
+the background: its failure is logged, never the client's), and an ecosystem may keep the last
+good listing on disk (:mod:`indexers.mirror.documents`) to serve, filtered, in an outage. Each
+response carries:
 
 - ``Forage-Source``: ``upstream``, ``archive`` or ``archive-removed`` (an exact request for a
   file of a release the registry removed);
@@ -26,7 +34,7 @@ import asyncio
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +46,7 @@ from indexers.base import redact
 from indexers.digests import HASHERS, DigestVerifier
 from indexers.ecosystem import FileCheck
 from indexers.errors import ArchiveInvalid, DigestMismatch, InvalidArchive, UpstreamFailed
+from indexers.mirror.documents import LastGood
 from indexers.mirror.rows import ArchivedFile, PackageRows, Withdrawn
 from indexers.mirror.spool import Spool, send_spool
 from indexers.mirror.upstream import Answer, MetadataCache, SingleFlight, Upstream
@@ -116,10 +125,15 @@ class ArchiveIndex(Protocol):
         (``None``: not indexed); for an ecosystem with one file per version."""
 
     async def load_verified(self, file: ArchivedFile, spool: Spool) -> None:
-        """Read ``file``'s archived bytes into ``spool``, checked against its digests."""
+        """Read ``file``'s archived bytes into ``spool``, checked against its digests (once
+        per archive per process: a verified archive never changes)."""
 
     def chunks(self, cid: str) -> Iterator[bytes]:
         """The archived bytes of ``cid``, each block checked against its CID (blocking)."""
+
+    async def keep(self, ecosystem: str, name: str, url: str, spool: Spool) -> str:
+        """Archive the verified bytes in ``spool`` of the file at ``url`` of package ``name``
+        (pull-through); returns how it ended, for the log."""
 
 
 log = logging.getLogger(__name__)
@@ -140,10 +154,12 @@ RECENT_TTL = 1.0
 
 @dataclass(frozen=True, slots=True)
 class FileRef:
-    """Where the upstream serves a file and the digests its document published for it."""
+    """Where the upstream serves a file and the digests its document published for it (and
+    the package whose document it was, where the file's route does not say)."""
 
     url: str
     digests: Mapping[str, str]
+    package: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,10 +212,13 @@ class RegistryMirror:
         cooldown: timedelta | None = None,
         endpoints: Mapping[str, str | None] | None = None,
         cache_dir: Path | None = None,
+        documents_dir: Path | None = None,
     ) -> None:
         self.ecosystem = ecosystem
         self.endpoints = dict(endpoints or {})
         self.cache_dir = cache_dir
+        #: The last good listings kept on disk (:mod:`indexers.mirror.documents`).
+        self.last_good = LastGood(documents_dir)
         self.cooldown = cooldown if cooldown else None
         self.upstream = upstream
         self.archive = archive
@@ -230,6 +249,15 @@ class RegistryMirror:
             ttl=RECENT_TTL, negative_ttl=RECENT_TTL, max_entries=settings.cache_entries
         )
         self.flights: SingleFlight[Any] = SingleFlight()
+        #: Whether the upstream's listing still offers an archived file (and why it could not
+        #: say), so a file served from the archive costs a listing read once per TTL at most.
+        self.offers: MetadataCache[tuple[bool | None, UpstreamFailed | None]] = MetadataCache(
+            ttl=settings.metadata_ttl,
+            negative_ttl=settings.negative_ttl,
+            max_entries=settings.cache_entries,
+        )
+        #: Pull-through archives and kept documents under way (:meth:`background`).
+        self.keeping: set[asyncio.Task[None]] = set()
 
     async def remembered(self, key: Hashable, factory: Callable[[], Awaitable[T]]) -> T:
         """``await factory()``, reused for :data:`RECENT_TTL` seconds and shared in flight."""
@@ -263,9 +291,10 @@ class RegistryMirror:
         return UpstreamFailed(redact(url), "offline", "no upstream configured (archive only)")
 
     async def document(
-        self, url: str, *, headers: Mapping[str, str] | None = None
+        self, url: str, *, headers: Mapping[str, str] | None = None, keep: bool = False
     ) -> tuple[Answer, bool]:
-        """The upstream's answer for ``url`` and whether it came from the cache.
+        """The upstream's answer for ``url`` and whether it came from the cache; with
+        ``keep``, a 200 answer fetched now is kept on disk as the last good one.
 
         Raises ``UpstreamFailed`` when the upstream cannot answer (or there is none).
         """
@@ -280,12 +309,17 @@ class RegistryMirror:
             answer = await upstream.fetch(url, headers=headers, max_size=MAX_DOCUMENT_SIZE)
             if answer.status == 200 or answer.absent:
                 self.documents.put(url, answer, negative=answer.absent)
+            if keep and answer.status == 200:
+                self.background(self.last_good.keep(url, answer.body))
             return answer
 
         return await self.flights.run(("document", url), fetch), False
 
-    async def file(self, url: str, digests: Mapping[str, str]) -> Fetched:
-        """Download ``url`` into a spool and check it against ``digests`` (single flight).
+    async def file(
+        self, url: str, digests: Mapping[str, str], *, package: str | None = None
+    ) -> Fetched:
+        """Download ``url`` into a spool and check it against ``digests`` (single flight);
+        verified bytes of a ``package``'s file are archived in the background (:meth:`keep`).
 
         Raises ``UpstreamFailed`` (``kind="digest"`` for bytes that do not match).
         """
@@ -317,11 +351,38 @@ class RegistryMirror:
             except (DigestMismatch, InvalidArchive) as exc:
                 log.warning("upstream %s served bytes that fail their digest: %s", url, exc)
                 raise UpstreamFailed(redact(url), "digest", str(exc)) from exc
+            if package is not None:
+                self.keep(package, url, spool)
             return Fetched(answer, spool, tuple(verified))
 
         key = ("file", url, tuple(sorted(digests.items())))
         result: Fetched = await self.flights.run(key, fetch)
         return result
+
+    def keep(self, package: str, url: str, spool: Spool) -> None:
+        """Archive verified bytes in a task of their own (issue 16, pull-through): whatever
+        happens there (a full disk, a database error) is logged, never the client's."""
+
+        async def run() -> None:
+            try:
+                outcome = await self.archive.keep(self.ecosystem, package, url, spool)
+            except Exception:
+                log.exception("pull-through archive of %s failed", redact(url))
+            else:
+                log.debug("pull-through %s: %s", redact(url), outcome)
+
+        self.background(run())
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the response that asked for it (:meth:`settle` waits)."""
+        task = asyncio.create_task(work)
+        self.keeping.add(task)
+        task.add_done_callback(self.keeping.discard)
+
+    async def settle(self) -> None:
+        """Wait for the pull-through archives under way (at shutdown, and in tests)."""
+        while self.keeping:
+            await asyncio.wait(list(self.keeping))
 
     async def archived(self, file: ArchivedFile) -> Spool:
         """The archive's bytes of ``file``, re-verified (``ArchiveInvalid`` otherwise)."""
@@ -388,6 +449,68 @@ class EcosystemRoutes(ABC):
             ("withdrawn", name), lambda: self.mirror.archive.package_withdrawn(self.ecosystem, name)
         )
         return found or Withdrawn()
+
+    async def upstream_offers(self, file: ArchivedFile) -> bool | None:
+        """Whether the upstream's listing of ``file``'s package still offers it (``None``:
+        this ecosystem's listing does not say; only the index's removals count).
+
+        Raises ``UpstreamFailed`` when the listing cannot be read.
+        """
+        return None
+
+    async def offered(self, file: ArchivedFile) -> tuple[bool | None, UpstreamFailed | None]:
+        """:meth:`upstream_offers`, read at most once per metadata TTL (and shared in flight),
+        with the error that kept the upstream from answering."""
+        if self.registry.upstream is None:
+            return None, self.registry.offline_error(file.url)
+        key = (file.package, file.version, file.filename)
+        cached = self.registry.offers.fresh(key)
+        if cached is not None:
+            return cached.value
+
+        async def check() -> tuple[bool | None, UpstreamFailed | None]:
+            try:
+                found: tuple[bool | None, UpstreamFailed | None] = (
+                    await self.upstream_offers(file),
+                    None,
+                )
+            except UpstreamFailed as exc:
+                found = (None, exc)
+            self.registry.offers.put(key, found, negative=found[1] is not None)
+            return found
+
+        result: tuple[bool | None, UpstreamFailed | None] = await self.registry.flights.run(
+            ("offers", key), check
+        )
+        return result
+
+    async def local_spool(self, file: ArchivedFile | None) -> Spool | None:
+        """The archived bytes of ``file`` for serving them locally (``None``: no copy, a
+        held package, or a copy that fails verification, which is logged)."""
+        if file is None or file.hold is not None:
+            return None
+        try:
+            return await self.registry.archived(file)
+        except ArchiveInvalid as exc:
+            log.error("%s archive of %s is not servable: %s", self.ecosystem, file.filename, exc)
+            return None
+
+    async def serve_local(
+        self, request: web.Request, file: ArchivedFile | None, *, content_type: str
+    ) -> web.StreamResponse | None:
+        """Serve an archived file without asking the upstream (issue 16): bytes Forage
+        verified never change, and removals reach the index at the metadata TTL. ``None``
+        when there is no servable copy (none, held, or damaged: then the upstream is asked)."""
+        spool = await self.local_spool(file)
+        if file is None or spool is None:
+            return None
+        offered, error = await self.offered(file)
+        headers = source_headers(
+            "archive-removed" if file.removed or offered is False else "archive",
+            error=error,
+            verified=verified_algorithms(file.digests),
+        )
+        return await send_spool(request, spool, content_type=content_type, headers=headers)
 
     async def send_archived(
         self,

@@ -18,7 +18,7 @@ import io
 import os
 import tempfile
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -76,6 +76,16 @@ class Spool:
         if self._file is None:
             return bytes(self._buffer[offset : offset + size])
         return os.pread(self._file.fileno(), size, offset)
+
+    def blocking_chunks(self) -> Iterator[bytes]:
+        """The bytes in order, read in the calling thread (for archiving them)."""
+        if self._file is None:
+            yield bytes(self._buffer)
+            return
+        offset = 0
+        while chunk := self.read_at(offset, READ_SIZE):
+            offset += len(chunk)
+            yield chunk
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The bytes in order, file reads off the event loop."""

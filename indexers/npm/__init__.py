@@ -2,20 +2,23 @@
 
 Everything npm-specific lives in this package: the feed and packument mapping
 (:mod:`.indexer`), name rules (:func:`~indexers.npm.indexer.validate_name`), the registry
-protocol served under ``/npm/`` (:mod:`.mirror`), ``package-lock.json`` (:mod:`.lockfiles`),
-reading an archived tarball's manifest (:mod:`.manifest`) and the loopback fake (:mod:`.fake`).
+protocol served under ``/npm/`` (:mod:`.mirror`), ``package-lock.json``, ``yarn.lock`` and
+``pnpm-lock.yaml`` (:mod:`.lockfiles`), reading an archived tarball's manifest
+(:mod:`.manifest`) and the loopback fake (:mod:`.fake`).
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import httpx
 
+from indexers.digests import to_sri
 from indexers.ecosystem import Ecosystem, Endpoint
 from indexers.npm.indexer import NpmCursor, NpmIndexer, escape_name, validate_name
-from indexers.npm.lockfiles import PACKAGE_LOCK
+from indexers.npm.lockfiles import PACKAGE_LOCK, PNPM_LOCK, YARN_LOCK
 
 if TYPE_CHECKING:
     from indexers.ecosystem import FakeRegistry
@@ -40,6 +43,15 @@ def _fake() -> FakeRegistry:
     return FakeNpmRegistry()
 
 
+def _install_hint(base_url: str, name: str, version: str) -> str:
+    return f"npm install --registry {base_url}/npm/ {shlex.quote(f'{name}@{version}')}"
+
+
+def _digest_notation(algorithm: str, value: str) -> str:
+    """npm prints ``integrity`` as SRI (``sha512-<base64>``) and ``shasum`` as hex."""
+    return value if algorithm == "sha1" else to_sri({algorithm: value})
+
+
 ECOSYSTEM = Ecosystem(
     name="npm",
     title="npm",
@@ -53,7 +65,9 @@ ECOSYSTEM = Ecosystem(
     mirror_endpoint="registry_url",
     mirror=_mirror,
     fake=_fake,
-    lockfiles=(PACKAGE_LOCK,),
+    install_hint=_install_hint,
+    digest_notation=_digest_notation,
+    lockfiles=(PACKAGE_LOCK, YARN_LOCK, PNPM_LOCK),
     # The replicate feed is a set of hints: entries may land late, behind the cursor.
     rescan_window=2000,
 )

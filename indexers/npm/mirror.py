@@ -31,6 +31,7 @@ from aiohttp import web
 from indexers.base import parse_time
 from indexers.digests import parse_sri, to_sri
 from indexers.errors import ArchiveInvalid, InvalidDigest, InvalidName, UpstreamFailed
+from indexers.mirror.failures import unavailable
 from indexers.mirror.registry import (
     EcosystemRoutes,
     FileRef,
@@ -84,6 +85,16 @@ def not_found(message: str = "Not found", **headers: str) -> web.Response:
 
 def bad_request(message: str) -> web.Response:
     return web.json_response({"error": message}, status=400)
+
+
+def failed(error: UpstreamFailed, headers: dict[str, str], retry_after: float) -> web.Response:
+    """Neither the upstream nor the archive has it: a 5xx that npm retries and then reports
+    as a registry failure, where a 404 makes it say the package does not exist
+    (:mod:`indexers.mirror.failures`)."""
+    answer = unavailable(error, headers, retry_after=retry_after)
+    return web.json_response(
+        {"error": answer.message}, status=answer.status, headers=answer.headers
+    )
 
 
 def check_filename(filename: str) -> str:
@@ -200,6 +211,40 @@ def fallback_packument(
     }
 
 
+def kept_packument(
+    body: bytes, rows: PackageRows, *, name: str, base: str, refs: RegistryMirror
+) -> dict[str, Any] | None:
+    """The last good upstream packument (issue 16) with only the versions whose tarballs
+    are archived and not removed (``None``: unusable, or nothing left)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("versions"), dict):
+        return None
+    doc = rewrite_packument(doc, name=name, base=base, refs=refs)
+    archived = {file.version for file in rows.listed_files()}
+    doc = drop_versions(doc, set(doc["versions"]) - archived)
+    if not doc.get("versions"):
+        return None
+    times = doc.get("time")
+    doc["dist-tags"] = _with_latest(
+        dict(doc.get("dist-tags") or {}), doc["versions"], times if isinstance(times, dict) else {}
+    )
+    return doc
+
+
+def _with_latest(
+    tags: dict[str, Any], versions: Collection[str], times: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``tags`` with a ``latest``: the newest release left when none names one (a
+    pre-release only when nothing else is)."""
+    if "latest" not in tags and versions:
+        releases = [v for v in versions if not _is_prerelease(v)] or list(versions)
+        tags["latest"] = max(releases, key=lambda v: (str(times.get(v, "")), v))
+    return tags
+
+
 def drop_versions(doc: dict[str, Any], dropped: Collection[str]) -> dict[str, Any]:
     """``doc`` without the ``dropped`` versions: their manifests, ``time`` entries and the
     dist-tags naming them; ``latest`` then names the newest release left (a pre-release only
@@ -213,9 +258,7 @@ def drop_versions(doc: dict[str, Any], dropped: Collection[str]) -> dict[str, An
     given = doc.get("time")
     times: dict[str, Any] = given if isinstance(given, dict) else {}
     tags = {tag: v for tag, v in dict(doc.get("dist-tags") or {}).items() if v not in dropped}
-    if "latest" not in tags and kept:
-        releases = [v for v in kept if not _is_prerelease(v)] or list(kept)
-        tags["latest"] = max(releases, key=lambda v: (str(times.get(v, "")), v))
+    tags = _with_latest(tags, kept, times)
     cooled = {key: value for key, value in times.items() if key not in dropped}
     return {**doc, "versions": kept, "time": cooled, "dist-tags": tags}
 
@@ -286,6 +329,11 @@ class NpmRoutes(EcosystemRoutes):
 
     # -- packuments -------------------------------------------------------------------------
 
+    async def upstream_offers(self, file: ArchivedFile) -> bool | None:
+        """Whether the upstream packument still lists the tarball's version."""
+        doc = await self.upstream_doc(file.package, "")
+        return doc is not None and file.version in (doc.get("versions") or {})
+
     def _upstream_url(self, name: str) -> str:
         return f"{self.registry.base_url}/{escape_name(name)}"
 
@@ -295,7 +343,7 @@ class NpmRoutes(EcosystemRoutes):
         Raises ``UpstreamFailed`` when the upstream cannot answer with a JSON object.
         """
         url = self._upstream_url(name)
-        answer, _ = await self.registry.document(url, headers={"accept": JSON})
+        answer, _ = await self.registry.document(url, headers={"accept": JSON}, keep=True)
         if answer.absent:
             return None
         try:
@@ -315,15 +363,23 @@ class NpmRoutes(EcosystemRoutes):
             return None
         cutoff = self.registry.cutoff()
         minute = cutoff.replace(second=0, microsecond=0) if cutoff else None
-        key = ("packument", name, base, corgi, stamp, minute)
+        url = self._upstream_url(name)
+        kept = self.registry.last_good.stamp(url)
+        key = ("packument", name, base, corgi, stamp, minute, kept)
         cached = self.registry.rendered.fresh(key)
         if cached is not None:
             return cached.value or None
         rows = await self.mirror.archive.package_rows(ECOSYSTEM, name)
         doc = None
         if rows is not None and rows.hold is None:
-            manifests = await self._manifests(rows.listed_files())
-            doc = fallback_packument(rows, manifests, base=base)
+            last = await self.registry.last_good.read(url) if kept else None
+            if last is not None:
+                doc = await asyncio.to_thread(
+                    kept_packument, last, rows, name=name, base=base, refs=self.registry
+                )
+            if doc is None:
+                manifests = await self._manifests(rows.listed_files())
+                doc = fallback_packument(rows, manifests, base=base)
             doc = cool_packument(doc, minute) if doc is not None else None
         body = b""
         if doc is not None:
@@ -367,7 +423,7 @@ class NpmRoutes(EcosystemRoutes):
             headers = source_headers("archive", error=exc)
             body = await self.fallback_body(name, base, corgi=corgi)
             if body is None:
-                return not_found(**headers)
+                return await self._unavailable(name, exc, headers)
             return web.Response(body=body, content_type=content_type, headers=headers)
         headers = source_headers("upstream")
         if doc is None:
@@ -384,18 +440,24 @@ class NpmRoutes(EcosystemRoutes):
         self, request: web.Request, name: str, version: str
     ) -> web.StreamResponse:
         base = self.mirror.public_base(str(request.url.origin()))
+        error: UpstreamFailed | None = None
         try:
             doc = await self.upstream_doc(name, base)
             headers = source_headers("upstream")
         except UpstreamFailed as exc:
+            error = exc
             headers = source_headers("archive", error=exc)
             body = await self.fallback_body(name, base, corgi=False)
             doc = json.loads(body) if body else None
+        if doc is None and error is not None:
+            return await self._unavailable(name, error, headers)
         if doc is None:
             return not_found(**headers)
         tags = cool_packument(doc, self.registry.cutoff()).get("dist-tags") or {}
         target = tags.get(version, version)
         manifest = (doc.get("versions") or {}).get(target)
+        if not isinstance(manifest, dict) and error is not None:
+            return failed(error, headers, self.registry.settings.down_seconds)
         if not isinstance(manifest, dict):
             return not_found("version not found", **headers)
         return web.json_response(manifest, headers=headers)
@@ -407,11 +469,14 @@ class NpmRoutes(EcosystemRoutes):
         archived = await self.mirror.archive.find_file(ECOSYSTEM, name=name, filename=filename)
         if hold is not None:
             return not_found(f"{name} is not served: {hold}")
+        local = await self.serve_local(request, archived, content_type=TARBALL)
+        if local is not None:
+            return local
         error: UpstreamFailed | None = None
         try:
             ref = await self._ref(request, name, filename, archived)
             if ref is not None:
-                fetched = await self.registry.file(ref.url, ref.digests)
+                fetched = await self.registry.file(ref.url, ref.digests, package=name)
                 if fetched.spool is not None:
                     return await send_spool(
                         request,
@@ -425,8 +490,20 @@ class NpmRoutes(EcosystemRoutes):
         except UpstreamFailed as exc:
             error = exc
         if archived is None:
-            return not_found(**source_headers("archive", error=error))
+            headers = source_headers("archive", error=error)
+            if error is None:
+                return not_found(**headers)
+            return failed(error, headers, self.registry.settings.down_seconds)
         return await self.serve_archived(request, archived, removed=archived.removed, error=error)
+
+    async def _unavailable(
+        self, name: str, error: UpstreamFailed, headers: dict[str, str]
+    ) -> web.Response:
+        """No listing from the upstream nor the archive: a held package is still a 404."""
+        hold = await self.mirror.archive.package_hold(ECOSYSTEM, name)
+        if hold is not None:
+            return not_found(f"{name} is not served: {hold}", **headers)
+        return failed(error, headers, self.registry.settings.down_seconds)
 
     async def _ref(
         self, request: web.Request, name: str, filename: str, archived: ArchivedFile | None
@@ -474,6 +551,7 @@ __all__ = [
     "check_filename",
     "cool_packument",
     "fallback_packument",
+    "kept_packument",
     "rewrite_packument",
     "withdraw_packument",
 ]

@@ -2,12 +2,14 @@
 
 Everything PyPI-specific lives in this package: the feed and PEP 691 mapping
 (:mod:`.indexer`, PEP 503 name normalization), the simple pages and files served under
-``/pypi/`` (:mod:`.mirror`), pinned ``requirements.txt`` (:mod:`.lockfiles`) and the loopback
-fake of the simple, JSON and XML-RPC APIs (:mod:`.fake`).
+``/pypi/`` (:mod:`.mirror`), pinned ``requirements.txt``, ``poetry.lock``, ``uv.lock`` and
+``Pipfile.lock`` (:mod:`.lockfiles`) and the loopback fake of the simple, JSON and XML-RPC
+APIs (:mod:`.fake`).
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -15,7 +17,7 @@ import httpx
 
 from indexers.ecosystem import Ecosystem, Endpoint
 from indexers.pypi.indexer import PyPICursor, PyPIIndexer, normalize
-from indexers.pypi.lockfiles import REQUIREMENTS
+from indexers.pypi.lockfiles import PIPFILE_LOCK, POETRY_LOCK, REQUIREMENTS, UV_LOCK
 
 if TYPE_CHECKING:
     from indexers.ecosystem import FakeRegistry
@@ -40,6 +42,11 @@ def _fake() -> FakeRegistry:
     return FakePyPI()
 
 
+def _install_hint(base_url: str, name: str, version: str) -> str:
+    spec = shlex.quote(f"{name}=={version}")
+    return f"pip install --index-url {base_url}/pypi/simple/ {spec}"
+
+
 ECOSYSTEM = Ecosystem(
     name="pypi",
     title="PyPI",
@@ -54,7 +61,8 @@ ECOSYSTEM = Ecosystem(
     mirror_endpoint="index_url",
     mirror=_mirror,
     fake=_fake,
-    lockfiles=(REQUIREMENTS,),
+    install_hint=_install_hint,
+    lockfiles=(REQUIREMENTS, POETRY_LOCK, UV_LOCK, PIPFILE_LOCK),
 )
 
 __all__ = ["ECOSYSTEM", "PyPICursor", "PyPIIndexer", "normalize"]

@@ -17,11 +17,14 @@ def _dist(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def core_metadata(name: str, version: str, requires_python: str | None) -> bytes:
+def core_metadata(
+    name: str, version: str, requires_python: str | None, requires: tuple[str, ...] = ()
+) -> bytes:
     lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
     lines.append("Summary: fixture project")
     if requires_python:
         lines.append(f"Requires-Python: {requires_python}")
+    lines += [f"Requires-Dist: {requirement}" for requirement in requires]
     return ("\n".join(lines) + "\n\n").encode()
 
 
@@ -31,12 +34,17 @@ def _record_hash(data: bytes) -> str:
 
 
 def make_wheel(
-    name: str, version: str, tag: str = "py3-none-any", requires_python: str | None = None
+    name: str,
+    version: str,
+    tag: str = "py3-none-any",
+    requires_python: str | None = None,
+    requires: tuple[str, ...] = (),
 ) -> tuple[str, bytes, bytes]:
-    """Build a real, reproducible wheel; return ``(filename, wheel bytes, METADATA bytes)``."""
+    """Build a real, reproducible wheel (``requires``: its ``Requires-Dist`` lines); return
+    ``(filename, wheel bytes, METADATA bytes)``."""
     dist = _dist(name)
     info = f"{dist}-{version}.dist-info"
-    metadata = core_metadata(name, version, requires_python)
+    metadata = core_metadata(name, version, requires_python, requires)
     wheel = f"Wheel-Version: 1.0\nGenerator: forage-fake\nRoot-Is-Purelib: true\nTag: {tag}\n"
     members = {
         f"{dist}/__init__.py": f'__version__ = "{version}"\n'.encode(),

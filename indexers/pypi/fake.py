@@ -19,6 +19,7 @@ Typed API (no pytest import)::
     pypi.remove_file(filename); pypi.remove_release(name, version); pypi.remove_project(name)
     pypi.set_status(name, "quarantined", reason="malware")   # PEP 792 project-status
     pypi.tamper(filename, b"other bytes")               # served bytes differ from the page's hash
+    pypi.tamper_metadata(filename, b"Name: other")      # the same for its .metadata sidecar
     pypi.stale(name, times=1)                           # next page(s) from the previous serial
     pypi.throttle(times=1, reset_in=3)                  # XML-RPC HTTPTooManyRequests fault
     pypi.load_simple_page(doc, serial=...)              # serve a recorded PEP 691 document
@@ -74,6 +75,8 @@ class PyPIFile:
     yanked: bool | str = False
     #: Bytes served instead of ``data`` (the page keeps ``data``'s digests): see ``tamper``.
     served: bytes | None = None
+    #: Bytes served instead of ``metadata``: see ``tamper_metadata``.
+    served_metadata: bytes | None = None
 
     @property
     def sha256(self) -> str:
@@ -174,15 +177,17 @@ class FakePyPI:
         tag: str = "py3-none-any",
         sdist: bool = False,
         requires_python: str | None = None,
+        requires: tuple[str, ...] = (),
     ) -> PyPIFile:
-        """Add one file to a release: a generated wheel or sdist, or any name and bytes."""
+        """Add one file to a release: a generated wheel (``requires``: its dependencies) or
+        sdist, or any name and bytes."""
         self.add_version(name, version)
         project = self._project(name)
         metadata = None
         if filename is None and sdist:
             filename, data = make_sdist(name, version, requires_python)
         elif filename is None:
-            filename, data, metadata = make_wheel(name, version, tag, requires_python)
+            filename, data, metadata = make_wheel(name, version, tag, requires_python, requires)
         else:
             data = content if content is not None else f"{filename}\n".encode()
         file = PyPIFile(
@@ -251,6 +256,13 @@ class FakePyPI:
             for file in project.files:
                 if file.filename == filename:
                     file.served = data
+
+    def tamper_metadata(self, filename: str, data: bytes) -> None:
+        """Serve ``data`` as ``filename``'s PEP 658 metadata while pages keep the true hash."""
+        for project in self.projects.values():
+            for file in project.files:
+                if file.filename == filename:
+                    file.served_metadata = data
 
     def remove_project(self, name: str) -> None:
         project = self.projects.pop(canonical(name))
@@ -423,6 +435,7 @@ class FakePyPI:
     def tamper_release(self, name: str, version: str) -> None:
         for file in self._release_files(name, version):
             self.tamper(file.filename, b"not the published file")
+            self.tamper_metadata(file.filename, b"not the published metadata")
 
     def release_file(self, name: str, version: str) -> tuple[str, bytes]:
         file = self._release_files(name, version)[0]
@@ -508,7 +521,7 @@ class FakePyPI:
                 "meta": {"api-version": API_VERSION, "_last-serial": self.serial},
                 "projects": [{"name": name} for name in names],
             }
-            return web.Response(text=json.dumps(doc), content_type=SIMPLE_JSON, headers=headers)
+            return _simple_json(json.dumps(doc), headers)
         if kind is None:
             raise web.HTTPNotAcceptable
         links = "\n".join(
@@ -532,7 +545,7 @@ class FakePyPI:
         headers = {"X-PyPI-Last-Serial": str(project.last_serial)}
         if kind == SIMPLE_JSON:
             body = json.dumps(self.simple_json(project, origin))
-            return web.Response(text=body, content_type=SIMPLE_JSON, headers=headers)
+            return _simple_json(body, headers)
         if kind is None:
             raise web.HTTPNotAcceptable
         return web.Response(
@@ -562,10 +575,19 @@ class FakePyPI:
                     if sidecar:
                         if file.metadata is None:
                             break
-                        return web.Response(body=file.metadata, content_type="text/plain")
+                        served = file.served_metadata
+                        body = served if served is not None else file.metadata
+                        return web.Response(body=body, content_type="text/plain")
                     body = file.served if file.served is not None else file.data
                     return web.Response(body=body, content_type="application/octet-stream")
         return web.Response(status=404, text="404 Not Found")
+
+
+def _simple_json(text: str, headers: dict[str, str]) -> web.Response:
+    """A PEP 691 JSON page typed exactly as PyPI types it: aiohttp would add
+    ``; charset=utf-8`` to a text body, and clients that compare the type exactly (devpi)
+    then read the page as HTML."""
+    return web.Response(body=text.encode(), headers={**headers, "Content-Type": SIMPLE_JSON})
 
 
 __all__ = [

@@ -22,6 +22,11 @@ name (PEP 691 ``name`` is normalized, so ``display_name`` equals ``name``). A fi
 comes from its filename (``packaging.utils.parse_wheel_filename``/``parse_sdist_filename``),
 spelled as in the ``versions`` list; legacy files (eggs, installers) are matched by prefix
 against that list, and a file matching no version is reported in ``extra["unmatched_files"]``.
+
+A file whose entry advertises its core metadata with a sha256 (PEP 658/714) brings a second
+artifact, ``<filename>.metadata`` at ``<file URL>.metadata`` (kind ``metadata``): the archive
+then keeps it beside its file, and the mirror serves it when the upstream cannot, so pip can
+still resolve without downloading whole wheels.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urldefrag, urljoin
 from xml.parsers.expat import ExpatError
 
 import httpx
@@ -68,6 +73,13 @@ ECOSYSTEM = "pypi"
 
 #: PEP 691 content type for the JSON form of the simple API, version 1.
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+
+#: PEP 658's suffix: ``<file URL>.metadata`` is the file's core metadata.
+METADATA_SUFFIX = ".metadata"
+#: Keys a file entry may advertise its core metadata under: PEP 714's, then PEP 691's, then
+#: the ``data-`` spelling Warehouse's JSON also carries.
+_METADATA_KEYS = ("core-metadata", "dist-info-metadata", "data-dist-info-metadata")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 #: Header carrying a project's (or the index's) newest journal serial.
 SERIAL_HEADER = "X-PyPI-Last-Serial"
@@ -219,6 +231,7 @@ class _Versions:
         return self._by_value.get(version, str(version))
 
     def of_file(self, filename: str, project: str) -> str | None:
+        filename = filename.removesuffix(METADATA_SUFFIX)
         try:
             return self.spell(parse_wheel_filename(filename)[1])
         except (InvalidWheelFilename, InvalidVersion):
@@ -252,6 +265,34 @@ def _hashes(value: Any, filename: str, url: str) -> dict[str, str]:
         except InvalidDigest as exc:
             log.warning("pypi %s: dropping %s digest: %s", filename, name, exc)
     return digests
+
+
+def advertised_metadata(entry: Any) -> str | None:
+    """The sha256 of the core metadata a PEP 691 file entry advertises (``None``: none, or
+    advertised without a sha256, which nothing could verify)."""
+    for key in _METADATA_KEYS:
+        value = entry.get(key) if isinstance(entry, dict) else None
+        if isinstance(value, dict):
+            sha256 = str(value.get("sha256", "")).lower()
+            return sha256 if _SHA256.fullmatch(sha256) else None
+    return None
+
+
+def _metadata_artifact(file: Artifact, entry: Any) -> Artifact | None:
+    """The core-metadata file ``entry`` advertises for ``file`` (see the module docstring)."""
+    sha256 = advertised_metadata(entry)
+    if sha256 is None:
+        return None
+    return Artifact(
+        filename=file.filename + METADATA_SUFFIX,
+        url=urldefrag(file.url).url + METADATA_SUFFIX,
+        size=None,
+        digests={"sha256": sha256},
+        kind="metadata",
+        yanked=file.yanked,
+        yanked_reason=file.yanked_reason,
+        uploaded_at=file.uploaded_at,
+    )
 
 
 def _artifact(entry: Any, *, base_url: str) -> Artifact:
@@ -307,7 +348,11 @@ def map_simple_project(doc: Any, *, url: str, serial: int | None = None) -> Pack
     expect(isinstance(files, list), url, "project page has no 'files' list")
     listed = doc.get("versions") or []
     expect(isinstance(listed, list), url, "'versions' is not a list")
-    artifacts = [_artifact(entry, base_url=url) for entry in files]
+    artifacts = []
+    for entry in files:
+        artifact = _artifact(entry, base_url=url)
+        sidecar = _metadata_artifact(artifact, entry)
+        artifacts += [artifact] if sidecar is None else [artifact, sidecar]
     known = _Versions([str(v) for v in listed])
     grouped: dict[str, list[Artifact]] = {text: [] for text in known.strings}
     unmatched: list[str] = []

@@ -6,13 +6,19 @@ HTML, PEP 691 JSON chosen by ``Accept``, PEP 592 yanks, PEP 629 repository versi
 normalized name with a trailing slash; any other spelling is redirected there (301). Both forms
 are rendered from one PEP 691 dict; every file links to ``/pypi/files/<sha256>/<filename>``
 with ``#sha256=`` in HTML and ``hashes`` in JSON, so a file request names the exact bytes it
-wants. Core-metadata sidecars (PEP 658) are not advertised: the archive holds the files only,
-and pip then reads metadata from the wheel.
+wants. A file whose upstream advertises its core metadata (PEP 658/714, with a sha256) carries
+``data-core-metadata``/``data-dist-info-metadata`` (HTML) and ``core-metadata``/
+``dist-info-metadata`` (JSON), and ``<file URL>.metadata`` serves it, checked against that
+sha256: pip resolves from it without downloading the wheel. The indexer records each sidecar as
+an artifact of its release (``<wheel>.metadata``), so it is archived beside its wheel and the
+fallback page advertises the archived ones.
 
 Upstream first: the project page is fetched as PEP 691 JSON from ``registries.pypi.index_url``
 and re-rendered with Forage URLs. When the upstream fails the page is built from the index:
 archived files of releases the registry has not removed, yanks marked; a quarantined project
-(PEP 792) lists no files and none of its files is ever served.
+(PEP 792) lists no files and none of its files is ever served. When neither can answer, the
+answer is a 5xx (:mod:`indexers.mirror.failures`), never the 404 kept for what PyPI does not
+have: pip retries a 503 and names a 502 or 504 on a file as an HTTP error.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote, urljoin
+from urllib.parse import quote, urldefrag, urljoin
 
 from aiohttp import web
 from packaging.utils import (
@@ -38,10 +44,12 @@ from packaging.version import InvalidVersion, Version
 
 from indexers.base import parse_time
 from indexers.errors import ArchiveInvalid, InvalidName, UpstreamFailed
+from indexers.mirror.failures import unavailable
 from indexers.mirror.registry import EcosystemRoutes, FileRef, source_headers
 from indexers.mirror.rows import ArchivedFile, PackageRows, Withdrawn
 from indexers.mirror.spool import send_spool
-from indexers.pypi.indexer import normalize
+from indexers.pypi.indexer import METADATA_SUFFIX as METADATA
+from indexers.pypi.indexer import advertised_metadata, normalize
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,7 @@ SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 SIMPLE_HTML = "application/vnd.pypi.simple.v1+html"
 API_VERSION = "1.1"
 FILE_TYPE = "application/octet-stream"
+METADATA_TYPE = "text/plain"
 
 MAX_NAME = 255
 #: PEP 792 markers a fallback page repeats from the index (``quarantined`` lists nothing).
@@ -94,6 +103,20 @@ def check_filename(filename: str) -> str:
     return filename
 
 
+def failed(error: UpstreamFailed, headers: dict[str, str], retry_after: float) -> web.Response:
+    """Neither the upstream nor the archive can answer (:mod:`indexers.mirror.failures`)."""
+    answer = unavailable(error, headers, retry_after=retry_after)
+    text = f"{answer.status} {answer.message}\n"
+    return web.Response(status=answer.status, text=text, headers=answer.headers)
+
+
+def _with_metadata(entry: dict[str, Any], sha256: str | None) -> dict[str, Any]:
+    if sha256 is not None:
+        entry["core-metadata"] = {"sha256": sha256}
+        entry["dist-info-metadata"] = {"sha256": sha256}
+    return entry
+
+
 def render_json(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc).encode()
 
@@ -119,6 +142,10 @@ def render_html(doc: Mapping[str, Any]) -> bytes:
         attrs = [f'href="{html.escape(file["url"])}#sha256={sha256}"']
         if file.get("requires-python"):
             attrs.append(f'data-requires-python="{html.escape(file["requires-python"])}"')
+        metadata = advertised_metadata(file)
+        if metadata is not None:
+            value = f"sha256={metadata}"
+            attrs.append(f'data-dist-info-metadata="{value}" data-core-metadata="{value}"')
         yanked = file.get("yanked")
         if yanked:
             reason = yanked if isinstance(yanked, str) else ""
@@ -131,8 +158,10 @@ def render_html(doc: Mapping[str, Any]) -> bytes:
 def rewrite_page(
     doc: Mapping[str, Any], *, page_url: str, base: str, remember: Any
 ) -> dict[str, Any]:
-    """An upstream PEP 691 page with Forage file URLs; ``remember(sha256, FileRef)`` is told
-    each upstream file's location. Files without a sha256 are dropped (nothing to verify)."""
+    """An upstream PEP 691 page with Forage file URLs; ``remember(key, FileRef)`` is told each
+    upstream file's location (key: its sha256) and each advertised core metadata file's (key:
+    ``(".metadata", the file's sha256)``). Files without a sha256 are dropped (nothing to
+    verify)."""
     files = []
     for entry in doc.get("files") or []:
         if not isinstance(entry, dict):
@@ -147,7 +176,11 @@ def rewrite_page(
             continue
         if not isinstance(href, str):
             continue
-        remember(sha256, FileRef(urljoin(page_url, href), {"sha256": sha256}))
+        location = urldefrag(urljoin(page_url, href)).url
+        remember(sha256, FileRef(location, {"sha256": sha256}))
+        metadata = advertised_metadata(entry)
+        if metadata is not None:
+            remember((METADATA, sha256), FileRef(location + METADATA, {"sha256": metadata}))
         out = {
             key: entry[key]
             for key in ("filename", "requires-python", "yanked", "size", "upload-time")
@@ -155,7 +188,7 @@ def rewrite_page(
         }
         out["url"] = file_url(base, sha256, filename)
         out["hashes"] = {"sha256": sha256}
-        files.append(out)
+        files.append(_with_metadata(out, metadata))
     rewritten: dict[str, Any] = {
         "meta": {"api-version": API_VERSION},
         "name": doc.get("name"),
@@ -198,9 +231,15 @@ def fallback_page(rows: PackageRows, *, base: str) -> dict[str, Any] | None:
         return _held_page(rows.name, rows.hold)
     files = []
     versions: dict[str, None] = {}
-    for file in rows.listed_files():
+    listed = rows.listed_files()
+    sidecars = {
+        f.filename.removesuffix(METADATA): f.digests.get("sha256")
+        for f in listed
+        if f.filename.endswith(METADATA)
+    }
+    for file in listed:
         sha256 = file.digests.get("sha256")
-        if sha256 is None:
+        if sha256 is None or file.filename.endswith(METADATA):
             continue
         entry: dict[str, Any] = {
             "filename": file.filename,
@@ -212,7 +251,7 @@ def fallback_page(rows: PackageRows, *, base: str) -> dict[str, Any] | None:
         }
         if file.uploaded_at is not None:
             entry["upload-time"] = file.uploaded_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        files.append(entry)
+        files.append(_with_metadata(entry, sidecars.get(file.filename)))
         versions[file.version] = None
     if not files:
         return None
@@ -234,6 +273,18 @@ def _file_version(filename: str) -> Version | None:
         pass
     try:
         return parse_sdist_filename(filename)[1]
+    except (InvalidSdistFilename, InvalidVersion):
+        return None
+
+
+def _file_project(filename: str) -> str | None:
+    """The normalized project a distribution file names (``None``: a legacy name)."""
+    try:
+        return str(parse_wheel_filename(filename)[0])
+    except (InvalidWheelFilename, InvalidVersion):
+        pass
+    try:
+        return str(parse_sdist_filename(filename)[0])
     except (InvalidSdistFilename, InvalidVersion):
         return None
 
@@ -336,29 +387,41 @@ class PyPIRoutes(EcosystemRoutes):
         if canonical != name:
             raise web.HTTPMovedPermanently(f"{SIMPLE}{canonical}/")
         base = self.mirror.public_base(str(request.url.origin()))
-        url = f"{self.registry.base_url}/{canonical}/"
         try:
-            answer, _ = await self.registry.document(url, headers={"accept": SIMPLE_JSON})
-            if answer.absent:
-                return web.Response(
-                    status=404, text="404 Not Found\n", headers=source_headers("upstream")
-                )
-            try:
-                doc = json.loads(answer.body)
-            except ValueError:
-                doc = None
-            if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
-                raise UpstreamFailed(url, "status", "project page is not PEP 691 JSON")
+            page = await self.upstream_page(canonical, base)
         except UpstreamFailed as exc:
             return await self.fallback(request, canonical, base, exc)
-
-        def remember(sha256: str, ref: FileRef) -> None:
-            self.registry.refs.put(sha256, ref)
-
-        page = rewrite_page(doc, page_url=answer.url, base=base, remember=remember)
+        if page is None:
+            return web.Response(
+                status=404, text="404 Not Found\n", headers=source_headers("upstream")
+            )
         page = withdraw_page(page, await self.withdrawn(canonical))
         page = cool_page(page, self.registry.cutoff())
         return self._respond(request, page, source_headers("upstream"))
+
+    async def upstream_offers(self, file: ArchivedFile) -> bool | None:
+        """Whether the upstream's project page still lists the file."""
+        page = await self.upstream_page(file.package, "")
+        return page is not None and any(f.get("filename") == file.filename for f in page["files"])
+
+    async def upstream_page(self, name: str, base: str) -> dict[str, Any] | None:
+        """The upstream's page of ``name`` with Forage URLs, its files' locations remembered
+        (``None``: PyPI has no such project). Raises ``UpstreamFailed``."""
+        url = f"{self.registry.base_url}/{name}/"
+        answer, _ = await self.registry.document(url, headers={"accept": SIMPLE_JSON})
+        if answer.absent:
+            return None
+        try:
+            doc = json.loads(answer.body)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
+            raise UpstreamFailed(url, "status", "project page is not PEP 691 JSON")
+
+        def remember(key: str | tuple[str, str], ref: FileRef) -> None:
+            self.registry.refs.put(key, ref)
+
+        return rewrite_page(doc, page_url=answer.url, base=base, remember=remember)
 
     async def fallback(
         self, request: web.Request, name: str, base: str, error: UpstreamFailed
@@ -386,7 +449,10 @@ class PyPIRoutes(EcosystemRoutes):
                     body = await asyncio.to_thread(render, page)
                 self.registry.rendered.put(key, body)
         if not body:
-            return web.Response(status=404, text="404 Not Found\n", headers=headers)
+            hold = await self.mirror.archive.package_hold(ECOSYSTEM, name)
+            if hold is not None:
+                return web.Response(status=404, text=f"404 Not Found: {hold}\n", headers=headers)
+            return failed(error, headers, self.registry.settings.down_seconds)
         return web.Response(body=body, content_type=kind, headers=headers)
 
     async def file(self, request: web.Request) -> web.StreamResponse:
@@ -397,15 +463,27 @@ class PyPIRoutes(EcosystemRoutes):
             return web.Response(status=400, text=f"400 Bad Request: {exc}\n")
         if not _SHA256.fullmatch(sha256):
             return web.Response(status=400, text="400 Bad Request: not a sha256 hex digest\n")
+        if filename.endswith(METADATA):
+            return await self.metadata_file(request, sha256, filename)
         archived = await self.mirror.archive.find_file(ECOSYSTEM, filename=filename, sha256=sha256)
         if archived is not None and archived.hold is not None:
             return web.Response(status=404, text=f"404 Not Found: {archived.hold}\n")
+        local = await self.serve_local(request, archived, content_type=FILE_TYPE)
+        if local is not None:
+            return local
         cached = self.registry.refs.stale(sha256)
         url = cached.value.url if cached is not None else archived.url if archived else None
         error: UpstreamFailed | None = None
+        if url is None:
+            try:
+                learnt = await self._learn(request, sha256, filename)
+                url = learnt.url if learnt is not None else None
+            except UpstreamFailed as exc:
+                error = exc
         if url is not None:
             try:
-                fetched = await self.registry.file(url, {"sha256": sha256})
+                project = _file_project(filename)
+                fetched = await self.registry.file(url, {"sha256": sha256}, package=project)
                 if fetched.spool is not None:
                     headers = source_headers("upstream", verified=fetched.verified)
                     return await send_spool(
@@ -419,10 +497,62 @@ class PyPIRoutes(EcosystemRoutes):
             except UpstreamFailed as exc:
                 error = exc
         if archived is None:
-            return web.Response(
-                status=404, text="404 Not Found\n", headers=source_headers("archive", error=error)
-            )
+            headers = source_headers("archive", error=error)
+            if error is None:
+                return web.Response(status=404, text="404 Not Found\n", headers=headers)
+            return failed(error, headers, self.registry.settings.down_seconds)
         return await self.serve_archived(request, archived, removed=archived.removed, error=error)
+
+    async def _learn(
+        self, request: web.Request, key: str | tuple[str, str], filename: str
+    ) -> FileRef | None:
+        """Where the upstream serves the file ``key`` names (its sha256, or ``(".metadata",
+        sha256)`` for its core metadata): remembered from a page, else learnt by reading the
+        page of the project ``filename`` belongs to (``None``: not listed there). Raises
+        ``UpstreamFailed``."""
+        cached = self.registry.refs.stale(key)
+        project = _file_project(filename)
+        if cached is None and project is not None:
+            await self.upstream_page(project, self.mirror.public_base(str(request.url.origin())))
+            cached = self.registry.refs.stale(key)
+        return cached.value if cached is not None else None
+
+    async def metadata_file(
+        self, request: web.Request, sha256: str, filename: str
+    ) -> web.StreamResponse:
+        """PEP 658: the core metadata of the file ``sha256`` names, checked against the sha256
+        its page advertised (the upstream page is read again when that is not known); the
+        archived copy when the upstream cannot give it."""
+        dist = filename.removesuffix(METADATA)
+        owner = await self.mirror.archive.find_file(ECOSYSTEM, filename=dist, sha256=sha256)
+        if owner is not None and owner.hold is not None:
+            return web.Response(status=404, text=f"404 Not Found: {owner.hold}\n")
+        archived = await self.mirror.archive.find_file(ECOSYSTEM, filename=filename)
+        local = await self.serve_local(request, archived, content_type=METADATA_TYPE)
+        if local is not None:
+            return local
+        error: UpstreamFailed | None = None
+        try:
+            ref = await self._learn(request, (METADATA, sha256), dist)
+            if ref is not None:
+                project = _file_project(dist)
+                fetched = await self.registry.file(ref.url, ref.digests, package=project)
+                if fetched.spool is not None:
+                    headers = source_headers("upstream", verified=fetched.verified)
+                    return await send_spool(
+                        request, fetched.spool, content_type=METADATA_TYPE, headers=headers
+                    )
+        except UpstreamFailed as exc:
+            error = exc
+        headers = source_headers("archive" if error else "upstream", error=error)
+        if archived is not None:
+            removed = archived.removed if error is not None else True  # else: upstream has none
+            return await self.serve_archived(
+                request, archived, removed=removed, error=error, content_type=METADATA_TYPE
+            )
+        if error is None:
+            return web.Response(status=404, text="404 Not Found\n", headers=headers)
+        return failed(error, headers, self.registry.settings.down_seconds)
 
     async def serve_archived(
         self,
@@ -431,9 +561,15 @@ class PyPIRoutes(EcosystemRoutes):
         *,
         removed: bool,
         error: UpstreamFailed | None = None,
+        content_type: str = FILE_TYPE,
     ) -> web.StreamResponse:
         return await self.send_archived(
-            request, archived, removed=removed, error=error, content_type=FILE_TYPE, refuse=_refuse
+            request,
+            archived,
+            removed=removed,
+            error=error,
+            content_type=content_type,
+            refuse=_refuse,
         )
 
 

@@ -27,6 +27,7 @@ with the fake standing in for the registry:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import AsyncIterator
@@ -257,7 +258,60 @@ async def test_the_mirror_lists_and_serves_a_release_upstream_or_not(
                 served = await client.get(download)
                 assert served.status_code == 200, (source, served.text[:300])
                 assert served.content == data
-                assert served.headers["Forage-Source"] == source
+                # An archived file never changes: served from the archive either way.
+                assert served.headers["Forage-Source"] == "archive"
+
+
+async def test_what_the_mirror_passes_through_is_archived_and_served_in_an_outage(
+    ecosystem: Ecosystem, fake: FakeRegistry, upstream: RunningServer, tmp_path: Path, db_url: str
+) -> None:
+    """Nothing primed: a listing and a file fetched through the mirror once are archived in
+    that pass (the archive job's CID and row, the package indexed), and served with the
+    same bytes once the upstream is gone."""
+    name = _names(fake)[0]
+    version = fake.SAMPLE_VERSIONS[0]
+    fake.publish_release(name, version)
+    filename, data = fake.release_file(name, version)
+    digests = {a: hashlib.new(a, data).hexdigest() for a in ("sha256", "sha1", "sha512")}
+    endpoints = {ecosystem.name: fake.config_endpoints(upstream.url)}
+    routes = ecosystem.mirror()
+    listing = routes.listing_path(name)
+    download = routes.file_path(name, version, filename, digests)
+    async with forage_mirror(tmp_path, db_url, registries=endpoints) as forage:
+        assert forage.archived_cids() == []
+        async with httpx.AsyncClient() as client:
+            page = await client.get(forage.url + listing)
+            assert page.status_code == 200, page.text[:300]
+            served = await client.get(forage.url + download)
+            assert served.status_code == 200, served.text[:300]
+            assert served.content == data
+            assert served.headers["Forage-Source"] == "upstream"
+            await forage.mirror.registries[ecosystem.name].settle()
+            with forage.ctx.sessionmaker() as session:
+                row = session.execute(
+                    sa.select(Archive, Artifact.filename)
+                    .join(Artifact, Artifact.id == Archive.artifact_id)
+                    .where(Archive.status == ArchiveStatus.ARCHIVED)
+                ).one()
+            archive, archived_name = row
+            assert archived_name == filename
+            assert archive.cid == str(compute_cid(data))
+            assert archive.size == len(data)
+            assert archive.verified_algorithm in HASHERS or archive.verified_algorithm == "h1"
+            if archive.verified_algorithm in HASHERS:
+                hasher = HASHERS[archive.verified_algorithm][0]()
+                hasher.update(data)
+                assert archive.verified_digest == hasher.hexdigest()
+
+            await upstream.close()
+            page = await client.get(forage.url + listing)
+            assert page.status_code == 200, page.text[:300]
+            assert page.headers["Forage-Source"] == "archive"
+            assert version in page.text
+            served = await client.get(forage.url + download)
+            assert served.status_code == 200, served.text[:300]
+            assert served.content == data
+            assert served.headers["Forage-Source"] == "archive"
 
 
 def test_the_lockfile_names_its_releases_by_name_and_by_content(

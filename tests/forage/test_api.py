@@ -207,7 +207,14 @@ async def test_lockfiles_and_sboms_are_answered_per_dependency(api: Api) -> None
     bom = await api.json(
         "POST", "/api/v1/lookup/lockfile", data=(DATA / "bom.cdx.json").read_bytes()
     )
-    assert bom["summary"] == {"found": 0, "queued": 3, "not_found": 0, "invalid": 0, "skipped": 1}
+    assert bom["summary"] == {
+        "found": 0,
+        "queued": 3,
+        "not_found": 0,
+        "invalid": 0,
+        "skipped": 1,
+        "integrity_mismatch": 0,
+    }
 
 
 async def test_legacy_lookup_keeps_the_original_reply(api: Api) -> None:

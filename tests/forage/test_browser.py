@@ -4,8 +4,12 @@ on 127.0.0.1.
 
 The test types into the search box and presses Enter, follows the result to the package page,
 reads the CID from the rendered DOM, fetches the CAR behind it from inside the page, and checks
-that a package name full of markup runs no script. Chromium is told to resolve no host but
-127.0.0.1 and to skip its background services, so it contacts nothing outside this machine.
+that a package name full of markup runs no script. It also checks that the server-drawn charts
+lay out (bars with a width on screen), that the pages load nothing from another origin and
+run no script, that a digest typed into the search box leads to its package page with the
+install command and the size, and that the API reference's links land on their targets.
+Chromium is told to resolve no host but 127.0.0.1 and to skip its background services, so it
+contacts nothing outside this machine.
 
 Without chromium the test is skipped, except under ``CI=true`` where it fails (``.ci/run``
 installs it).
@@ -19,6 +23,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,7 @@ import httpx
 import pytest
 
 from forage.config import Config
-from forage.db.engine import make_engine, make_sessionmaker, upgrade
+from forage.db.engine import make_engine, make_sessionmaker, upgrade, utcnow
 from forage.server.app import make_app
 from indexers.fakeserver import serve
 from storage import FilesystemBlockstore, import_file
@@ -173,7 +178,10 @@ async def site(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
         artifact = factories.make_artifact(session, version=version)
         data = factories.artifact_content(artifact)
         cid = str(import_file(data, sink=store).cid)
-        factories.make_archive(session, artifact=artifact, cid=cid, size=len(data))
+        archive = factories.make_archive(session, artifact=artifact, cid=cid, size=len(data))
+        artifact.size = None  # as npm and Go publish: the size comes from the archive
+        piece = factories.make_piece(session, archives=[archive])
+        factories.make_deal(session, piece=piece, end_at=utcnow() + timedelta(days=90))
         factories.make_package(session, ecosystem="npm", name="right-pad")
         factories.make_package(session, ecosystem="npm", name=HOSTILE_NAME)
         session.commit()
@@ -243,3 +251,83 @@ async def test_markup_in_a_package_name_runs_nothing(
     )
     assert await browser.evaluate("typeof window.__pwned") == "undefined"
     assert await browser.evaluate("document.querySelectorAll('main img, main script').length") == 0
+
+
+#: True when the page ran no script of its own and fetched nothing from another origin.
+SELF_CONTAINED = """document.scripts.length === 0 && performance.getEntriesByType('resource')
+    .every(entry => entry.name.startsWith(location.origin + '/'))"""
+
+
+async def test_charts_draw_and_a_digest_search_leads_to_install_commands(
+    browser: DevTools, site: tuple[str, str]
+) -> None:
+    """The home page's files chart and the deals page's charts lay out as SVG bars with a
+    width on screen, with nothing fetched elsewhere; a sha512 SRI typed into the search box
+    finds left-pad, whose page shows the install command through this server and a size."""
+    url, cid = site
+    await browser.call("Page.navigate", url=url + "/")
+    await browser.loaded("/")
+    bars = await browser.evaluate(
+        """[...document.querySelectorAll('#files-chart rect')].map(r =>
+            [r.dataset.series, r.dataset.value, Math.round(r.getBoundingClientRect().width)])"""
+    )
+    assert [bar[:2] for bar in bars] == [["archived", "1"]]
+    assert bars[0][2] > 100  # the only bar spans the chart: drawn, and scaled
+    assert await browser.evaluate(SELF_CONTAINED) is True
+    await browser.call("Page.navigate", url=url + "/deals")
+    await browser.loaded("/deals")
+    widths = await browser.evaluate(
+        """['replicas-chart', 'expiry-chart'].map(id =>
+            [...document.querySelectorAll('#' + id + ' rect')]
+                .map(r => r.getBoundingClientRect().width))"""
+    )
+    assert len(widths[0]) == 1 and widths[0][0] > 100
+    assert len(widths[1]) == 1 and widths[1][0] > 100
+    assert await browser.evaluate(SELF_CONTAINED) is True
+    sri = await browser.evaluate(
+        """(async () => {
+            const response = await fetch('/ipfs/CID?format=raw');
+            const digest = await crypto.subtle.digest('SHA-512', await response.arrayBuffer());
+            return 'sha512-' + btoa(String.fromCharCode(...new Uint8Array(digest)));
+        })()""".replace("CID", cid)
+    )
+    await browser.evaluate("document.getElementById('search-q').focus()")
+    await browser.call("Input.insertText", text=sri)
+    await browser.press_enter()
+    await browser.loaded("/search")
+    await browser.evaluate("document.querySelector('a.file-link').click()")
+    await browser.loaded("/packages/npm/left-pad")
+    assert await browser.evaluate("location.hash") == "#v-1.3.0"
+    install = await browser.evaluate(
+        "document.getElementById('v-1.3.0').querySelector('pre.install').textContent"
+    )
+    assert install == f"npm install --registry {url}/npm/ left-pad@1.3.0"
+    shown = await browser.evaluate("document.querySelector('td.size').textContent")
+    assert shown.endswith(" B") and shown != "-"
+    digest = await browser.evaluate(
+        "document.querySelector('div.digest[data-algorithm=sha512] code').textContent"
+    )
+    assert digest == sri
+
+
+async def test_api_reference_renders_offline_and_its_links_land(
+    browser: DevTools, site: tuple[str, str]
+) -> None:
+    """``/docs`` lists the operations; following an operation's schema link scrolls to
+    that schema; the page uses nothing from elsewhere."""
+    url, _ = site
+    await browser.call("Page.navigate", url=url + "/docs")
+    await browser.loaded("/docs")
+    count = await browser.evaluate("document.querySelectorAll('section.api-op').length")
+    assert count >= 12
+    assert await browser.evaluate(SELF_CONTAINED) is True
+    await browser.evaluate(
+        "document.getElementById('op-lookupDigests')"
+        ".querySelector('a[href=\"#schema-DigestLookupResponse\"]').click()"
+    )
+    await browser.wait_for("location.hash === '#schema-DigestLookupResponse'")
+    top, height, scrolled = await browser.evaluate(
+        "[document.getElementById('schema-DigestLookupResponse').getBoundingClientRect().top,"
+        " innerHeight, scrollY]"
+    )
+    assert scrolled > 0 and 0 <= top < height  # scrolled to the schema, now on screen

@@ -4,6 +4,7 @@ against the loopback npm fake and the embedded SQLite store."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from indexers import ECOSYSTEMS
@@ -53,6 +54,8 @@ def test_watch_then_worker_records_packages_and_status_reports_them(tmp_path: Pa
         assert "1 new versions, 1 new artifacts" in backfill.stderr
         lines = run_cli(tmp_path, "status").stdout.splitlines()
         block = lines[lines.index("npm") : lines.index("npm") + 6]
+        feed = r"  feed      cursor at seq (\d+), head seq \1, lag 0 s \(at head\)"
+        assert re.fullmatch(feed, block[1]), block[1]
         assert block[2:] == [
             "  packages  3 known, 0 removed",
             "  versions  4 known, 0 removed",

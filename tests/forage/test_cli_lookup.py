@@ -152,6 +152,6 @@ def test_usage_errors_exit_before_opening_the_database(
     assert "cannot read absent.json" in missing.stderr
     (tmp_path / "weird.json").write_text('{"neither": true}')
     weird = forage(migrated_url, "lookup", "--lockfile", "weird.json")
-    assert weird.returncode == 1
-    assert "JSON that is neither a package-lock.json nor" in weird.stderr
+    assert weird.returncode == 2  # the operator's input: a usage error
+    assert "weird.json is not a lockfile Forage reads (package-lock.json" in weird.stderr
     assert not (tmp_path / "never-created.db").exists()

@@ -253,7 +253,8 @@ async def test_pypi_changelog_imports_every_file_and_yanks(
                 .where(Package.name == "sample-project")
             ).scalar_one()
 
-        assert rows(ctx, files) == 5  # 1.0: two wheels + sdist; 1.1: one wheel + sdist
+        # 1.0: two wheels + sdist; 1.1: one wheel + sdist; and each wheel's PEP 658 metadata
+        assert rows(ctx, files) == 5 + 3
 
 
 async def test_stale_pypi_page_is_retried_until_fresh(migrated_url: str, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ schema (JSON Schema 2020-12, formats checked) accepts the body.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -132,6 +133,7 @@ def sessions(migrated_url: str) -> Iterator[sessionmaker[Session]]:
 async def test_responses_match_the_document(api: Api) -> None:
     checker = Checker()
     cid = raw_cid(artifact_content(api.rows["sdist"]))
+    digest = hashlib.sha256(artifact_content(api.rows["sdist"])).hexdigest()
     auth = {"Authorization": f"Bearer {TOKEN}"}
     lookup_keys = ["pkg:pypi/django@5.0", "npm:left-pad:2.0.0", "bad", "pkg:cargo/x@1"]
     calls: list[tuple[str, str, dict[str, Any]]] = [
@@ -149,6 +151,9 @@ async def test_responses_match_the_document(api: Api) -> None:
         ("GET", f"/api/v1/cids/{cid}", {}),
         ("GET", "/api/v1/cids/" + raw_cid(b"absent"), {}),
         ("GET", "/api/v1/cids/xyz", {}),
+        ("POST", "/api/v1/lookup/digests", {"json": {"digests": [digest, "sha256:zz", "0" * 40]}}),
+        ("POST", "/api/v1/lookup/digests", {"json": {"keys": []}}),
+        ("GET", f"/api/v1/lookup/digests?digests={digest}", {}),
         ("GET", "/api/v1/packages/pypi/Django", {}),
         ("GET", "/api/v1/packages/npm/nothing", {}),
         ("GET", "/api/v1/packages/pypi/-bad-", {}),

@@ -554,3 +554,156 @@ async def test_stylesheet_is_served(site: Site) -> None:
     assert response.headers["content-type"].startswith("text/css")
     assert "form.search" in response.text
     assert (await site.get("/static/../pages.py")).status_code in (403, 404)
+
+
+# -- archive health at a glance, package details, search by anything, API reference --------
+
+
+def _chart_rows(doc: Element, ident: str) -> dict[str, dict[str, int]]:
+    """A chart's rows: label -> {series: value} of the bars drawn (zero segments are not)."""
+    return {
+        row.attrs["data-label"]: {
+            rect.attrs["data-series"]: int(rect.attrs["data-value"])
+            for rect in row.find_all("rect")
+        }
+        for row in doc.by_id(ident).find_all("g", "row")
+    }
+
+
+async def test_home_charts_each_registry_s_files_and_lists_feed_lag(site: Site) -> None:
+    """One bar per registry, stacked archived/pending/failed/removed, summing to the files
+    known; the longest bar spans the bar area; the table beside it has the same figures."""
+    doc = await site.page("/")
+    rows = _chart_rows(doc, "files-chart")
+    assert rows["npm"] == {"archived": 2}
+    assert rows["pypi"] == {"archived": 2, "pending": 1}
+    assert rows["golang"] == {}
+    pypi = [
+        g for g in doc.by_id("files-chart").find_all("g", "row") if g.attrs["data-label"] == "pypi"
+    ]
+    widths = [float(rect.attrs["width"]) for rect in pypi[0].find_all("rect")]
+    assert sum(widths) == pytest.approx(420)  # the largest row spans the whole bar area
+    assert widths[0] == pytest.approx(280)
+    table = {row.attrs["data-registry"]: row for row in doc.by_id("registries").find_all("tr")[1:]}
+    assert set(table) >= {"npm", "pypi", "golang", "cargo", "gem", "composer", "maven"}
+    assert table["pypi"].find_all("td", "known")[0].all_text == "3"
+    assert table["pypi"].find_all("td", "pending")[0].all_text == "1"
+    assert table["npm"].find_all("td", "lag")[0].all_text == "not watched"
+    assert doc.by_id("stat-pins").all_text == "2"
+    assert doc.by_id("stat-deals").all_text == "2"
+
+
+async def test_deals_page_charts_replicas_and_expiry(site: Site) -> None:
+    """Pieces by active deals (under-replicated ones marked) and active deals by the month
+    they end: the recorded end date for one, the end epoch's date for the other."""
+    doc = await site.page("/deals")
+    assert _chart_rows(doc, "replicas-chart") == {
+        "0 active deal(s)": {"under": 1},
+        "2 active deal(s)": {"under": 1},
+    }
+    expiry = _chart_rows(doc, "expiry-chart")
+    epoch_end = epoch_time(current_epoch(utcnow()) + 1_000_000)
+    assert expiry[epoch_end.strftime("%Y-%m")] == {"deals": 1}
+    # 2031-05 is more than 24 months past the first expiry: summed in the last row.
+    labels = list(expiry)
+    assert len(labels) == 24 and labels[-1] == "later" and expiry["later"] == {"deals": 1}
+    assert labels[1] > labels[0]  # months in order, empty ones kept as gaps
+    assert sum(sum(v.values()) for v in expiry.values()) == 2  # the expired deal is not shown
+
+
+async def test_package_page_shows_purl_install_digests_and_raw_download(site: Site) -> None:
+    """The purl of the package and each version, the install command through this server's
+    mirror, npm's sha512 as SRI (hex for sha1 and for PyPI), and a download link that serves
+    the archived bytes."""
+    import base64
+    import hashlib
+
+    doc = await site.page("/packages/npm/left-pad")
+    assert doc.by_id("package-purl").all_text == "purl pkg:npm/left-pad"
+    section = doc.by_id("v-1.1.0")
+    assert section.find_all("code", "purl")[0].all_text == "pkg:npm/left-pad@1.1.0"
+    (install,) = section.find_all("pre", "install")
+    assert install.all_text == f"npm install --registry {site.url}/npm/ left-pad@1.1.0"
+    cid = site.archive.left_pad_cids["1.1.0"]
+    data = site.archive.contents[cid]
+    digests = {
+        div.attrs["data-algorithm"]: div.find_all("code")[0].all_text
+        for div in section.find_all("div", "digest")
+    }
+    sri = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+    assert digests["sha512"] == sri
+    assert digests["sha1"] == hashlib.sha1(data, usedforsecurity=False).hexdigest()
+    (raw,) = section.find_all("a", "raw")
+    assert raw.attrs["href"].startswith("/npm/left-pad/-/")
+    response = await site.get(raw.attrs["href"])
+    assert response.status_code == 200
+    assert response.content == data
+    doc = await site.page("/packages/pypi/sampleproject")
+    install = doc.by_id("v-3.0.0").find_all("pre", "install")[0].all_text
+    assert install == f"pip install --index-url {site.url}/pypi/simple/ sampleproject==3.0.0"
+    sdist = site.archive.contents[site.archive.sample_cids["sdist"]]
+    shown = [d.find_all("code")[0].all_text for d in doc.find_all("div", "digest")]
+    assert hashlib.sha256(sdist).hexdigest() in shown
+
+
+async def test_search_routes_purls_keys_cids_and_digests(site: Site) -> None:
+    """A purl or key goes to its version on the package page; a CID, a hex digest or an SRI
+    lists the files with those bytes; a digest nobody has says so."""
+    import base64
+    import hashlib
+
+    for text in ("pkg:npm/left-pad@1.1.0", "npm:left-pad:1.1.0", " pkg:npm/LEFT-PAD@1.1.0"):
+        response = await site.get("/search", params={"q": text})
+        assert response.status_code == 302, text
+        assert response.headers["location"] == "/packages/npm/left-pad#v-1.1.0"
+    response = await site.get("/search", params={"q": "pkg:pypi/SampleProject"})
+    assert response.headers["location"] == "/packages/pypi/sampleproject"
+    cid = site.archive.left_pad_cids["1.0.0"]
+    data = site.archive.contents[cid]
+    sri = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+    for text in (
+        cid,
+        hashlib.sha256(data).hexdigest(),
+        sri,
+        "sha1:" + hashlib.sha1(data, usedforsecurity=False).hexdigest(),
+    ):
+        doc = await site.page("/search?" + str(httpx.QueryParams({"q": text})))
+        links = [(a.all_text, a.attrs["href"]) for a in doc.find_all("a", "file-link")]
+        assert links == [("left-pad 1.0.0", "/packages/npm/left-pad#v-1.0.0")], text
+        assert doc.find_all("code", "cid")[0].all_text == cid
+    doc = await site.page("/search?q=" + "0" * 64)
+    assert doc.by_id("file-summary").all_text.startswith("0 archived file(s) with digest")
+    assert doc.find_all("a", "file-link") == []
+
+
+async def test_api_reference_is_rendered_from_the_openapi_document(site: Site) -> None:
+    """``/docs`` and ``/api/docs`` show every operation of the document with its parameters
+    and responses, every schema link lands on the schema, and nothing comes from elsewhere."""
+    from forage.server.openapi import load_document
+
+    document = load_document()
+    for path in ("/docs", "/api/docs"):
+        doc = await site.page(path)
+        shown = {
+            (op.find_all("span", "method")[0].all_text, op.find_all("code", "path")[0].all_text)
+            for op in doc.find_all("section", "api-op")
+        }
+        assert shown == {
+            (method.upper(), route) for route, item in document["paths"].items() for method in item
+        }
+        ids = {e.attrs["id"] for e in doc.iter() if "id" in e.attrs}
+        anchors = {
+            a.attrs["href"][1:]
+            for a in doc.find_all("a")
+            if a.attrs.get("href", "").startswith("#")
+        }
+        assert anchors and anchors <= ids
+        assert "schema-DigestLookupResponse" in ids
+        digests = doc.by_id("op-lookupDigests")
+        assert "sha512-BASE64" in digests.all_text and "413" in digests.all_text
+        assert doc.find_all("script") == []
+        external = [
+            e.attrs.get("src") or e.attrs.get("href")
+            for e in doc.find_all("link") + doc.find_all("img")
+        ]
+        assert all(not url.startswith(("http:", "https:", "//")) for url in external if url)

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from forage.config import load_config
 from forage.db.engine import make_engine, make_sessionmaker
 from forage.errors import ConfigError
-from forage.server.api import REPLY_CHUNK
+from forage.server.api import READER, REPLY_CHUNK
 from forage.server.bodies import BodyError, NotKeysObject, TooManyKeys, lookup_keys
 from forage.server.budget import BUDGET, SMALL_BODY, MemoryBudget, Overloaded
 from tests.forage.test_api import Api, start
@@ -126,6 +126,26 @@ async def test_a_heavy_request_waits_for_the_budget_and_is_then_answered(
         found = [(await response.json())["summary"]["found"] for response in responses]
         assert found == [1, 0, 0, 0]
         assert budget.in_use == 0 and not budget._waiters
+
+
+async def test_after_the_last_heavy_request_the_readers_idle_connections_are_closed(
+    migrated_url: str, tmp_path: Path, sessions: sessionmaker[Session]
+) -> None:
+    # Each SQLite reader connection maps the database file: the pages a burst read through it
+    # would stay resident while it idles in the pool.
+    async for api in budgeted(migrated_url, tmp_path, sessions, "60"):
+        reader = api.client.server.app[READER].kw["bind"]
+        if reader is sessions.kw["bind"]:
+            pytest.skip("only SQLite readers have an engine of their own")
+        small = await api.json("POST", "/api/v1/lookup", json={"keys": ["pkg:pypi/django@5.0"]})
+        assert small["summary"]["found"] == 1
+        assert reader.pool.checkedin() == 1  # a small lookup leaves its connection pooled
+        body = padded(["pkg:pypi/django@5.0"], HEAVY)
+        heavy = await api.json("POST", "/api/v1/lookup", data=body, headers=JSON)
+        assert heavy["summary"]["found"] == 1
+        assert reader.pool.checkedin() == 0
+        again = await api.json("POST", "/api/v1/lookup", json={"keys": ["pkg:pypi/django@5.0"]})
+        assert again == small
 
 
 async def test_past_the_wait_a_heavy_request_gets_503_with_retry_after(

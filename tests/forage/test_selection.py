@@ -3,8 +3,9 @@
 On SQLite and PostgreSQL against the loopback fakes: name patterns and list files are applied
 by the watcher (and its re-scan), by ``forage import``, by import jobs as backfill lookups
 queue them, by a bootstrap walk and by ``prime``; pre-releases, the newest N, the size cap
-and file-name patterns shape what an import records; bad settings are refused on load with
-the key named.
+and file-name patterns shape what an import records; development versions (a Packagist dev
+branch, a Maven SNAPSHOT) are recorded without files unless ``development`` is on, when
+``prime`` archives them; bad settings are refused on load with the key named.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from forage.lookup.views import KeyStatus
 from forage.mirror.offline import prime
 from indexers import Artifact as FileInfo
 from indexers import PackageInfo, Release
+from indexers.composer.fake import FakePackagist
 from indexers.golang.fake import GoFake
+from indexers.maven.fake import FakeMaven
 from indexers.npm.fake import FakeNpmRegistry
 from indexers.pypi.fake import FakePyPI
 from tests.forage.index_harness import (
@@ -196,6 +199,52 @@ async def test_go_prereleases_are_left_out_by_the_modules_own_rules(
     async with forage_on(tmp_path, migrated_url, {"golang": registry}, settings) as ctx:
         await import_package(ctx, "golang", "example.com/mod")
         assert versions_of(ctx, "golang", "example.com/mod") == {"v1.0.0", "v1.0.1"}
+
+
+def _dev_files(ctx: object, ecosystem: str, name: str, version: str) -> dict[str, str | None]:
+    """The files recorded for a version, with their archive status (``None``: none)."""
+    with ctx.sessionmaker() as session:  # type: ignore[attr-defined]
+        rows = session.execute(
+            sa.select(Artifact)
+            .join(Version)
+            .join(Package)
+            .where(Package.ecosystem == ecosystem, Package.name == name, Version.number == version)
+        ).scalars()
+        return {a.filename: a.archive.status.value if a.archive else None for a in rows}
+
+
+@pytest.mark.parametrize("development", [False, True])
+async def test_development_versions_are_archived_only_when_asked(
+    migrated_url: str, tmp_path: Path, development: bool
+) -> None:
+    packagist, maven = FakePackagist(), FakeMaven()
+    packagist.publish("acme/pad", "1.0.0", shasum=True)
+    packagist.branch("acme/pad", "dev-main")
+    maven.publish("org.example/lib", "1.0")
+    maven.publish_snapshot("org.example/lib", "1.1-SNAPSHOT")
+    fakes = {"composer": packagist, "maven": maven}
+    settings = {name: {"development": development} for name in fakes}
+    async with forage_on(tmp_path, migrated_url, fakes, settings) as ctx:
+        keys = [
+            parse_key(key, normalize=registered_name)
+            for key in ("pkg:composer/acme/pad@dev-main", "pkg:maven/org.example/lib@1.1-SNAPSHOT")
+        ]
+        report = await prime(ctx, keys)
+        # Either way the versions are known, and releases beside them are kept as before.
+        assert versions_of(ctx, "composer", "acme/pad") == {"1.0.0", "dev-main"}
+        assert versions_of(ctx, "maven", "org.example/lib") == {"1.0", "1.1-SNAPSHOT"}
+        branch = _dev_files(ctx, "composer", "acme/pad", "dev-main")
+        snapshot = _dev_files(ctx, "maven", "org.example/lib", "1.1-SNAPSHOT")
+        if not development:
+            assert branch == {} and snapshot == {}
+            assert len(report.failed) == 2 and report.archived == 0
+            return
+        assert report.failed == [] and report.archived == 3
+        assert list(branch.values()) == ["archived"]
+        # The SNAPSHOT's newest timestamped build: its POM and jar.
+        assert len(snapshot) == 2 and all(name.startswith("lib-1.1-20") for name in snapshot)
+        assert {name.rpartition(".")[2] for name in snapshot} == {"pom", "jar"}
+        assert set(snapshot.values()) == {"archived"}
 
 
 def test_apply_marks_an_answer_it_trimmed_as_incomplete() -> None:

@@ -161,7 +161,8 @@ async def test_status_api_and_metrics_report_the_same_counts(
             ]:
                 npm.publish_release(name, version)
             npm.tamper_release("c", "1.0.0")
-            pypi.publish_release("wheel-and-sdist", "1.0")  # two files, never archived
+            # A wheel, its PEP 658 metadata file and an sdist, never archived.
+            pypi.publish_release("wheel-and-sdist", "1.0")
             for ecosystem in endpoints:
                 await watch_feed(ctx, ecosystem)
             for name in "abcd":
@@ -188,7 +189,7 @@ async def test_status_api_and_metrics_report_the_same_counts(
             "pypi": {
                 "packages": {"known": 1, "removed": 0},
                 "versions": {"known": 1, "removed": 0},
-                "files": {"known": 2, "archived": 0, "pending": 2, "failed": 0, "removed": 0},
+                "files": {"known": 3, "archived": 0, "pending": 3, "failed": 0, "removed": 0},
             },
         }
         for ecosystem, counts in expected.items():
@@ -220,7 +221,8 @@ async def test_status_api_and_metrics_report_the_same_counts(
     assert metrics[("forage_feed_head", (("registry", "npm"),))] == npm.feed_head()
     assert metrics[("forage_feed_cursor", (("registry", "pypi"),))] == pypi.feed_head()
     assert "  files     6 known, 3 archived, 1 pending, 1 failed, 2 removed" in text
-    assert f"  feed      head {npm.feed_head()}, cursor {npm.feed_head()}, lag 0 s" in text
+    head = npm.feed_head()
+    assert f"  feed      cursor at seq {head}, head seq {head}, lag 0 s (at head)" in text
     assert "golang (not configured)\n  feed      not watched yet" in text
 
 

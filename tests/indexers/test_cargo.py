@@ -311,8 +311,9 @@ def test_cargo_lock_names_crates_io_packages_and_says_why_others_have_no_key() -
     with pytest.raises(LockfileError):
         list(read_cargo_lock("[[package]\nname="))
     poetry = '[[package]]\nname = "requests"\nversion = "2.31.0"\ndescription = "HTTP"\n'
-    with pytest.raises(LockfileError):
-        read_lockfile(poetry.encode(), filename="poetry.lock")
+    # A poetry.lock's [[package]] tables are PyPI's, never mistaken for crates.
+    named = read_lockfile(poetry.encode(), filename="poetry.lock")
+    assert [e.key for e in named] == ["pkg:pypi/requests@2.31.0"]
 
 
 def test_the_fakes_lockfile_is_read_back() -> None:

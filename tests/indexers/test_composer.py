@@ -73,23 +73,28 @@ def test_stability_and_names_follow_composer() -> None:
             validate_name(bad)
 
 
-async def test_a_package_maps_tagged_releases_with_their_shasum_and_branches_without_files(
+async def test_a_package_maps_tagged_releases_with_their_shasum_and_branches(
     fake: FakePackagist, indexer: ComposerIndexer
 ) -> None:
     forge = fake.publish("acme/pad", "1.0.0")
     hosted = fake.publish("acme/pad", "1.1.0", shasum=True)
-    fake.branch("acme/pad", "dev-main")
+    dev = fake.branch("acme/pad", "dev-main")
     fake.abandon("acme/pad", "acme/other")
     info = await indexer.package("acme/pad")
     releases = {r.version: r for r in info.releases}
     assert set(releases) == {"1.0.0", "1.1.0", "dev-main"}
-    assert releases["dev-main"].artifacts == ()  # dev branches are never archived
+    (branch,) = releases["dev-main"].artifacts  # archived only if selection asks for it
+    assert branch.digests == {} and branch.filename.endswith(".zip")
     (unsigned,) = releases["1.0.0"].artifacts
     assert unsigned.digests == {} and unsigned.url.endswith(forge.path)
     (signed,) = releases["1.1.0"].artifacts
     assert signed.digests == {"sha1": hosted.sha1}
     assert signed.filename == "acme-pad-1.1.0.zip" and signed.kind == "zip"
-    assert info.extra["references"] == {"1.0.0": forge.reference, "1.1.0": hosted.reference}
+    assert info.extra["references"] == {
+        "1.0.0": forge.reference,
+        "1.1.0": hosted.reference,
+        "dev-main": dev.reference,
+    }
     assert (info.status, info.status_reason) == ("deprecated", "abandoned, use acme/other")
     fake.delete("acme/pad")
     with pytest.raises(PackageNotFound):

@@ -51,20 +51,30 @@ async def test_recorded_page_maps_every_file_of_every_release(
     releases = {release.version: release for release in info.releases}
     assert list(releases) == ["1.2.0", "1.3.0", "1.3.1", "2.0.0", "3.0.0", "4.0.0", "5.0.0a1"]
 
-    # Every file is an artifact, legacy ones included, grouped under its release.
+    # Every file is an artifact, legacy ones included, grouped under its release, and so is
+    # each wheel's PEP 658 metadata file (Warehouse advertised it with a sha256).
     kinds = {a.filename: a.kind for a in releases["1.2.0"].artifacts}
     assert kinds == {
         "sampleproject-1.2.0-py2.7.egg": "egg",
         "sampleproject-1.2.0.win32.exe": "other",
         "sampleproject-1.2.0-py2.py3-none-any.whl": "wheel",
+        "sampleproject-1.2.0-py2.py3-none-any.whl.metadata": "metadata",
         "sampleproject-1.2.0.tar.gz": "sdist",
     }
-    assert len(releases["3.0.0"].artifacts) == 4
+    assert len(releases["3.0.0"].artifacts) == 4 + 3
     assert releases["5.0.0a1"].artifacts == ()
     assert info.extra["unmatched_files"] == ("sampleproject-latest.tar.gz",)
     files = {f["filename"]: f for f in doc["files"]}
     for release in info.releases:
         for artifact in release.artifacts:
+            if artifact.kind == "metadata":
+                wheel = next(
+                    a for a in release.artifacts if a.filename + ".metadata" == artifact.filename
+                )
+                advertised = files[wheel.filename]["core-metadata"]["sha256"]
+                assert artifact.digests == {"sha256": advertised}
+                assert artifact.url == wheel.url + ".metadata"
+                continue
             recorded = files[artifact.filename]
             assert artifact.digests == {"sha256": recorded["hashes"]["sha256"]}
             assert artifact.size == recorded["size"]
@@ -97,9 +107,16 @@ async def test_generated_files_carry_the_sha256_of_the_served_bytes(
     info = await indexer(http_client, pypi_server).package("sample.project")
 
     assert [r.version for r in info.releases] == ["1.0", "2.0.dev0"]
-    artifacts = info.releases[0].artifacts
+    artifacts = [a for a in info.releases[0].artifacts if a.kind != "metadata"]
     assert [a.filename for a in artifacts] == [file.filename for file in uploaded]
     assert [a.kind for a in artifacts] == ["wheel", "wheel", "wheel", "sdist"]
+    # Each wheel's PEP 658 metadata file is an artifact too, carrying the served bytes' sha256.
+    sidecars = [a for a in info.releases[0].artifacts if a.kind == "metadata"]
+    assert [a.filename for a in sidecars] == [f.filename + ".metadata" for f in uploaded[:3]]
+    for sidecar in sidecars:
+        body = (await http_client.get(sidecar.url)).content
+        assert body.startswith(b"Metadata-Version: ")
+        assert sidecar.digests == {"sha256": hashlib.sha256(body).hexdigest()}
     for artifact, file in zip(artifacts, uploaded, strict=True):
         body = (await http_client.get(artifact.url)).content
         assert artifact.digests["sha256"] == hashlib.sha256(body).hexdigest()

@@ -33,12 +33,14 @@ def files(tmp_path: Path) -> list[Path]:
 @pytest.mark.parametrize(
     ("flag", "key"), [([], "cid_v1_raw_leaves"), (["--cid-version", "0"], "cid_v0")]
 )
-def test_cid_prints_one_cid_per_file_in_order(
+def test_cid_prints_cid_and_file_pairs_in_order(
     files: list[Path], flag: list[str], key: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["cid", *flag, *map(str, files)]) == 0
     out, err = capsys.readouterr()
-    assert out.splitlines() == [VECTORS[size][key] for size in (12, 0, 262_145)]
+    assert out.splitlines() == [
+        f"{VECTORS[size][key]}  {path}" for size, path in zip((12, 0, 262_145), files, strict=True)
+    ]
     assert err == ""
 
 
@@ -49,8 +51,8 @@ def test_an_unreadable_file_is_named_and_the_others_still_printed(
     assert main(["cid", str(files[0]), str(missing), str(tmp_path), str(files[2])]) == 1
     out, err = capsys.readouterr()
     assert out.splitlines() == [
-        VECTORS[12]["cid_v1_raw_leaves"],
-        VECTORS[262_145]["cid_v1_raw_leaves"],
+        f"{VECTORS[12]['cid_v1_raw_leaves']}  {files[0]}",
+        f"{VECTORS[262_145]['cid_v1_raw_leaves']}  {files[2]}",
     ]
     assert f"forage: {missing}: No such file or directory" in err
     assert f"forage: {tmp_path}: Is a directory" in err
@@ -63,7 +65,7 @@ def test_cid_reads_stdin_for_a_dash() -> None:
         capture_output=True,
         check=True,
     )
-    assert done.stdout.decode().split() == [HELLO["cid_v1_raw_leaves"]]
+    assert done.stdout.decode().split() == [HELLO["cid_v1_raw_leaves"], "-"]
 
 
 def test_cid_does_not_load_the_server_database_or_scheduler(files: list[Path]) -> None:
@@ -76,7 +78,7 @@ def test_cid_does_not_load_the_server_database_or_scheduler(files: list[Path]) -
     done = subprocess.run(
         [sys.executable, "-c", script, str(files[0])], capture_output=True, text=True, check=True
     )
-    assert done.stdout.splitlines() == [VECTORS[12]["cid_v1_raw_leaves"], "0 []"]
+    assert done.stdout.splitlines() == [f"{VECTORS[12]['cid_v1_raw_leaves']}  {files[0]}", "0 []"]
 
 
 def test_car_writes_a_readable_car_and_prints_the_root(
@@ -160,4 +162,4 @@ def test_identical_files_print_identical_lines(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "forage", "cid", *paths], capture_output=True, text=True, check=True
     )
-    assert done.stdout == f"{compute_cid(b'same bytes')}\n" * 3
+    assert done.stdout == "".join(f"{compute_cid(b'same bytes')}  {path}\n" for path in paths)

@@ -128,7 +128,7 @@ async def test_the_index_marks_what_the_index_knows_was_yanked_upstream_or_not(
                 }
                 assert lines["0.1.0"]["deps"][0]["name"] == "xyz"
             missing = await client.get(f"{forage.url}/cargo/index/ab/cd/abcdef")
-            assert missing.status_code == 404
+            assert missing.status_code == 502  # upstream down, nothing archived
             wrong = await client.get(f"{forage.url}/cargo/index/xx/yy/demo_crate")
             assert wrong.status_code == 404
             escape = await client.get(f"{forage.url}/cargo/index/..%2f..%2fetc")
@@ -158,7 +158,8 @@ async def test_cargo_fetches_through_forage_up_corrupt_down_and_air_gapped(
         newest = ("demo_crate-0.1.2", "xyz-1.0.0")  # the yanked 0.1.3 is not chosen
         assert lock_checksums(tmp_path / "up") == {key: sums[key] for key in newest}
         assert kept == crates(sums, *newest)
-        assert "/crates/demo_crate/0.1.2/download" in fake.requests.paths()
+        # Archived crates never change: served from the archive, the upstream not asked.
+        assert "/crates/demo_crate/0.1.2/download" not in fake.requests.paths()
 
         # The lockfile names the crates for prime and export, while the upstream is up.
         lockfile = tmp_path / "up" / "Cargo.lock"
@@ -174,7 +175,7 @@ async def test_cargo_fetches_through_forage_up_corrupt_down_and_air_gapped(
         fake.requests.clear()
         kept = await cargo_fetch(cargo, forage.url, tmp_path / "corrupt", "=0.1.1")
         assert kept == crates(sums, "demo_crate-0.1.1", "xyz-1.0.0")
-        assert "/crates/demo_crate/0.1.1/download" in fake.requests.paths()
+        assert "/crates/demo_crate/0.1.1/download" not in fake.requests.paths()  # archived
 
         await upstream.close()
         kept = await cargo_fetch(cargo, forage.url, tmp_path / "down", "=0.1.0")
@@ -201,3 +202,49 @@ async def test_cargo_fetches_through_forage_up_corrupt_down_and_air_gapped(
         assert page.headers["Forage-Source"] == "archive"
         versions = [json.loads(line)["vers"] for line in page.text.splitlines()]
         assert versions == ["0.1.2"]  # only the named release came across
+
+
+@pytest.mark.slow
+async def test_a_cargo_fetch_that_worked_once_works_in_an_outage(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Nothing primed: the crates cargo fetched through Forage are archived in that pass, and
+    the same fetch from an empty cargo home succeeds, the same bytes, with the upstream down."""
+    cargo = need_cargo()
+    fake, sums = registry()
+    upstream = await start_fake(fake.make_app())
+    endpoints = {"cargo": fake.config_endpoints(upstream.url)}
+    async with forage_mirror(tmp_path, db_url, registries=endpoints) as forage:
+        assert forage.archived_cids() == []
+        kept = await cargo_fetch(cargo, forage.url, tmp_path / "up", "=0.1.1")
+        wanted = crates(sums, "demo_crate-0.1.1", "xyz-1.0.0")
+        assert kept == wanted
+        await forage.mirror.registries["cargo"].settle()
+        assert len(forage.archived_cids()) == 2
+
+        await upstream.close()
+        assert await cargo_fetch(cargo, forage.url, tmp_path / "down", "=0.1.1") == wanted
+
+
+async def test_an_archived_crate_the_upstream_deleted_is_served_marked_removed(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The archived ``.crate`` is served without asking the upstream for it, but its index
+    file, read at the metadata TTL (0 here), says the registry deleted the crate."""
+    fake, _ = registry()
+    upstream = await start_fake(fake.make_app())
+    endpoints = {"cargo": fake.config_endpoints(upstream.url)}
+    async with forage_mirror(tmp_path, db_url, registries=endpoints) as forage:
+        await forage.ingest("cargo", "xyz")
+        await forage.archive_all()
+        download = f"{forage.url}/cargo/api/v1/crates/xyz/1.0.0/download"
+        async with httpx.AsyncClient() as client:
+            served = await client.get(download)
+            assert served.headers["Forage-Source"] == "archive"
+            fake.delete("xyz")  # the index has not heard of it yet
+            fake.requests.clear()
+            removed = await client.get(download)
+        assert removed.status_code == 200
+        assert removed.headers["Forage-Source"] == "archive-removed"
+        assert "/crates/xyz/1.0.0/download" not in fake.requests.paths()
+    await upstream.close()

@@ -24,6 +24,7 @@ from indexers.fakeserver import start_fake
 from indexers.golang.fake import GoFake
 from indexers.npm.fake import FakeNpmRegistry
 from indexers.pypi.fake import FakePyPI
+from storage import compute_cid
 from tests.forage.mirror.conftest import forage_mirror
 
 pytestmark = pytest.mark.slow
@@ -112,7 +113,8 @@ async def test_npm_installs_through_forage_with_the_upstream_up_and_down(
         assert packages["node_modules/left-pad"]["integrity"] == wanted.integrity
         installed = tmp_path / "up" / "node_modules" / "left-pad" / "index.js"
         assert read_bytes(installed) == b"module.exports = 'pad';\n"
-        assert registry.requests.paths().count("/left-pad/-/left-pad-1.1.0.tgz") == 1
+        # Archived: served from the archive, the upstream not asked for the tarball.
+        assert "/left-pad/-/left-pad-1.1.0.tgz" not in registry.requests.paths()
 
         await upstream.close()
         lock = await npm_install(npm, url, "left-pad@1.1.0", tmp_path / "down")
@@ -127,6 +129,33 @@ async def test_npm_installs_through_forage_with_the_upstream_up_and_down(
         packages = lock["packages"]
         assert isinstance(packages, dict)
         assert packages["node_modules/@fk/scoped"]["integrity"] == scoped.integrity
+
+
+async def test_npm_install_that_worked_once_works_in_an_outage(tmp_path: Path, db_url: str) -> None:
+    """Nothing primed: what one install passed through is archived, so the same install
+    from an empty cache succeeds with the upstream down, with the same bytes."""
+    npm = need("npm")
+    registry = FakeNpmRegistry()
+    registry.publish("left-pad", "1.0.0")
+    wanted = registry.publish("left-pad", "1.1.0", files={"index.js": b"module.exports = 'pad';\n"})
+    upstream = await start_fake(registry.make_app())
+    async with forage_mirror(tmp_path, db_url, npm=upstream.url) as forage:
+        url = f"{forage.url}/npm/"
+        assert forage.archived_cids() == []
+        lock = await npm_install(npm, url, "left-pad@1.1.0", tmp_path / "up")
+        packages = lock["packages"]
+        assert isinstance(packages, dict)
+        assert packages["node_modules/left-pad"]["integrity"] == wanted.integrity
+        await forage.mirror.registries["npm"].settle()
+        assert forage.archived_cids() == [str(compute_cid(wanted.data))]
+
+        await upstream.close()
+        lock = await npm_install(npm, url, "left-pad@1.1.0", tmp_path / "down")
+        packages = lock["packages"]
+        assert isinstance(packages, dict)
+        assert packages["node_modules/left-pad"]["integrity"] == wanted.integrity
+        installed = tmp_path / "down" / "node_modules" / "left-pad" / "index.js"
+        assert read_bytes(installed) == b"module.exports = 'pad';\n"
 
 
 # -- pip ---------------------------------------------------------------------------------------
@@ -189,6 +218,28 @@ async def test_pip_downloads_through_forage_with_the_upstream_up_and_down(
         assert hashlib.sha256(read_bytes(got)).hexdigest() == wheel.sha256
 
 
+async def test_pip_download_that_worked_once_works_in_an_outage(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Nothing primed: the wheel pip fetched through Forage is archived in that pass and
+    downloaded again, the same bytes, with the upstream down."""
+    pypi = FakePyPI()
+    pypi.release("Sample.Project", "1.0", sdist=False)
+    (wheel,) = pypi.release("Sample.Project", "1.1", sdist=False)
+    upstream = await start_fake(pypi.make_app())
+    async with forage_mirror(tmp_path, db_url, pypi=upstream.url) as forage:
+        index = f"{forage.url}/pypi/simple/"
+        got = await pip_download(index, "Sample.Project==1.1", tmp_path / "up")
+        assert hashlib.sha256(read_bytes(got)).hexdigest() == wheel.sha256
+        await forage.mirror.registries["pypi"].settle()
+        assert str(compute_cid(wheel.data)) in forage.archived_cids()
+
+        await upstream.close()
+        got = await pip_download(index, "sample_project==1.1", tmp_path / "down")
+        assert got.name == wheel.filename
+        assert hashlib.sha256(read_bytes(got)).hexdigest() == wheel.sha256
+
+
 # -- go ----------------------------------------------------------------------------------------
 
 
@@ -234,7 +285,7 @@ async def test_go_downloads_through_forage_with_the_upstream_up_and_down(
             result = await go_download(go, proxy, "example.com/Demo@v1.0.0", tmp_path / "up")
             assert result["Sum"] == module.h1
             assert result["GoModSum"] == module.go_mod_h1
-            assert "/proxy/example.com/!demo/@v/v1.0.0.zip" in fake.requests.paths()
+            assert "/proxy/example.com/!demo/@v/v1.0.0.zip" not in fake.requests.paths()
 
             await fake.close()
             result = await go_download(go, proxy, "example.com/Demo@v1.0.0", tmp_path / "down")
@@ -244,3 +295,27 @@ async def test_go_downloads_through_forage_with_the_upstream_up_and_down(
                 hashlib.sha256(read_bytes(Path(result["Zip"]))).hexdigest()
                 == hashlib.sha256(module.zip).hexdigest()
             )
+
+
+async def test_go_download_that_worked_once_works_in_an_outage(tmp_path: Path, db_url: str) -> None:
+    """Nothing primed: the module zip the go command fetched through Forage is archived in
+    that pass; with the proxy down an empty module cache downloads the same module again."""
+    go = need("go")
+    async with GoFake() as fake:
+        module = fake.add_version(
+            "example.com/Demo",
+            "v1.0.0",
+            files={"go.mod": "module example.com/Demo\n\ngo 1.19\n", "lib.go": "package demo\n"},
+        )
+        async with forage_mirror(tmp_path, db_url, golang=fake.endpoints) as forage:
+            proxy = f"{forage.url}/go"
+            result = await go_download(go, proxy, "example.com/Demo@v1.0.0", tmp_path / "up")
+            assert result["Sum"] == module.h1
+            await forage.mirror.registries["golang"].settle()
+            assert forage.archived_cids() == [str(compute_cid(module.zip))]
+
+            await fake.close()
+            result = await go_download(go, proxy, "example.com/Demo@v1.0.0", tmp_path / "down")
+            assert result["Sum"] == module.h1
+            assert result["GoModSum"] == module.go_mod_h1
+            assert read_bytes(Path(result["Zip"])) == module.zip

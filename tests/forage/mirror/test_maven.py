@@ -162,3 +162,36 @@ async def test_mvn_resolves_through_forage_up_corrupt_down_and_offline(
     async with forage_mirror(airgap, other.database.url or "") as offline:
         await mvn_list(mvn, f"{offline.url}/maven2", tmp_path / "offline", local)
         check_installed()
+
+
+async def test_an_mvn_resolve_that_worked_once_works_in_an_outage(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Nothing primed: the POMs and jars mvn fetched through Forage are archived in that
+    pass, and the same resolve from an empty local repository succeeds with the upstream
+    down, the same bytes."""
+    mvn = need("mvn")
+    need_plugins()
+    fake = FakeMaven()
+    lib = fake.publish(f"{GROUP}/lib", "1.0")
+    app = fake.publish(f"{GROUP}/app", "1.0", dependencies=(f"{GROUP}:lib:1.0",))
+    fake.relocate(f"{GROUP}/old-lib", "1.0", to=f"{GROUP}:lib:1.0")
+    local = tmp_path / "repo"
+    await asyncio.to_thread(shutil.copytree, DEBIAN_REPO, local, copy_function=os.symlink)
+    upstream = await start_fake(fake.make_app())
+    online = tmp_path / "online"
+    online.mkdir()
+    registries = {"maven": fake.config_endpoints(upstream.url)}
+    async with forage_mirror(online, db_url, registries=registries) as forage:
+        mirror = f"{forage.url}/maven2"
+        assert forage.archived_cids() == []
+        await mvn_list(mvn, mirror, tmp_path / "up", local)
+        await forage.mirror.registries["maven"].settle()
+        assert len(forage.archived_cids()) >= 4  # lib and app: their POMs and jars
+
+        await upstream.close()
+        listed = await mvn_list(mvn, mirror, tmp_path / "down", local)
+        keys = {entry.key for entry in read_lockfile(listed.encode())}
+        assert keys == {f"pkg:maven/{GROUP}/app@1.0", f"pkg:maven/{GROUP}/lib@1.0"}
+        assert installed(local, "lib", "lib-1.0.jar") == lib["lib-1.0.jar"].data
+        assert installed(local, "app", "app-1.0.jar") == app["app-1.0.jar"].data

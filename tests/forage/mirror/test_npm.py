@@ -96,8 +96,10 @@ async def test_upstream_packument_with_tarballs_through_forage(
     )
     body = await client.get(f"{forage.url}{TARBALL}")
     assert body.content == tarball(registry).data
-    assert body.headers["Forage-Source"] == "upstream"
+    # An archived tarball never changes: served from the archive, the upstream not asked.
+    assert body.headers["Forage-Source"] == "archive"
     assert body.headers["Forage-Verified"] == "sha512,sha1"
+    assert tarball_path("left-pad", "1.1.0") not in registry.requests.paths()
 
 
 @pytest.mark.parametrize(
@@ -137,7 +139,11 @@ async def test_every_upstream_failure_falls_back_to_the_archive(
     assert response.status_code == 200
     assert response.content == original
     assert response.headers["Forage-Source"] == "archive"
-    assert response.headers["Forage-Upstream-Error"].startswith(expected_kind)
+    if fault in ("truncate", "drip", "tamper"):  # the archived tarball is not fetched at all
+        assert "Forage-Upstream-Error" not in response.headers
+        assert tarball_path("left-pad", "1.1.0") not in registry.requests.paths()
+    else:  # the packument, read for removals, is what failed
+        assert response.headers["Forage-Upstream-Error"].startswith(expected_kind)
     assert response.headers["Forage-Verified"] == "sha512,sha1"
     assert time.monotonic() - started < 3
 
@@ -156,12 +162,15 @@ async def test_packument_falls_back_to_archived_versions_only(
     manifest = doc["versions"]["1.1.0"]
     assert manifest["main"] == "index.js"  # read from the archived tarball's package.json
     assert manifest["dist"]["integrity"] == tarball(registry).integrity
-    assert (await client.get(f"{forage.url}/npm/left-pad/-/left-pad-2.0.0.tgz")).status_code == 404
+    # Neither the upstream nor the archive can answer: a 502 npm reports (and retries), not
+    # the 404 that makes it say the package does not exist.
+    unarchived = await client.get(f"{forage.url}/npm/left-pad/-/left-pad-2.0.0.tgz")
+    assert unarchived.status_code == 502
     corgi = await client.get(f"{forage.url}/npm/left-pad", headers={"accept": CORGI})
     assert set(corgi.json()["versions"]) == {"1.0.0", "1.1.0"}
     missing = await client.get(f"{forage.url}/npm/never-archived")
-    assert missing.status_code == 404
-    assert missing.json() == {"error": "Not found"}
+    assert missing.status_code == 502
+    assert missing.json()["error"].startswith("upstream failed (refused: connection refused)")
 
 
 async def test_blackholed_upstream_answers_within_the_deadline(
@@ -240,13 +249,15 @@ async def test_a_corrupt_archive_is_never_served(
 async def test_concurrent_requests_make_one_upstream_fetch(
     forage: Forage, registry: FakeNpmRegistry, client: httpx.AsyncClient
 ) -> None:
-    registry.faults.slow(0.3, path=tarball_path("left-pad", "1.1.0"))
+    registry.publish("left-pad", "2.0.0")  # not archived: fetched from the upstream
+    registry.faults.slow(0.3, path=tarball_path("left-pad", "2.0.0"))
     # Learn the tarball's upstream location first, so only the tarball is in flight.
     await client.get(f"{forage.url}/npm/left-pad")
     registry.requests.clear()
-    responses = await asyncio.gather(*(client.get(f"{forage.url}{TARBALL}") for _ in range(12)))
-    assert {r.content for r in responses} == {tarball(registry).data}
-    assert registry.requests.paths() == [tarball_path("left-pad", "1.1.0")]
+    new = f"{forage.url}/npm/left-pad/-/left-pad-2.0.0.tgz"
+    responses = await asyncio.gather(*(client.get(new) for _ in range(12)))
+    assert {r.content for r in responses} == {tarball(registry, "2.0.0").data}
+    assert registry.requests.paths() == [tarball_path("left-pad", "2.0.0")]
 
 
 async def test_metadata_cache_and_short_lived_404(

@@ -3,6 +3,8 @@ failure, removed files, quarantine and hostile names."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from indexers.fakeserver import RunningServer, start_fake
 from indexers.pypi.fake import FakePyPI, PyPIFile
 from indexers.pypi.mirror import SIMPLE_JSON, negotiate
 from tests.forage.mirror.conftest import Forage, forage_mirror
+from tests.forage.mirror.test_clients import base_env, run
 
 PIP_ACCEPT = (
     "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
@@ -140,7 +143,11 @@ async def test_failures_fall_back_to_archived_files(
     assert body.status_code == 200
     assert body.content == wheel.data
     assert body.headers["Forage-Source"] == "archive"
-    kind = {"stopped": "refused", "503": "status", "reset": "reset", "tamper": "digest"}[fault]
+    if fault == "tamper":  # an archived file is never fetched again
+        assert "Forage-Upstream-Error" not in body.headers
+        assert not [p for p in pypi.requests.paths() if p.endswith(wheel.filename)]
+        return
+    kind = {"stopped": "refused", "503": "status", "reset": "reset"}[fault]
     assert body.headers["Forage-Upstream-Error"].startswith(kind)
 
 
@@ -164,7 +171,10 @@ async def test_fallback_page_lists_archived_files_with_their_marks(
             assert listed[file.filename]["requires-python"] == ">=3.8"
     html = await client.get(f"{forage.url}/pypi/simple/sample-project/")
     assert 'data-yanked="broken build"' in html.text
-    assert (await client.get(f"{forage.url}/pypi/simple/unknown/")).status_code == 404
+    # Nothing archived and the upstream down: an upstream failure, not "no such project".
+    unknown = await client.get(f"{forage.url}/pypi/simple/unknown/")
+    assert unknown.status_code == 502
+    assert unknown.text.startswith("502 upstream failed (refused: ")
 
 
 async def test_a_removed_file_is_served_only_on_exact_request(
@@ -229,3 +239,99 @@ async def test_hostile_names_never_reach_the_upstream(
     response = await client.get(forage.url + path)
     assert response.status_code in (400, 404)
     assert pypi.requests.seen == []
+
+
+# -- PEP 658/714: core metadata files ----------------------------------------------------------
+
+
+async def test_core_metadata_is_advertised_and_served_checked_against_its_hash(
+    forage: Forage, pypi: FakePyPI, client: httpx.AsyncClient
+) -> None:
+    (wheel,) = pypi.release("Fresh", "1.0", sdist=False)  # not indexed, not archived
+    assert wheel.metadata is not None
+    metadata_sha256 = hashlib.sha256(wheel.metadata).hexdigest()
+    page = await client.get(f"{forage.url}/pypi/simple/fresh/", headers={"accept": PIP_ACCEPT})
+    (entry,) = page.json()["files"]
+    assert entry["core-metadata"] == {"sha256": metadata_sha256}
+    assert entry["dist-info-metadata"] == {"sha256": metadata_sha256}
+    html = (await client.get(f"{forage.url}/pypi/simple/fresh/")).text
+    assert f'data-core-metadata="sha256={metadata_sha256}"' in html
+    assert f'data-dist-info-metadata="sha256={metadata_sha256}"' in html
+    sdist = next(f for f in files(pypi) if f.filename.endswith(".tar.gz"))
+    page = await client.get(
+        f"{forage.url}/pypi/simple/sample-project/", headers={"accept": PIP_ACCEPT}
+    )
+    listed = {f["filename"]: f for f in page.json()["files"]}
+    assert "core-metadata" not in listed[sdist.filename]  # PyPI advertises none for sdists
+
+    served = await client.get(entry["url"] + ".metadata")
+    assert served.status_code == 200
+    assert served.content == wheel.metadata
+    assert served.headers["Forage-Source"] == "upstream"
+    assert served.headers["Forage-Verified"] == "sha256"
+    assert not [p for p in pypi.requests.paths() if p.endswith(".whl")]  # never the wheel
+
+    pypi.tamper_metadata(wheel.filename, b"Metadata-Version: 2.1\nName: evil\n")
+    refused = await client.get(entry["url"] + ".metadata")
+    assert refused.status_code == 502  # bytes failing the advertised hash, nothing archived
+    assert refused.headers["Forage-Upstream-Error"].startswith("digest")
+    assert b"evil" not in refused.content
+
+
+async def test_core_metadata_is_archived_beside_its_wheel_and_served_in_an_outage(
+    forage: Forage, pypi: FakePyPI, upstream: RunningServer, client: httpx.AsyncClient
+) -> None:
+    await upstream.close()
+    page = await client.get(
+        f"{forage.url}/pypi/simple/sample-project/", headers={"accept": PIP_ACCEPT}
+    )
+    assert page.headers["Forage-Source"] == "archive"
+    listed = {f["filename"]: f for f in page.json()["files"]}
+    assert not [name for name in listed if name.endswith(".metadata")]  # a sidecar, not a file
+    wheels = [f for f in files(pypi) if f.filename.endswith(".whl")]
+    assert len(wheels) == 2
+    html = (await client.get(f"{forage.url}/pypi/simple/sample-project/")).text
+    for wheel in wheels:
+        assert wheel.metadata is not None
+        advertised = hashlib.sha256(wheel.metadata).hexdigest()
+        assert listed[wheel.filename]["core-metadata"] == {"sha256": advertised}
+        assert f'data-core-metadata="sha256={advertised}"' in html
+        served = await client.get(listed[wheel.filename]["url"] + ".metadata")
+        assert served.status_code == 200
+        assert served.content == wheel.metadata
+        assert served.headers["Forage-Source"] == "archive"
+
+
+@pytest.mark.slow
+async def test_pip_resolves_from_metadata_files_without_the_wheels_it_rejects(
+    tmp_path: Path, db_url: str
+) -> None:
+    """pip (>= 22.3) reads PEP 658 metadata: the newest ``app`` needs a ``lib`` nobody
+    published, so pip backtracks to the older ``app`` having fetched only the newer one's
+    ``.metadata``, never its wheel."""
+    pypi = FakePyPI()
+    (old,) = pypi.release("app", "1.0", sdist=False)
+    pypi.upload("app", "2.0", requires=("lib>=9",))
+    (lib,) = pypi.release("lib", "1.0", sdist=False)
+    upstream = await start_fake(pypi.make_app())
+    try:
+        async with forage_mirror(tmp_path, db_url, pypi=upstream.url) as forage:
+            where = tmp_path / "pip"
+            env = base_env(where)
+            env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1")
+            await run(
+                [
+                    *("python3", "-m", "pip", "download", "--no-cache-dir", "--only-binary=:all:"),
+                    *("--index-url", f"{forage.url}/pypi/simple/", "-d", str(where / "out")),
+                    "app",
+                ],
+                env=env,
+                cwd=where,
+            )
+    finally:
+        await upstream.close()
+    assert sorted(p.name for p in (where / "out").iterdir()) == [old.filename]
+    seen = pypi.requests.paths()
+    assert any(p.endswith("/app-2.0-py3-none-any.whl.metadata") for p in seen), seen
+    assert not any(p.endswith("/app-2.0-py3-none-any.whl") for p in seen), seen
+    assert lib.filename not in " ".join(seen)  # lib 1.0 fails the requirement: not fetched
