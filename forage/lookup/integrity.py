@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 
 from forage.lookup.views import ArtifactView, KeyResult, KeyStatus
 from indexers import LockEntry, normalize_hex
+from indexers.digests import HASHERS
 from indexers.errors import InvalidDigest
 
 
@@ -59,12 +60,22 @@ def _checksums(value: str) -> list[tuple[str, str]]:
     return pinned
 
 
+def _lower(algorithm: str, value: str) -> str:
+    """Hex digests compare case-blind; others (Go's ``h1:<base64>``) exactly as stored."""
+    return value.lower() if algorithm in HASHERS else value
+
+
+def _spelled(algorithm: str, value: str) -> str:
+    """``algorithm:value``, once: an ``h1:<base64>`` already names its algorithm."""
+    return value if value.startswith(f"{algorithm}:") else f"{algorithm}:{value}"
+
+
 def _digests(artifact: ArtifactView) -> dict[str, str]:
     """Every digest Forage holds for a file: the registry's and the archive's own."""
-    digests = {algorithm: value.lower() for algorithm, value in artifact.digests.items()}
+    digests = {algorithm: _lower(algorithm, value) for algorithm, value in artifact.digests.items()}
     if artifact.archive_digest:
         algorithm, _, value = artifact.archive_digest.partition(":")
-        digests.setdefault(algorithm, value.lower())
+        digests.setdefault(algorithm, _lower(algorithm, value))
     return digests
 
 
@@ -81,7 +92,9 @@ def compare(
     if not comparable:
         return Integrity.UNKNOWN, []
     missed = [
-        f"{alg}:{value}" for alg, value in comparable if not any(d.get(alg) == value for d in held)
+        _spelled(alg, value)
+        for alg, value in comparable
+        if not any(d.get(alg) == value for d in held)
     ]
     return (Integrity.MISMATCH if missed else Integrity.MATCH), missed
 
@@ -108,7 +121,7 @@ def checked(entry: LockEntry, result: KeyResult) -> dict[str, Any]:
             result = KeyResult(result.key, KeyStatus.NOT_FOUND, result.parsed, reason=reason)
     verdict, missed = compare(pinned, result.artifacts if result.rendered is None else ())
     out = {"source": entry.source, **result.to_json(), "integrity": verdict.value}
-    out["pinned"] = [f"{alg}:{value}" for alg, value in dict.fromkeys(pinned)]
+    out["pinned"] = [_spelled(alg, value) for alg, value in dict.fromkeys(pinned)]
     if missed:
         out["mismatched"] = missed
     return out

@@ -1,5 +1,6 @@
 """Composer's ``composer.lock`` (https://getcomposer.org/doc/01-basic-usage.md#commit-your-composer-lock-file-to-version-control):
-every package of ``packages`` and ``packages-dev``, by purl."""
+every package of ``packages`` and ``packages-dev``, by purl, pinning its ``dist.shasum`` (the
+sha1 of the dist archive; an empty one pins nothing)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 from indexers.composer.metadata import validate_name
 from indexers.ecosystem import LockfileFormat
 from indexers.errors import InvalidName, LockfileError
-from indexers.lockfiles import load_json_object, purl_key
+from indexers.lockfiles import load_json_object, pinned_digest, purl_key
 from indexers.types import LockEntry
 
 #: Dist and source types that do not come from a Composer repository.
@@ -43,7 +44,9 @@ def read_composer_lock(text: str) -> Iterator[LockEntry]:
             except InvalidName as exc:
                 yield LockEntry(source, None, str(exc))
                 continue
-            yield LockEntry(source, purl_key("composer", canonical, version))
+            shasum = dist.get("shasum") if isinstance(dist, dict) else None
+            pinned = pinned_digest("sha1", shasum) if isinstance(shasum, str) else ()
+            yield LockEntry(source, purl_key("composer", canonical, version), integrity=pinned)
 
 
 COMPOSER_LOCK = LockfileFormat(

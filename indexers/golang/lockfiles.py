@@ -1,11 +1,14 @@
 """Go's ``go.sum`` (https://go.dev/ref/mod#go-sum-files): the module versions whose zips it
-records, by purl."""
+records, by purl, pinning the zip's ``h1:`` as Forage stores it (``("h1", "h1:<base64>")``,
+the checksum database's spelling); a ``/go.mod`` line pins the go.mod, not the zip."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from indexers.ecosystem import LockfileFormat
+from indexers.errors import InvalidDigest
+from indexers.golang.gomod import check_h1
 from indexers.lockfiles import purl_key
 from indexers.types import LockEntry
 
@@ -24,7 +27,17 @@ def read_go_sum(text: str) -> Iterator[LockEntry]:
         if version.endswith("/go.mod") or (module, version) in seen:
             continue
         seen.add((module, version))
-        yield LockEntry(f"line {number}", purl_key("golang", module, version))
+        yield LockEntry(
+            f"line {number}", purl_key("golang", module, version), integrity=_pinned(fields[2])
+        )
+
+
+def _pinned(h1: str) -> tuple[tuple[str, str], ...]:
+    """The zip's ``h1:`` as a pinned digest, ``()`` for a malformed one (nothing to compare)."""
+    try:
+        return (("h1", check_h1(h1)),)
+    except InvalidDigest:
+        return ()
 
 
 def _is_go_sum(base: str, text: str) -> bool:

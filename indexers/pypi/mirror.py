@@ -7,8 +7,8 @@ normalized name with a trailing slash; any other spelling is redirected there (3
 are rendered from one PEP 691 dict; every file links to ``/pypi/files/<sha256>/<filename>``
 with ``#sha256=`` in HTML and ``hashes`` in JSON, so a file request names the exact bytes it
 wants. A file whose upstream advertises its core metadata (PEP 658/714, with a sha256) carries
-``data-core-metadata``/``data-dist-info-metadata`` (HTML) and ``core-metadata``/
-``dist-info-metadata`` (JSON), and ``<file URL>.metadata`` serves it, checked against that
+``data-core-metadata``/``data-dist-info-metadata`` (HTML) and ``core-metadata`` (JSON: the
+old key breaks pip 22.3 to 23.1), and ``<file URL>.metadata`` serves it, checked against that
 sha256: pip resolves from it without downloading the wheel. The indexer records each sidecar as
 an artifact of its release (``<wheel>.metadata``), so it is archived beside its wheel and the
 fallback page advertises the archived ones.
@@ -111,9 +111,10 @@ def failed(error: UpstreamFailed, headers: dict[str, str], retry_after: float) -
 
 
 def _with_metadata(entry: dict[str, Any], sha256: str | None) -> dict[str, Any]:
+    # Only the PEP 714 key: pip 22.3 to 23.1 (Debian 12's venv bundles 23.0.1) fails hard on
+    # any JSON "dist-info-metadata" (PEP 714, "Motivation"); HTML may carry both names.
     if sha256 is not None:
         entry["core-metadata"] = {"sha256": sha256}
-        entry["dist-info-metadata"] = {"sha256": sha256}
     return entry
 
 

@@ -17,11 +17,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from forage.cli import main
 from forage.db.engine import make_engine, make_sessionmaker
-from forage.db.models import Artifact
+from forage.db.models import Artifact, ArtifactDigest, Version
 from indexers import MAX_ENTRIES, LockEntry, LockfileError, UnsupportedLockfile, read_lockfile
 from indexers.lockfiles import supported_formats
 from indexers.npm.lockfiles import parse_yarn_v1
-from tests.factories import artifact_content, make_artifact
+from tests.factories import artifact_content, make_artifact, make_package, make_version
 from tests.forage.test_api import TOKEN, Api, seed, start
 
 DATA = Path(__file__).parent.parent / "data" / "lockfiles"
@@ -71,6 +71,8 @@ def test_go_sum_lists_zip_lines_only_once() -> None:
         "pkg:golang/github.com/pkg/errors@v0.9.1",
     ]
     assert problems(entries) == {}
+    # The zip's h1 as the checksum database spells it, not the /go.mod line's.
+    assert entries[0].integrity == (("h1", "h1:o7IhLm0Msx3BaB+n3Ag7L8EVlByGnpq14C4YWiu/gL8="),)
 
 
 def test_cyclonedx_walks_nested_components() -> None:
@@ -363,6 +365,87 @@ async def test_file_name_and_checksum_qualifiers_narrow_the_answer(api: Api) -> 
     ]
     assert deps[3]["status"] == "not_found"
     assert deps[3]["reason"] == "django has no file Django-9.9.tar.gz"
+    assert body["summary"]["integrity_mismatch"] == 1
+
+
+def h1(data: bytes) -> str:
+    """An ``h1:`` as the checksum database prints it (base64 of 32 bytes: mixed case)."""
+    return "h1:" + base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+async def test_gemfile_lock_composer_lock_and_go_sum_pins_are_compared(api: Api) -> None:
+    with api.sessions.begin() as session:
+
+        def release(ecosystem: str, name: str, number: str) -> Version:
+            package = make_package(session, ecosystem=ecosystem, name=name)
+            return make_version(session, package=package, number=number)
+
+        nokogiri = release("gem", "nokogiri", "1.16.0")
+        make_artifact(session, version=nokogiri, filename="nokogiri-1.16.0.gem")
+        linux = make_artifact(
+            session, version=nokogiri, filename="nokogiri-1.16.0-x86_64-linux.gem"
+        )
+        make_artifact(session, version=release("gem", "rake", "13.1.0"), filename="rake-13.1.0.gem")
+        one = make_artifact(session, version=release("composer", "acme/one", "1.2.3"))
+        make_artifact(session, version=release("composer", "acme/two", "2.0.0"))
+        make_artifact(session, version=release("composer", "acme/three", "3.0.0"))
+        for module in ("example.com/m", "example.com/n"):
+            zipped = make_artifact(
+                session,
+                version=release("golang", module, "v1.0.0"),
+                filename="v1.0.0.zip",
+                digests=(),
+            )
+            zipped.digests["h1"] = ArtifactDigest(algorithm="h1", value=h1(module.encode()))
+        linux_sha256 = hashlib.sha256(artifact_content(linux)).hexdigest()
+        one_sha1 = hashlib.sha1(artifact_content(one), usedforsecurity=False).hexdigest()
+    gemfile_lock = (
+        "GEM\n  remote: https://rubygems.org/\n  specs:\n"
+        "    nokogiri (1.16.0-x86_64-linux)\n    rake (13.1.0)\n\n"
+        "CHECKSUMS\n"
+        f"  nokogiri (1.16.0-x86_64-linux) sha256={linux_sha256.upper()}\n"
+        f"  rake (13.1.0) sha256={'0' * 64}\n"
+    )
+    body = await api.json("POST", "/api/v1/lookup/lockfile", data=gemfile_lock.encode())
+    assert [(d["status"], d["integrity"]) for d in body["dependencies"]] == [
+        ("found", "match"),
+        ("found", "mismatch"),
+    ]
+    assert body["dependencies"][0]["pinned"] == [f"sha256:{linux_sha256}"]
+
+    def dist(name: str, version: str, shasum: str) -> dict[str, object]:
+        url = f"https://repo.invalid/{name}.zip"
+        return {
+            "name": name,
+            "version": version,
+            "dist": {"type": "zip", "url": url, "shasum": shasum},
+        }
+
+    packages = [
+        dist("acme/one", "1.2.3", one_sha1),
+        dist("acme/two", "2.0.0", "f" * 40),
+        dist("acme/three", "3.0.0", ""),
+    ]
+    lock = {"content-hash": "0" * 32, "packages": packages, "packages-dev": []}
+    body = await api.json("POST", "/api/v1/lookup/lockfile", data=json.dumps(lock).encode())
+    assert [d["integrity"] for d in body["dependencies"]] == ["match", "mismatch", "unpinned"]
+    assert body["dependencies"][1]["mismatched"] == ["sha1:" + "f" * 40]
+
+    good, other = h1(b"example.com/m"), h1(b"example.com/n")
+    assert good.lower() != good  # base64 is compared exactly, never case-folded
+    go_sum = (
+        f"example.com/m v1.0.0 {good}\n"
+        f"example.com/m v1.0.0/go.mod {other}\n"  # pins the go.mod, not the zip: not compared
+        f"example.com/n v1.0.0 {good}\n"
+    )
+    body = await api.json("POST", "/api/v1/lookup/lockfile", data=go_sum.encode())
+    deps = body["dependencies"]
+    assert [(d["status"], d["integrity"]) for d in deps] == [
+        ("found", "match"),
+        ("found", "mismatch"),
+    ]
+    assert deps[0]["pinned"] == [good]
+    assert deps[1]["mismatched"] == [good]
     assert body["summary"]["integrity_mismatch"] == 1
 
 

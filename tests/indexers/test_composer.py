@@ -163,7 +163,7 @@ async def test_the_inventory_prefers_the_repositorys_available_packages(
 def test_composer_lock_names_packages_and_dev_packages() -> None:
     fake = FakePackagist()
     fake.publish("acme/one", "v1.2.3")
-    fake.publish("acme/two", "2.0.0")
+    fake.publish("acme/two", "2.0.0", shasum=True)
     _, data = fake.lockfile([("acme/one", "v1.2.3")])
     lock = json.loads(data)
     lock["packages-dev"] = [
@@ -178,6 +178,9 @@ def test_composer_lock_names_packages_and_dev_packages() -> None:
         None,
     ]
     assert entries[2].problem == "not from a registry: dist type path"
+    # dist.shasum is pinned as sha1; a code-forge zipball's empty one pins nothing.
+    (two,) = [d for d in fake.dists.values() if d.name == "acme/two"]
+    assert [e.integrity for e in entries] == [(), (("sha1", two.sha1),), ()]
     assert [e.key for e in read_lockfile(text.encode())] == [e.key for e in entries]
     with pytest.raises(LockfileError):
         list(read_composer_lock('{"packages": {}}'))

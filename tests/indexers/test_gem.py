@@ -148,6 +148,11 @@ def test_a_gemfile_lock_names_registry_gems_with_their_platforms() -> None:
     assert keys.count("pkg:gem/rack@3.0.8") == 1  # CHECKSUMS repeats it: not a second entry
     problems = [e.problem for e in entries if e.problem]
     assert problems == ["mygem comes from a GIT source, not a registry"]
+    pins = {e.key: e.integrity for e in entries if e.key}
+    assert pins["pkg:gem/nokogiri@1.16.0?platform=x86_64-linux"] == (
+        ("sha256", "0bd3e2ca4b3a6b2b9f8c3d5a0f5a4e2b8e0e9e1a2c3d4e5f60718293a4b5c6d7"),
+    )  # each platform gem its own file's digest
+    assert pins["pkg:gem/nokogiri@1.16.0?platform=java"][0][1].startswith("2c2cd1b7")
 
 
 def test_a_written_gemspec_loads_in_ruby() -> None:
