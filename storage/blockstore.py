@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol, runtime_checkable
-
-from multiformats import CID
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from storage.cid import RAW, Block, parse_cid, verify_block
 from storage.errors import BlockNotFound
+
+if TYPE_CHECKING:
+    from multiformats import CID
 
 __all__ = [
     "BlockSink",

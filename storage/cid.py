@@ -17,14 +17,17 @@ Specs: https://github.com/multiformats/cid and https://github.com/multiformats/m
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from functools import lru_cache
-
-from multiformats import CID, multibase, multicodec, multihash
-from multiformats.multicodec import Multicodec
+from base64 import b32encode
+from functools import cache, lru_cache
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, NamedTuple
 
 from storage.errors import IntegrityError, InvalidCID
 from storage.varint import VarintError, decode_varint, encode_varint
+
+if TYPE_CHECKING:
+    from multiformats import CID
+    from multiformats.multicodec import Multicodec
 
 __all__ = [
     "DAG_PB",
@@ -34,6 +37,7 @@ __all__ = [
     "Block",
     "block_cid",
     "cid_from_digest",
+    "cid_text",
     "parse_cid",
     "split_cid",
     "verify_block",
@@ -45,35 +49,55 @@ DAG_PB = 0x70
 SHA2_256 = 0x12
 IDENTITY = 0x00
 
-_BASE32 = multibase.get("base32")
-_BASE58 = multibase.get("base58btc")
-_SHA2_256_HASH = multihash.get(code=SHA2_256)
 _SHA2_256_PREFIX = bytes((SHA2_256, 32))
 #: A multihash longer than this is refused: blockstore file names are built from it.
 MAX_MULTIHASH_LENGTH = 128
 
 
-@dataclass(frozen=True, slots=True)
-class Block:
+class Block(NamedTuple):
     """A block: bytes and the CID that names them (the unit importers emit and stores keep)."""
 
     cid: CID
     data: bytes
 
 
+@cache
+def _multiformats() -> SimpleNamespace:
+    """multiformats and the tables used here, imported on first use: loading its codec table
+    costs tens of milliseconds, which a command that only prints a CID should not pay."""
+    from multiformats import CID, multibase, multicodec, multihash
+
+    return SimpleNamespace(
+        CID=CID,
+        multicodec=multicodec,
+        base32=multibase.get("base32"),
+        base58=multibase.get("base58btc"),
+        sha2_256=multihash.get(code=SHA2_256),
+    )
+
+
 @lru_cache(maxsize=256)
 def _codec(code: int) -> Multicodec | None:
     """The multicodec for ``code``, or ``None`` if multiformats does not know it."""
     try:
-        return multicodec.get(code=code)
+        return _multiformats().multicodec.get(code=code)  # type: ignore[no-any-return]
     except KeyError:
         return None
 
 
 def _assemble(version: int, codec: Multicodec, multihash_bytes: bytes) -> CID:
     """A SHA-256 CID from parts already checked (see the module docstring for why)."""
-    base = _BASE32 if version == 1 else _BASE58
-    return CID._new_instance(CID, base, version, codec, _SHA2_256_HASH, multihash_bytes)
+    mf = _multiformats()
+    base = mf.base32 if version == 1 else mf.base58
+    return mf.CID._new_instance(mf.CID, base, version, codec, mf.sha2_256, multihash_bytes)  # type: ignore[no-any-return]
+
+
+def cid_text(binary: bytes) -> str:
+    """The canonical text of a binary CID: multibase base32 (RFC 4648, lower case, unpadded,
+    prefix ``b``) for CIDv1, which the standard library encodes; base58btc for CIDv0."""
+    if binary[:2] == _SHA2_256_PREFIX:
+        return str(parse_cid(binary))
+    return "b" + b32encode(binary).decode("ascii").lower().rstrip("=")
 
 
 def _from_binary(raw: bytes) -> CID:
@@ -85,7 +109,7 @@ def _from_binary(raw: bytes) -> CID:
     if hash_code == SHA2_256 and end - start == 34 and codec is not None:
         return _assemble(version, codec, raw[start:end])
     try:
-        return CID.decode(raw)
+        return _multiformats().CID.decode(raw)  # type: ignore[no-any-return]
     except ImportError as exc:  # multiformats lacks the hash function's module
         raise InvalidCID(raw, f"hash function not supported: {exc}") from exc
     except (ValueError, KeyError, TypeError) as exc:
@@ -95,7 +119,7 @@ def _from_binary(raw: bytes) -> CID:
 def _normalise(cid: CID) -> CID:
     """Give a CIDv1 the base32 text form, so ``str(cid)`` is canonical everywhere."""
     if cid.version == 1 and cid.base.name != "base32":
-        return cid.set(base=_BASE32)
+        return cid.set(base=_multiformats().base32)
     return cid
 
 
@@ -105,7 +129,8 @@ def parse_cid(value: str | bytes | bytearray | memoryview | CID) -> CID:
     Raises ``InvalidCID`` for anything that is not a well-formed CIDv0 or CIDv1, or whose
     multihash is too long to be a key.
     """
-    if isinstance(value, CID):
+    cid_class = _multiformats().CID
+    if isinstance(value, cid_class):
         cid = value
     elif isinstance(value, bytes | bytearray | memoryview):
         if not value:
@@ -115,7 +140,7 @@ def parse_cid(value: str | bytes | bytearray | memoryview | CID) -> CID:
         if not value:
             raise InvalidCID(value, "empty")
         try:
-            cid = CID.decode(value)
+            cid = cid_class.decode(value)
         except ImportError as exc:  # multiformats lacks the hash function's module
             raise InvalidCID(value, f"hash function not supported: {exc}") from exc
         except (ValueError, KeyError, TypeError, IndexError) as exc:

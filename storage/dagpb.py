@@ -13,13 +13,14 @@ Spec: https://ipld.io/specs/codecs/dag-pb/spec/
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-
-from multiformats import CID
+from typing import TYPE_CHECKING, NamedTuple
 
 from storage.cid import parse_cid, split_cid
 from storage.errors import BlockFormatError, InvalidCID
 from storage.varint import VarintError, decode_varint, encode_varint
+
+if TYPE_CHECKING:
+    from multiformats import CID
 
 __all__ = [
     "PBLink",
@@ -34,8 +35,7 @@ _LENGTH_DELIMITED = 2
 _VARINT = 0
 
 
-@dataclass(frozen=True, slots=True)
-class PBLink:
+class PBLink(NamedTuple):
     """A link of a dag-pb node: the binary CID of the child, its name and cumulative size.
 
     ``name`` and ``tsize`` are ``None`` when the field is absent from the wire form; Kubo
@@ -52,8 +52,7 @@ class PBLink:
         return parse_cid(self.hash)
 
 
-@dataclass(frozen=True, slots=True)
-class PBNode:
+class PBNode(NamedTuple):
     """A dag-pb node: ordered links and optional opaque data (a UnixFS ``Data`` message)."""
 
     links: tuple[PBLink, ...] = ()

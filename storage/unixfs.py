@@ -26,17 +26,18 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import BinaryIO, Literal
-
-from multiformats import CID
+from typing import TYPE_CHECKING, BinaryIO, Literal, NamedTuple
 
 from storage.blockstore import BlockSink
-from storage.cid import DAG_PB, RAW, SHA2_256, Block, cid_from_digest, parse_cid
+from storage.cid import DAG_PB, RAW, SHA2_256, Block, cid_from_digest, cid_text, parse_cid
 from storage.dagpb import assemble_pbnode, encode_pblink
 from storage.errors import BlockFormatError, ImportSizeError
 from storage.varint import VarintError, decode_varint, encode_varint
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from multiformats import CID
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -73,8 +74,7 @@ _V1_DAG_PB = bytes((1, DAG_PB, SHA2_256, 32))
 _V0 = bytes((SHA2_256, 32))
 
 
-@dataclass(frozen=True, slots=True)
-class UnixFSData:
+class UnixFSData(NamedTuple):
     """The UnixFS ``Data`` protobuf carried in a dag-pb node's ``Data`` field.
 
     ``mtime`` is ``(seconds, nanoseconds or None)``. Absent optional fields are ``None``.
@@ -90,17 +90,27 @@ class UnixFSData:
     mtime: tuple[int, int | None] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ImportResult:
+class ImportResult(NamedTuple):
     """What an import produced: the root CID, the file's size and the DAG's total size.
 
     ``dag_size`` is the root's cumulative size (block bytes of the whole DAG), the ``Size``
-    that ``ipfs add`` reports.
+    that ``ipfs add`` reports. The root is kept binary: ``text`` needs no multiformats, so
+    ``forage cid`` starts without importing it.
     """
 
-    cid: CID
+    binary: bytes
     size: int
     dag_size: int
+
+    @property
+    def cid(self) -> CID:
+        """The root CID."""
+        return parse_cid(self.binary)
+
+    @property
+    def text(self) -> str:
+        """The root CID's canonical text (base32 for CIDv1, base58btc for CIDv0)."""
+        return cid_text(self.binary)
 
 
 def _key(number: int, wire_type: int) -> bytes:
@@ -371,7 +381,7 @@ class UnixFSImporter:
             self._rows[level] = []
             self._push(level + 1, node, out)
             level += 1
-        self._result = ImportResult(cid=parse_cid(root.cid), size=self._size, dag_size=root.tsize)
+        self._result = ImportResult(binary=root.cid, size=self._size, dag_size=root.tsize)
         return out
 
     def _feed(self, view: memoryview) -> None:
@@ -505,7 +515,10 @@ def leaf_digests(stream: BinaryIO, chunk_size: int, workers: int) -> Iterator[tu
             if pool is None and count <= chunk_size:
                 yield _sha256(view[:count]), count
                 continue
-            pool = pool or ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leaf")
+            if pool is None:
+                from concurrent.futures import ThreadPoolExecutor  # a one-leaf file needs none
+
+                pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leaf")
             pending = [
                 (
                     pool.submit(_sha256, view[at : min(at + chunk_size, count)]),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -19,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from forage import __version__
 from forage.errors import ConfigError, ConfigErrors, ForageError, InvalidKey, NotFound
-from forage.logs import LOG_FORMATS
 
 if TYPE_CHECKING:
     from forage.config import Config
@@ -49,8 +47,6 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_INTERRUPTED = 130
 
-log = logging.getLogger("forage.cli")
-
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every registered subcommand."""
@@ -73,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only log errors")
     parser.add_argument(
         "--log-format",
-        choices=LOG_FORMATS,
+        metavar="{text,logfmt,json}",
         help="log lines as text, logfmt (key=value) or json (default: [logging] format, else text)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -110,8 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    configure_logging(args.verbose, args.quiet, args.log_format)
     try:
+        if args.log_format is not None or not getattr(args, "logless", False):
+            configure_logging(args.verbose, args.quiet, args.log_format)
         code = int(args.handler(args) or 0)
         sys.stdout.flush()
         return code

@@ -17,7 +17,6 @@ happens next: the time of the job's next try, or ``dead`` (:mod:`forage.archive.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -76,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _list_failed(args: argparse.Namespace) -> int:
     """``--failed``: the newest ``--limit`` failed archives, their reasons and next tries."""
+    import json
+
     from forage.archive.failures import MAX_PER_PAGE, failed_archives
     from forage.db.engine import make_sessionmaker, open_database
 

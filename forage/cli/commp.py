@@ -7,7 +7,6 @@ standard input, so a CAR can be piped in (``ipfs dag export CID | forage commp -
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -31,6 +30,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Hash every file named; report each failure by name and carry on with the rest."""
+    import json
+
     from storage import CommPError, PieceInfo, piece_commitment
 
     results: list[dict[str, object]] = []

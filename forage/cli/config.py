@@ -5,7 +5,6 @@ then defaults) as TOML, with secrets masked, so an operator sees what the other 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -21,6 +20,8 @@ def register(subparsers: Any) -> None:
 
 
 def _toml_value(value: Any) -> str:
+    import json
+
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

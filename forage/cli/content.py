@@ -2,7 +2,7 @@
 
 Both run on the ``storage`` library alone: no configuration, database or server is loaded,
 so they start fast and work offline. ``storage`` is imported inside the handlers to keep
-``forage --help`` quick.
+``forage --help`` quick, and they log nothing, so logging is never set up for them.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 CID_VERSION_HELP = (
     "1 (default): CIDv1 with raw leaves, as `ipfs add --cid-version=1`; "
@@ -34,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     cid.add_argument("files", nargs="+", metavar="FILE", help="file to hash; - reads stdin")
     cid.add_argument("--cid-version", type=int, choices=(0, 1), default=1, help=CID_VERSION_HELP)
-    cid.set_defaults(handler=cid_command)
+    cid.set_defaults(handler=cid_command, logless=True)
 
     car = subparsers.add_parser(
         "car",
@@ -49,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     car.add_argument("file", metavar="FILE", help="file to pack")
     car.add_argument("-o", "--output", required=True, metavar="OUT.car", help="CAR file to write")
     car.add_argument("--cid-version", type=int, choices=(0, 1), default=1, help=CID_VERSION_HELP)
-    car.set_defaults(handler=car_command)
+    car.set_defaults(handler=car_command, logless=True)
 
 
 def _fail(message: str) -> None:
@@ -58,16 +56,16 @@ def _fail(message: str) -> None:
 
 def cid_command(args: argparse.Namespace) -> int:
     """Print ``CID  FILE`` per readable file; return 1 if any file could not be read."""
-    from storage import StorageError, compute_cid
+    from storage import StorageError, import_file
 
     failed = 0
     for name in args.files:
         try:
             if name == "-":
-                cid = compute_cid(sys.stdin.buffer, cid_version=args.cid_version)
+                cid = import_file(sys.stdin.buffer, cid_version=args.cid_version).text
             else:
                 with open(name, "rb") as stream:
-                    cid = compute_cid(stream, cid_version=args.cid_version)
+                    cid = import_file(stream, cid_version=args.cid_version).text
         except OSError as exc:
             _fail(f"{name}: {exc.strerror or exc}")
             failed += 1
@@ -82,6 +80,9 @@ def cid_command(args: argparse.Namespace) -> int:
 
 def car_command(args: argparse.Namespace) -> int:
     """Write the CAR next to its destination, then rename it into place; print the root."""
+    import tempfile
+    from pathlib import Path
+
     from storage import StorageError, write_car_from_file
 
     output = Path(args.output)

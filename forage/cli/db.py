@@ -11,7 +11,6 @@ lookup answers that changed or were never rendered (the scheduler does it a batc
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Any
 
@@ -57,6 +56,8 @@ def register(subparsers: Any) -> None:
 
 
 def _engine(args: argparse.Namespace, *, read_only: bool = False) -> Any:
+    import logging
+
     from forage.db.engine import make_engine, require_existing
 
     if not args.verbose:

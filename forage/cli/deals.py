@@ -10,7 +10,6 @@ deal sources now.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,6 +70,8 @@ def _database(args: argparse.Namespace, *, read_only: bool = False) -> Iterator[
 
 
 def _json_line(value: dict[str, Any]) -> str:
+    import json
+
     return json.dumps(value, default=str, sort_keys=True)
 
 

@@ -10,8 +10,6 @@ temporary directory is removed at the end. See :mod:`forage.runtime.demo`.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 from typing import Any
 
@@ -41,6 +39,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
+    import logging
 
     from forage.runtime.demo import DemoReport, run_demo
 
@@ -55,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"forage demo: {line}", file=sys.stderr, flush=True)
 
     def ready(report: DemoReport) -> None:
+        import json
+
         print(json.dumps(report.lookup, indent=2), flush=True)
         progress(f"batch lookup above: POST {report.url}/api/v1/lookup")
         progress(f"web page: {report.page_url}")

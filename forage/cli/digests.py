@@ -9,7 +9,6 @@ digest matched a file, 3 when some did not (or were malformed).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -18,6 +17,8 @@ from forage.cli import EXIT_NOT_FOUND, load_cli_config
 
 def run_digest_lookup(args: argparse.Namespace) -> int:
     """Answer ``args.digests`` (the ``lookup`` command's ``--digest`` options)."""
+    import json
+
     from forage.db.engine import make_sessionmaker, open_database
     from forage.lookup.digests import digests_reply, lookup_digests
 

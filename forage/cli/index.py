@@ -13,9 +13,7 @@ what is known and what waits.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 from forage.cli import EXIT_FAILURE, EXIT_USAGE, load_cli_config
@@ -149,6 +147,8 @@ def run_reconcile(args: argparse.Namespace) -> int:
 
 
 async def _reconcile(config: Any, ecosystem: str, *, dry_run: bool) -> int:
+    import json
+
     from forage.db.engine import make_sessionmaker, open_database
     from forage.index.reconcile import reconcile
     from forage.jobs.worker import job_context
@@ -208,6 +208,8 @@ async def _import(config: Any, ecosystem: str, args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    import json
+
     from forage.db.engine import make_sessionmaker, open_database
     from forage.index.status import registry_status
 
@@ -239,6 +241,8 @@ def run_status(args: argparse.Namespace) -> int:
 
 def _moment(text: str) -> str:
     """An ISO 8601 time as ``2026-01-02 03:04:05 UTC``; anything else as it is."""
+    from datetime import UTC, datetime
+
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

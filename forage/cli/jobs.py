@@ -10,13 +10,13 @@ DAYS`` deletes finished (``done``) jobs.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import textwrap
-from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forage.cli import EXIT_NOT_FOUND, EXIT_USAGE, load_cli_config
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 STATES = ("queued", "running", "done", "dead")
 
@@ -92,6 +92,9 @@ def _when(moment: datetime | None) -> str:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    import json
+    import textwrap
+
     from forage.db.models import JobRecord
 
     engine, sessionmaker = _sessionmaker(args)
@@ -163,6 +166,8 @@ def run_retry(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
     from forage.db.engine import utcnow
     from forage.jobs import admin
 

@@ -13,7 +13,6 @@ read (of no supported format included).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -58,6 +57,8 @@ def register(subparsers: Any) -> None:
 
 
 def run_lookup(args: argparse.Namespace) -> int:
+    import json
+
     from forage.db.engine import make_sessionmaker, open_database
     from forage.lookup.backfill import BackfillPolicy
     from forage.lookup.batch import lockfile_reply, lookup

@@ -11,7 +11,6 @@ and :mod:`forage.pins.report`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -43,6 +42,8 @@ def _short(text: str | None, width: int = 70) -> str:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    import json
+
     from forage.db.engine import make_sessionmaker, open_database
     from forage.pins.report import failed_pins, pin_counts
 
@@ -87,6 +88,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     import asyncio
+    import json
 
     from forage.db.engine import make_sessionmaker, open_database
     from forage.pins.check import check_pins

@@ -6,7 +6,6 @@ by the modules it loaded (timings are measured by scripts/bench_cid.py, never as
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +15,15 @@ HEAVY = [
     "alembic",
     "apscheduler",
     "asyncio",
+    "concurrent.futures",
+    "dataclasses",
     "forage.config",
+    "forage.logs",
     "httpx",
     "indexers",
     "jinja2",
+    "json",
+    "logging",
     "multiformats",
     "packageurl",
     "sqlalchemy",
@@ -28,14 +32,14 @@ HEAVY = [
 ]
 
 PROBE = """
-import json, sys
+import sys
 from forage.cli import main
 try:
     code = main(sys.argv[1:])
 except SystemExit as exc:
     code = exc.code
-heavy = json.loads(os.environ["HEAVY"])
-print(json.dumps([code, sorted(m for m in heavy if m in sys.modules)]), file=sys.stderr)
+heavy = os.environ["HEAVY"].split()
+print(code, *sorted(m for m in heavy if m in sys.modules), file=sys.stderr)
 """
 
 
@@ -46,11 +50,11 @@ def loaded(tmp_path: Path, *args: str) -> tuple[int, list[str]]:
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        env={"HEAVY": json.dumps(HEAVY), "PATH": "/usr/bin:/bin"},
+        env={"HEAVY": " ".join(HEAVY), "PATH": "/usr/bin:/bin"},
         check=False,
     )
-    code, modules = json.loads(done.stderr.splitlines()[-1])
-    return code, modules
+    code, *modules = done.stderr.splitlines()[-1].split()
+    return int(code), modules
 
 
 def test_help_loads_no_library(tmp_path: Path) -> None:
@@ -59,8 +63,31 @@ def test_help_loads_no_library(tmp_path: Path) -> None:
 
 
 def test_cid_loads_the_content_addressing_code_alone(tmp_path: Path) -> None:
-    (tmp_path / "file").write_bytes(b"x" * 600_000)
-    assert loaded(tmp_path, "cid", "file") == (0, ["multiformats", "storage"])
+    """Not even multiformats (its codec table costs tens of milliseconds): the root CID is
+    kept binary and printed through the standard library's base32."""
+    (tmp_path / "file").write_bytes(b"x" * 100_000)
+    assert loaded(tmp_path, "cid", "file") == (0, ["storage"])
+    (tmp_path / "big").write_bytes(b"x" * 600_000)  # several leaves: hashed on threads
+    assert loaded(tmp_path, "cid", "big") == (0, ["concurrent.futures", "storage"])
+
+
+def test_cid_prints_what_multiformats_would(tmp_path: Path) -> None:
+    """The standard-library text of a CIDv1 is the multiformats text, and v0 still works."""
+    from storage import compute_cid
+
+    for size in (0, 5, 262_144, 600_000):
+        body = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+        (tmp_path / "file").write_bytes(body)
+        for version in ("0", "1"):
+            done = subprocess.run(
+                [sys.executable, "-m", "forage", "cid", "--cid-version", version, "file"],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            expected = str(compute_cid(body, cid_version=int(version)))
+            assert done.stdout == f"{expected}  file\n"
 
 
 def test_lookup_loads_no_server_scheduler_or_progress(tmp_path: Path) -> None:
