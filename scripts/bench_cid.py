@@ -14,6 +14,12 @@ the same file; ratios above 1 mean ``forage cid`` finished first. ``--threads 1`
 ``forage cid`` to one core (``taskset``), the one-thread baseline.
 
     python3 scripts/bench_cid.py --process --size-mib 1024 --repeat 5
+
+``--startup`` times the light commands' start-up instead: the median wall time of ``--repeat``
+runs each of ``python3 -c pass`` (the interpreter alone), ``forage --help``, ``forage cid`` of a
+one-byte file and ``forage lookup --no-backfill`` of one key against an empty index.
+
+    python3 scripts/bench_cid.py --startup --repeat 21
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -114,6 +121,30 @@ def bench_processes(path: Path, size: int, repeat: int, threads: int | None) -> 
     return report
 
 
+def bench_startup(repeat: int) -> dict[str, object]:
+    """Median wall milliseconds of each light command, in a scratch directory."""
+    forage = [sys.executable, "-m", "forage"]
+    with tempfile.TemporaryDirectory() as temp:
+        (Path(temp) / "one").write_bytes(b"x")
+        subprocess.run([*forage, "db", "upgrade"], cwd=temp, capture_output=True, check=True)
+        commands = {
+            "python": [sys.executable, "-c", "pass"],
+            "help": [*forage, "--help"],
+            "cid": [*forage, "cid", "one"],
+            "lookup": [*forage, "-q", "lookup", "--no-backfill", "npm:left-pad:1.3.0"],
+        }
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(repeat + 1):  # the first round warms the file cache and is dropped
+            for name, command in commands.items():
+                start = time.perf_counter()
+                subprocess.run(command, cwd=temp, capture_output=True, check=False)
+                times[name].append(time.perf_counter() - start)
+    report: dict[str, object] = {"repeat": repeat}
+    for name, values in times.items():
+        report[f"{name}_ms"] = round(statistics.median(values[1:]) * 1000, 1)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=256, help="input size (default 256)")
@@ -124,7 +155,13 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, help="with --process: cores forage cid may use (taskset)"
     )
+    parser.add_argument(
+        "--startup", action="store_true", help="time the light commands' start-up instead"
+    )
     args = parser.parse_args()
+    if args.startup:
+        print(json.dumps(bench_startup(args.repeat)))
+        return
     size = args.size_mib << 20
     if args.process:
         with tempfile.TemporaryDirectory() as temp:

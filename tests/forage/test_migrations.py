@@ -12,6 +12,7 @@ import sqlalchemy as sa
 import forage.db.models  # noqa: F401  (the tables the migrations must build)
 from forage.cli import main
 from forage.db.engine import (
+    SCHEMA_HEAD,
     Base,
     current_revision,
     downgrade,
@@ -131,3 +132,9 @@ def test_scheduler_table_is_left_alone(migrated_url: str) -> None:
         assert [(op[0], op[1].name) for op in schema_diff(engine)] == [("remove_table", "stray")]
     finally:
         engine.dispose()
+
+
+def test_schema_head_is_alembics_head() -> None:
+    """Opening an up-to-date database compares with this constant instead of asking Alembic:
+    a new migration must move it."""
+    assert head_revision() == SCHEMA_HEAD
