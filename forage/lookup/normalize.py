@@ -68,9 +68,17 @@ def canonical_purl(key: Key) -> str:
 
 def parse_lookup_key(raw: object) -> Key:
     """Parse and normalize one lookup key; a key naming no version is invalid here."""
+    return read_lookup_key(raw)[0]
+
+
+def read_lookup_key(raw: object) -> tuple[Key, str | None]:
+    """:func:`parse_lookup_key`, with the key's canonical purl when the key is one already (a
+    plain purl in its registry's spelling, the common case: its stored answer is found by
+    this very text, with no second pass over it), else ``None``."""
     if not isinstance(raw, str):
         raise InvalidKey(json.dumps(raw)[:300], "a key must be a string")
     plain = _PLAIN_PURL.fullmatch(raw) if len(raw) <= MAX_KEY_LENGTH else None
+    canonical = None
     if plain is None:
         key = parse_key(raw, normalize=normalize_name)
     else:
@@ -83,6 +91,8 @@ def parse_lookup_key(raw: object) -> Key:
             raise InvalidKey(raw, str(exc)) from exc
         if (problem := version_problem(key)) is not None:
             raise InvalidKey(raw, problem)
+        if key.name == name:
+            canonical = raw
     if key.version is None:
         raise InvalidKey(raw, "a lookup key must name a version (NAME@VERSION or NAME:VERSION)")
-    return key
+    return key, canonical

@@ -38,7 +38,6 @@ from forage.db.models import (
     VersionAnswer,
 )
 from forage.lookup.keys import Key
-from forage.lookup.normalize import canonical_purl
 from forage.lookup.views import ArtifactView, DealView, PieceView, PinView
 
 _ARCHIVED = ArchiveStatus.ARCHIVED.value
@@ -313,11 +312,10 @@ def _latest_end_first(deal: DealView) -> tuple[bool, float, str]:
     return (expires is not None, -expires.timestamp() if expires else 0.0, deal.deal_id)
 
 
-def _stored_answers(session: Session, keys: Sequence[Key], now: datetime) -> Any:
-    """``(position, body)`` for each of ``keys`` (counted from 1) with a stored answer current
-    at ``now``: one probe of the answers' purl index per key, the whole of a lookup of known
-    versions."""
-    purls = [canonical_purl(key) for key in keys]
+def _stored_answers(session: Session, purls: Sequence[str], now: datetime) -> Any:
+    """``(position, body)`` for each of ``purls`` (canonical, :func:`canonical_purl`; counted
+    from 1) with a stored answer current at ``now``: one probe of the answers' purl index per
+    key, the whole of a lookup of known versions."""
     if is_sqlite(session):
         each = _json_each(purls)
         k = sa.select((each.c.key + 1).label("position"), each.c.value.label("purl")).subquery("k")

@@ -31,7 +31,7 @@ from forage.db.engine import is_sqlite, utcnow
 from forage.db.models import VersionAnswer
 from forage.errors import InvalidKey
 from forage.lookup.keys import Key
-from forage.lookup.normalize import canonical_purl, parse_lookup_key
+from forage.lookup.normalize import canonical_purl, read_lookup_key
 from forage.lookup.query import _stored_answers, _version_rows, _when, load_artifacts
 from forage.lookup.views import (
     NOT_REMOVED,
@@ -125,11 +125,16 @@ def resolve(
     """
     now = now or utcnow()
     parsed: list[Key | InvalidKey] = []
+    canonical: dict[Key, str] = {}  # the keys given as their canonical purl, and that purl
     for raw in raw_keys:
         try:
-            parsed.append(parse_lookup_key(raw))
+            key, purl = read_lookup_key(raw)
         except InvalidKey as exc:
             parsed.append(exc)
+            continue
+        parsed.append(key)
+        if purl is not None:
+            canonical[key] = purl
     # Each distinct key's place in ``unique``; -1 for an invalid one.
     slots: dict[Key, int] = {}
     places = [slots.setdefault(k, len(slots)) if isinstance(k, Key) else -1 for k in parsed]
@@ -144,7 +149,8 @@ def resolve(
     # Stored answers are of whole versions: a key picking some files is always computed.
     whole = [key for key in unique if not key.qualifiers] if rendered else []
     if whole:
-        stored = session.connection().execute(_stored_answers(session, whole, now)).all()
+        purls = [canonical.get(key) or canonical_purl(key) for key in whole]
+        stored = session.connection().execute(_stored_answers(session, purls, now)).all()
         for position, body in stored:
             bodies[slots[whole[position - 1]]] = body
         rest = [key for key, body in zip(unique, bodies, strict=True) if body is None]
@@ -205,7 +211,8 @@ def resolve(
         if isinstance(item, InvalidKey):
             results.append(KeyResult(_echo(raw), KeyStatus.INVALID, error=item.reason))
         elif (body := bodies[place]) is not None:
-            results.append(KeyResult(_echo(raw), KeyStatus.FOUND, item, rendered=body))
+            # The stored bytes are the whole answer: nothing else is kept for the reply.
+            results.append(KeyResult(_echo(raw), KeyStatus.FOUND, rendered=body))
         elif (hit := answers[place]) is not None:
             results.append(hit.answering(_echo(raw)))
         else:

@@ -233,7 +233,7 @@ class KeyResult:
         """This result as a reply needs it once it is rendered: its key, status and bytes.
         A batch holds these while its reply streams, not the thousands of small view and
         key objects the bytes were rendered from (the allocator would keep their pools)."""
-        if self.rendered is None:
+        if self.rendered is None or (self.parsed is None and not self.artifacts):
             return self
         return KeyResult(self.key, self.status, rendered=self.rendered)
 

@@ -31,7 +31,6 @@ from forage.jobs.scheduler import Scheduler
 from forage.jobs.tasks import schedule_table
 from forage.jobs.worker import Worker
 from forage.lookup.answers import RENDER_ANSWERS, render_answers_job, render_stale
-from forage.lookup.keys import Key
 from forage.lookup.query import _stored_answers
 from forage.lookup.sessions import read_only_sessionmaker
 from tests.forage.test_ingest import context, write_config
@@ -91,9 +90,9 @@ def stored_answers_plan(connection: sa.Connection, now: datetime) -> str:
     """The stored-answers read of three keys, run (as a lookup runs it: a real read notices
     a schema change, an ``EXPLAIN`` does not) then explained (``EXPLAIN QUERY PLAN``, freshly
     prepared), one line per step."""
-    keys = [Key("npm", f"p{i}", "1.0.0") for i in (1, 2, 3)]
+    purls = [f"pkg:npm/p{i}@1.0.0" for i in (1, 2, 3)]
     with Session(bind=connection) as session:
-        statement = _stored_answers(session, keys, now)
+        statement = _stored_answers(session, purls, now)
         compiled = statement.compile(bind=connection)
     values = [compiled.params[name] for name in compiled.positiontup or ()]
     params = tuple(v.isoformat(" ") if isinstance(v, datetime) else v for v in values)
