@@ -12,8 +12,10 @@ Upstream first: the upstream's index file is passed on as it is, except versions
 knows crates.io withdrew, which are marked ``"yanked":true`` (cargo keeps yanked versions
 out of new resolutions and still fetches them for a lockfile that pins them, so they stay
 listed); each line's ``cksum`` and the upstream's ``dl`` say where and what each ``.crate``
-is. When the upstream fails, the index file is rebuilt from the index: the archived versions'
-lines as crates.io wrote them (kept at import), yanked ones marked. A ``.crate`` is served
+is; the index file is kept on disk as the last good one. When the upstream fails, that file
+is served with only the archived versions' lines (withdrawn ones yanked, ``cksum`` the
+archive's); without one, it is rebuilt from the index: the archived versions' lines as
+crates.io wrote them (kept at import), yanked ones marked. A ``.crate`` is served
 only after its bytes matched the ``cksum``: from the upstream, else from the archive.
 """
 
@@ -40,6 +42,7 @@ from indexers.cargo.sparse import (
 )
 from indexers.errors import ArchiveInvalid, InvalidName, UpstreamFailed
 from indexers.mirror.failures import unavailable
+from indexers.mirror.listings import outage_listing
 from indexers.mirror.registry import EcosystemRoutes, FileRef, source_headers
 from indexers.mirror.rows import ArchivedFile, PackageRows, Withdrawn
 from indexers.mirror.spool import send_spool
@@ -114,6 +117,25 @@ def fallback_index(rows: PackageRows) -> bytes:
     return b"".join(out)
 
 
+def kept_index(body: bytes, rows: PackageRows) -> bytes | None:
+    """The last good upstream index file (issue 16) with only the lines of archived
+    versions, each line byte for byte the upstream's unless it must change: withdrawn
+    versions marked yanked (cargo still fetches them for a lockfile that pins them), ``cksum``
+    the archive's (``None``: no line left)."""
+    files = {f.version: f for f in rows.files if is_sha256(f.digests.get("sha256"))}
+    out: list[bytes] = []
+    for raw in body.splitlines():
+        line = next(parse_lines(raw), None) if raw.strip() else None
+        file = files.get(str(line.get("vers"))) if line is not None else None
+        if line is None or file is None:
+            continue
+        yanked = line.get("yanked") is True or file.yanked or file.removed
+        if line.get("cksum") != file.digests["sha256"] or yanked != line.get("yanked"):
+            raw = dump_line({**line, "cksum": file.digests["sha256"], "yanked": yanked})
+        out.append(raw + b"\n")
+    return b"".join(out) or None
+
+
 class CargoRoutes(EcosystemRoutes):
     """The handlers, bound to the application's
     :class:`~indexers.mirror.registry.MirrorContext`."""
@@ -162,11 +184,13 @@ class CargoRoutes(EcosystemRoutes):
         lines = parse_lines(body) if body is not None else []
         return any(line is not None and line.get("vers") == file.version for line in lines)
 
+    def _index_url(self, name: str) -> str:
+        return f"{self.registry.base_url}/{index_path(name)}"
+
     async def upstream_index(self, name: str) -> bytes | None:
         """The upstream's index file of ``name`` (``None``: crates.io's 404), each line's
         download location remembered. Raises ``UpstreamFailed``."""
-        url = f"{self.registry.base_url}/{index_path(name)}"
-        answer, _ = await self.registry.document(url)
+        answer, _ = await self.registry.document(self._index_url(name), keep=True)
         if answer.absent:
             return None
         template = await self.upstream_template()
@@ -202,22 +226,17 @@ class CargoRoutes(EcosystemRoutes):
         return web.Response(body=body, content_type=INDEX_TYPE, headers=headers)
 
     async def fallback(self, name: str, error: UpstreamFailed) -> web.StreamResponse:
-        """The archive's index file, rendered once per change of the index."""
+        """The last good index file filtered by the archive, else the index's own."""
         headers = source_headers("archive", error=error)
-        stamp = await self.registry.remembered(
-            ("stamp", name), lambda: self.mirror.archive.package_stamp(ECOSYSTEM, name)
-        )
-        body = b""
-        if stamp is not None:
-            key = ("index", name, stamp)
-            cached = self.registry.rendered.fresh(key)
-            if cached is not None:
-                body = cached.value
-            else:
-                rows = await self.mirror.archive.package_rows(ECOSYSTEM, name)
-                if rows is not None and rows.hold is None:
-                    body = await asyncio.to_thread(fallback_index, rows)
-                self.registry.rendered.put(key, body)
+
+        async def render(rows: PackageRows, kept: bytes | None, _: object) -> bytes | None:
+            if rows.hold is not None:
+                return None
+            body = await asyncio.to_thread(kept_index, kept, rows) if kept else None
+            return body or await asyncio.to_thread(fallback_index, rows)
+
+        url = self._index_url(name)
+        body = await outage_listing(self, name, url=url, variant="index", render=render)
         if not body:
             hold = await self.mirror.archive.package_hold(ECOSYSTEM, name)
             if hold is not None:
@@ -299,4 +318,4 @@ def _refuse(exc: ArchiveInvalid, headers: dict[str, str]) -> web.Response:
     return web.json_response({"errors": [{"detail": detail}]}, status=502, headers=headers)
 
 
-__all__ = ["CargoRoutes", "fallback_index", "withdraw_index"]
+__all__ = ["CargoRoutes", "fallback_index", "kept_index", "withdraw_index"]

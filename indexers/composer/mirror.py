@@ -12,8 +12,10 @@ client never reaches the upstream or Packagist's download counter; the upstream'
 ``available-packages``/``-patterns`` passed on; when the upstream is down, the archive's
 package names as ``available-packages``). p2 files come from the upstream when it answers,
 expanded, without the versions the index knows were deleted or that a cooldown holds back,
-every ``dist.url`` rewritten to ``<forage>/composer/dists/VENDOR/NAME/VERSION/FILE``; otherwise
-they are rebuilt from the index: each archived version not removed, its package fields read
+every ``dist.url`` rewritten to ``<forage>/composer/dists/VENDOR/NAME/VERSION/FILE``, and kept
+on disk as the last good ones. Otherwise the last good p2 file is served with only the versions
+whose dists are archived and not removed (``dist.shasum`` the archive's); without one, p2 files
+are rebuilt from the index: each archived version not removed, its package fields read
 from the ``composer.json`` inside its archived dist, its dist pointing at Forage with the
 reference and sha1 the registry published.
 """
@@ -42,6 +44,7 @@ from indexers.composer.metadata import (
 )
 from indexers.errors import ArchiveInvalid, FeedError, InvalidName, UpstreamFailed
 from indexers.mirror.failures import unavailable
+from indexers.mirror.listings import outage_listing
 from indexers.mirror.registry import EcosystemRoutes, FileRef, source_headers
 from indexers.mirror.rows import ArchivedFile, PackageRows
 from indexers.mirror.spool import send_spool
@@ -111,6 +114,30 @@ def fallback_entries(
             entry["time"] = stamp
         entries.append(entry)
     return entries
+
+
+def kept_entries(
+    body: bytes, rows: PackageRows, *, base: str, dev: bool, cutoff: datetime | None
+) -> list[dict[str, Any]]:
+    """The entries of the last good upstream p2 file (issue 16) whose dists are archived
+    and not removed, each dist pointing at Forage with the archive's sha1 (what Composer
+    checks the download against); a cooldown applies as upstream."""
+    try:
+        entries = p2_versions(json.loads(body), rows.name, rows.name)
+    except (ValueError, FeedError):
+        return []
+    files = {f.version: f for f in rows.listed_files() if is_dev(f.version) == dev}
+    kept = []
+    for entry in entries:
+        file = files.get(str(entry.get("version")))
+        if file is None or not _keep(entry, frozenset(), cutoff):
+            continue
+        given = entry.get("dist")
+        dist = dict(given) if isinstance(given, dict) else {}
+        dist["url"] = base + dist_path(rows.name, file.version, file.filename)
+        dist["shasum"] = file.digests.get("sha1", "")
+        kept.append({**entry, "dist": dist})
+    return kept
 
 
 class ComposerRoutes(EcosystemRoutes):
@@ -195,7 +222,8 @@ class ComposerRoutes(EcosystemRoutes):
         """The upstream's entries of one p2 file, expanded, dists pointing at Forage
         (``None``: the registry's 404). Raises ``UpstreamFailed``."""
         url = await self._metadata_url(f"{name}~dev" if dev else name)
-        answer, _ = await self.registry.document(url)
+        kept_as = self._kept_url(name, dev=dev)
+        answer, _ = await self.registry.document(url, keep=True, kept_as=kept_as)
         if answer.absent:
             return None
         try:
@@ -215,16 +243,36 @@ class ComposerRoutes(EcosystemRoutes):
             entry["dist"] = {**dist, "url": base + dist_path(name, version, filename)}
         return entries
 
-    async def fallback_entries(self, name: str, *, dev: bool, base: str) -> list[Any] | None:
-        """The archive's entries (``None``: a package the index does not know, or held)."""
-        rows = await self.mirror.archive.package_rows(ECOSYSTEM, name)
-        if rows is None or rows.hold is not None or rows.deleted:
-            return None
-        files = [f for f in rows.listed_files() if is_dev(f.version) == dev]
-        manifests = {file.cid: await self._manifest(file) for file in files}
-        entries = fallback_entries(rows, manifests, base=base, dev=dev)
-        cutoff = self.registry.cutoff()
-        return [e for e in entries if _keep(e, frozenset(), cutoff)]
+    def _kept_url(self, name: str, *, dev: bool) -> str:
+        """What a p2 file is kept under: its place on the upstream, whatever ``metadata-url``
+        said (in an outage nothing says where it was)."""
+        return f"{self.registry.base_url}/p2/{name}{'~dev' if dev else ''}.json"
+
+    async def upstream_offers(self, file: ArchivedFile) -> bool | None:
+        """Whether the upstream's p2 file still lists the dist's version."""
+        dev = is_dev(file.version)
+        entries = await self.upstream_entries(file.package, dev=dev, base="") or []
+        return any(entry.get("version") == file.version for entry in entries)
+
+    async def archived_p2(self, name: str, *, dev: bool, base: str) -> bytes | None:
+        """The p2 file without the upstream: the last good one filtered by the archive,
+        else rebuilt from the index (``None``: unknown, held or deleted, or nothing to list)."""
+
+        async def render(rows: PackageRows, kept: bytes | None, cutoff: datetime | None) -> bytes:
+            if rows.hold is not None or rows.deleted:
+                return b""
+            entries = kept_entries(kept, rows, base=base, dev=dev, cutoff=cutoff) if kept else []
+            if not entries:
+                files = [f for f in rows.listed_files() if is_dev(f.version) == dev]
+                manifests = {file.cid: await self._manifest(file) for file in files}
+                rebuilt = fallback_entries(rows, manifests, base=base, dev=dev)
+                entries = [e for e in rebuilt if _keep(e, frozenset(), cutoff)]
+            if not entries:
+                return b""
+            return (await asyncio.to_thread(json.dumps, {"packages": {name: entries}})).encode()
+
+        url = self._kept_url(name, dev=dev)
+        return await outage_listing(self, name, url=url, variant=(dev, base), render=render)
 
     async def _manifest(self, file: ArchivedFile) -> dict[str, Any]:
         cached = self.registry.derived.fresh(("composer.json", file.cid))
@@ -256,22 +304,24 @@ class ComposerRoutes(EcosystemRoutes):
         base = self._base(request)
         try:
             entries = await self.upstream_entries(name, dev=dev, base=base)
-            headers = source_headers("upstream")
-            if entries is not None:
-                withdrawn = await self.withdrawn(name)
-                if withdrawn.hold is not None:
-                    return not_found(f"{name} is not served: {withdrawn.hold}", **headers)
-                cutoff = self.registry.cutoff()
-                entries = [e for e in entries if _keep(e, withdrawn.versions, cutoff)]
         except UpstreamFailed as exc:
             headers = source_headers("archive", error=exc)
-            entries = await self.fallback_entries(name, dev=dev, base=base)
-            if not entries and await self.mirror.archive.package_hold(ECOSYSTEM, name) is None:
+            body = await self.archived_p2(name, dev=dev, base=base)
+            if body is not None:
+                return web.Response(body=body, content_type="application/json", headers=headers)
+            if await self.mirror.archive.package_hold(ECOSYSTEM, name) is None:
                 return failed(exc, headers, self.registry.settings.down_seconds)
+            return not_found(**headers)
+        headers = source_headers("upstream")
         if entries is None:
             return not_found(**headers)
-        body = await asyncio.to_thread(json.dumps, {"packages": {name: entries}})
-        return web.Response(body=body.encode(), content_type="application/json", headers=headers)
+        withdrawn = await self.withdrawn(name)
+        if withdrawn.hold is not None:
+            return not_found(f"{name} is not served: {withdrawn.hold}", **headers)
+        cutoff = self.registry.cutoff()
+        entries = [e for e in entries if _keep(e, withdrawn.versions, cutoff)]
+        text = await asyncio.to_thread(json.dumps, {"packages": {name: entries}})
+        return web.Response(body=text.encode(), content_type="application/json", headers=headers)
 
     # -- dists ----------------------------------------------------------------------------
 
@@ -357,4 +407,4 @@ def _refuse(exc: ArchiveInvalid, headers: dict[str, str]) -> web.Response:
     )
 
 
-__all__ = ["ComposerRoutes", "dist_path", "fallback_entries"]
+__all__ = ["ComposerRoutes", "dist_path", "fallback_entries", "kept_entries"]

@@ -11,17 +11,19 @@ Upstream first: ``versions``, ``names``, ``info`` and quick gemspecs are fetched
 ``registries.gem.registry_url``; ``info`` loses what the index knows was yanked (so a lagging
 upstream cannot list it again) and teaches the mirror each gem's checksum. Gems are streamed
 from the upstream and verified against that checksum; on any failure (down, 5xx, timeout, bad
-bytes) the archive answers: ``info`` lists the archived gems of versions not yanked, with
-their dependencies as the index recorded them, ``versions`` and ``names`` list the archived
-gems, gemspecs are written from the recorded ``info`` lines (:mod:`.marshal`), and a yanked
-gem's file is served to an exact request only. Documents carry an MD5 ``ETag`` and a
-``Repr-Digest`` of the body served, as Bundler checks them; ``Range`` is ignored (a 200 is a
-valid answer that clients take whole).
+bytes) the archive answers: ``info`` is the last good upstream one (kept on disk) with only
+the archived gems of versions not yanked, else those gems with their dependencies as the
+index recorded them; ``versions`` (its MD5s those of the ``info`` served) and ``names``
+list the archived gems, gemspecs are written from the recorded ``info`` lines
+(:mod:`.marshal`), and a yanked gem's file is served to an exact request only. Documents
+carry an MD5 ``ETag`` and a ``Repr-Digest`` of the body served, as Bundler checks them;
+``Range`` is ignored (a 200 is a valid answer that clients take whole).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import logging
 import re
@@ -45,6 +47,7 @@ from indexers.gem.compact import (
 from indexers.gem.indexer import validate_name
 from indexers.gem.marshal import quick_gemspec
 from indexers.mirror.failures import unavailable
+from indexers.mirror.listings import outage_listing
 from indexers.mirror.registry import EcosystemRoutes, FileRef, source_headers
 from indexers.mirror.rows import ArchivedFile, PackageRows, Withdrawn
 from indexers.mirror.spool import send_spool
@@ -132,6 +135,24 @@ def fallback_entries(rows: PackageRows) -> list[InfoEntry]:
     ]
 
 
+def kept_entries(body: bytes, rows: PackageRows) -> list[InfoEntry]:
+    """The last good upstream ``/info`` (issue 16) with only the archived gems of versions
+    not yanked, each with the archive's checksum (what Bundler checks the ``.gem`` against)."""
+    if rows.hold is not None:
+        return []
+    try:
+        entries = parse_info(body.decode(), rows.name)
+    except (UnicodeDecodeError, FeedError):
+        return []
+    files = {f.filename: f for f in rows.listed_files() if f.digests.get("sha256")}
+    kept = []
+    for entry in entries:
+        file = files.get(gem_filename(rows.name, entry.version, entry.platform))
+        if file is not None:
+            kept.append(dataclasses.replace(entry, checksum=file.digests["sha256"]))
+    return kept
+
+
 def _candidates(filename: str) -> list[tuple[str, str]]:
     """``(name, V[-PLATFORM])`` splits of a gem file name: at each ``-`` before a digit."""
     base = filename.removesuffix(".gem")
@@ -167,11 +188,23 @@ class GemRoutes(EcosystemRoutes):
     def _upstream_url(self, path: str) -> str:
         return f"{self.registry.base_url}/{path}"
 
-    async def _upstream(self, path: str) -> bytes | None:
+    async def _upstream(self, path: str, *, keep: bool = False) -> bytes | None:
         """The upstream's 200 body for ``path``, ``None`` when it says it has none;
-        ``UpstreamFailed`` otherwise."""
-        answer, _ = await self.registry.document(self._upstream_url(path))
+        ``UpstreamFailed`` otherwise. ``keep``: kept as the last good document."""
+        answer, _ = await self.registry.document(self._upstream_url(path), keep=keep)
         return None if answer.absent else answer.body
+
+    async def archived_info(self, name: str) -> bytes | None:
+        """``/info/NAME`` without the upstream: the last good one filtered by the archive,
+        else the index's (``None``: nothing to list); ``versions`` takes its MD5 from it."""
+
+        async def render(rows: PackageRows, kept: bytes | None, _: object) -> bytes | None:
+            entries = kept_entries(kept, rows) if kept else []
+            entries = entries or fallback_entries(rows)
+            return render_info(entries) if entries else None
+
+        url = self._upstream_url(f"info/{name}")
+        return await outage_listing(self, name, url=url, variant="info", render=render)
 
     async def root(self, request: web.Request) -> web.StreamResponse:
         """200: how ``gem`` learns this source has a compact index."""
@@ -187,10 +220,10 @@ class GemRoutes(EcosystemRoutes):
             error = exc
         gems = []
         for name in await self.mirror.archive.package_names(ECOSYSTEM):
-            rows = await self.mirror.archive.package_rows(ECOSYSTEM, name)
-            entries = fallback_entries(rows) if rows is not None else []
-            if entries:
-                gems.append((name, [e.key for e in entries], render_info(entries)))
+            info = await self.archived_info(name)
+            if info:
+                entries = parse_info(info.decode(), name)
+                gems.append((name, [e.key for e in entries], info))
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return _text(render_versions(now, gems), source_headers("archive", error=error))
 
@@ -219,7 +252,7 @@ class GemRoutes(EcosystemRoutes):
 
     async def _upstream_info(self, name: str) -> list[InfoEntry] | None:
         """The upstream's ``/info`` entries (``None``: it has no such gem), checksums learnt."""
-        body = await self._upstream(f"info/{name}")
+        body = await self._upstream(f"info/{name}", keep=True)
         if body is None:
             return None
         url = self._upstream_url(f"info/{name}")
@@ -248,13 +281,13 @@ class GemRoutes(EcosystemRoutes):
         except UpstreamFailed as exc:
             error = exc
         headers = source_headers("archive", error=error)
-        rows = await self.mirror.archive.package_rows(ECOSYSTEM, name)
-        fallback = fallback_entries(rows) if rows is not None else []
-        if not fallback:
-            if rows is not None and rows.hold is not None:
-                return _not_found(headers, rows.hold)
+        body = await self.archived_info(name)
+        if body is None:
+            hold = await self.mirror.archive.package_hold(ECOSYSTEM, name)
+            if hold is not None:
+                return _not_found(headers, hold)
             return _failed(error, headers, self.registry.settings.down_seconds)
-        return _text(render_info(fallback), headers)
+        return _text(body, headers)
 
     def _filename(self, request: web.Request, suffix: str) -> str | web.Response:
         filename = request.match_info["filename"]
@@ -376,6 +409,7 @@ def _refuse(exc: ArchiveInvalid, headers: dict[str, str]) -> web.Response:
 __all__ = [
     "GemRoutes",
     "fallback_entries",
+    "kept_entries",
     "recorded_entry",
     "withdraw_info",
 ]

@@ -16,11 +16,13 @@ That 502 is deliberate, unlike an unreachable upstream (a 404, so ``go`` tries t
 where the other ecosystems answer 5xx: :mod:`indexers.mirror.failures`): bytes that fail their
 checksum are a tampering signal, and a 5xx stops ``go`` with the reason rather than quietly
 sending it to another source.
-When the upstream fails, answers come from the index and the archived zip: ``list`` names
-archived tagged versions the registry has not removed, ``.info`` carries the recorded time,
-``.mod`` is the ``go.mod`` inside the verified zip (or the synthetic ``module <path>`` a module
-without one gets). ``/go/sumdb/<name>/...`` is the configured checksum database
-(:class:`~indexers.golang.checksums.ChecksumProxy`).
+The ``.info`` and ``.mod`` of an archived version, like its zip, are served from the archive
+without asking the proxy (issue 16): the upstream's own ``.info`` kept on disk, else one with
+the recorded time; the kept ``.mod`` when it matches the go.mod ``h1:``, else the ``go.mod``
+inside the verified zip (or the synthetic ``module <path>`` a module without one gets). When
+the upstream fails, ``list`` is the last good one kept on disk naming only archived versions
+the registry has not removed, else the archived tagged versions. ``/go/sumdb/<name>/...`` is
+the configured checksum database (:class:`~indexers.golang.checksums.ChecksumProxy`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import re
 import zipfile
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -49,6 +52,7 @@ from indexers.golang.gomod import (
     unescape_path,
     unescape_version,
 )
+from indexers.mirror.listings import kept_versions, outage_listing
 from indexers.mirror.registry import (
     EcosystemRoutes,
     MirrorContext,
@@ -120,6 +124,23 @@ def withdraw_listing(answer: Answer, what: str, withdrawn: Withdrawn) -> Answer:
     return answer
 
 
+def kept_list(body: bytes, rows: PackageRows) -> bytes | None:
+    """The last good upstream ``list`` (issue 16) naming only archived versions the
+    registry has not removed, in its own order (``None``: none left)."""
+    archived = kept_versions(rows)
+    listed = [v for v in body.decode("utf-8", "replace").split() if v in archived]
+    return "".join(f"{v}\n" for v in listed).encode() or None
+
+
+def kept_info(body: bytes | None, version: str) -> bytes | None:
+    """The upstream's own ``.info`` of ``version`` kept on disk, if it is one."""
+    try:
+        document = json.loads(body) if body else None
+    except ValueError:
+        return None
+    return body if isinstance(document, dict) and document.get("Version") == version else None
+
+
 def go_mod_of(spool: Spool, path: str, version: str) -> bytes:
     """The ``go.mod`` inside a (verified) module zip, or the synthetic one."""
     with spool.open() as reader, zipfile.ZipFile(reader) as archive:
@@ -127,6 +148,26 @@ def go_mod_of(spool: Spool, path: str, version: str) -> bytes:
             return archive.read(f"{path}@{version}/go.mod")
         except KeyError:
             return f"module {path}\n".encode()
+
+
+def _cooled(rows: PackageRows, cutoff: datetime | None) -> PackageRows:
+    """``rows`` without the files published after ``cutoff`` (a cooldown)."""
+    if cutoff is None:
+        return rows
+    cooled = [f for f in rows.files if (f.published_at or f.uploaded_at or cutoff) <= cutoff]
+    return dataclasses.replace(rows, files=tuple(cooled))
+
+
+async def _render_list(
+    rows: PackageRows, kept: bytes | None, cutoff: datetime | None
+) -> bytes | None:
+    """The ``list`` without the upstream: the last good one filtered by the archive, else
+    the archived tagged versions (:func:`~indexers.mirror.listings.outage_listing`)."""
+    if rows.hold is not None:
+        return None
+    rows = _cooled(rows, cutoff)
+    body = kept_list(kept, rows) if kept else None
+    return body or "".join(f"{v}\n" for v in listed_versions(rows)).encode()
 
 
 class GoRoutes(EcosystemRoutes):
@@ -205,7 +246,7 @@ class GoRoutes(EcosystemRoutes):
     async def listing(self, request: web.Request, path: str, what: str) -> web.StreamResponse:
         url = self._url(path, "@v/list" if what == "list" else "@latest")
         try:
-            answer, _ = await self.registry.document(url)
+            answer, _ = await self.registry.document(url, keep=what == "list")
             answer = withdraw_listing(answer, what, await self.withdrawn(path))
             if self.registry.cutoff() is None or answer.absent:
                 return self._pass(answer, "application/json" if what == "@latest" else TEXT)
@@ -213,17 +254,15 @@ class GoRoutes(EcosystemRoutes):
         except UpstreamFailed as exc:
             error = exc
         headers = source_headers("archive", error=error)
+        if what == "list":
+            body = await outage_listing(self, path, url=url, variant=what, render=_render_list)
+            if body is None:
+                return go_error(404, f"not found: no archived versions of {path}", headers)
+            return web.Response(body=body, content_type=TEXT, headers=headers)
         rows = await self._rows(path)
         if rows is None:
             return go_error(404, f"not found: {path} is not archived", headers)
-        cooled = [f for f in rows.files if self.registry.cooled(f.published_at or f.uploaded_at)]
-        rows = dataclasses.replace(rows, files=tuple(cooled))
-        if what == "list":
-            versions = listed_versions(rows)
-            if not versions:
-                return go_error(404, f"not found: no archived versions of {path}", headers)
-            body = "".join(f"{v}\n" for v in versions)
-            return web.Response(text=body, content_type=TEXT, headers=headers)
+        rows = _cooled(rows, self.registry.cutoff())
         latest = latest_version(rows)
         if latest is None:
             return go_error(404, f"not found: no archived versions of {path}", headers)
@@ -296,6 +335,16 @@ class GoRoutes(EcosystemRoutes):
         url = self._url(path, suffix)
         mod_h1 = ((extra or {}).get("go_mod_h1") or {}).get(version)
         error: UpstreamFailed | None = None
+        if kind != "zip" and archived is not None and archived.hold is None:
+            # Verified once, never changed: the go.mod is covered by go.sum and the sumdb.
+            offered, error = await self.offered(archived)
+            removed = archived.removed or offered is False
+            answered = await self.from_archive(
+                request, archived, kind, path, removed=removed, error=error, mod_h1=mod_h1
+            )
+            if answered.status == 200:
+                return answered
+            error = None
         try:
             if kind == "zip":
                 local = await self.serve_local(request, archived, content_type="application/zip")
@@ -311,7 +360,7 @@ class GoRoutes(EcosystemRoutes):
                     )
                 absent = fetched.answer
             else:
-                answer, _ = await self.registry.document(url)
+                answer, _ = await self.registry.document(url, keep=True)
                 if kind == "mod" and mod_h1 is None and not answer.absent:
                     mod_h1 = (await self.checksums.hashes(path, version) or ("", None))[1]
                 if not answer.absent:
@@ -367,11 +416,19 @@ class GoRoutes(EcosystemRoutes):
         mod_h1: str | None = None,
     ) -> web.StreamResponse:
         source = "archive-removed" if removed else "archive"
+        url = self._url(path, f"@v/{escape_version(archived.version)}.{kind}")
+        kept = await self.registry.last_good.read(url) if kind != "zip" else None
         if kind == "info":
             return web.Response(
-                body=info_json(archived.version, archived),
+                body=kept_info(kept, archived.version) or info_json(archived.version, archived),
                 content_type="application/json",
                 headers=source_headers(source, error=error),
+            )
+        if kind == "mod" and kept is not None and mod_h1 and gomod_h1(kept) == mod_h1:
+            return web.Response(
+                body=kept,
+                content_type=TEXT,
+                headers=source_headers(source, error=error, verified=("go.mod h1",)),
             )
         try:
             spool = await self.registry.archived(archived)
@@ -400,4 +457,12 @@ class GoRoutes(EcosystemRoutes):
         )
 
 
-__all__ = ["GoRoutes", "go_mod_of", "info_json", "latest_version", "listed_versions"]
+__all__ = [
+    "GoRoutes",
+    "go_mod_of",
+    "info_json",
+    "kept_info",
+    "kept_list",
+    "latest_version",
+    "listed_versions",
+]

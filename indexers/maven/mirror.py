@@ -2,8 +2,9 @@
 ``settings.xml``), Gradle and any repository client.
 
 - ``GROUP/as/path/ARTIFACT/maven-metadata.xml``: the upstream's, without what the index knows
-  was withdrawn (and releases younger than a cooldown); when the upstream fails, rendered from
-  the index: the archived versions the registry has not removed, in publication order.
+  was withdrawn (and releases younger than a cooldown), kept on disk as the last good one;
+  when the upstream fails, that one listing only the archived versions the registry has not
+  removed, else rendered from the index: those versions in publication order.
 - ``.../VERSION/FILE``: upstream first, checked against the digests the index holds for it
   (else against the upstream's strongest sidecar); on any failure, bad bytes included, the
   archived copy, re-verified. A file the upstream no longer has is served from the archive as
@@ -24,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -43,6 +45,7 @@ from indexers.maven.coords import (
 )
 from indexers.maven.documents import DocumentError, parse_metadata, render_metadata
 from indexers.mirror.failures import unavailable
+from indexers.mirror.listings import kept_versions, outage_listing
 from indexers.mirror.registry import EcosystemRoutes, source_headers, verified_algorithms
 from indexers.mirror.rows import ArchivedFile, PackageRows
 from indexers.mirror.spool import Spool, send_spool
@@ -85,6 +88,35 @@ def fallback_versions(rows: PackageRows) -> list[str]:
         for *_, number in sorted(dated, key=lambda d: (d[0], d[1] or 0, d[2]))
         if number in listed
     ]
+
+
+def kept_metadata(body: bytes, rows: PackageRows, cooled: Callable[[str], bool]) -> bytes | None:
+    """The last good upstream ``maven-metadata.xml`` (issue 16) listing only the archived
+    versions the registry has not removed (and ``cooled``), in its own order and with its
+    own ``lastUpdated``; byte for byte the kept one when nothing is left out (``None``:
+    unusable, or nothing left)."""
+    try:
+        metadata = parse_metadata(body)
+    except DocumentError:
+        return None
+    archived = kept_versions(rows)
+    versions = [v for v in metadata.versions if v in archived and cooled(v)]
+    if not versions:
+        return None
+    if len(versions) == len(metadata.versions):
+        return body
+    group, artifact = split_name(rows.name)
+    try:
+        updated = datetime.strptime(metadata.last_updated or "", "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        updated = None
+    return render_metadata(
+        metadata.group or group,
+        metadata.artifact or artifact,
+        versions,
+        is_snapshot=is_snapshot,
+        updated=updated,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +194,12 @@ class MavenRoutes(EcosystemRoutes):
         withdrawn = await self.withdrawn(name)
         if withdrawn.hold is not None:
             return None, source_headers("archive"), None
+        url = self._url(f"{directory}/{METADATA}")
         try:
-            answer, _ = await self.registry.document(self._url(f"{directory}/{METADATA}"))
+            answer, _ = await self.registry.document(url, keep=True)
         except UpstreamFailed as exc:
-            return await self.fallback_metadata(name), source_headers("archive", error=exc), exc
+            body = await outage_listing(self, name, url=url, variant=METADATA, render=self._render)
+            return body, source_headers("archive", error=exc), exc
         headers = source_headers("upstream")
         if answer.absent:
             return None, headers, None
@@ -188,16 +222,42 @@ class MavenRoutes(EcosystemRoutes):
         )
         return body, headers, None
 
-    async def fallback_metadata(self, name: str) -> bytes | None:
-        rows = await self.mirror.archive.package_rows(ECOSYSTEM, name)
-        if rows is None or rows.hold is not None:
+    async def _render(
+        self, rows: PackageRows, kept: bytes | None, cutoff: datetime | None
+    ) -> bytes | None:
+        """The metadata without the upstream: the last good one filtered by the archive,
+        else rendered from the index (:func:`~indexers.mirror.listings.outage_listing`)."""
+        if rows.hold is not None:
             return None
-        cooled = {v.number for v in rows.versions if self.registry.cooled(v.published_at)}
-        versions = [v for v in fallback_versions(rows) if v in cooled]
+        dates = {v.number: v.published_at for v in rows.versions}
+
+        def cooled(version: str) -> bool:
+            published = dates.get(version)
+            return cutoff is None or published is None or published <= cutoff
+
+        body = kept_metadata(kept, rows, cooled) if kept else None
+        if body is not None:
+            return body
+        versions = [v for v in fallback_versions(rows) if cooled(v)]
         if not versions:
             return None
-        group, artifact = split_name(name)
+        group, artifact = split_name(rows.name)
         return render_metadata(group, artifact, versions, is_snapshot=is_snapshot)
+
+    async def upstream_offers(self, file: ArchivedFile) -> bool | None:
+        """Whether the upstream's ``maven-metadata.xml`` still lists the file's version (a
+        SNAPSHOT's is not always listed there: that says nothing)."""
+        url = self._url(f"{artifact_dir(file.package)}/{METADATA}")
+        answer, _ = await self.registry.document(url, keep=True)
+        if answer.absent:
+            return False
+        try:
+            listed = parse_metadata(answer.body).versions
+        except DocumentError:
+            return None
+        if file.version in listed:
+            return True
+        return None if is_snapshot(file.version) else False
 
     # -- files ------------------------------------------------------------------------------------
 
@@ -226,13 +286,9 @@ class MavenRoutes(EcosystemRoutes):
         url = self._url(file_path(name, version, filename))
         error: UpstreamFailed | None = None
         removed = archived.removed if archived else False
-        spool = await self.local_spool(archived)
-        if archived is not None and spool is not None:  # verified bytes never change
-            offered, error = await self.offered(archived)
-            source = "archive-removed" if removed or offered is False else "archive"
-            verified = verified_algorithms(archived.digests)
-            headers = source_headers(source, error=error, verified=verified)
-            return Obtained(spool, headers, archived.digests), archived
+        local = await self.local_file(archived)
+        if archived is not None and local is not None:  # verified bytes never change
+            return Obtained(*local, archived.digests), archived
         try:
             digests = dict(archived.digests) if archived else await self.upstream_digests(url)
             fetched = await self.registry.file(url, digests, package=name)
@@ -310,4 +366,4 @@ class MavenRoutes(EcosystemRoutes):
         return web.Response(text=sums[algorithm], content_type=TEXT, headers=obtained.headers)
 
 
-__all__ = ["MavenRoutes", "fallback_versions", "hash_spool"]
+__all__ = ["MavenRoutes", "fallback_versions", "hash_spool", "kept_metadata"]

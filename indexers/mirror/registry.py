@@ -291,10 +291,16 @@ class RegistryMirror:
         return UpstreamFailed(redact(url), "offline", "no upstream configured (archive only)")
 
     async def document(
-        self, url: str, *, headers: Mapping[str, str] | None = None, keep: bool = False
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        keep: bool = False,
+        kept_as: str | None = None,
     ) -> tuple[Answer, bool]:
         """The upstream's answer for ``url`` and whether it came from the cache; with
-        ``keep``, a 200 answer fetched now is kept on disk as the last good one.
+        ``keep``, a 200 answer fetched now is kept on disk as the last good one (under
+        ``kept_as``, for a document whose URL only the upstream can tell).
 
         Raises ``UpstreamFailed`` when the upstream cannot answer (or there is none).
         """
@@ -310,7 +316,7 @@ class RegistryMirror:
             if answer.status == 200 or answer.absent:
                 self.documents.put(url, answer, negative=answer.absent)
             if keep and answer.status == 200:
-                self.background(self.last_good.keep(url, answer.body))
+                self.background(self.last_good.keep(kept_as or url, answer.body))
             return answer
 
         return await self.flights.run(("document", url), fetch), False
@@ -396,6 +402,15 @@ class RegistryMirror:
         return result
 
 
+async def _quietly(work: Awaitable[Any]) -> None:
+    """Await ``work`` in the background: its outcome is recorded where it ends, an
+    unexpected error only logged."""
+    try:
+        await work
+    except Exception:
+        log.exception("background listing check failed")
+
+
 def _check_file(check: FileCheck, spool: Spool, expected: str, url: str) -> None:
     with spool.open() as reader:
         check(reader, expected, redact(url))
@@ -460,8 +475,14 @@ class EcosystemRoutes(ABC):
 
     async def offered(self, file: ArchivedFile) -> tuple[bool | None, UpstreamFailed | None]:
         """:meth:`upstream_offers`, read at most once per metadata TTL (and shared in flight),
-        with the error that kept the upstream from answering."""
-        if self.registry.upstream is None:
+        with the error that kept the upstream from answering.
+
+        While the upstream is failing (its last request failed and its skip window, if any,
+        has passed) the archived file does not wait on it: the last answer stands, with the
+        last failure, and the listing is read again in the background (issue 16).
+        """
+        upstream = self.registry.upstream
+        if upstream is None:
             return None, self.registry.offline_error(file.url)
         key = (file.package, file.version, file.filename)
         cached = self.registry.offers.fresh(key)
@@ -479,10 +500,31 @@ class EcosystemRoutes(ABC):
             self.registry.offers.put(key, found, negative=found[1] is not None)
             return found
 
+        failing = upstream.failing()
+        if failing is not None and upstream.down() is None:
+            self.registry.background(_quietly(self.registry.flights.run(("offers", key), check)))
+            stale = self.registry.offers.stale(key)
+            return (stale.value[0] if stale is not None else None), failing
         result: tuple[bool | None, UpstreamFailed | None] = await self.registry.flights.run(
             ("offers", key), check
         )
         return result
+
+    async def local_file(self, file: ArchivedFile | None) -> tuple[Spool, dict[str, str]] | None:
+        """The archived bytes of ``file`` and the headers to serve them with, without asking
+        the upstream for them (issue 16): bytes Forage verified never change, and removals
+        reach the index at the metadata TTL. ``None`` when there is no servable copy (none,
+        held, or damaged: then the upstream is asked)."""
+        spool = await self.local_spool(file)
+        if file is None or spool is None:
+            return None
+        offered, error = await self.offered(file)
+        headers = source_headers(
+            "archive-removed" if file.removed or offered is False else "archive",
+            error=error,
+            verified=verified_algorithms(file.digests),
+        )
+        return spool, headers
 
     async def local_spool(self, file: ArchivedFile | None) -> Spool | None:
         """The archived bytes of ``file`` for serving them locally (``None``: no copy, a
@@ -498,18 +540,11 @@ class EcosystemRoutes(ABC):
     async def serve_local(
         self, request: web.Request, file: ArchivedFile | None, *, content_type: str
     ) -> web.StreamResponse | None:
-        """Serve an archived file without asking the upstream (issue 16): bytes Forage
-        verified never change, and removals reach the index at the metadata TTL. ``None``
-        when there is no servable copy (none, held, or damaged: then the upstream is asked)."""
-        spool = await self.local_spool(file)
-        if file is None or spool is None:
+        """Serve :meth:`local_file` (``None``: no servable copy)."""
+        local = await self.local_file(file)
+        if local is None:
             return None
-        offered, error = await self.offered(file)
-        headers = source_headers(
-            "archive-removed" if file.removed or offered is False else "archive",
-            error=error,
-            verified=verified_algorithms(file.digests),
-        )
+        spool, headers = local
         return await send_spool(request, spool, content_type=content_type, headers=headers)
 
     async def send_archived(

@@ -151,6 +151,7 @@ class Upstream:
         self._clock = clock
         self._down_until = 0.0
         self._down_reason = ""
+        self._failing: UpstreamFailed | None = None
         #: Requests sent upstream (redirect hops included), for logs and tests.
         self.requests = 0
 
@@ -171,12 +172,20 @@ class Upstream:
             return self._down_reason
         return None
 
+    def failing(self) -> UpstreamFailed | None:
+        """The connection-level failure or 5xx the last request ended in (``None``: it was
+        answered), so a caller with something to go on need not wait to see it again."""
+        return self._failing
+
     def _failed(self, url: str, kind: str, reason: str) -> UpstreamFailed:
-        if kind in DOWN_KINDS and self.down_seconds > 0:
-            self._down_until = self._clock() + self.down_seconds
-            self._down_reason = f"{kind}: {reason}"
+        error = UpstreamFailed(redact(url), kind, reason)
+        if kind in DOWN_KINDS:
+            self._failing = error
+            if self.down_seconds > 0:
+                self._down_until = self._clock() + self.down_seconds
+                self._down_reason = f"{kind}: {reason}"
         log.warning("upstream %s failed: %s: %s", redact(url), kind, reason)
-        return UpstreamFailed(redact(url), kind, reason)
+        return error
 
     async def fetch(
         self, url: str, *, headers: Mapping[str, str] | None = None, max_size: int
@@ -237,10 +246,11 @@ class Upstream:
                     response.status_code,
                     {k.lower(): v for k, v in response.headers.items()},
                 )
+                if response.status_code != 200 and not answer.absent:
+                    raise self._failed(current, "status", f"HTTP {response.status_code}")
+                self._failing = None
                 if answer.absent:
                     return answer
-                if response.status_code != 200:
-                    raise self._failed(current, "status", f"HTTP {response.status_code}")
                 await self._read(response, sink, current)
                 return answer
             finally:
