@@ -12,6 +12,14 @@ follows, and the exit status is 1 when any artifact failed.
 ``forage archive --failed [--limit N] [--json]`` lists the failed archives instead, newest
 first, with their reasons (bytes that failed verification marked ``BAD BYTES``) and what
 happens next: the time of the job's next try, or ``dead`` (:mod:`forage.archive.failures`).
+
+``forage archive --repair KEY|CID...`` checks the archived copies the keys (or archive CIDs)
+name, block by block, as the scheduled re-verification does (:mod:`forage.jobs.reverify`):
+missing or damaged blocks are fetched from the pinning backends and ``[repair] gateways``
+(:mod:`forage.archive.repair`), each verified against its CID, and the archive verified
+again; one that cannot be repaired so is marked failed and queued for download from its
+registry. One line per archive on stdout (intact, repaired and from where, or queued); the
+exit status is 1 when any archive could not be repaired from the network.
 """
 
 from __future__ import annotations
@@ -35,7 +43,10 @@ def register(subparsers: Any) -> None:
         "compute their CIDs and store their blocks, now and in this process.",
     )
     parser.add_argument(
-        "keys", nargs="*", metavar="KEY", help="pkg:TYPE/NAME@VERSION or PLATFORM:NAME:VERSION"
+        "keys",
+        nargs="*",
+        metavar="KEY",
+        help="pkg:TYPE/NAME@VERSION or PLATFORM:NAME:VERSION (with --repair, also a CID)",
     )
     parser.add_argument(
         "--pending", action="store_true", help="every artifact without an archived copy"
@@ -49,6 +60,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="with --failed: print JSON")
     parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="check the archives named instead, fetching missing or damaged blocks from the "
+        "pinning backends and [repair] gateways",
+    )
+    parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -60,6 +77,8 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
+    if args.repair:
+        return _repair(args)
     if args.failed:
         return _list_failed(args)
     if not args.keys and not args.pending:
@@ -107,6 +126,76 @@ def _list_failed(args: argparse.Namespace) -> int:
     shown = len(listing.archives)
     print(f"forage: {listing.total} failed archive(s), {shown} shown", file=sys.stderr)
     return 0
+
+
+def _repair(args: argparse.Namespace) -> int:
+    """``--repair``: check the archives named, repairing them from the network."""
+    import asyncio
+
+    from forage.archive.sources import source_labels
+
+    if args.pending or args.failed or not args.keys:
+        print("forage: --repair takes KEY or CID arguments, and no --pending or --failed",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    config = load_cli_config(args)
+    labels = source_labels(config)
+    if not labels:
+        print(
+            "forage: nowhere to repair from: set [repair] gateways, configure a kubo pinning "
+            "backend, or give a pinning backend a gateway",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    print(f"forage: repairing from {', '.join(labels)}", file=sys.stderr)
+    return asyncio.run(_run_repair(config, args.keys))
+
+
+async def _run_repair(config: Any, names: list[str]) -> int:
+    import asyncio
+
+    from forage.archive.sources import open_repair_sources
+    from forage.db.engine import make_sessionmaker, open_database
+    from forage.jobs.reverify import Outcome, archives_named, check_archive
+    from forage.jobs.worker import job_context
+
+    engine = await asyncio.to_thread(open_database, config.database)
+    outcomes: list[Outcome] = []
+    try:
+        async with job_context(config, make_sessionmaker(engine)) as ctx:
+            named = {}
+            for name in names:
+                for archive in await ctx.transaction(archives_named, name):
+                    named.setdefault(archive.id, (name, archive))
+            assert ctx.blockstore is not None
+            async with open_repair_sources(config) as sources:
+                for name, archive in named.values():
+                    outcome = await check_archive(ctx, ctx.blockstore, archive, sources)
+                    outcomes.append(outcome)
+                    print(f"{name} archive {archive.id} {archive.cid}: {_verdict(outcome)}")
+    finally:
+        engine.dispose()
+    damaged = [o for o in outcomes if o.damage is not None]
+    repaired = sum(o.repaired for o in damaged)
+    print(
+        f"forage: checked {len(outcomes)}, intact {len(outcomes) - len(damaged)}, "
+        f"repaired {repaired}, queued for download {len(damaged) - repaired}",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE if repaired < len(damaged) else 0
+
+
+def _verdict(outcome: Any) -> str:
+    """One archive's outcome in words."""
+    report = outcome.repair
+    if outcome.damage is None:
+        return "intact"
+    if outcome.repaired:
+        return f"repaired {report.fetched} of {report.damaged} blocks: {report.describe()}"
+    why = outcome.damage.problem
+    if report is not None:
+        why += f"; {report.shortfall()}"
+    return f"NOT repaired ({why}); download queued as job {outcome.requeued}"
 
 
 async def _archive(config: Any, args: argparse.Namespace, *, progress: bool) -> int:

@@ -322,6 +322,9 @@ def _check_pin_backend(backend: PinBackendConfig, prefix: str) -> PinBackendConf
         raise ConfigError(f"{prefix}.url", "missing: the backend's API base URL")
     loopback = (urlsplit(backend.url).hostname or "") in LOOPBACK_HOSTS
     check_url(backend.url, f"{prefix}.url", allow_http=backend.allow_http or loopback)
+    if backend.gateway:
+        local = (urlsplit(backend.gateway).hostname or "") in LOOPBACK_HOSTS
+        check_url(backend.gateway, f"{prefix}.gateway", allow_http=backend.allow_http or local)
     if backend.token is None and backend.token_file is not None:
         try:
             token = backend.token_file.read_text(encoding="utf-8").strip()

@@ -7,11 +7,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from forage.config.registries import RegistriesConfig, RegistryConfig
 from forage.config.values import (
     Secret,
     bounded,
+    check_url,
     env_name,
     filled_by_loader,
     mask_url_password,
@@ -20,12 +22,27 @@ from forage.config.values import (
 from forage.errors import ConfigError
 from forage.logs import LOG_FORMATS
 
+#: The blockstore layouts ``[data] blocks`` may name.
+BLOCK_LAYOUTS = ("packed", "flatfs")
+
 
 @dataclass(frozen=True, slots=True)
 class DataConfig:
-    """``[data]``: where Forage keeps its files (SQLite database, blocks)."""
+    """``[data]``: where Forage keeps its files (SQLite database, blocks).
+
+    ``blocks`` is the blockstore layout under ``<dir>/blocks``: ``"packed"`` (one pack file
+    per archive, :mod:`storage.packs`) or ``"flatfs"`` (one file per block, Kubo's layout).
+    Unset, a store that already holds flatfs blocks stays flatfs, and anything else is packed.
+    """
 
     dir: Path = Path("forage-data")
+    blocks: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.blocks is not None and self.blocks not in BLOCK_LAYOUTS:
+            raise ConfigError(
+                "data.blocks", f"must be one of {', '.join(BLOCK_LAYOUTS)}, got {self.blocks!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +125,11 @@ class ServerConfig:
     gets a 503 with ``Retry-After``. A lookup needs a few times its body's size in working
     memory, so the default (two maximal bodies at once) keeps sixteen concurrent 15 MB lookups
     under 400 MiB. It must be at least ``max_body_size``, or the largest body could never run.
+
+    ``processes`` is how many server processes ``forage serve`` runs on its one listening
+    socket (0: one per CPU core this process may use), so lookups use more than one core
+    (:mod:`forage.server.processes`). Each process has its own memory budget; the backfill
+    rate and burst are shared out between them, so the server as a whole keeps to them.
     """
 
     host: str = "127.0.0.1"
@@ -121,6 +143,7 @@ class ServerConfig:
     backfill_rate: float = bounded(5.0, low=0)
     backfill_burst: int = bounded(500, low=0)
     backfill_recheck: float = bounded(3600.0, low=0)
+    processes: int = bounded(1, low=0, high=1024)
 
     SECRETS: ClassVar[tuple[str, ...]] = ("api_token",)
 
@@ -203,7 +226,9 @@ class PinBackendConfig:
     id>``, at most 20) tell a service or cluster which nodes to fetch the blocks from: the
     operator's own. ``replication_min``/``replication_max`` apply to a cluster. Plain ``http``
     is accepted for loopback hosts, elsewhere only with ``allow_http``. ``timeout`` bounds
-    each request, in seconds.
+    each request, in seconds. ``gateway`` is the provider's trustless gateway, where
+    :mod:`forage.archive.repair` reads blocks back (a Pinning Service or Cluster API has no
+    read method; a Kubo backend is read through its RPC).
     """
 
     name: str = filled_by_loader("")
@@ -216,6 +241,7 @@ class PinBackendConfig:
     replication_max: int | None = bounded(None, low=1)
     allow_http: bool = False
     timeout: float = bounded(120.0, low=1)
+    gateway: str | None = None
 
     SECRETS: ClassVar[tuple[str, ...]] = ("token",)
 
@@ -249,6 +275,30 @@ class PinningConfig:
                 return backend
         known = ", ".join(self.backend_names) or "none (add a [pinning.backends.<name>] table)"
         raise ConfigError(f"pinning.backends.{name}", f"no such backend; configured: {known}")
+
+
+@dataclass(frozen=True, slots=True)
+class RepairConfig:
+    """``[repair]``: where missing or damaged blocks are fetched from before an archive is
+    downloaded again from its registry (:mod:`forage.archive.repair`).
+
+    ``gateways`` are IPFS trustless gateways (base URLs: ``https``, or plain ``http`` on
+    loopback or with ``allow_http``), tried in order after the pinning backends that can serve
+    blocks. Every block is checked against its CID before it is stored. ``timeout`` bounds
+    each request, ``deadline`` everything asked of one source for one archive (seconds);
+    ``max_block_size`` is the largest block accepted, in bytes.
+    """
+
+    gateways: tuple[str, ...] = ()
+    allow_http: bool = False
+    timeout: float = bounded(30.0, low=0.1)
+    deadline: float = bounded(300.0, low=0.1)
+    max_block_size: int = bounded(2 << 20, low=1024, high=64 << 20)
+
+    def __post_init__(self) -> None:
+        for url in self.gateways:
+            loopback = (urlsplit(url).hostname or "") in LOOPBACK_HOSTS
+            check_url(url, "repair.gateways", allow_http=self.allow_http or loopback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +381,7 @@ class Config:
     filecoin: FilecoinConfig = FilecoinConfig()
     pinning: PinningConfig = PinningConfig()
     mirror: MirrorConfig = MirrorConfig()
+    repair: RepairConfig = RepairConfig()
     source: Path | None = None
 
     def registry(self, ecosystem: str) -> RegistryConfig:
@@ -384,6 +435,7 @@ SECTIONS: tuple[tuple[str, type], ...] = (
     ("schedule", ScheduleConfig),
     ("logging", LoggingConfig),
     ("mirror", MirrorConfig),
+    ("repair", RepairConfig),
 )
 
 
@@ -403,6 +455,7 @@ __all__ = [
     "MirrorConfig",
     "PinBackendConfig",
     "PinningConfig",
+    "RepairConfig",
     "ScheduleConfig",
     "ServerConfig",
     "WorkerConfig",

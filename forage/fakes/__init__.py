@@ -2,7 +2,8 @@
 
 Each fake speaks its service's real wire format (npm registry and replication feed, PyPI's
 simple/JSON/XML-RPC APIs, the Go module proxy, index and checksum database, Kubo RPC, IPFS
-Cluster, the IPFS Pinning Service API) so Forage's own clients run unchanged against them.
+Cluster, the IPFS Pinning Service API, an IPFS trustless gateway) so Forage's own clients run
+unchanged against them.
 ``forage demo`` starts them to give a first run with no network; the test suite starts them
 to exercise every code path, including faults (:class:`~indexers.fakeserver.Faults`).
 """

@@ -10,6 +10,11 @@ Speaks the wire format of github.com/ipfs/kubo ``core/commands`` through go-ipfs
 - ``dag/import`` reads multipart CARv1 files, checks every block's sha2-256, stores the
   blocks, pins the header's roots when ``pin-roots`` (default true) and streams
   ``{"Root": {"Cid": {"/": cid}, "PinErrorMsg": ""}}`` per root (NDJSON);
+- ``block/get`` answers a block's bytes (``text/plain``, ``X-Stream-Output: 1``) and
+  ``dag/export`` a CARv1 of the DAG, root first, depth-first, each block once
+  (``application/vnd.ipld.car``); both fail like an offline node when the root is missing
+  (500, ``block was not found locally (offline)``), and an export whose child is missing is
+  cut short, as Kubo ends the stream with an ``X-Stream-Error`` trailer;
 - ``pin/add`` fails like an offline node when a block of the DAG is missing; ``pin/ls`` with
   arguments fails as a whole on the first one not pinned (``path '<arg>' is not pinned``),
   and streams ``{"Cid","Type","Name"}`` lines with ``stream=true``; ``pin/rm`` of something
@@ -45,6 +50,7 @@ from indexers.fakeserver import Faults, RequestLog, fake_app
 __all__ = [
     "CarParseError",
     "FakeKubo",
+    "car_section",
     "car_v1",
     "dag_links",
     "dag_pb_node",
@@ -55,8 +61,11 @@ __all__ = [
 RAW = 0x55
 DAG_PB = 0x70
 SHA2_256 = 0x12
+IDENTITY = 0x00
 
-COMMANDS = frozenset({"dag/import", "pin/add", "pin/ls", "pin/rm", "version"})
+COMMANDS = frozenset(
+    {"block/get", "dag/export", "dag/import", "pin/add", "pin/ls", "pin/rm", "version"}
+)
 
 
 class CarParseError(ValueError):
@@ -94,9 +103,14 @@ def car_v1(roots: Sequence[str], blocks: Iterable[tuple[str, bytes]]) -> bytes:
     header += b"\x67version\x01"
     out = bytearray(varint.encode(len(header)) + header)
     for block_cid, data in blocks:
-        section = bytes(CID.decode(block_cid)) + data
-        out += varint.encode(len(section)) + section
+        out += car_section(block_cid, data)
     return bytes(out)
+
+
+def car_section(cid: str, data: bytes) -> bytes:
+    """One CARv1 section: the varint length, the binary CID, the block."""
+    section = bytes(CID.decode(cid)) + data
+    return bytes(varint.encode(len(section))) + section
 
 
 def read_car(data: bytes) -> tuple[list[str], list[tuple[str, bytes]]]:
@@ -334,6 +348,10 @@ class FakeKubo:
         try:
             if command == "dag/import":
                 return await self._dag_import(request)
+            if command == "block/get":
+                return self._block_get(args)
+            if command == "dag/export":
+                return await self._dag_export(request, args)
             if command == "pin/add":
                 return _json(self._pin_add(args, request.query.get("name", "")))
             if command == "pin/ls":
@@ -406,6 +424,42 @@ class FakeKubo:
         if request.query.get("stats") == "true":
             events.append({"Stats": {"BlockCount": count, "BlockBytesCount": size}})
         return _ndjson(events)
+
+    def _stored(self, args: list[str], what: str) -> tuple[str, bytes]:
+        """The one CID argument of ``block/get``/``dag/export`` and its block."""
+        if not args:
+            raise CommandError(f'argument "{what}" is required', code=1)
+        cid = self._parse(args[0])
+        data = self.blocks.get(_key(cid))
+        if data is None:
+            raise CommandError(f"block was not found locally (offline): ipld: could not find {cid}")
+        return cid, data
+
+    def _block_get(self, args: list[str]) -> web.Response:
+        _, data = self._stored(args, "cid")
+        return web.Response(body=data, content_type="text/plain", headers=STREAM_HEADERS)
+
+    async def _dag_export(self, request: web.Request, args: list[str]) -> web.StreamResponse:
+        root, _ = self._stored(args, "root")
+        response = web.StreamResponse(headers=STREAM_HEADERS)
+        response.content_type = "application/vnd.ipld.car"
+        await response.prepare(request)
+        await response.write(car_v1([root], []))
+        stack, seen = [root], set()
+        while stack:
+            cid = stack.pop()
+            if _key(cid) in seen or CID.decode(cid).hashfun.code == IDENTITY:
+                continue
+            seen.add(_key(cid))
+            data = self.blocks.get(_key(cid))
+            if data is None:  # Kubo reports it in the X-Stream-Error trailer: the CAR is cut
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write(car_section(cid, data))
+            stack.extend(reversed(dag_links(cid, data)))
+        await response.write_eof()
+        return response
 
     def _pin_add(self, args: list[str], name: str) -> dict[str, Any]:
         if not args:
@@ -494,6 +548,10 @@ class FakeKubo:
                 del self.pins[pinned]
             removed.append(cid)
         return {"Pins": removed}
+
+
+#: What go-ipfs-cmds sends with a command's byte stream output.
+STREAM_HEADERS = {"X-Stream-Output": "1", "Trailer": "X-Stream-Error"}
 
 
 def _ndjson(items: list[dict[str, Any]]) -> web.Response:

@@ -3,8 +3,13 @@
 The scheduler's ``reverify`` task (:func:`forage.jobs.tasks.enqueue_reverify`) queues a
 ``reverify`` job; its handler, :func:`reverify_job`, reads each sampled archive's blocks
 back (:func:`verify_archive`: every block against its CID, the size, the digest verified at
-archive time). A damaged archive loses its corrupt blocks, is marked failed and its
-``archive`` job is queued to repair it (:func:`mark_damaged`).
+archive time). A damaged archive is first repaired from the network
+(:mod:`forage.archive.repair`: its missing and corrupt blocks fetched, verified, from the
+pinning backends and trustless gateways) and verified again; it stays archived when that
+works. Otherwise it loses its corrupt blocks, is marked failed and its ``archive`` job is
+queued to download it again from its registry (:func:`mark_damaged`).
+:func:`check_archive` is that whole step for one archive; ``forage archive --repair`` runs it
+for the archives an operator names (:func:`archives_named`).
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from forage.archive.repair import RepairReport, TolerantSource, repair_dag
+from forage.archive.sources import RepairSource, open_repair_sources
 from forage.db.models import Archive, ArchiveStatus
-from forage.errors import PermanentJobError
+from forage.errors import InvalidKey, NotFound, PermanentJobError
 from forage.jobs import queue as jobs
 from forage.jobs.tasks import ARCHIVE
 
@@ -27,7 +34,7 @@ if TYPE_CHECKING:
     from multiformats import CID
 
     from forage.jobs.worker import JobContext
-    from storage import Block, BlockSource
+    from storage import BlockSource, Blockstore
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,17 @@ class ArchiveSample:
     size: int
     algorithm: str | None
     digest: str | None
+
+
+#: The archive columns an :class:`ArchiveSample` is made of, in its field order.
+_COLUMNS = (
+    Archive.id,
+    Archive.artifact_id,
+    Archive.cid,
+    Archive.size,
+    Archive.verified_algorithm,
+    Archive.verified_digest,
+)
 
 
 def sample_archives(
@@ -59,17 +77,9 @@ def sample_archives(
     ).one()
     if low is None:
         return []
-    columns = (
-        Archive.id,
-        Archive.artifact_id,
-        Archive.cid,
-        Archive.size,
-        Archive.verified_algorithm,
-        Archive.verified_digest,
-    )
     total = session.execute(sa.select(sa.func.count()).where(archived)).scalar_one()
     if total <= count:
-        rows = session.execute(sa.select(*columns).where(archived).order_by(Archive.id)).all()
+        rows = session.execute(sa.select(*_COLUMNS).where(archived).order_by(Archive.id)).all()
     else:
         chosen: dict[int, Any] = {}
         for _ in range(count * 3):
@@ -77,7 +87,7 @@ def sample_archives(
                 break
             start = rng.randint(low, high)
             row = session.execute(
-                sa.select(*columns)
+                sa.select(*_COLUMNS)
                 .where(archived, Archive.id >= start)
                 .order_by(Archive.id)
                 .limit(1)
@@ -96,26 +106,6 @@ class Damage:
 
     problem: str
     corrupt: tuple[CID, ...] = ()
-
-
-class _Tolerant:
-    """A block source that notes missing and corrupt blocks instead of stopping at the first,
-    standing in an empty block for them (so a walk still reaches the rest of the DAG)."""
-
-    def __init__(self, source: BlockSource) -> None:
-        self.source = source
-        self.corrupt: list[CID] = []
-
-    def get(self, cid: CID) -> Block:
-        from storage import Block, BlockNotFound, IntegrityError
-
-        try:
-            return self.source.get(cid)
-        except IntegrityError:
-            self.corrupt.append(cid)
-        except BlockNotFound:
-            pass
-        return Block(cid, b"")
 
 
 def verify_archive(source: BlockSource, archive: ArchiveSample) -> Damage | None:
@@ -140,7 +130,7 @@ def verify_archive(source: BlockSource, archive: ArchiveSample) -> Damage | None
         problem = f"{type(exc).__name__}: {exc}"
     else:
         return None
-    tolerant = _Tolerant(source)
+    tolerant = TolerantSource(source)
     try:
         for _block in walk_dag(tolerant, archive.cid):
             pass
@@ -176,37 +166,134 @@ def mark_damaged(session: Session, archive: ArchiveSample, damage: Damage) -> in
     )
 
 
+def archives_named(session: Session, name: str) -> list[ArchiveSample]:
+    """The archived archives ``name`` names: a CID, or a purl or Forage key (every version's
+    archives when it has none).
+
+    Raises ``InvalidKey`` for a malformed key and ``NotFound`` when nothing archived matches.
+    """
+    from forage.archive.records import artifact_ids_for_key
+    from storage import InvalidCID, parse_cid
+
+    archived = Archive.status == ArchiveStatus.ARCHIVED
+    if ":" in name:
+        ids = artifact_ids_for_key(session, name)
+        query = sa.select(*_COLUMNS).where(archived, Archive.artifact_id.in_(ids))
+    else:
+        try:
+            cid = parse_cid(name)
+        except InvalidCID as exc:
+            raise InvalidKey(name, "neither a key (pkg:TYPE/NAME@VERSION) nor a CID") from exc
+        if cid.version == 0:  # archives are named by CIDv1, the same DAG as its Qm... CIDv0
+            cid = parse_cid(cid.set(version=1))
+        query = sa.select(*_COLUMNS).where(archived, Archive.cid == str(cid))
+    rows = session.execute(query.order_by(Archive.id)).all()
+    if not rows:
+        raise NotFound(f"no archived copy of {name} to check")
+    return [ArchiveSample(*row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one archive checked: intact (no ``damage``), repaired from the network
+    (``repair`` fetched blocks and ``requeued`` is ``None``), or queued for a fresh download
+    from its registry as job ``requeued``."""
+
+    archive: ArchiveSample
+    damage: Damage | None = None
+    repair: RepairReport | None = None
+    requeued: int | None = None
+
+    @property
+    def repaired(self) -> bool:
+        return self.damage is not None and self.requeued is None
+
+
+async def check_archive(
+    ctx: JobContext, store: Blockstore, archive: ArchiveSample, sources: list[RepairSource]
+) -> Outcome:
+    """Verify one archive; repair a damaged one from ``sources`` and verify it again; when
+    that fails, mark it damaged and queue its download from the registry."""
+    damage = await asyncio.to_thread(verify_archive, store, archive)
+    if damage is None:
+        return Outcome(archive)
+    fields = {"archive": archive.id, "artifact": archive.artifact_id}
+    report = None
+    if sources:
+        report = await repair_dag(
+            store, archive.cid, sources, size=archive.size, config=ctx.config.repair
+        )
+        if report.fetched and await asyncio.to_thread(verify_archive, store, archive) is None:
+            log.warning(
+                "archive %d (%s) failed re-verification (%s) and was restored from the network: %s",
+                archive.id,
+                archive.cid,
+                damage.problem,
+                report.describe(),
+                extra={"fields": {**fields, "repaired_from": _by_source(report)}},
+            )
+            return Outcome(archive, damage, report)
+    for cid in damage.corrupt:
+        await asyncio.to_thread(store.delete, cid)
+    requeued = await ctx.transaction(mark_damaged, archive, damage)
+    tried = f"; network repair: {report.shortfall()}" if report is not None else ""
+    log.error(
+        "archive %d (%s) failed re-verification: %s; %d corrupt blocks removed%s; "
+        "download queued as job %d",
+        archive.id,
+        archive.cid,
+        damage.problem,
+        len(damage.corrupt),
+        tried,
+        requeued,
+        extra={"fields": fields},
+    )
+    return Outcome(archive, damage, report, requeued)
+
+
+def _by_source(report: RepairReport) -> dict[str, dict[str, int]]:
+    return {
+        label: {"blocks": supplied.blocks, "bytes": supplied.bytes}
+        for label, supplied in report.supplied.items()
+        if supplied.blocks
+    }
+
+
 async def reverify_job(ctx: JobContext, job: jobs.Job) -> None:
     """Handler of ``reverify`` jobs ``{sample}``: check a random sample of archives against
-    the blockstore; a damaged one loses its corrupt blocks, is marked failed and queued for
-    repair."""
+    the blockstore; a damaged one is repaired from the network, or else loses its corrupt
+    blocks, is marked failed and queued for a fresh download."""
     store = ctx.blockstore
     if store is None:
         raise PermanentJobError("reverify needs a blockstore")
     count = int(job.payload.get("sample", ctx.config.schedule.reverify_sample))
     sample = await ctx.transaction(sample_archives, count)
-    damaged = 0
-    for archive in sample:
-        damage = await asyncio.to_thread(verify_archive, store, archive)
-        if damage is None:
-            continue
-        damaged += 1
-        for cid in damage.corrupt:
-            await asyncio.to_thread(store.delete, cid)
-        repair = await ctx.transaction(mark_damaged, archive, damage)
-        log.error(
-            "archive %d (%s) failed re-verification: %s; %d corrupt blocks removed, "
-            "repair queued as job %d",
-            archive.id,
-            archive.cid,
-            damage.problem,
-            len(damage.corrupt),
-            repair,
-            extra={"fields": {"archive": archive.id, "artifact": archive.artifact_id}},
-        )
+    damaged = repaired = 0
+    supplied: dict[str, dict[str, int]] = {}
+    async with open_repair_sources(ctx.config) as sources:
+        for archive in sample:
+            outcome = await check_archive(ctx, store, archive, sources)
+            damaged += outcome.damage is not None
+            repaired += outcome.repaired
+            if outcome.repaired and outcome.repair is not None:
+                for label, counts in _by_source(outcome.repair).items():
+                    total = supplied.setdefault(label, {"blocks": 0, "bytes": 0})
+                    total["blocks"] += counts["blocks"]
+                    total["bytes"] += counts["bytes"]
     log.info(
-        "re-verified %d archives: %d damaged",
+        "re-verified %d archives: %d damaged, %d restored from the network, %d queued for "
+        "download from their registries",
         len(sample),
         damaged,
-        extra={"fields": {"checked": len(sample), "damaged": damaged}},
+        repaired,
+        damaged - repaired,
+        extra={
+            "fields": {
+                "checked": len(sample),
+                "damaged": damaged,
+                "repaired": repaired,
+                "requeued": damaged - repaired,
+                "repaired_from": supplied,
+            }
+        },
     )
