@@ -15,11 +15,14 @@ Measured in one run:
   ``--concurrency`` at once, as ``forage archive --pending`` runs it): row loads, HTTP
   download with the host policy, the registry's digests (``--ecosystem pypi``: sha256 and
   size; ``npm``: sha512 and sha1), the CIDv1 and its blocks staged then moved into a
-  durable :class:`~storage.FilesystemBlockstore`, one ``archived`` row per artifact in a
-  SQLite database;
+  durable blockstore (``--layout packed``, the default: one
+  :class:`~storage.PackedBlockstore` pack per artifact; ``--layout flatfs``: one
+  :class:`~storage.FilesystemBlockstore` file per block), one ``archived`` row per artifact in
+  a SQLite database;
 - ``peak_rss_mib``: the process's peak resident set (the fixture is never held in memory);
-- ``sync``, ``commit_batches``, ``commit_groups``: how the blockstore made commits durable and
-  how many sync rounds the batches shared (group commit);
+- ``layout``, ``block_files``: the blockstore layout and how many files it holds afterwards
+  (packs or block files); ``sync``, ``commit_batches``, ``commit_groups``: how the blockstore
+  made commits durable and how many sync rounds the batches shared (group commit);
 - with ``--breakdown``, two stages alone over the same fixture, after the pipeline:
   ``download_only_mb_s`` (the same client, host policy and concurrency, bytes discarded) and
   ``store_only_mb_s`` (CID and blocks into a fresh durable blockstore, files read from the
@@ -177,7 +180,7 @@ async def run_pipeline(
     from forage.archive.runner import archive_many
     from forage.db.engine import make_sessionmaker, open_database
     from forage.jobs.worker import job_context
-    from storage import FilesystemBlockstore
+    from storage import FilesystemBlockstore, PackedBlockstore
 
     engine = open_database(config.database)
     try:
@@ -187,7 +190,7 @@ async def run_pipeline(
             seconds = time.perf_counter() - start
             store = ctx.blockstore
             stats: dict[str, Any] = {}
-            if isinstance(store, FilesystemBlockstore):
+            if isinstance(store, FilesystemBlockstore | PackedBlockstore):
                 commits = store.commit_stats
                 stats = {
                     "sync": store.sync,
@@ -226,14 +229,14 @@ async def download_only(config: Any, ecosystem: str, urls: list[str], concurrenc
         engine.dispose()
 
 
-def store_only(root: Path, paths: list[Path], concurrency: int) -> float:
-    """Seconds to import every file (CID and blocks) into a fresh durable blockstore,
-    ``concurrency`` files at a time in threads, reading them from the page cache."""
+def store_only(root: Path, paths: list[Path], concurrency: int, layout: str) -> float:
+    """Seconds to import every file (CID and blocks) into a fresh durable blockstore of
+    ``layout``, ``concurrency`` files at a time in threads, reading them from the page cache."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from storage import FilesystemBlockstore, UnixFSImporter
+    from storage import FilesystemBlockstore, PackedBlockstore, UnixFSImporter
 
-    store = FilesystemBlockstore(root)
+    store = PackedBlockstore(root) if layout == "packed" else FilesystemBlockstore(root)
 
     def one(path: Path) -> None:
         importer = UnixFSImporter()
@@ -349,6 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--ecosystem", choices=("pypi", "npm"), default="pypi")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--layout",
+        choices=("packed", "flatfs"),
+        default="packed",
+        help="blockstore layout ([data] blocks; default packed)",
+    )
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: system temp)")
     parser.add_argument("--profile", action="store_true", help="cProfile the pipeline to stderr")
     parser.add_argument(
@@ -381,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             environ = {
                 "FORAGE_DATA_DIR": str(root / "data"),
+                "FORAGE_DATA_BLOCKS": args.layout,
                 f"FORAGE_REGISTRIES_{args.ecosystem.upper()}_ALLOW_HTTP": "true",
                 f"FORAGE_REGISTRIES_{args.ecosystem.upper()}_MAX_DOWNLOAD_SIZE": str(2 * total),
             }
@@ -411,13 +421,19 @@ def main(argv: list[str] | None = None) -> int:
                 pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
                 pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(20)
             peak = rss_mib()
+            blocks = root / "data" / "blocks"
+            block_files = sum(1 for _ in blocks.rglob("*.pack")) + sum(
+                1 for _ in blocks.rglob("*.data")
+            )
             stages: dict[str, float] = {}
             if args.breakdown:
                 urls = [f"{base}/files/{path.name}" for path in paths]
                 stages["download_only"] = asyncio.run(
                     download_only(config, args.ecosystem, urls, args.concurrency)
                 )
-                stages["store_only"] = store_only(root / "store-only", paths, args.concurrency)
+                stages["store_only"] = store_only(
+                    root / "store-only", paths, args.concurrency, args.layout
+                )
             floor: dict[str, float] = {}
             if args.floor:
                 floor = floor_download(base, paths, args.concurrency, server.pid)
@@ -458,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline_cpu_seconds": round(cpu, 3),
         "rss_before_pipeline_mib": round(rss_before, 1),
         "peak_rss_mib": round(peak, 1),
+        "layout": args.layout,
+        "block_files": block_files,
         **stats,
         **{f"{stage}_mb_s": round(mb / spent, 1) for stage, spent in stages.items()},
         **ceiling,

@@ -5,8 +5,9 @@ is how a reader interprets them. So ``has``/``get``/``delete`` ignore a CID's co
 version, and ``iterate`` yields each block once as a CIDv1 raw CID (Kubo's ``AllKeysChan``
 does the same).
 
-This module holds the protocols and ``MemoryBlockstore``; ``FilesystemBlockstore``, the
-embedded default, is in ``storage.flatfs``.
+This module holds the protocols and ``MemoryBlockstore``; ``PackedBlockstore``, the embedded
+default (one pack file per archive), is in ``storage.packs``, and ``FilesystemBlockstore`` (one
+file per block, Kubo's flatfs layout) in ``storage.flatfs``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,15 @@
 """The one blockstore a Forage installation uses, opened from its configuration.
 
-Archived bytes live as UnixFS blocks in a :class:`~storage.flatfs.FilesystemBlockstore`
-under ``<data.dir>/blocks`` (Kubo's flatfs layout). Workers write it; the HTTP server, the
-mirror and the piece builder read it. Every process opens the same directory; the store's
-writes are atomic, so several processes may share it.
+Archived bytes live as UnixFS blocks under ``<data.dir>/blocks``, in one of two layouts
+(``[data] blocks``): ``packed`` (:class:`~storage.packs.PackedBlockstore`, one pack file per
+archive, ``blocks/packs/``) or ``flatfs`` (:class:`~storage.flatfs.FilesystemBlockstore`, one
+file per block, ``blocks/blocks/``). Unset, a directory that holds a flatfs store and no packs
+stays flatfs (existing stores keep working untouched) and any other is packed. A packed store
+beside a flatfs one (``forage blocks migrate`` under way, or ``blocks = "packed"`` set before
+migrating) reads the blocks not packed yet from the flatfs store.
+
+Workers write the store; the HTTP server, the mirror and the piece builder read it. Every
+process opens the same directory; writes are atomic, so several processes may share it.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ from pathlib import Path
 
 from forage.config import Config
 from storage.flatfs import FilesystemBlockstore
+from storage.packs import PACKS_DIR, PackedBlockstore
 
 BLOCKS_DIR = "blocks"
+#: Where a flatfs store keeps its blocks, under the blockstore's directory.
+FLATFS_DIR = "blocks"
 
 
 def blockstore_path(config: Config) -> Path:
@@ -21,6 +30,36 @@ def blockstore_path(config: Config) -> Path:
     return config.data.dir / BLOCKS_DIR
 
 
-def open_blockstore(config: Config) -> FilesystemBlockstore:
+def has_flatfs(root: Path) -> bool:
+    """Whether ``root`` holds a flatfs store."""
+    return (root / FLATFS_DIR).is_dir()
+
+
+def blockstore_layout(config: Config) -> str:
+    """The layout ``open_blockstore`` uses: the configured one, else ``flatfs`` for a
+    directory holding a flatfs store and no packs, else ``packed``."""
+    if config.data.blocks is not None:
+        return config.data.blocks
+    root = blockstore_path(config)
+    if has_flatfs(root) and not (root / PACKS_DIR).is_dir():
+        return "flatfs"
+    return "packed"
+
+
+def open_packed(root: Path, *, durable: bool = True) -> PackedBlockstore:
+    """The packed store at ``root``, reading through to a flatfs store beside it, if any.
+
+    The packed store opens first: its recovery may need sealed packs a crash left in the
+    staging area, which opening the flatfs store cleans."""
+    store = PackedBlockstore(root, durable=durable)
+    if has_flatfs(root):
+        store.legacy = FilesystemBlockstore(root, durable=durable)
+    return store
+
+
+def open_blockstore(config: Config) -> FilesystemBlockstore | PackedBlockstore:
     """Open (creating it if needed) the configured blockstore."""
-    return FilesystemBlockstore(blockstore_path(config))
+    root = blockstore_path(config)
+    if blockstore_layout(config) == "flatfs":
+        return FilesystemBlockstore(root)
+    return open_packed(root)

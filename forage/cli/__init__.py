@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 COMMAND_MODULES: tuple[str, ...] = (
     "archive",
+    "blocks",
     "commp",
     "content",
     "config",

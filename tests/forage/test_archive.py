@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from forage.archive.blocks import open_packed
 from forage.archive.job import archive_artifact, archive_job
 from forage.archive.records import (
     artifact_ids_for_key,
@@ -143,8 +144,13 @@ def leftovers(data_dir: Path) -> list[str]:
     return found
 
 
-def stored_blocks(data_dir: Path) -> list[Path]:
-    return sorted((data_dir / "blocks" / "blocks").rglob("*.data"))
+def stored_blocks(data_dir: Path) -> list[str]:
+    """Every block the blockstore holds, whichever its layout (packed or flatfs)."""
+    store = open_packed(data_dir / "blocks", durable=False)
+    try:
+        return sorted(str(cid) for cid in store.iterate())
+    finally:
+        store.close()
 
 
 @asynccontextmanager
@@ -610,7 +616,8 @@ FULL_DISK = textwrap.dedent(
         report = asyncio.run(main())
     data_dir = Path(tmp) / "data"
     report["staging"] = os.listdir(data_dir / "blocks" / "staging")
-    report["blocks"] = [str(p) for p in (data_dir / "blocks" / "blocks").rglob("*.data")]
+    report["blocks"] = [str(p) for p in (data_dir / "blocks").rglob("*.data")]
+    report["blocks"] += [str(p) for p in (data_dir / "blocks").rglob("*.pack")]
     print(json.dumps(report))
     """
 )

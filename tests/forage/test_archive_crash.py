@@ -26,6 +26,7 @@ from typing import IO
 import pytest
 import sqlalchemy as sa
 
+from forage.archive.blocks import open_packed
 from forage.db.engine import make_engine, make_sessionmaker
 from forage.db.models import Archive, ArchiveStatus, Artifact, JobRecord
 from forage.fakes.files import FakeFileServer
@@ -33,7 +34,7 @@ from forage.index.ingest import ARCHIVE
 from indexers import Artifact as ArtifactInfo
 from indexers.fakeserver import ThreadedServer
 from indexers.golang.fake import GoFake
-from storage import FilesystemBlockstore, compute_cid, read_file, walk_dag
+from storage import compute_cid, read_file, walk_dag
 from tests.forage.test_archive import (
     blob,
     leftovers,
@@ -186,7 +187,7 @@ def test_sigkilled_workers_lose_no_job_and_leave_one_verified_archive_each(
         engine.dispose()
     assert retried and retried > 0  # some jobs were cut short and ran again
     assert sorted(row.id for row in archives) == sorted(ids)  # exactly one row each
-    store = FilesystemBlockstore(data_dir / "blocks")
+    store = open_packed(data_dir / "blocks")
     reachable: set[bytes] = set()
     for row in archives:
         data = published[ids[row.id]][0]

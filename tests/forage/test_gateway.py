@@ -30,6 +30,7 @@ from storage import (
     Block,
     FilesystemBlockstore,
     MemoryBlockstore,
+    PackedBlockstore,
     PBLink,
     PBNode,
     UnixFSData,
@@ -86,9 +87,12 @@ class Gateway:
         return list(read_car(io.BytesIO(response.content)))
 
 
-@pytest.fixture
-async def gateway(tmp_path: Path, http_client: httpx.AsyncClient) -> AsyncIterator[Gateway]:
-    store = FilesystemBlockstore(tmp_path / "blocks", durable=False)
+@pytest.fixture(params=["packed", "flatfs"])
+async def gateway(
+    request: pytest.FixtureRequest, tmp_path: Path, http_client: httpx.AsyncClient
+) -> AsyncIterator[Gateway]:
+    layout = PackedBlockstore if request.param == "packed" else FilesystemBlockstore
+    store = layout(tmp_path / "blocks", durable=False)
     engine = make_engine(f"sqlite:///{tmp_path / 'unused.db'}")  # the gateway reads no rows
     app = make_app(Config(), sessionmaker=make_sessionmaker(engine), blockstore=store)
     running: RunningServer
@@ -182,8 +186,8 @@ async def test_corrupt_stored_block_is_a_500_not_bad_bytes(
     """A block whose file on disk no longer hashes to its CID is never served; the fault is
     logged (a genuine server error, the one case the spec keeps 500 for)."""
     cid = gateway.add(b"original bytes")
-    (path,) = (gateway.store.root / "blocks").glob("*/*.data")
-    path.write_bytes(b"tampered bytes")
+    (path,) = [*gateway.store.root.glob("blocks/*/*.data"), *gateway.store.root.rglob("*.pack")]
+    path.write_bytes(path.read_bytes().replace(b"original bytes", b"tampered bytes"))
     with caplog.at_level(logging.ERROR, logger="forage.server.gateway"):
         response = await gateway.get(f"/ipfs/{cid}?format=raw")
     assert response.status_code == 500

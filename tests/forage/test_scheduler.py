@@ -54,7 +54,14 @@ from forage.jobs.tasks import (
 )
 from forage.jobs.worker import Worker
 from forage.pins import kinds as pins
-from storage import FilesystemBlockstore, compute_cid, import_file, read_file
+from storage import (
+    FilesystemBlockstore,
+    PackedBlockstore,
+    compute_cid,
+    import_file,
+    read_file,
+    walk_dag,
+)
 from tests.factories import make_archive, make_artifact
 from tests.forage.test_archive import blob, fake_host, npm_artifact, package, record
 
@@ -304,12 +311,18 @@ async def test_a_corrupt_block_is_found_removed_and_the_archive_restored(
         )
         await worker.run(mode="drain")
         cid = str(compute_cid(data))
-        # Flip a byte in one stored leaf (bit rot, a bad disk).
-        leaves = sorted((tmp_path / "data" / "blocks" / "blocks").rglob("*.data"))
-        victim = next(p for p in leaves if len(p.read_bytes()) == 256 * 1024)
-        spoiled = bytearray(victim.read_bytes())
-        spoiled[100] ^= 0xFF
-        victim.write_bytes(bytes(spoiled))
+        # Flip a byte in one stored leaf (bit rot, a bad disk), in its pack.
+        store = ctx.blockstore
+        assert isinstance(store, PackedBlockstore)
+        leaf = next(b.cid for b in walk_dag(store, cid) if len(b.data) == 256 * 1024)
+        location = store.locate(leaf)
+        assert location is not None
+        fd = os.open(store.pack_path(location.pack), os.O_RDWR)
+        try:
+            spoiled = os.pread(fd, 1, location.offset + 100)[0] ^ 0xFF
+            os.pwrite(fd, bytes([spoiled]), location.offset + 100)
+        finally:
+            os.close(fd)
 
         with ctx.sessionmaker.begin() as session:
             jobs.enqueue(session, REVERIFY, {"sample": 10}, dedup_key=REVERIFY)

@@ -4,6 +4,7 @@ removed releases, holds, single flight, the metadata cache and hostile names."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -237,8 +238,12 @@ async def test_a_corrupt_archive_is_never_served(
         ).scalar_one()
     store = forage.ctx.blockstore
     assert store is not None
-    path = store._path(store._key(parse_cid(cid)))  # type: ignore[attr-defined]
-    path.write_bytes(b"rotten")
+    location = store.locate(parse_cid(cid))  # type: ignore[attr-defined]
+    fd = os.open(store.pack_path(location.pack), os.O_WRONLY)  # type: ignore[attr-defined]
+    try:
+        os.pwrite(fd, b"rotten", location.offset)  # the block's first bytes, in its pack
+    finally:
+        os.close(fd)
     await upstream.close()
     response = await client.get(f"{forage.url}{TARBALL}")
     assert response.status_code == 502

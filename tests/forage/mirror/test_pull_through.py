@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -109,9 +110,9 @@ async def test_a_pull_through_that_cannot_write_still_answers(
     client: httpx.AsyncClient,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    blocks = blockstore_path(forage.config) / "blocks"
-    shutil.rmtree(blocks)
-    blocks.write_bytes(b"not a directory")  # every block write fails, even as root
+    staging = blockstore_path(forage.config) / "staging"
+    shutil.rmtree(staging)
+    staging.write_bytes(b"not a directory")  # every block write fails, even as root
     with caplog.at_level(logging.ERROR):
         response = await fetch(forage, client)
     assert response.status_code == 200
@@ -132,8 +133,12 @@ async def test_an_archive_reverify_finds_damaged_is_no_longer_served(
     assert row is not None and row.cid is not None
     store = forage.ctx.blockstore
     assert store is not None
-    path = store._path(store._key(parse_cid(row.cid)))  # type: ignore[attr-defined]
-    path.write_bytes(b"rotten")
+    location = store.locate(parse_cid(row.cid))  # type: ignore[attr-defined]
+    fd = os.open(store.pack_path(location.pack), os.O_WRONLY)  # type: ignore[attr-defined]
+    try:
+        os.pwrite(fd, b"rotten", location.offset)  # the block's first bytes, in its pack
+    finally:
+        os.close(fd)
 
     now = datetime.now(UTC)
     job = queue.Job(1, "reverify", {"sample": 10}, 1, 1, None, "test", now + timedelta(1), now)
