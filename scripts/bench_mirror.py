@@ -1,6 +1,6 @@
 """Benchmark the mirror with its upstream down, alone and side by side with verdaccio and devpi.
 
-Builds a throwaway Forage (SQLite, filesystem blockstore) holding:
+Builds a throwaway Forage (SQLite, its default blockstore) holding:
 
 - ``--tarballs`` npm packages of one tarball each (a real npm tarball wrapping
   ``--tarball-size`` random bytes);
@@ -10,10 +10,13 @@ Builds a throwaway Forage (SQLite, filesystem blockstore) holding:
 
 points the npm and PyPI registries at a closed port (connection refused: the upstream is
 down), serves only the mirror routes, and drives it from a separate process with
-``--clients`` concurrent connections. First, Forage alone (the fields the README has quoted
-since issue 7): requests/s and MB/s for tarballs, p50/p99 latency of the full packument and
-the simple page (JSON form, as pip asks) after one cold request each, and the server's peak
-RSS (``server_peak_rss_mb``, setup included).
+``--clients`` concurrent connections (one aiohttp client in its own process). First
+(``fallback_packument_cold``), the abbreviated packument of ``big`` asked for by all the
+clients at once of a fresh Forage, which has to build it from the archive: how long the
+answers take, the server's CPU seconds and its peak RSS against its RSS before. Then Forage
+alone (the fields the README has quoted since issue 7): requests/s and MB/s for tarballs,
+p50/p99 latency of the full packument and the simple page (JSON form, as pip asks) after one
+cold request each, and the server's peak RSS (``server_peak_rss_mb``, setup included).
 
 Then ``comparison``: Forage and each of ``--peers`` (verdaccio 6 for npm, devpi-server for
 PyPI), one after another, each alone on the machine, in two modes: ``upstream_down`` (the
@@ -21,10 +24,12 @@ upstream refuses connections) and ``offline`` (Forage ``mirror.offline = true``,
 ``--offline-mode``, verdaccio with no uplink). The peers hold the same packages, proxied once
 from the project's loopback fakes, which are then stopped (see ``bench_mirror_peers.py``).
 Per server and mode, for a tarball, the abbreviated packument of ``big`` (npm's ``Accept``),
-the simple page (pip's ``Accept``) and ``--wheels`` wheels: requests/s, p50, p99 and errors
-after a warm-up of ``--warmup`` x the requests, left out; and the server's peak RSS while it
-was measured (``VmHWM``, reset before the warm-up). ``forage_over_best_peer`` divides Forage's
-requests/s by the best peer's on each endpoint.
+the simple page (pip's ``Accept``) and ``--wheels`` wheels: requests/s, p50, p99, errors and
+the server's CPU time per request (``server_cpu_ms_per_request``, which a busy machine
+disturbs least) after a warm-up of ``--warmup`` x the requests, left out; and the server's
+peak RSS while it was measured (``VmHWM``, reset before the warm-up).
+``forage_over_best_peer`` divides Forage's requests/s by the best peer's on each endpoint
+(and the peer's p99 and CPU time per request by Forage's).
 
 The peers are installed into ``--scratch`` on first use (npm and pip reach their registries
 then, and only then); a peer that cannot be installed or started is reported as
@@ -33,37 +38,32 @@ public registry.
 
 Run: ``python3 scripts/bench_mirror.py`` (about half an hour on 2 cores, most of it the
 peers' answers for the 10,000-version packument), Forage alone with ``--peers none`` (about
-five minutes), or smaller with ``--versions 1000 --files 200 --tarballs 50`` while developing.
-Prints one JSON document; ``load_average_at_start``/``_at_end`` say how quiet the machine was.
+five minutes), or smaller with ``--versions 1000 --files 200 --tarballs 50`` while developing;
+``--sections`` and ``--endpoints`` run parts only (``--sections comparison --endpoints wheel``
+measures Forage and devpi on wheels, nothing else). Prints one JSON document;
+``load_average_at_start``/``_at_end`` say how quiet the machine was.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
-import random
 import resource
 import signal
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 import bench_mirror_load as bench
 import bench_mirror_peers as peers
+from bench_mirror_data import PROJECT, npm_fake, populate, pypi_app
 
-EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
-#: Four wheels per version of ``sample-project``, one per platform.
-PLATFORMS = ("any", "manylinux_2_17_x86_64", "macosx_11_0_arm64", "win_amd64")
 #: Endpoints of the comparison, and which peer serves each.
 SERVED_BY = {
     "tarball": "verdaccio",
@@ -71,8 +71,8 @@ SERVED_BY = {
     "simple_page": "devpi",
     "wheel": "devpi",
 }
-PROJECT = "sample-project"
-SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+#: The parts of a run (``--sections``).
+SECTIONS = ("cold_packument", "alone", "comparison")
 
 
 def closed_port() -> int:
@@ -93,124 +93,6 @@ def write_config(root: Path, *, offline: bool = False) -> Path:
         f'xmlrpc_url = "{down}/pypi"\nallow_http = true\n'
     )
     return path
-
-
-# -- the packages every server holds ---------------------------------------------------------
-
-
-def npm_packages(args: argparse.Namespace) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
-    """``(name, [(version, tarball)])`` for every npm package, the same bytes on every call."""
-    from indexers.npm.fake import make_tarball
-
-    rng = random.Random(7)
-    for index in range(args.tarballs):
-        name = f"blob-{index}"
-        blob = rng.randbytes(args.tarball_size)
-        yield name, [("1.0.0", make_tarball(name, "1.0.0", {"blob.bin": blob}))]
-    versions = [f"1.{i // 1000}.{i % 1000}" for i in range(args.versions)]
-    yield "big", [(version, make_tarball("big", version)) for version in versions]
-
-
-def wheels(args: argparse.Namespace) -> Iterator[tuple[str, str, bytes]]:
-    """``(version, filename, bytes)`` for every file of ``sample-project``."""
-    for index in range(args.files):
-        version = f"{index // len(PLATFORMS)}.0"
-        platform = PLATFORMS[index % len(PLATFORMS)]
-        filename = f"sample_project-{version}-py3-none-{platform}.whl"
-        yield version, filename, f"wheel {index}\n".encode() * 64
-
-
-def populate(config: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Write the index rows and archive the bytes; return what the load generator asks for."""
-    from forage.archive.blocks import blockstore_path
-    from forage.db.engine import make_sessionmaker, open_database
-    from forage.db.models import Archive, ArchiveStatus, Artifact, Package, Version
-    from forage.index.ingest import record_package
-    from indexers import Artifact as ArtifactInfo
-    from indexers import PackageInfo, Release, parse_sri
-    from indexers.npm.fake import sri_sha512
-    from storage import FilesystemBlockstore, import_file
-
-    # Setup only: no fsync per block (the server reads the store as production does).
-    store = FilesystemBlockstore(blockstore_path(config), durable=False)
-    engine = open_database(config.database)
-    sessions = make_sessionmaker(engine)
-    archives: dict[tuple[str, str, str], tuple[str, int]] = {}
-
-    def stored(data: bytes) -> tuple[str, int]:
-        with store.batch() as batch:
-            result = import_file(data, sink=batch)
-        return str(result.cid), result.size
-
-    def npm_info(name: str, releases: list[tuple[str, bytes]]) -> PackageInfo:
-        out = []
-        for index, (version, data) in enumerate(releases):
-            digests = parse_sri(sri_sha512(data))
-            digests["sha1"] = hashlib.sha1(data).hexdigest()  # noqa: S324 - npm's shasum
-            filename = f"{name}-{version}.tgz"
-            archives[("npm", name, filename)] = stored(data)
-            out.append(
-                Release(
-                    version=version,
-                    artifacts=(
-                        ArtifactInfo(
-                            filename, f"https://npm.invalid/{name}/-/{filename}", None, digests
-                        ),
-                    ),
-                    published_at=EPOCH + timedelta(minutes=index),
-                )
-            )
-        return PackageInfo(
-            "npm", name, name, tuple(out), extra={"dist_tags": {"latest": releases[-1][0]}}
-        )
-
-    infos = [npm_info(name, releases) for name, releases in npm_packages(args)]
-    blobs = [f"/npm/blob-{i}/-/blob-{i}-1.0.0.tgz" for i in range(args.tarballs)]
-    merged: dict[str, list[ArtifactInfo]] = {}
-    for version, filename, data in wheels(args):
-        archives[("pypi", PROJECT, filename)] = stored(data)
-        merged.setdefault(version, []).append(
-            ArtifactInfo(
-                filename,
-                f"https://files.invalid/{filename}",
-                len(data),
-                {"sha256": hashlib.sha256(data).hexdigest()},
-                requires_python=">=3.8",
-                uploaded_at=EPOCH,
-            )
-        )
-    infos.append(
-        PackageInfo(
-            "pypi",
-            PROJECT,
-            PROJECT,
-            tuple(Release(version=v, artifacts=tuple(a)) for v, a in merged.items()),
-        )
-    )
-    with sessions.begin() as session:
-        for info in infos:
-            record_package(session, info, archive=False)
-        rows = session.execute(
-            sa.select(Artifact.id, Package.ecosystem, Package.name, Artifact.filename)
-            .join(Version, Artifact.version_id == Version.id)
-            .join(Package, Version.package_id == Package.id)
-        ).all()
-        now = datetime.now(UTC)
-        session.execute(
-            sa.insert(Archive),
-            [
-                {
-                    "artifact_id": row.id,
-                    "cid": archives[(row.ecosystem, row.name, row.filename)][0],
-                    "size": archives[(row.ecosystem, row.name, row.filename)][1],
-                    "status": ArchiveStatus.ARCHIVED,
-                    "archived_at": now,
-                }
-                for row in rows
-            ],
-        )
-    engine.dispose()
-    return {"blobs": blobs}
 
 
 # -- Forage -----------------------------------------------------------------------------------
@@ -279,6 +161,37 @@ async def forage_alone(config: Any, plan: dict[str, Any], args: argparse.Namespa
     return await with_forage(config, body)
 
 
+async def cold_packument(config: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The abbreviated fallback packument of ``big``, asked for by ``--clients`` clients at
+    once of a Forage that has not built it yet (issue 16: one build, shared): how long the
+    answers take (an answer slower than the client's 120 s is an error), the server CPU time,
+    and how far the server's memory grows."""
+    endpoint = forage_endpoint("packument", ["/npm/big"], args.clients, accept=bench.NPM_ACCEPT)
+
+    async def body(url: str) -> dict[str, Any]:
+        pid = os.getpid()
+        before = bench.rss_mb(pid)
+        bench.reset_peak_rss(pid)
+        measured = await bench.measure(url, [endpoint], clients=args.clients, warmup=0, pid=pid)
+        figures = measured["packument"]
+        return {
+            "versions": args.versions,
+            "clients": args.clients,
+            "errors": figures.get("error_kinds", {}),
+            "seconds": figures["seconds"],
+            "slowest_ms": figures["p99_ms"],
+            "server_cpu_seconds": round(
+                figures["server_cpu_ms_per_request"] * args.clients / 1000, 2
+            ),
+            "bytes_per_response": figures["bytes_per_response"],
+            "server_rss_before_mb": before,
+            "server_peak_rss_mb": bench.peak_rss_mb(pid),
+        }
+
+    result: dict[str, Any] = await with_forage(config, body)
+    return result
+
+
 def peer_endpoint(name: str, paths: list[str], total: int, **headers: str) -> bench.Endpoint:
     """An endpoint of a peer: any 200 answer counts."""
     return bench.Endpoint(name, paths, total, headers)
@@ -296,6 +209,11 @@ def comparison_endpoints(
     """The comparison's endpoints a server has (``None``: not its ecosystem)."""
     make = check or peer_endpoint
     out = []
+    wanted = set(args.endpoints)
+    tarball = tarball if "tarball" in wanted else None
+    packument = packument if "abbreviated_packument" in wanted else None
+    page = page if "simple_page" in wanted else None
+    wheel_paths = wheel_paths if "wheel" in wanted else None
     if tarball is not None:
         paths = [tarball(f"blob-{i}") for i in range(args.tarballs)]
         out.append(make("tarball", paths, args.tarball_requests))
@@ -315,7 +233,9 @@ def measure_server(
 ) -> dict[str, Any]:
     """Figures of ``endpoints`` and the server's peak RSS while they were measured."""
     bench.reset_peak_rss(pid)
-    results = asyncio.run(bench.measure(url, endpoints, clients=args.clients, warmup=args.warmup))
+    results = asyncio.run(
+        bench.measure(url, endpoints, clients=args.clients, warmup=args.warmup, pid=pid)
+    )
     results["peak_rss_mb"] = bench.peak_rss_mb(pid)
     return results
 
@@ -346,66 +266,6 @@ async def forage_modes(root: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- the peers --------------------------------------------------------------------------------
-
-
-def npm_fake(args: argparse.Namespace) -> Any:
-    """The npm packages Forage holds, in a fake npm registry (one document per package)."""
-    from indexers.npm.fake import (
-        FakeNpmRegistry,
-        NpmTarball,
-        sri_sha512,
-        tarball_path,
-        version_manifest,
-    )
-
-    registry = FakeNpmRegistry()
-    for name, releases in npm_packages(args):
-        versions, times = {}, {}
-        for index, (version, data) in enumerate(releases):
-            sha1 = hashlib.sha1(data).hexdigest()  # noqa: S324 - npm's shasum
-            tarball = NpmTarball(
-                name, version, tarball_path(name, version), data, sri_sha512(data), sha1
-            )
-            registry.tarballs[tarball.path] = tarball
-            versions[version] = version_manifest(name, version, tarball)
-            times[version] = (EPOCH + timedelta(minutes=index)).isoformat()
-        registry.docs[name] = {
-            "_id": name,
-            "_rev": "1-0",
-            "name": name,
-            "dist-tags": {"latest": releases[-1][0]},
-            "versions": versions,
-            "time": {"created": EPOCH.isoformat(), "modified": times[releases[-1][0]], **times},
-        }
-    return registry
-
-
-def pypi_fake(args: argparse.Namespace) -> Any:
-    """``sample-project`` as Forage holds it, in a fake PyPI."""
-    from indexers.pypi.fake import FakePyPI, PyPIFile
-
-    fake = FakePyPI()
-    files = list(wheels(args))
-    for version in dict.fromkeys(version for version, _, _ in files):
-        fake.add_version(PROJECT, version)
-    fake.projects[PROJECT].files.extend(
-        PyPIFile(PROJECT, version, filename, data, EPOCH, requires_python=">=3.8")
-        for version, filename, data in files
-    )
-    return fake
-
-
-async def _bare_json_type(request: Any, response: Any) -> None:
-    """Send PEP 691 JSON as PyPI does, with no ``charset`` (aiohttp adds one): devpi compares
-    the content type verbatim and parses anything else as HTML, finding no files."""
-    if response.headers.get("Content-Type", "").startswith(SIMPLE_JSON + ";"):
-        response.headers["Content-Type"] = SIMPLE_JSON
-
-
-def pypi_app(args: argparse.Namespace) -> Any:
-    app = pypi_fake(args).make_app()
-    app.on_response_prepare.append(_bare_json_type)
-    return app
 
 
 def run_peer(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -455,8 +315,8 @@ def ratios(servers: dict[str, Any]) -> dict[str, Any]:
     for mode in ("upstream_down", "offline"):
         for endpoint, peer in SERVED_BY.items():
             theirs = servers.get(peer, {}).get(mode, {}).get(endpoint)
-            ours = servers["forage"][mode][endpoint]
-            if theirs and theirs["requests_per_second"]:
+            ours = servers["forage"][mode].get(endpoint)
+            if ours and theirs and theirs["requests_per_second"]:
                 out.setdefault(mode, {})[endpoint] = {
                     "best_peer": peer,
                     "requests_per_second": round(
@@ -464,6 +324,11 @@ def ratios(servers: dict[str, Any]) -> dict[str, Any]:
                     ),
                     "peer_p99_over_forage_p99": round(
                         theirs["p99_ms"] / max(ours["p99_ms"], 0.1), 2
+                    ),
+                    "peer_cpu_over_forage_cpu": round(
+                        theirs["server_cpu_ms_per_request"]
+                        / max(ours["server_cpu_ms_per_request"], 0.01),
+                        2,
                     ),
                 }
     return out
@@ -475,6 +340,26 @@ def parse_peers(text: str) -> list[str]:
     if unknown:
         raise argparse.ArgumentTypeError(
             f"unknown peer {', '.join(unknown)}: choose from {', '.join(peers.PEERS)} or none"
+        )
+    return names
+
+
+def parse_sections(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(SECTIONS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown section {', '.join(unknown)}: choose from {', '.join(SECTIONS)}"
+        )
+    return names
+
+
+def parse_endpoints(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(SERVED_BY))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown endpoint {', '.join(unknown)}: choose from {', '.join(SERVED_BY)}"
         )
     return names
 
@@ -509,6 +394,18 @@ def main() -> int:
         help="comma-separated peers to compare with, or none",
     )
     parser.add_argument(
+        "--endpoints",
+        type=parse_endpoints,
+        default=",".join(SERVED_BY),
+        help="comma-separated endpoints of the comparison (a peer serving none is skipped)",
+    )
+    parser.add_argument(
+        "--sections",
+        type=parse_sections,
+        default=",".join(SECTIONS),
+        help="comma-separated parts to run: " + ", ".join(SECTIONS),
+    )
+    parser.add_argument(
         "--scratch",
         default="~/.cache/forage-bench-mirror",
         help="where the peers are installed and kept between runs",
@@ -526,13 +423,20 @@ def main() -> int:
         started = time.perf_counter()
         plan = populate(config, args)
         setup_seconds = round(time.perf_counter() - started, 1)
-        results = asyncio.run(forage_alone(config, plan, args))
-        servers: dict[str, Any] = {"forage": asyncio.run(forage_modes(root, args))}
-        for name in args.peers:
-            try:
-                servers[name] = run_peer(name, root, args)
-            except peers.PeerUnavailable as exc:
-                servers[name] = {"unavailable": str(exc)}
+        results: dict[str, Any] = {}
+        if "cold_packument" in args.sections:
+            results["fallback_packument_cold"] = asyncio.run(cold_packument(config, args))
+        if "alone" in args.sections:
+            results.update(asyncio.run(forage_alone(config, plan, args)))
+        servers: dict[str, Any] = {}
+        if "comparison" in args.sections:
+            servers["forage"] = asyncio.run(forage_modes(root, args))
+            serving = {SERVED_BY[endpoint] for endpoint in args.endpoints}
+            for name in [peer for peer in args.peers if peer in serving]:
+                try:
+                    servers[name] = run_peer(name, root, args)
+                except peers.PeerUnavailable as exc:
+                    servers[name] = {"unavailable": str(exc)}
     report = {
         "benchmark": "mirror, upstream down (connection refused)",
         "python": sys.version.split()[0],
@@ -543,9 +447,9 @@ def main() -> int:
         "parameters": vars(args),
         **results,
         "comparison": {
-            "load_generator": f"httpx from one separate process, {args.clients} connections",
+            "load_generator": f"aiohttp from one separate process, {args.clients} connections",
             "servers": servers,
-            "forage_over_best_peer": ratios(servers),
+            "forage_over_best_peer": ratios(servers) if servers else {},
         },
     }
     print(json.dumps(report, indent=2))

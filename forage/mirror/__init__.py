@@ -20,6 +20,8 @@ imports the archive for air-gapped mirrors.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
@@ -42,6 +44,8 @@ from storage import BlockSource
 
 MIRROR = web.AppKey("mirror", MirrorContext)
 USER_AGENT = f"forage-mirror/{__version__}"
+#: Threads of asyncio's default executor, where the mirror's reads run.
+READ_THREADS = min(32, (os.cpu_count() or 1) + 4)
 
 
 def build_mirror(
@@ -126,7 +130,10 @@ def setup(app: web.Application) -> None:
     sessions = app[SESSIONMAKER]
     engine = None
     if config.database.is_sqlite:
-        engine = make_engine(config.database, read_only=True)
+        # A pooled connection for every executor thread: a read past the pool would open
+        # (and then close) a connection of its own, which costs more than the read.
+        pool = max(config.database.pool_size, READ_THREADS)
+        engine = make_engine(dataclasses.replace(config.database, pool_size=pool), read_only=True)
         sessions = make_sessionmaker(engine)
     mirror = build_mirror(config, sessionmaker=sessions, blockstore=app[BLOCKSTORE], client=client)
     app[MIRROR] = mirror

@@ -18,6 +18,9 @@ Queries are plain functions over a ``Session`` returning frozen values, run in a
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -41,12 +44,18 @@ T = TypeVar("T")
 #: Archives remembered as verified (about 200 bytes each); past it the least recently served
 #: are verified again when next served.
 MAX_VERIFIED = 200_000
+#: Verified archives up to this size are kept in memory once served (one leaf block at most)...
+SMALL_FILE = 256 * 1024
+#: ... up to this many bytes in all, the least recently served dropped first.
+SMALL_FILES_MEMORY = 32 * 1024**2
 
 log = logging.getLogger(__name__)
 
 
-def _files_query() -> sa.Select[Any]:
-    return (
+def _files_query(*, package: bool = True) -> sa.Select[Any]:
+    """Archived files with what serving them needs (and, with ``package``, the columns their
+    package's hold is read from)."""
+    query: sa.Select[Any] = (
         sa.select(
             Artifact.id,
             Package.name,
@@ -67,8 +76,6 @@ def _files_query() -> sa.Select[Any]:
             Artifact.requires_python,
             Artifact.uploaded_at,
             Version.published_at,
-            Package.extra,
-            Package.status,
             Archive.verified_algorithm,
             Archive.verified_digest,
         )
@@ -77,6 +84,7 @@ def _files_query() -> sa.Select[Any]:
         .join(Archive, Archive.artifact_id == Artifact.id)
         .where(Archive.status == ArchiveStatus.ARCHIVED)
     )
+    return query.add_columns(Package.extra, Package.status) if package else query
 
 
 def _digests(session: Session, ids: Sequence[int]) -> dict[int, dict[str, str]]:
@@ -92,6 +100,12 @@ def _digests(session: Session, ids: Sequence[int]) -> dict[int, dict[str, str]]:
     return found
 
 
+#: The digests of one artifact (a prepared statement: built, and its cache key made, once).
+_DIGESTS_OF = sa.select(ArtifactDigest.algorithm, ArtifactDigest.value).where(
+    ArtifactDigest.artifact_id == sa.bindparam("artifact_id")
+)
+
+
 def _own_digest(row: Any) -> dict[str, str]:
     """For a file whose registry published no digest, the sha256 Forage recorded at its
     first download: what its archived and later upstream copies are held to."""
@@ -100,29 +114,33 @@ def _own_digest(row: Any) -> dict[str, str]:
     return {}
 
 
-def _files(session: Session, query: sa.Select[Any]) -> list[ArchivedFile]:
-    rows = session.execute(query).all()
-    digests = _digests(session, [row.id for row in rows])
-    return [
-        ArchivedFile(
-            artifact_id=row.id,
-            package=row.name,
-            version=row.number,
-            filename=row.filename,
-            url=row.url,
-            cid=row.cid,
-            size=row.artifact_size if row.artifact_size is not None else row.size,
-            digests=digests[row.id] or _own_digest(row),
-            removed=bool(row.removed),
-            hold=hold_reason(row.extra or {}, row.status),
-            yanked=row.yanked,
-            yanked_reason=row.yanked_reason,
-            requires_python=row.requires_python,
-            uploaded_at=row.uploaded_at,
-            published_at=row.published_at,
-        )
-        for row in rows
-    ]
+def _archived_file(row: Any, digests: dict[str, str], hold: str | None) -> ArchivedFile:
+    return ArchivedFile(
+        artifact_id=row.id,
+        package=row.name,
+        version=row.number,
+        filename=row.filename,
+        url=row.url,
+        cid=row.cid,
+        size=row.artifact_size if row.artifact_size is not None else row.size,
+        digests=digests or _own_digest(row),
+        removed=bool(row.removed),
+        hold=hold,
+        yanked=row.yanked,
+        yanked_reason=row.yanked_reason,
+        requires_python=row.requires_python,
+        uploaded_at=row.uploaded_at,
+        published_at=row.published_at,
+    )
+
+
+#: Every digest of every artifact of one package.
+_PACKAGE_DIGESTS = (
+    sa.select(ArtifactDigest.artifact_id, ArtifactDigest.algorithm, ArtifactDigest.value)
+    .join(Artifact, ArtifactDigest.artifact_id == Artifact.id)
+    .join(Version, Artifact.version_id == Version.id)
+    .where(Version.package_id == sa.bindparam("package_id"))
+)
 
 
 def package_extra(session: Session, ecosystem: str, name: str) -> dict[str, Any] | None:
@@ -170,8 +188,32 @@ def package_withdrawn(session: Session, ecosystem: str, name: str) -> Withdrawn 
     )
 
 
+@functools.cache
+def _find_query(name: bool, filename: bool, version: bool, sha256: bool) -> sa.Select[Any]:
+    """The :func:`find_file` statement for one combination of filters, built once with bound
+    parameters: every file request runs it, and building a statement (and its SQL cache key)
+    costs more than running it."""
+    query = _files_query().where(Package.ecosystem == sa.bindparam("ecosystem"))
+    if name:
+        query = query.where(Package.name == sa.bindparam("name"))
+    if filename:
+        query = query.where(Artifact.filename == sa.bindparam("filename"))
+    if version:
+        query = query.where(Version.number == sa.bindparam("version"))
+    if sha256:
+        query = query.join(
+            ArtifactDigest,
+            sa.and_(
+                ArtifactDigest.artifact_id == Artifact.id,
+                ArtifactDigest.algorithm == "sha256",
+                ArtifactDigest.value == sa.bindparam("sha256"),
+            ),
+        )
+    return query.order_by(Artifact.id).limit(1)
+
+
 def find_file(
-    session: Session,
+    session: Session | sa.Connection,
     ecosystem: str,
     *,
     name: str | None = None,
@@ -180,24 +222,15 @@ def find_file(
     sha256: str | None = None,
 ) -> ArchivedFile | None:
     """The archived file matching every filter given, or ``None``."""
-    query = _files_query().where(Package.ecosystem == ecosystem)
-    if name is not None:
-        query = query.where(Package.name == name)
-    if filename is not None:
-        query = query.where(Artifact.filename == filename)
-    if version is not None:
-        query = query.where(Version.number == version)
-    if sha256 is not None:
-        query = query.join(
-            ArtifactDigest,
-            sa.and_(
-                ArtifactDigest.artifact_id == Artifact.id,
-                ArtifactDigest.algorithm == "sha256",
-                ArtifactDigest.value == sha256,
-            ),
-        )
-    files = _files(session, query.order_by(Artifact.id).limit(1))
-    return files[0] if files else None
+    filters = {"name": name, "filename": filename, "version": version, "sha256": sha256}
+    params = {key: value for key, value in filters.items() if value is not None}
+    query = _find_query(*(value is not None for value in filters.values()))
+    row = session.execute(query, {"ecosystem": ecosystem, **params}).first()
+    if row is None:
+        return None
+    digests = session.execute(_DIGESTS_OF, {"artifact_id": row.id}).all()
+    digests_of = {algorithm: value for algorithm, value in digests}
+    return _archived_file(row, digests_of, hold_reason(row.extra or {}, row.status))
 
 
 def indexed_digests(
@@ -244,11 +277,22 @@ def package_stamp(session: Session, ecosystem: str, name: str) -> tuple[Any, ...
     return (package.id, package.updated_at, package.deleted, *aggregates)
 
 
-def package_rows(session: Session, ecosystem: str, name: str) -> PackageRows | None:
-    """Everything a fallback listing of ``name`` needs, or ``None`` if the index lacks it."""
+def package_rows(session: Session | sa.Connection, ecosystem: str, name: str) -> PackageRows | None:
+    """Everything a fallback listing of ``name`` needs, or ``None`` if the index lacks it.
+
+    Four plain reads (package, versions, digests, files): a package with 10,000 versions has
+    10,000 file rows, so its hold is read once, not once a row.
+    """
     package = session.execute(
-        sa.select(Package).where(Package.ecosystem == ecosystem, Package.name == name)
-    ).scalar_one_or_none()
+        sa.select(
+            Package.id,
+            Package.name,
+            Package.display_name,
+            Package.deleted,
+            Package.extra,
+            Package.status,
+        ).where(Package.ecosystem == ecosystem, Package.name == name)
+    ).first()
     if package is None:
         return None
     versions = session.execute(
@@ -261,7 +305,17 @@ def package_rows(session: Session, ecosystem: str, name: str) -> PackageRows | N
             Version.removal,
         ).where(Version.package_id == package.id)
     ).all()
-    files = _files(session, _files_query().where(Package.id == package.id).order_by(Artifact.id))
+    hold = hold_reason(package.extra or {}, package.status)
+    digests: dict[int, dict[str, str]] = {}
+    for artifact_id, algorithm, value in session.execute(
+        _PACKAGE_DIGESTS, {"package_id": package.id}
+    ):
+        digests.setdefault(artifact_id, {})[algorithm] = value
+    query = _files_query(package=False).where(Version.package_id == package.id)
+    files = [
+        _archived_file(row, digests.get(row.id, {}), hold)
+        for row in session.execute(query.order_by(Artifact.id))
+    ]
     return PackageRows(
         ecosystem=ecosystem,
         name=package.name,
@@ -285,6 +339,19 @@ def package_names(session: Session, ecosystem: str) -> list[str]:
     )
 
 
+def root_cid(text: str) -> CID:
+    """:func:`storage.parse_cid` of an archive's CID as the index stores it (CIDv1, base32
+    text), decoded to binary here first: multiformats' text decoder costs more than reading a
+    small archive, and a fallback packument reads thousands."""
+    if text.startswith("b"):
+        try:
+            binary = base64.b32decode(text[1:].upper() + "=" * (-(len(text) - 1) % 8))
+        except (binascii.Error, ValueError):
+            return parse_cid(text)  # raises the InvalidCID that says why
+        return parse_cid(binary)
+    return parse_cid(text)
+
+
 def load_verified(source: BlockSource, archived: ArchivedFile, spool: Spool) -> None:
     """Read an archive into ``spool`` and check it against the upstream digests and size.
 
@@ -297,7 +364,7 @@ def load_verified(source: BlockSource, archived: ArchivedFile, spool: Spool) -> 
         raise ArchiveInvalid(archived.cid, "no upstream digest to verify the bytes against")
     try:
         verifier = DigestVerifier(f"archive:{archived.cid}", byte_digests, size=archived.size)
-        for chunk in read_file(source, parse_cid(archived.cid)):
+        for chunk in read_file(source, root_cid(archived.cid)):
             verifier.update(chunk)
             spool.write(chunk)
         spool.finish()
@@ -327,7 +394,7 @@ def load_trusted(source: BlockSource, archived: ArchivedFile, spool: Spool) -> N
     again (issue 16: a verified file never changes; ``reverify`` samples the store, and a
     damaged archive it finds leaves the index, so :func:`find_file` stops returning it)."""
     try:
-        for chunk in read_file(_Trusted(source), parse_cid(archived.cid)):
+        for chunk in read_file(_Trusted(source), root_cid(archived.cid)):
             spool.write(chunk)
     except StorageError as exc:
         raise ArchiveInvalid(archived.cid, f"cannot be read: {exc}") from exc
@@ -360,14 +427,43 @@ class Verified:
             self._seen.popitem(last=False)
 
 
+class SmallFiles:
+    """The bytes of the small archives served most recently, verified (or read trusted) when
+    they were read: a small file's request costs more in reading it from the blockstore (a
+    worker thread, its CID parsed, its block found) than in sending it. ``limit`` bytes at
+    most in all; a file over ``largest`` is never kept."""
+
+    def __init__(self, limit: int = SMALL_FILES_MEMORY, largest: int = SMALL_FILE) -> None:
+        self.limit = limit
+        self.largest = largest
+        self.used = 0
+        self._held: OrderedDict[tuple[int, str], bytes] = OrderedDict()
+
+    def get(self, key: tuple[int, str]) -> bytes | None:
+        data = self._held.get(key)
+        if data is not None:
+            self._held.move_to_end(key)
+        return data
+
+    def put(self, key: tuple[int, str], data: bytes) -> None:
+        if len(data) > self.largest or key in self._held:
+            return
+        self._held[key] = data
+        self.used += len(data)
+        while self.used > self.limit:
+            _, dropped = self._held.popitem(last=False)
+            self.used -= len(dropped)
+
+
 class IndexArchive:
     """The mirror's :class:`~indexers.mirror.registry.ArchiveIndex` over Forage's database and
     blockstore: each read in a worker thread, in a short session of its own.
 
     ``verified`` holds the archives (artifact id, CID) whose bytes were checked against their
     upstream digests since the process started (read once, or written by a pull-through):
-    they are served without hashing them again. ``pull_through`` (set while the application
-    runs) archives the files the mirror fetches; without it the mirror only reads.
+    they are served without hashing them again, and the small ones among them from memory
+    (``small``). ``pull_through`` (set while the application runs) archives the files the
+    mirror fetches; without it the mirror only reads.
     """
 
     def __init__(self, sessionmaker: sessionmaker[Session], blockstore: BlockSource) -> None:
@@ -375,6 +471,7 @@ class IndexArchive:
         self.blockstore = blockstore
         self.pull_through: PullThrough | None = None
         self.verified = Verified()
+        self.small = SmallFiles()
 
     async def _query(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         def run() -> T:
@@ -383,11 +480,25 @@ class IndexArchive:
 
         return await asyncio.to_thread(run)
 
+    async def _read(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``fn`` over a bare connection, for the Core reads every file request makes (an ORM
+        session costs a third of such a read)."""
+        bind = self.sessionmaker.kw.get("bind")
+        if not isinstance(bind, sa.Engine):
+            return await self._query(fn, *args, **kwargs)
+        engine = bind
+
+        def run() -> T:
+            with engine.connect() as connection:
+                return fn(connection, *args, **kwargs)
+
+        return await asyncio.to_thread(run)
+
     async def package_stamp(self, ecosystem: str, name: str) -> tuple[Any, ...] | None:
         return await self._query(package_stamp, ecosystem, name)
 
     async def package_rows(self, ecosystem: str, name: str) -> PackageRows | None:
-        return await self._query(package_rows, ecosystem, name)
+        return await self._read(package_rows, ecosystem, name)
 
     async def package_extra(self, ecosystem: str, name: str) -> dict[str, Any] | None:
         return await self._query(package_extra, ecosystem, name)
@@ -410,7 +521,7 @@ class IndexArchive:
         version: str | None = None,
         sha256: str | None = None,
     ) -> ArchivedFile | None:
-        return await self._query(
+        return await self._read(
             find_file, ecosystem, name=name, filename=filename, version=version, sha256=sha256
         )
 
@@ -421,11 +532,18 @@ class IndexArchive:
 
     async def load_verified(self, file: ArchivedFile, spool: Spool) -> None:
         key = (file.artifact_id, file.cid)
+        held = self.small.get(key) if key in self.verified else None
+        if held is not None:
+            spool.write(held)
+            spool.finish()
+            return
         if key in self.verified:
             await asyncio.to_thread(load_trusted, self.blockstore, file, spool)
-            return
-        await asyncio.to_thread(load_verified, self.blockstore, file, spool)
-        self.verified.add(key)
+        else:
+            await asyncio.to_thread(load_verified, self.blockstore, file, spool)
+            self.verified.add(key)
+        if spool.in_memory and spool.size <= self.small.largest:
+            self.small.put(key, spool.getvalue())
 
     async def keep(self, ecosystem: str, name: str, url: str, spool: Spool) -> str:
         if self.pull_through is None:
@@ -439,13 +557,14 @@ class IndexArchive:
 
     def chunks(self, cid: str) -> Iterator[bytes]:
         try:
-            yield from read_file(self.blockstore, parse_cid(cid))
+            yield from read_file(self.blockstore, root_cid(cid))
         except (StorageError, ValueError) as exc:
             raise ArchiveInvalid(cid, f"cannot be read: {exc}") from exc
 
 
 __all__ = [
     "IndexArchive",
+    "SmallFiles",
     "Verified",
     "find_file",
     "indexed_digests",
@@ -457,4 +576,5 @@ __all__ = [
     "package_rows",
     "package_stamp",
     "package_withdrawn",
+    "root_cid",
 ]

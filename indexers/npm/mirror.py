@@ -166,49 +166,74 @@ def _is_prerelease(version: str) -> bool:
     return "-" in version.split("+", 1)[0]
 
 
+def _version_manifest(
+    rows: PackageRows, file: ArchivedFile, manifest: bytes, deprecated: str | None, *, base: str
+) -> dict[str, Any]:
+    """One version's document: its archived ``package.json`` (compact JSON) with ``dist``
+    from the index."""
+    loaded = json.loads(manifest)
+    version: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
+    dist: dict[str, Any] = {"tarball": tarball_url(base, rows.name, file.filename)}
+    with contextlib.suppress(InvalidDigest):
+        dist["integrity"] = to_sri(file.digests)
+    if "sha1" in file.digests:
+        dist["shasum"] = file.digests["sha1"]
+    version.update(name=rows.name, version=file.version, dist=dist)
+    version["_id"] = f"{rows.name}@{file.version}"
+    if deprecated:
+        version["deprecated"] = deprecated
+    return version
+
+
 def fallback_packument(
-    rows: PackageRows, manifests: Mapping[str, dict[str, Any]], *, base: str
-) -> dict[str, Any] | None:
-    """Rebuild a full packument from the index and archived manifests (``None``: nothing)."""
-    versions: dict[str, Any] = {}
-    times: dict[str, str] = {}
-    by_number = {v.number: v for v in rows.versions}
+    rows: PackageRows,
+    manifests: Mapping[str, bytes],
+    *,
+    base: str,
+    corgi: bool,
+    cutoff: datetime | None = None,
+) -> bytes | None:
+    """The packument (full, or abbreviated with ``corgi``) rebuilt from the index and the
+    archived manifests (each tarball's ``package.json`` as compact JSON, by CID), without the
+    versions published after ``cutoff``; ``None`` when nothing is archived.
+
+    Written one version at a time: a package with 10,000 versions never holds more than one
+    version's document as objects, only the JSON text.
+    """
+    files: dict[str, ArchivedFile] = {}
     for file in sorted(rows.listed_files(), key=lambda f: (f.published_at is None, f.version)):
-        manifest = dict(manifests.get(file.cid) or {})
-        row = by_number.get(file.version)
-        dist: dict[str, Any] = {"tarball": tarball_url(base, rows.name, file.filename)}
-        with contextlib.suppress(InvalidDigest):
-            dist["integrity"] = to_sri(file.digests)
-        if "sha1" in file.digests:
-            dist["shasum"] = file.digests["sha1"]
-        manifest.update(name=rows.name, version=file.version, dist=dist)
-        manifest["_id"] = f"{rows.name}@{file.version}"
-        if row is not None and row.deprecated:
-            manifest["deprecated"] = row.deprecated
-        versions[file.version] = manifest
-        stamp = _iso(file.published_at)
-        if stamp:
-            times[file.version] = stamp
-    if not versions:
+        files[file.version] = file
+    if not files:
         return None
-    tags = {
-        tag: version
-        for tag, version in dict(rows.extra.get("dist_tags") or {}).items()
-        if isinstance(version, str) and version in versions
-    }
-    if "latest" not in tags:
-        releases = [v for v in versions if not _is_prerelease(v)] or list(versions)
-        tags["latest"] = max(releases, key=lambda v: (times.get(v, ""), v))
+    times = {v: stamp for v, file in files.items() if (stamp := _iso(file.published_at))}
     stamps = sorted(times.values())
-    if stamps:
-        times = {"created": stamps[0], "modified": stamps[-1], **times}
-    return {
-        "_id": rows.name,
-        "name": rows.display_name or rows.name,
-        "dist-tags": tags,
-        "versions": versions,
-        "time": times,
-    }
+    ends = {"created": stamps[0], "modified": stamps[-1]} if stamps else {}
+    if cutoff is not None:
+        fresh = {v for v, stamp in times.items() if (t := parse_time(stamp)) and t > cutoff}
+        files = {v: file for v, file in files.items() if v not in fresh}
+        times = {v: stamp for v, stamp in times.items() if v not in fresh}
+    given = dict(rows.extra.get("dist_tags") or {})
+    tags = {t: v for t, v in given.items() if isinstance(v, str) and v in files}
+    tags = _with_latest(tags, files, times)
+    deprecated = {v.number: v.deprecated for v in rows.versions if v.deprecated}
+    name = rows.display_name or rows.name
+    if corgi:
+        head = {"name": name, "modified": ends.get("modified"), "dist-tags": tags}
+    else:
+        head = {"_id": rows.name, "name": name, "dist-tags": tags}
+    out = [_dumps(head)[:-1], b', "versions": {']
+    for index, (number, file) in enumerate(files.items()):
+        version = _version_manifest(
+            rows, file, manifests.get(file.cid, b"{}"), deprecated.get(number), base=base
+        )
+        if corgi:
+            version = {key: version[key] for key in CORGI_FIELDS if key in version}
+        out += [b", " if index else b"", _dumps(number), b": ", _dumps(version)]
+    out.append(b"}")
+    if not corgi:
+        out += [b', "time": ', _dumps({**ends, **times})]
+    out.append(b"}")
+    return b"".join(out)
 
 
 def kept_packument(
@@ -355,7 +380,8 @@ class NpmRoutes(EcosystemRoutes):
         return rewrite_packument(doc, name=name, base=base, refs=self.registry)
 
     async def fallback_body(self, name: str, base: str, *, corgi: bool) -> bytes | None:
-        """The archive's packument, rendered once per change of the index (``None``: 404)."""
+        """The archive's packument, rendered once per change of the index (``None``: 404) by
+        one request while any others arriving meanwhile wait for it."""
         stamp = await self.registry.remembered(
             ("stamp", name), lambda: self.mirror.archive.package_stamp(ECOSYSTEM, name)
         )
@@ -369,26 +395,41 @@ class NpmRoutes(EcosystemRoutes):
         cached = self.registry.rendered.fresh(key)
         if cached is not None:
             return cached.value or None
-        rows = await self.mirror.archive.package_rows(ECOSYSTEM, name)
-        doc = None
-        if rows is not None and rows.hold is None:
-            last = await self.registry.last_good.read(url) if kept else None
-            if last is not None:
-                doc = await asyncio.to_thread(
-                    kept_packument, last, rows, name=name, base=base, refs=self.registry
-                )
-            if doc is None:
-                manifests = await self._manifests(rows.listed_files())
-                doc = fallback_packument(rows, manifests, base=base)
-            doc = cool_packument(doc, minute) if doc is not None else None
-        body = b""
-        if doc is not None:
-            body = await asyncio.to_thread(_dumps, abbreviate(doc) if corgi else doc)
-        self.registry.rendered.put(key, body)
+
+        async def render() -> bytes:
+            body = await self._render_fallback(name, base, corgi=corgi, minute=minute, kept=kept)
+            self.registry.rendered.put(key, body)
+            return body
+
+        body: bytes = await self.registry.flights.run(key, render)
         return body or None
 
-    async def _manifests(self, files: list[ArchivedFile]) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
+    async def _render_fallback(
+        self, name: str, base: str, *, corgi: bool, minute: datetime | None, kept: Any
+    ) -> bytes:
+        rows = await self.mirror.archive.package_rows(ECOSYSTEM, name)
+        if rows is None or rows.hold is not None:
+            return b""
+        url = self._upstream_url(name)
+        last = await self.registry.last_good.read(url) if kept else None
+        if last is not None:
+            doc = await asyncio.to_thread(
+                kept_packument, last, rows, name=name, base=base, refs=self.registry
+            )
+            if doc is not None:
+                doc = cool_packument(doc, minute)
+                return await asyncio.to_thread(_dumps, abbreviate(doc) if corgi else doc)
+        manifests = await self._manifests(rows.listed_files())
+        body = await asyncio.to_thread(
+            fallback_packument, rows, manifests, base=base, corgi=corgi, cutoff=minute
+        )
+        log.debug("npm %s: fallback packument rendered from %d manifests", name, len(manifests))
+        return body or b""
+
+    async def _manifests(self, files: list[ArchivedFile]) -> dict[str, bytes]:
+        """Each archived tarball's ``package.json`` as compact JSON, by CID (``{}`` for one
+        that cannot be read): read once per process, kept as text, not objects."""
+        found: dict[str, bytes] = {}
         missing: list[str] = []
         for file in files:
             cached = self.registry.derived.fresh(("manifest", file.cid))
@@ -397,14 +438,15 @@ class NpmRoutes(EcosystemRoutes):
             else:
                 missing.append(file.cid)
 
-        def read_all() -> dict[str, dict[str, Any]]:
-            out: dict[str, dict[str, Any]] = {}
+        def read_all() -> dict[str, bytes]:
+            out: dict[str, bytes] = {}
             for cid in missing:
                 try:
-                    out[cid] = npm_manifest(self.mirror.archive.chunks(cid), cid)
+                    manifest = npm_manifest(self.mirror.archive.chunks(cid), cid)
+                    out[cid] = json.dumps(manifest, separators=(",", ":")).encode()
                 except ArchiveInvalid as exc:
                     log.warning("npm fallback: no manifest from %s: %s", cid, exc)
-                    out[cid] = {}
+                    out[cid] = b"{}"
             return out
 
         if missing:
@@ -465,8 +507,9 @@ class NpmRoutes(EcosystemRoutes):
     # -- tarballs ---------------------------------------------------------------------------
 
     async def tarball(self, request: web.Request, name: str, filename: str) -> web.StreamResponse:
-        hold = await self.mirror.archive.package_hold(ECOSYSTEM, name)
-        archived = await self.mirror.archive.find_file(ECOSYSTEM, name=name, filename=filename)
+        archive = self.mirror.archive
+        archived = await archive.find_file(ECOSYSTEM, name=name, filename=filename)
+        hold = archived.hold if archived else await archive.package_hold(ECOSYSTEM, name)
         if hold is not None:
             return not_found(f"{name} is not served: {hold}")
         local = await self.serve_local(request, archived, content_type=TARBALL)
