@@ -18,8 +18,6 @@ Queries are plain functions over a ``Session`` returning frozen values, run in a
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
 import logging
 from collections import OrderedDict
@@ -339,19 +337,6 @@ def package_names(session: Session, ecosystem: str) -> list[str]:
     )
 
 
-def root_cid(text: str) -> CID:
-    """:func:`storage.parse_cid` of an archive's CID as the index stores it (CIDv1, base32
-    text), decoded to binary here first: multiformats' text decoder costs more than reading a
-    small archive, and a fallback packument reads thousands."""
-    if text.startswith("b"):
-        try:
-            binary = base64.b32decode(text[1:].upper() + "=" * (-(len(text) - 1) % 8))
-        except (binascii.Error, ValueError):
-            return parse_cid(text)  # raises the InvalidCID that says why
-        return parse_cid(binary)
-    return parse_cid(text)
-
-
 def load_verified(source: BlockSource, archived: ArchivedFile, spool: Spool) -> None:
     """Read an archive into ``spool`` and check it against the upstream digests and size.
 
@@ -364,7 +349,7 @@ def load_verified(source: BlockSource, archived: ArchivedFile, spool: Spool) -> 
         raise ArchiveInvalid(archived.cid, "no upstream digest to verify the bytes against")
     try:
         verifier = DigestVerifier(f"archive:{archived.cid}", byte_digests, size=archived.size)
-        for chunk in read_file(source, root_cid(archived.cid)):
+        for chunk in read_file(source, parse_cid(archived.cid)):
             verifier.update(chunk)
             spool.write(chunk)
         spool.finish()
@@ -394,7 +379,7 @@ def load_trusted(source: BlockSource, archived: ArchivedFile, spool: Spool) -> N
     again (issue 16: a verified file never changes; ``reverify`` samples the store, and a
     damaged archive it finds leaves the index, so :func:`find_file` stops returning it)."""
     try:
-        for chunk in read_file(_Trusted(source), root_cid(archived.cid)):
+        for chunk in read_file(_Trusted(source), parse_cid(archived.cid)):
             spool.write(chunk)
     except StorageError as exc:
         raise ArchiveInvalid(archived.cid, f"cannot be read: {exc}") from exc
@@ -557,7 +542,7 @@ class IndexArchive:
 
     def chunks(self, cid: str) -> Iterator[bytes]:
         try:
-            yield from read_file(self.blockstore, root_cid(cid))
+            yield from read_file(self.blockstore, parse_cid(cid))
         except (StorageError, ValueError) as exc:
             raise ArchiveInvalid(cid, f"cannot be read: {exc}") from exc
 
@@ -576,5 +561,4 @@ __all__ = [
     "package_rows",
     "package_stamp",
     "package_withdrawn",
-    "root_cid",
 ]
