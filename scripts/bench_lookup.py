@@ -1,27 +1,28 @@
 """Benchmark batch lookups: an index of ``--artifacts`` files, queried through the HTTP server.
 
 For each store (SQLite in a temp dir; PostgreSQL from ``--postgres-url`` or a throwaway
-cluster started from the installed server binaries), the script builds an index with bulk
-Core inserts: packages of npm (one file per version), PyPI (an sdist and two wheels) and Go
-(one zip), five versions each, every file with a sha256 digest, 95% archived with a CID,
-half of those pinned, half in pieces held by two active deals. It then starts ``forage``'s
+cluster started from the installed server binaries), the script builds an index with
+``bench_build.py`` (packages of npm, PyPI and Go, five versions each, every file with a
+sha256 digest, 95% archived with a CID, half of those pinned, half in pieces held by two
+active deals; loaded with COPY or large executemany chunks). It then starts ``forage``'s
 HTTP server in a child process (so its CPU is not the client's) and, per batch size, times
 ``POST /api/v1/lookup`` with fresh random purls each round, and the same keys as one bare
 SQL query in this process (``forage.lookup.query.full_query``: what the lookup reads, files,
 digests, archives, pins, pieces and deals, as one statement of joins, rows fetched). Prints JSON:
-p50/p99 milliseconds and keys per second for both, and their ratio.
+p50/p99 milliseconds and keys per second for both, and their ratio. Then, per store, lookups per
+second of ``--batch-keys`` keys under ``--clients`` concurrent clients for each count of
+``--processes`` (``forage serve --processes N`` run as a command: :mod:`lookup_load`).
 
     python scripts/bench_lookup.py                              # 1,000,000 artifacts, both stores
     python scripts/bench_lookup.py --artifacts 20000 --rounds 10 --stores sqlite   # a quick look
+    python scripts/bench_lookup.py --artifacts 100000 --stores sqlite --processes 1,2 --clients 8
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import glob
-import hashlib
 import json
 import multiprocessing
 import os
@@ -35,8 +36,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,294 +45,17 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from forage.db.engine import make_engine, make_sessionmaker, upgrade  # noqa: E402
-from forage.db.models import (  # noqa: E402
-    Archive,
-    Artifact,
-    ArtifactDigest,
-    Deal,
-    Package,
-    Piece,
-    PieceMember,
-    Pin,
-    Version,
-    VersionAnswer,
-)
+from bench_build import VERSIONS, Index, build, existing, key_of  # noqa: E402
+from forage.db.engine import make_engine, make_sessionmaker  # noqa: E402
+from forage.db.models import Package, Version, VersionAnswer  # noqa: E402
 from forage.db.statistics import refresh  # noqa: E402
 from forage.lookup.keys import Key  # noqa: E402
 from forage.lookup.query import full_query, keys_table  # noqa: E402
 from forage.lookup.sessions import read_only_sessionmaker  # noqa: E402
+from lookup_load import throughput  # noqa: E402
 
-VERSIONS = 5
-#: Ecosystem of package i by i % 10, and its files per version.
-LAYOUT = ["npm"] * 5 + ["pypi"] * 3 + ["golang"] * 2
-FILES = {"npm": 1, "pypi": 3, "golang": 1}
-PIECE_MEMBERS = 1000
-CHUNK = 20_000
-WHEN = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-def package_name(ecosystem: str, i: int) -> str:
-    return f"example.com/bench/m{i}" if ecosystem == "golang" else f"bench-{ecosystem}-{i}"
-
-
-def version_of(ecosystem: str, v: int) -> str:
-    return f"v1.0.{v}" if ecosystem == "golang" else f"1.0.{v}"
-
-
-def key_of(i: int, v: int) -> Key:
-    """The key of version ``v`` of package ``i`` (its purl is what clients send)."""
-    ecosystem = LAYOUT[i % 10]
-    return Key(ecosystem, package_name(ecosystem, i), version_of(ecosystem, v))
-
-
-def cid_of(n: int) -> str:
-    """A CIDv1 (raw, sha2-256, base32) of artifact ``n``'s stand-in bytes."""
-    digest = hashlib.sha256(b"artifact %d" % n).digest()
-    return "b" + base64.b32encode(b"\x01\x55\x12\x20" + digest).decode().lower().rstrip("=")
-
-
-@dataclass
-class Index:
-    packages: int
-    versions: int
-    artifacts: int
-
-
-def packages_for(artifacts: int) -> int:
-    per_ten = sum(FILES[LAYOUT[i]] for i in range(10)) * VERSIONS
-    return max(10, artifacts * 10 // per_ten)
-
-
-def build(url: str, artifacts: int) -> tuple[Index, float]:
-    """Create the schema and insert the index in chunks; return its size and build seconds."""
-    engine = make_engine(url)
-    started = time.perf_counter()
-    upgrade(engine)
-    count = packages_for(artifacts)
-    # A fresh index has no stored answers to retire: PostgreSQL's bulk load skips the
-    # triggers (the throwaway cluster's user is a superuser); SQLite's cannot.
-    replica = engine.dialect.name == "postgresql"
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in _TABLES}
-    ids = {"version": 0, "artifact": 0, "archived": 0, "piece": 0}
-
-    def flush(connection: sa.Connection) -> None:
-        """Insert what is pending, parents before children (``_TABLES`` order)."""
-        for name, table in _TABLES.items():
-            if rows[name]:
-                connection.execute(sa.insert(table), rows[name])
-                rows[name].clear()
-
-    with engine.begin() as connection:
-        if replica:
-            connection.execute(sa.text("SET session_replication_role = replica"))
-        for i in range(count):
-            ecosystem = LAYOUT[i % 10]
-            name = package_name(ecosystem, i)
-            rows["packages"].append(
-                {
-                    "id": i + 1,
-                    "ecosystem": ecosystem,
-                    "name": name,
-                    "display_name": name,
-                    "extra": {},
-                    "deleted": False,
-                    "created_at": WHEN,
-                    "updated_at": WHEN,
-                }
-            )
-            for v in range(VERSIONS):
-                ids["version"] += 1
-                version = version_of(ecosystem, v)
-                rows["versions"].append(
-                    {
-                        "id": ids["version"],
-                        "package_id": i + 1,
-                        "number": version,
-                        "published_at": WHEN,
-                        "yanked": False,
-                        "deleted": False,
-                        "created_at": WHEN,
-                        "updated_at": WHEN,
-                    }
-                )
-                for f in range(FILES[ecosystem]):
-                    ids["artifact"] += 1
-                    n = ids["artifact"]
-                    _artifact_rows(rows, n, ids, ecosystem, name, version, f)
-            if len(rows["artifacts"]) >= CHUNK:
-                flush(connection)
-        _close_piece(rows, ids)
-        flush(connection)
-        if connection.dialect.name == "postgresql":
-            for table in _TABLES.values():
-                if "id" in table.c:
-                    highest = sa.select(sa.func.coalesce(sa.func.max(table.c.id), 1))
-                    sequence = sa.func.pg_get_serial_sequence(table.name, "id")
-                    connection.execute(
-                        sa.select(sa.func.setval(sequence, highest.scalar_subquery()))
-                    )
-    # Statistics as Forage keeps them (forage.db.statistics): a plain ANALYZE now, while no
-    # answer has a purl, would make every lookup of stored answers scan.
-    with engine.begin() as connection:
-        refresh(connection)
-    engine.dispose()
-    return Index(count, ids["version"], ids["artifact"]), time.perf_counter() - started
-
-
-def existing(url: str, artifacts: int) -> Index:
-    """The size of an index built earlier for ``artifacts`` files (refused if it differs),
-    migrated to the current schema, its stored answers retired as a change would retire them
-    (so first sights are)."""
-    engine = make_engine(url)
-    upgrade(engine)
-    with engine.begin() as connection:
-        connection.execute(
-            sa.update(VersionAnswer).values(body=None, stamp=VersionAnswer.stamp + 1)
-        )
-        count = connection.execute(sa.select(sa.func.max(Package.id))).scalar_one()
-        versions = connection.execute(sa.select(sa.func.max(Version.id))).scalar_one()
-        files = connection.execute(sa.select(sa.func.max(Artifact.id))).scalar_one()
-    engine.dispose()
-    if count != packages_for(artifacts):
-        raise SystemExit(f"{url} holds {count} packages, not an index of {artifacts} artifacts")
-    return Index(count, versions, files)
-
-
-def _artifact_rows(
-    rows: dict[str, list[dict[str, Any]]],
-    n: int,
-    ids: dict[str, int],
-    ecosystem: str,
-    name: str,
-    version: str,
-    f: int,
-) -> None:
-    if ecosystem != "pypi":
-        filename, kind = f"{name.rsplit('/', 1)[-1]}-{version}.tgz", "tarball"
-    elif f == 0:
-        filename, kind = f"{name}-{version}.tar.gz", "sdist"
-    else:
-        filename, kind = f"{name}-{version}-py3-none-any-{f}.whl", "bdist_wheel"
-    rows["artifacts"].append(
-        {
-            "id": n,
-            "version_id": ids["version"],
-            "filename": filename,
-            "url": f"https://registry.invalid/{name}/{filename}",
-            "size": 1000 + n % 5000,
-            "kind": kind,
-            "yanked": False,
-            "created_at": WHEN,
-            "updated_at": WHEN,
-        }
-    )
-    rows["artifact_digests"].append(
-        {
-            "artifact_id": n,
-            "algorithm": "sha256",
-            "value": hashlib.sha256(b"artifact %d" % n).hexdigest(),
-        }
-    )
-    archived = n % 20 != 0
-    rows["archives"].append(
-        {
-            "id": n,
-            "artifact_id": n,
-            "status": "archived" if archived else "pending",
-            "cid": cid_of(n) if archived else None,
-            "size": 1000 + n % 5000 if archived else None,
-            "archived_at": WHEN if archived else None,
-            "created_at": WHEN,
-            "updated_at": WHEN,
-        }
-    )
-    if not archived:
-        return
-    ids["archived"] += 1
-    if n % 2 == 0:
-        rows["pins"].append(
-            {
-                "archive_id": n,
-                "backend": "kubo",
-                "status": "pinned",
-                "request_id": str(n),
-                "pinned_at": WHEN,
-                "created_at": WHEN,
-                "updated_at": WHEN,
-            }
-        )
-    if n % 4 < 2:
-        _piece_member(rows, n, ids)
-
-
-def _piece_member(rows: dict[str, list[dict[str, Any]]], n: int, ids: dict[str, int]) -> None:
-    members = rows.setdefault("_members", [])
-    members.append({"archive_id": n, "length": 1000 + n % 5000})
-    if len(members) >= PIECE_MEMBERS:
-        _close_piece(rows, ids)
-
-
-def _close_piece(rows: dict[str, list[dict[str, Any]]], ids: dict[str, int]) -> None:
-    members = rows.pop("_members", [])
-    if not members:
-        return
-    ids["piece"] += 1
-    piece = ids["piece"]
-    offset = 59
-    for member in members:
-        rows["piece_members"].append(
-            {
-                "piece_id": piece,
-                "archive_id": member["archive_id"],
-                "offset": offset,
-                "length": member["length"],
-            }
-        )
-        offset += member["length"]
-    padded = 128
-    while padded // 128 * 127 < offset:
-        padded *= 2
-    root = hashlib.sha256(b"piece %d" % piece).digest()
-    rows["pieces"].append(
-        {
-            "id": piece,
-            "piece_cid": "b"
-            + base64.b32encode(b"\x01\x81\xe2\x03\x92\x20\x20" + root).decode().lower().rstrip("="),
-            "padded_size": padded,
-            "car_root": cid_of(-piece),
-            "car_size": offset,
-            "created_at": WHEN,
-        }
-    )
-    for d in range(2):
-        rows["deals"].append(
-            {
-                "deal_id": str(piece * 10 + d),
-                "source": "lotus",
-                "piece_id": piece,
-                "provider": f"f0{1000 + d}",
-                "state": "active",
-                "start_epoch": 4_000_000,
-                "end_epoch": 9_000_000,
-                "last_seen": WHEN,
-                "created_at": WHEN,
-                "updated_at": WHEN,
-            }
-        )
-
-
-_TABLES: dict[str, Any] = {
-    "packages": Package.__table__,
-    "versions": Version.__table__,
-    "artifacts": Artifact.__table__,
-    "artifact_digests": ArtifactDigest.__table__,
-    "archives": Archive.__table__,
-    "pins": Pin.__table__,
-    "pieces": Piece.__table__,
-    "piece_members": PieceMember.__table__,
-    "deals": Deal.__table__,
-}
+#: Distinct batches the throughput clients draw from (their answers stored beforehand).
+POOL = 16
 
 
 def serve(url: str, data_dir: str, port: int, ready: Any) -> None:
@@ -495,6 +217,49 @@ def _prime(client: httpx.Client, reader: Any, rounds: list[list[Key]], *, tries:
     print(f"  answers stored: {stored} of {wanted}", file=sys.stderr)
 
 
+def load(url: str, index: Index, args: argparse.Namespace) -> dict[str, Any]:
+    """Lookups per second for each ``--processes`` count under ``--clients`` clients."""
+    rng = random.Random(args.seed + 1)
+    size = args.batch_keys
+    pool = [
+        [key_of(rng.randrange(index.packages), rng.randrange(VERSIONS)) for _ in range(size)]
+        for _ in range(POOL)
+    ]
+    bodies = [json.dumps({"keys": [key.purl() for key in keys]}).encode() for keys in pool]
+    writer = make_engine(url)
+    reader, engine = read_only_sessionmaker(make_sessionmaker(writer))
+
+    def prime(base: str) -> None:
+        with httpx.Client(base_url=base, timeout=120) as client:
+            _prime(client, reader, pool)
+        # As the scheduler's optimize task would after answers were stored in bulk.
+        with writer.begin() as connection:
+            refresh(connection)
+
+    try:
+        per_count = throughput(
+            url,
+            bodies,
+            keys=size,
+            processes=[int(n) for n in args.processes.split(",")],
+            clients=args.clients,
+            seconds=args.seconds,
+            seed=args.seed,
+            prime=prime,
+        )
+    finally:
+        if engine is not None:
+            engine.dispose()
+        writer.dispose()
+    rates = [result["lookups_per_s"] for result in per_count.values()]
+    return {
+        "batch_keys": size,
+        "clients": args.clients,
+        "processes": per_count,
+        "last_over_first": round(rates[-1] / rates[0], 2),
+    }
+
+
 @contextlib.contextmanager
 def throwaway_postgres() -> Iterator[str]:
     """A PostgreSQL cluster from the installed binaries (run as ``postgres`` when root)."""
@@ -572,6 +337,14 @@ def main() -> None:
         "--sqlite-path", help="keep the SQLite index here, and reuse it if it already exists"
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--processes",
+        default="1,2",
+        help="server process counts to measure throughput with, comma-separated ('' for none)",
+    )
+    parser.add_argument("--clients", type=int, default=8, help="concurrent throughput clients")
+    parser.add_argument("--seconds", type=float, default=10.0, help="throughput window")
+    parser.add_argument("--batch-keys", type=int, default=1000, help="keys per throughput lookup")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     report: dict[str, Any] = {
@@ -610,6 +383,8 @@ def main() -> None:
                 },
                 "batches": measure(url, index, batches=batches, rounds=args.rounds, seed=args.seed),
             }
+            if args.processes:
+                report["stores"][store]["throughput"] = load(url, index, args)
     sqlite = report["stores"].get("sqlite", {}).get("batches", {}).get("1000")
     if sqlite:
         report["goals"] = {

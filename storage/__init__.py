@@ -58,10 +58,14 @@ if TYPE_CHECKING:
         ImportSizeError,
         IntegrityError,
         InvalidCID,
+        ObjectNotFound,
+        ObjectStoreUnavailable,
         StorageError,
     )
     from storage.flatfs import FilesystemBlockstore
     from storage.locator import BlockLocation, BlockLocator, SQLiteLocator
+    from storage.objectpacks import ObjectPackedBlockstore, rebuild_object_locator
+    from storage.objects import DirectoryObjects, ObjectStore
     from storage.packrecovery import RebuildReport, rebuild_locator
     from storage.packs import PackedBlockstore
     from storage.pinning import (
@@ -73,6 +77,7 @@ if TYPE_CHECKING:
         PinRequest,
         PinState,
     )
+    from storage.s3 import S3Objects
     from storage.unixfs import (
         ImportResult,
         UnixFSData,
@@ -110,6 +115,7 @@ _HOMES: dict[str, str] = {
     "DealInfo": "storage.deals",
     "DealService": "storage.deals",
     "DealSource": "storage.deals",
+    "DirectoryObjects": "storage.objects",
     "EPOCH_SECONDS": "storage.deals",
     "FilesystemBlockstore": "storage.flatfs",
     "ImportResult": "storage.unixfs",
@@ -120,9 +126,13 @@ _HOMES: dict[str, str] = {
     "LotusClient": "storage.deals",
     "MAINNET_GENESIS": "storage.deals",
     "MemoryBlockstore": "storage.blockstore",
+    "ObjectNotFound": "storage.errors",
+    "ObjectPackedBlockstore": "storage.objectpacks",
+    "ObjectStore": "storage.objects",
+    "ObjectStoreUnavailable": "storage.errors",
     "PBLink": "storage.dagpb",
-    "PackedBlockstore": "storage.packs",
     "PBNode": "storage.dagpb",
+    "PackedBlockstore": "storage.packs",
     "PieceInfo": "storage.commp",
     "PinRef": "storage.pinning",
     "PinRequest": "storage.pinning",
@@ -130,6 +140,7 @@ _HOMES: dict[str, str] = {
     "PinningBackend": "storage.pinning",
     "PinningService": "storage.pinning",
     "RebuildReport": "storage.packrecovery",
+    "S3Objects": "storage.s3",
     "SQLiteLocator": "storage.locator",
     "StorageError": "storage.errors",
     "UnixFSData": "storage.unixfs",
@@ -153,6 +164,7 @@ _HOMES: dict[str, str] = {
     "read_car": "storage.car",
     "read_file": "storage.dag",
     "rebuild_locator": "storage.packrecovery",
+    "rebuild_object_locator": "storage.objectpacks",
     "time_epoch": "storage.deals",
     "verify_block": "storage.cid",
     "walk_dag": "storage.dag",
@@ -201,6 +213,7 @@ __all__ = [
     "DealInfo",
     "DealService",
     "DealSource",
+    "DirectoryObjects",
     "FilesystemBlockstore",
     "ImportResult",
     "ImportSizeError",
@@ -209,6 +222,10 @@ __all__ = [
     "KuboPinning",
     "LotusClient",
     "MemoryBlockstore",
+    "ObjectNotFound",
+    "ObjectPackedBlockstore",
+    "ObjectStore",
+    "ObjectStoreUnavailable",
     "PBLink",
     "PBNode",
     "PackedBlockstore",
@@ -219,6 +236,7 @@ __all__ = [
     "PinningBackend",
     "PinningService",
     "RebuildReport",
+    "S3Objects",
     "SQLiteLocator",
     "StorageError",
     "UnixFSData",
@@ -242,6 +260,7 @@ __all__ = [
     "read_car",
     "read_file",
     "rebuild_locator",
+    "rebuild_object_locator",
     "time_epoch",
     "verify_block",
     "walk_dag",

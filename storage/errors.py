@@ -11,8 +11,11 @@ Hierarchy::
     │   └── CarTruncated        the stream ended inside a header or section
     ├── ImportSizeError         a chunk or leaf larger than the importer allows
     ├── BlockFormatError        a block that does not decode as its codec (dag-pb, UnixFS)
-    ├── BlockstoreError         the filesystem under a blockstore failed
-    │   └── BlockstoreFull      no space left (ENOSPC, EDQUOT); staged blocks were removed
+    ├── BlockstoreError         the filesystem or object store under a blockstore failed
+    │   ├── BlockstoreFull      no space left (ENOSPC, EDQUOT); staged blocks were removed
+    │   ├── ObjectNotFound      an object store holds no object under a key
+    │   └── ObjectStoreUnavailable  transient: an object store's endpoint unreachable, timed
+    │                           out or failing (5xx, throttled); retry later
     ├── BackendError            a remote storage service (pinning, Kubo, deals) failed
     │   ├── BackendUnavailable  transient: connection refused, timeout, 5xx, 429 (retry later;
     │   │                       ``retry_after`` carries the server's Retry-After in seconds)
@@ -79,11 +82,26 @@ class BlockFormatError(StorageError):
 
 
 class BlockstoreError(StorageError):
-    """The filesystem under a blockstore failed; the ``OSError`` is chained as the cause."""
+    """The filesystem or object store under a blockstore failed; the underlying error
+    (``OSError``, the S3 client's) is chained as the cause."""
 
 
 class BlockstoreFull(BlockstoreError):
     """No space left on the blockstore's filesystem; blocks staged by the write were removed."""
+
+
+class ObjectNotFound(BlockstoreError):
+    """An object store (``storage.objects``) holds no object under ``key``."""
+
+    def __init__(self, store: str, key: str) -> None:
+        self.store = store
+        self.key = key
+        super().__init__(f"{store}: no object {key!r}")
+
+
+class ObjectStoreUnavailable(BlockstoreError):
+    """An object store's endpoint is unreachable, timed out or failing (5xx, throttling):
+    transient, unlike a refusal (bad credentials, no such bucket), a plain BlockstoreError."""
 
 
 class BackendError(StorageError):

@@ -31,6 +31,7 @@ __all__ = [
     "FOOTER_SIZE",
     "MAGIC",
     "IndexEntry",
+    "decode_footer",
     "decode_index",
     "encode_index",
     "pack_footer",
@@ -103,6 +104,18 @@ def decode_index(index: bytes, count: int, data_end: int, *, what: str) -> list[
     return entries
 
 
+def decode_footer(footer: bytes, size: int, *, what: str) -> tuple[int, int, int]:
+    """The index offset, index length and entry count in ``footer``, the last
+    ``FOOTER_SIZE`` bytes of a pack of ``size`` bytes (``BlockstoreError`` naming ``what``
+    if it is not a pack footer or does not fit the size)."""
+    index_offset, index_length, count, version, magic = _FOOTER.unpack(footer)
+    if magic != MAGIC or version != VERSION:
+        raise BlockstoreError(f"{what}: no pack footer (magic {magic!r}, v{version})")
+    if index_offset + index_length != size - FOOTER_SIZE:
+        raise BlockstoreError(f"{what}: footer does not match the pack's size")
+    return index_offset, index_length, count
+
+
 def read_pack_index(path: str, *, check_name: bool = True) -> Sequence[IndexEntry]:
     """Read the index of the pack at ``path`` with two reads (footer, then index); with
     ``check_name``, the index must hash to the file's name. ``BlockstoreError`` if the file
@@ -113,11 +126,7 @@ def read_pack_index(path: str, *, check_name: bool = True) -> Sequence[IndexEntr
         if size < FOOTER_SIZE:
             raise BlockstoreError(f"pack {path}: {size} bytes, shorter than its footer")
         footer = os.pread(fd, FOOTER_SIZE, size - FOOTER_SIZE)
-        index_offset, index_length, count, version, magic = _FOOTER.unpack(footer)
-        if magic != MAGIC or version != VERSION:
-            raise BlockstoreError(f"pack {path}: no pack footer (magic {magic!r}, v{version})")
-        if index_offset + index_length != size - FOOTER_SIZE:
-            raise BlockstoreError(f"pack {path}: footer does not match the file's size")
+        index_offset, index_length, count = decode_footer(footer, size, what=f"pack {path}")
         index = os.pread(fd, index_length, index_offset)
     except OSError as exc:
         if isinstance(exc, FileNotFoundError):

@@ -39,6 +39,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.s3server import s3_prefix, s3_server  # noqa: F401 - fixtures for every directory
+
 STORES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 _counter = itertools.count()
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.s3server import rclone_path
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -57,6 +60,24 @@ def test_the_archive_benchmark_reports_the_pipeline_and_the_floor(tmp_path: Path
     assert list(tmp_path.iterdir()) == []  # the scratch directory is cleaned up
 
 
+def test_the_archive_benchmark_runs_with_the_packs_in_a_bucket(tmp_path: Path) -> None:
+    rclone_path()  # skipped without rclone, failed under CI
+    report = run_script(
+        "bench_archive.py",
+        "--total-mib=4",
+        "--count=24",
+        "--max-mib=1",
+        "--layout=s3",
+        "--breakdown",
+        f"--workdir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert report["layout"] == "s3" and report["block_files"] == 24  # one object each
+    assert report["commit_batches"] == 24 and report["sync"] is None
+    assert report["s3_server_cpu_seconds"] > 0 and report["store_only_mb_s"] > 0
+    assert list(tmp_path.iterdir()) == []  # the scratch directory (and bucket) cleaned up
+
+
 def test_the_lookup_benchmark_reports_both_paths_against_the_bare_query(tmp_path: Path) -> None:
     report = run_script(
         "bench_lookup.py",
@@ -64,6 +85,10 @@ def test_the_lookup_benchmark_reports_both_paths_against_the_bare_query(tmp_path
         "--rounds=3",
         "--stores=sqlite",
         "--batches=1,1000",
+        "--processes=2",
+        "--clients=3",
+        "--seconds=1",
+        "--batch-keys=100",
         cwd=tmp_path,
     )
     sqlite = report["stores"]["sqlite"]
@@ -72,6 +97,12 @@ def test_the_lookup_benchmark_reports_both_paths_against_the_bare_query(tmp_path
     for batch in sqlite["batches"].values():
         assert set(batch) == {"http", "http_first_sight", "sql", "http_over_sql_p50"}
         assert batch["http"]["p50_ms"] <= batch["http"]["p99_ms"]
+    load = sqlite["throughput"]["processes"]
+    assert set(load) == {"2"}  # forage serve --processes 2, run as a command
+    assert load["2"]["lookups"] > 0 and load["2"]["keys_per_s"] > load["2"]["lookups_per_s"]
+    # Every client's connection reached one of the two server processes.
+    spread = load["2"]["connections_per_process"]
+    assert sum(spread) == 3 and len(spread) <= 2
     assert set(report["goals"]) >= {"sqlite_p50_at_most_30ms", "http_at_most_2x_bare_query"}
 
 
@@ -111,7 +142,12 @@ def test_the_mirror_benchmark_measures_forage_alone_when_no_peer_is_asked(tmp_pa
     assert report["packument"]["p50_ms"] <= report["packument"]["p99_ms"]
     assert report["packument_cold_ms"] > 0 and report["simple_page_cold_ms"] > 0
     assert report["server_peak_rss_mb"] >= report["server_rss_before_load_mb"] > 0
+    cold = report["fallback_packument_cold"]  # all 3 clients at once, one build (issue 16)
+    assert (cold["versions"], cold["clients"], cold["errors"]) == (30, 3, {})
+    assert cold["server_peak_rss_mb"] >= cold["server_rss_before_mb"] > 0
     comparison = report["comparison"]
+    corgi = comparison["servers"]["forage"]["upstream_down"]["abbreviated_packument"]
+    assert cold["bytes_per_response"] == corgi["bytes_per_response"]
     assert list(comparison["servers"]) == ["forage"] and comparison["forage_over_best_peer"] == {}
     forage = comparison["servers"]["forage"]
     for mode in ("upstream_down", "offline"):
@@ -164,3 +200,21 @@ def test_chaos_reports_no_5xx_nothing_lost_and_the_recovery(tmp_path: Path) -> N
         assert disk["healthz_while_full"].get("503", 0) >= 1
         assert "blockstore" in disk["named_down"]
         assert disk["healthy_after_free_s"] is not None
+
+
+def test_the_tasks_benchmark_times_the_migration_and_every_periodic_task(tmp_path: Path) -> None:
+    database = tmp_path / "forage.db"
+    report = run_script("bench_tasks.py", "--build=2000", f"--sqlite-path={database}", cwd=tmp_path)
+    assert report["build"]["artifacts"] == 2000 and report["packages"] == 250
+    migrations = report["migrations"]
+    assert int(migrations["from"]) == int(migrations["to"]) - 1  # forage db upgrade, one step
+    tasks = {"drain_archives", "reverify", "stats", "prune_jobs", "render_answers", "optimize"}
+    tasks |= {"watch:npm", "reconcile:pypi", "pin_check", "sync_deals"}
+    assert tasks <= set(report["tasks"])
+    jobs = {"reverify: sample", "pin_check: due", "build_pieces: candidates", "worker: claim"}
+    assert jobs <= set(report["jobs"])
+    timings = [*report["tasks"].values(), *report["jobs"].values()]
+    assert report["slowest"]["seconds"] == max(timings)
+    # Each ran in a transaction rolled back: the tasks queued jobs, none is left.
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("SELECT count(*) FROM jobs").fetchone() == (0,)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from forage.config import Config
 from storage.flatfs import FilesystemBlockstore
+from storage.locator import BlockLocator
 from storage.packs import PACKS_DIR, PackedBlockstore
 
 BLOCKS_DIR = "blocks"
@@ -46,20 +47,36 @@ def blockstore_layout(config: Config) -> str:
     return "packed"
 
 
-def open_packed(root: Path, *, durable: bool = True) -> PackedBlockstore:
-    """The packed store at ``root``, reading through to a flatfs store beside it, if any.
+def open_packed(
+    root: Path, *, durable: bool = True, locator: BlockLocator | None = None
+) -> PackedBlockstore:
+    """The packed store at ``root``, reading through to a flatfs store beside it, if any
+    (``locator``: the SQLite one beside the packs unless given).
 
     The packed store opens first: its recovery may need sealed packs a crash left in the
     staging area, which opening the flatfs store cleans."""
-    store = PackedBlockstore(root, durable=durable)
+    store = PackedBlockstore(root, durable=durable, locator=locator)
     if has_flatfs(root):
         store.legacy = FilesystemBlockstore(root, durable=durable)
     return store
 
 
 def open_blockstore(config: Config) -> FilesystemBlockstore | PackedBlockstore:
-    """Open (creating it if needed) the configured blockstore."""
+    """Open (creating it if needed) the configured blockstore: in a bucket
+    (:mod:`forage.archive.objectstore`; staging, and a flatfs store being migrated, under
+    ``<data.dir>/blocks``) or local, its locator in the database with ``data.locator``."""
     root = blockstore_path(config)
+    if config.data.in_bucket:
+        from forage.archive.objectstore import open_object_blockstore
+
+        store: PackedBlockstore = open_object_blockstore(config, root)
+        if has_flatfs(root):
+            store.legacy = FilesystemBlockstore(root)
+        return store
     if blockstore_layout(config) == "flatfs":
         return FilesystemBlockstore(root)
+    if config.data.shared_locator:
+        from forage.archive.objectstore import open_locator
+
+        return open_packed(root, locator=open_locator(config))
     return open_packed(root)

@@ -27,6 +27,9 @@ and never removes a block before its pack is in place. While it runs, a packed s
 blocks not moved yet from flatfs; stop workers and servers that were started in the flatfs
 layout (or restart them with [data] blocks = "packed") before migrating. An archive with a
 missing or corrupt block stays in flatfs and is listed; 'forage blocks migrate' then exits 1.
+
+With [data] blocks = "s3://bucket/prefix" the packs are written to the bucket instead, and
+located through the database.
 """
 
 
@@ -49,7 +52,8 @@ def register(subparsers: Any) -> None:
         description=(
             "Read the footer and index of every pack under <data.dir>/blocks/packs and record "
             "the packs the locator does not know (after losing or restoring locator.sqlite). "
-            "Deletions live only in the locator: a rebuilt one has none."
+            "With the blocks in a bucket, list the bucket's packs and record them in the "
+            "database. Deletions live only in the locator: a rebuilt one has none."
         ),
     )
     rebuild.set_defaults(handler=run_rebuild)
@@ -61,7 +65,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def run_migrate(args: argparse.Namespace) -> int:
-    from forage.archive.blocks import blockstore_path, has_flatfs, open_packed
+    from forage.archive.blocks import blockstore_path, has_flatfs, open_blockstore, open_packed
     from forage.db.engine import make_sessionmaker, open_database
     from forage.errors import ConfigError
     from storage.migration import (
@@ -82,7 +86,8 @@ def run_migrate(args: argparse.Namespace) -> int:
     if not has_flatfs(root):
         print(f"forage: nothing to migrate: no flatfs store under {root}", file=sys.stderr)
         return 0
-    packed = open_packed(root)  # reads the blocks not moved yet from flatfs
+    # Reads the blocks not moved yet from flatfs; with blocks in a bucket, packs go there.
+    packed = open_blockstore(config) if config.data.in_bucket else open_packed(root)
     flatfs = packed.legacy
     assert flatfs is not None
     report = MigrationReport()
@@ -166,13 +171,25 @@ def _archive_roots(sessionmaker: Any, *, page: int = 1000) -> Any:
 
 
 def run_rebuild(args: argparse.Namespace) -> int:
-    from forage.archive.blocks import blockstore_path
-    from storage import PackedBlockstore, rebuild_locator
+    from forage.archive.blocks import blockstore_path, open_blockstore
+    from storage import (
+        ObjectPackedBlockstore,
+        PackedBlockstore,
+        rebuild_locator,
+        rebuild_object_locator,
+    )
 
     config = load_cli_config(args)
-    store = PackedBlockstore(blockstore_path(config))
+    if config.data.in_bucket:  # the packs are objects, found through the database
+        store = open_blockstore(config)
+        assert isinstance(store, ObjectPackedBlockstore)
+    else:
+        store = PackedBlockstore(blockstore_path(config))
     try:
-        report = rebuild_locator(store)
+        if isinstance(store, ObjectPackedBlockstore):
+            report = rebuild_object_locator(store)
+        else:
+            report = rebuild_locator(store)
     finally:
         store.close()
     print(

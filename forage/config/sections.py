@@ -22,8 +22,13 @@ from forage.config.values import (
 from forage.errors import ConfigError
 from forage.logs import LOG_FORMATS
 
-#: The blockstore layouts ``[data] blocks`` may name.
+#: The blockstore layouts ``[data] blocks`` may name (besides an ``s3://bucket/prefix`` URL).
 BLOCK_LAYOUTS = ("packed", "flatfs")
+#: Where a packed blockstore's locator may be (``[data] locator``).
+LOCATORS = ("file", "database")
+#: An S3 bucket name (the rules AWS and the S3-compatible services share) and a key prefix.
+S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+S3_PREFIX = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,16 +38,71 @@ class DataConfig:
     ``blocks`` is the blockstore layout under ``<dir>/blocks``: ``"packed"`` (one pack file
     per archive, :mod:`storage.packs`) or ``"flatfs"`` (one file per block, Kubo's layout).
     Unset, a store that already holds flatfs blocks stays flatfs, and anything else is packed.
+    ``"s3://bucket/prefix"`` keeps the packs as objects in an S3-compatible bucket instead
+    (:mod:`forage.archive.objectstore`): ``s3_endpoint`` is the service's URL (default
+    ``AWS_ENDPOINT_URL``, else AWS; plain ``http`` only on loopback or with
+    ``s3_allow_http``), ``s3_region`` its region (default ``AWS_REGION``), and the
+    credentials come from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` or the AWS
+    credentials file ``s3_credentials_file``. ``locator`` is where a packed store finds each
+    block: ``"file"`` (SQLite beside the packs: one host) or ``"database"`` (Forage's
+    database: every host that shares the store); unset, ``database`` for a bucket, else
+    ``file``.
     """
 
     dir: Path = Path("forage-data")
     blocks: str | None = None
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_credentials_file: Path | None = None
+    s3_allow_http: bool = False
+    locator: str | None = None
 
     def __post_init__(self) -> None:
-        if self.blocks is not None and self.blocks not in BLOCK_LAYOUTS:
+        if self.in_bucket:
+            self.s3_location  # noqa: B018  (checks the URL)
+        elif self.blocks is not None and self.blocks not in BLOCK_LAYOUTS:
             raise ConfigError(
-                "data.blocks", f"must be one of {', '.join(BLOCK_LAYOUTS)}, got {self.blocks!r}"
+                "data.blocks",
+                f"must be one of {', '.join(BLOCK_LAYOUTS)} or an s3://bucket/prefix URL, "
+                f"got {self.blocks!r}",
             )
+        if self.locator is not None and self.locator not in LOCATORS:
+            raise ConfigError(
+                "data.locator", f"must be one of {', '.join(LOCATORS)}, got {self.locator!r}"
+            )
+        if self.s3_endpoint is not None:
+            check_s3_endpoint(self.s3_endpoint, "data.s3_endpoint", self.s3_allow_http)
+
+    @property
+    def in_bucket(self) -> bool:
+        """Whether the blocks live in an S3-compatible bucket."""
+        return (self.blocks or "").startswith("s3://")
+
+    @property
+    def s3_location(self) -> tuple[str, str]:
+        """The bucket and key prefix of an ``s3://bucket/prefix`` ``blocks``."""
+        parts = urlsplit(self.blocks or "")
+        bucket, prefix = parts.netloc, parts.path.strip("/")
+        if not S3_BUCKET.fullmatch(bucket) or ".." in bucket:
+            raise ConfigError("data.blocks", f"{self.blocks!r} does not name a valid bucket")
+        if (prefix and not S3_PREFIX.fullmatch(prefix)) or parts.query or parts.fragment:
+            raise ConfigError("data.blocks", f"{self.blocks!r} has an invalid key prefix")
+        return bucket, prefix
+
+    @property
+    def shared_locator(self) -> bool:
+        """Whether a packed store's locator is in the database (see the class docstring)."""
+        return self.locator == "database" or (self.locator is None and self.in_bucket)
+
+
+def check_s3_endpoint(url: str, key: str, allow_http: bool) -> None:
+    """An S3 endpoint must be https, or plain http on loopback or with ``s3_allow_http``."""
+    loopback = (urlsplit(url).hostname or "") in LOOPBACK_HOSTS
+    try:
+        check_url(url, key, allow_http=allow_http or loopback)
+    except ConfigError as exc:
+        reason = exc.reason.replace("allow_http = true", "data.s3_allow_http = true")
+        raise ConfigError(key, reason) from None
 
 
 @dataclass(frozen=True, slots=True)

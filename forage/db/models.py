@@ -254,6 +254,7 @@ class Archive(Base):
     __table_args__ = (
         sa.UniqueConstraint("artifact_id"),
         sa.Index(None, "cid"),
+        sa.Index(None, "status", "id"),
         sa.Index(None, "verified_algorithm", "verified_digest"),
         sa.CheckConstraint(cid_check("cid"), name="cid"),
         sa.CheckConstraint("size IS NULL OR size >= 0", name="size"),
@@ -460,6 +461,8 @@ class JobRecord(Base):
     __table_args__ = (
         sa.Index(None, "state", "run_after"),
         sa.Index(None, "state", "lease_expires_at"),
+        sa.Index(None, "dedup_key", "state"),
+        sa.Index(None, "state", "finished_at"),
         sa.Index(
             "uq_jobs_dedup_key_queued",
             "dedup_key",
@@ -557,3 +560,8 @@ class LookupMiss(Base):
     #: What the registry answered (``HTTP 404 from <url>: <body>``), or what its listing said.
     answer: Mapped[str] = mapped_column(sa.Text)
     checked_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# The block locator's tables live in their own module; importing them here registers them on
+# ``Base.metadata`` wherever the models are loaded (migrations, ``forage db check``).
+from forage.db.packs import BlockPack, PackBlock  # noqa: E402, F401

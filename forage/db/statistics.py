@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 #: The scheduler task's name (interval key ``schedule.optimize``).
 OPTIMIZE = "optimize"
 #: Tables whose distribution changes without their row count changing much: answers gain
-#: purls and bodies, versions and files are removed, archives change state.
-TABLES: tuple[str, ...] = ("version_answers", "versions", "artifacts", "archives")
+#: purls and bodies, versions and files are removed, archives and pins change state. (Pins
+#: without statistics made SQLite plan the pin check's due pins as a scan of every archive.)
+TABLES: tuple[str, ...] = ("version_answers", "versions", "artifacts", "archives", "pins")
 #: Rows of each index SQLite's ``ANALYZE`` reads (``PRAGMA analysis_limit``; SQLite's docs
 #: suggest 100 to 1000): enough for the averages the planner uses, bounded on any index.
 ANALYSIS_LIMIT = 1000

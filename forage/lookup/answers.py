@@ -60,31 +60,39 @@ class StaleChunk:
     last_id: int
 
 
-def stale_ids(*, after: int, now: datetime) -> sa.CompoundSelect:
+def stale_ids(*, after: int, now: datetime, limit: int | None = None) -> sa.CompoundSelect:
     """Ids after ``after`` of the versions whose answer is retired or has no purl (the rows
-    of a partial index) or is past ``valid_until`` (an index too)."""
+    of a partial index) or is past ``valid_until`` (an index too). With ``limit``, the retired
+    part stops at its first ``limit`` ids, so that a chunk reads that many, where the union
+    of every retired id (millions after a bulk import) was built for each chunk; expired
+    answers are few (deals ending), read through their index in any order."""
     answer = VersionAnswer
     retired = sa.select(answer.version_id).where(
         sa.or_(answer.body.is_(None), answer.purl.is_(None)), answer.version_id > after
     )
+    if limit is not None:
+        first = retired.order_by(answer.version_id).limit(limit).subquery()
+        retired = sa.select(first.c.version_id)
     expired = sa.select(answer.version_id).where(
         answer.valid_until <= now, answer.version_id > after
     )
     return sa.union(retired, expired)
 
 
-def stale_versions(session: Session, *, after: int, now: datetime) -> StaleChunk:
-    """The next versions after id ``after`` whose answer a lookup would have to compute
-    (:func:`stale_ids`; every version has an answer row from its insert on, migration
-    0004)."""
-    stale = stale_ids(after=after, now=now).subquery("stale")
+def stale_versions(
+    session: Session, *, after: int, now: datetime, limit: int = CHUNK
+) -> StaleChunk:
+    """The next ``limit`` versions after id ``after`` whose answer a lookup would have to
+    compute (:func:`stale_ids`; every version has an answer row from its insert on,
+    migration 0004)."""
+    stale = stale_ids(after=after, now=now, limit=limit).subquery("stale")
     rows = session.execute(
         sa.select(Version.id, Package.ecosystem, Package.name, Version.number)
         .select_from(stale)
         .join(Version, Version.id == stale.c.version_id)
         .join(Package, Package.id == Version.package_id)
         .order_by(Version.id)
-        .limit(CHUNK)
+        .limit(limit)
     ).all()
     purls = tuple(canonical_purl(Key(row.ecosystem, row.name, row.number)) for row in rows)
     return StaleChunk(purls, rows[-1].id if rows else after)

@@ -12,7 +12,11 @@ numbers whatever process did the work.
 
 :class:`Metrics` is one process's Prometheus registry (no global registry, so tests and
 several apps in one process never collide): the index collector, process metrics, and
-request latency histograms fed by the HTTP middleware, lookup latency among them.
+request latency histograms fed by the HTTP middleware, lookup latency among them. Under
+``forage serve --processes N`` it is prometheus_client's multiprocess mode instead: the
+request counts and latencies are the sums over every server process (those that died
+included), and there are no process metrics.
+https://prometheus.github.io/client_python/multiprocess/
 Exposition format: https://prometheus.io/docs/instrumenting/exposition_formats/ (written by
 ``prometheus_client``).
 """
@@ -20,6 +24,7 @@ Exposition format: https://prometheus.io/docs/instrumenting/exposition_formats/ 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -38,6 +43,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -61,6 +67,9 @@ from forage.index.status import (
 
 log = logging.getLogger(__name__)
 
+#: Set (by ``forage serve --processes``) before prometheus_client is imported, it makes
+#: every process record its counters and histograms in files of that directory.
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Latency buckets (seconds) for HTTP requests and lookups: 1 ms to 10 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -283,27 +292,34 @@ class Metrics:
     def __init__(self, sessionmaker: sessionmaker[Session], *, max_age: float = 5.0) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(IndexCollector(sessionmaker, max_age=max_age))
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
+        own: CollectorRegistry | None = self.registry
+        if MULTIPROCESS_ENV in os.environ:
+            # Several server processes: each records into files of that directory and the
+            # exposition sums them; one process's CPU and memory would misrepresent the rest.
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+            own = None
+        else:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
         self.requests = Counter(
             "forage_http_requests",
             "HTTP requests answered, by route, method and status",
             ["route", "method", "status"],
-            registry=self.registry,
+            registry=own,
         )
         self.request_seconds = Histogram(
             "forage_http_request_duration_seconds",
             "Time to answer an HTTP request, by route and method",
             ["route", "method"],
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=own,
         )
         self.lookup_seconds = Histogram(
             "forage_lookup_duration_seconds",
             "Time to answer a lookup request (batch, lockfile or legacy), by route",
             ["route"],
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=own,
         )
 
     def observe_request(

@@ -5,8 +5,9 @@ write and every background part of this process (its scheduler and worker under 
 run``, :mod:`forage.jobs.health`) can work, else 503; the body names each check
 (``{"status": "ok", "checks": {"database": {"ok": true, "ms": 0.4}, "blockstore": {...},
 "scheduler": {"ok": true, "state": "leading"}}}``), lists the failing ones in ``down`` and
-gives only each error's class: details go to the log. ``/metrics`` is the text exposition format
-(https://prometheus.io/docs/instrumenting/exposition_formats/) of
+gives only each error's class: details go to the log, and ``pid`` names the process that
+answered (one of several under ``forage serve --processes``). ``/metrics`` is the text
+exposition format (https://prometheus.io/docs/instrumenting/exposition_formats/) of
 :class:`~forage.server.metrics.Metrics`:
 index gauges, process metrics, and per-route request latency recorded by this module's
 middleware, with lookups (``/api/v1/lookup*``, ``/packages/lookup``) also in their own
@@ -95,7 +96,11 @@ def ping_database(factory: sessionmaker[Session]) -> None:
 
 def probe_blockstore(blockstore: Blockstore) -> None:
     """Prove the blockstore takes writes: a temporary file in its directory (created and
-    removed), or for a store without one, a tiny block put and found again."""
+    removed), or for a store without one, a tiny block put and found again. A store in a
+    bucket is also asked whether the bucket answers and accepts its credentials."""
+    check = getattr(blockstore, "check", None)
+    if callable(check):
+        check()
     root = getattr(blockstore, "root", None)
     if isinstance(root, Path):
         fd, name = tempfile.mkstemp(prefix=".healthz-", dir=root)
@@ -133,7 +138,11 @@ async def healthz(request: web.Request) -> web.Response:
         health = part.health()
         checks[health.part] = health.to_json()
     down = [name for name, check in checks.items() if not check["ok"]]
-    body: dict[str, Any] = {"status": "unavailable" if down else "ok", "checks": checks}
+    body: dict[str, Any] = {
+        "status": "unavailable" if down else "ok",
+        "checks": checks,
+        "pid": os.getpid(),  # which of several server processes answered
+    }
     if down:
         body["down"] = down
     return web.json_response(
