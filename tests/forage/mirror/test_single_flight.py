@@ -33,7 +33,7 @@ async def test_25_concurrent_clients_make_one_upstream_fetch_per_request(
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
             for suffix, body in (
                 ("@v/v1.0.0.zip", fake.modules[MODULE]["v1.0.0"].zip),
-                ("@v/v1.0.0.info", None),
+                ("@latest", None),  # (an archived version's .info comes from the archive)
                 ("@v/list", b"v1.0.0\n"),
             ):
                 url = f"{forage.url}/go/{MODULE}/{suffix}"
