@@ -26,8 +26,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +41,7 @@ from indexers.golang.gomod import (
 )
 from indexers.golang.indexer import parse_sumdb_lookup
 from indexers.golang.sumdb import HASH_SIZE, parse_tile_path, parse_tree, split_lookup, split_note
+from indexers.mirror.documents import replace_file
 from indexers.mirror.upstream import SingleFlight, Upstream
 
 log = logging.getLogger(__name__)
@@ -223,7 +222,7 @@ class ChecksumProxy:
         if self.root is None:
             return
         try:
-            await asyncio.to_thread(_write_file, self.root / local, body)
+            await asyncio.to_thread(replace_file, self.root / local, body)
         except OSError as exc:  # a full disk must not fail the answer in hand
             log.warning("cannot store the checksum database answer %s: %s", local, exc)
 
@@ -248,18 +247,6 @@ def _check_tile(width: int) -> Check:
             raise FeedError(url, f"tile of {len(body)} bytes, not {width} hashes")
 
     return check
-
-
-def _write_file(path: Path, body: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(body)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 __all__ = ["MAX_ANSWER", "ChecksumProxy", "SumAnswer"]

@@ -41,7 +41,7 @@ class LastGood:
         if path is None:
             return
         try:
-            await asyncio.to_thread(_replace, path, body)
+            await asyncio.to_thread(replace_file, path, body)
         except OSError as exc:
             log.error("cannot keep the last good document of %s: %s", redact(url), exc)
 
@@ -68,7 +68,9 @@ class LastGood:
             return None
 
 
-def _replace(path: Path, body: bytes) -> None:
+def replace_file(path: Path, body: bytes) -> None:
+    """Write ``body`` to ``path`` through a temporary file renamed over it: a reader sees the
+    old bytes or the new ones, never a torn file (the mirror's kept documents, sumdb tiles)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
@@ -81,4 +83,4 @@ def _replace(path: Path, body: bytes) -> None:
         raise
 
 
-__all__ = ["LastGood"]
+__all__ = ["LastGood", "replace_file"]
