@@ -61,10 +61,12 @@ def open_packed(
     return store
 
 
-def open_blockstore(config: Config) -> FilesystemBlockstore | PackedBlockstore:
-    """Open (creating it if needed) the configured blockstore: in a bucket
+def open_packed_store(config: Config) -> PackedBlockstore:
+    """The configured packed store, whatever ``data.blocks`` says of the layout: in a bucket
     (:mod:`forage.archive.objectstore`; staging, and a flatfs store being migrated, under
-    ``<data.dir>/blocks``) or local, its locator in the database with ``data.locator``."""
+    ``<data.dir>/blocks``) or local, its locator in the database with ``data.locator``;
+    reading through to a flatfs store beside it, if any. ``forage blocks`` opens this one
+    too, so migrated blocks are recorded where servers and workers look for them."""
     root = blockstore_path(config)
     if config.data.in_bucket:
         from forage.archive.objectstore import open_object_blockstore
@@ -73,10 +75,16 @@ def open_blockstore(config: Config) -> FilesystemBlockstore | PackedBlockstore:
         if has_flatfs(root):
             store.legacy = FilesystemBlockstore(root)
         return store
-    if blockstore_layout(config) == "flatfs":
-        return FilesystemBlockstore(root)
     if config.data.shared_locator:
         from forage.archive.objectstore import open_locator
 
         return open_packed(root, locator=open_locator(config))
     return open_packed(root)
+
+
+def open_blockstore(config: Config) -> FilesystemBlockstore | PackedBlockstore:
+    """Open (creating it if needed) the configured blockstore (:func:`open_packed_store`
+    unless the layout is flatfs)."""
+    if blockstore_layout(config) == "flatfs":
+        return FilesystemBlockstore(blockstore_path(config))
+    return open_packed_store(config)

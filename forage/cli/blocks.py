@@ -65,7 +65,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def run_migrate(args: argparse.Namespace) -> int:
-    from forage.archive.blocks import blockstore_path, has_flatfs, open_blockstore, open_packed
+    from forage.archive.blocks import blockstore_path, has_flatfs, open_packed_store
     from forage.db.engine import make_sessionmaker, open_database
     from forage.errors import ConfigError
     from storage.migration import (
@@ -87,7 +87,7 @@ def run_migrate(args: argparse.Namespace) -> int:
         print(f"forage: nothing to migrate: no flatfs store under {root}", file=sys.stderr)
         return 0
     # Reads the blocks not moved yet from flatfs; with blocks in a bucket, packs go there.
-    packed = open_blockstore(config) if config.data.in_bucket else open_packed(root)
+    packed = open_packed_store(config)
     flatfs = packed.legacy
     assert flatfs is not None
     report = MigrationReport()
@@ -171,20 +171,11 @@ def _archive_roots(sessionmaker: Any, *, page: int = 1000) -> Any:
 
 
 def run_rebuild(args: argparse.Namespace) -> int:
-    from forage.archive.blocks import blockstore_path, open_blockstore
-    from storage import (
-        ObjectPackedBlockstore,
-        PackedBlockstore,
-        rebuild_locator,
-        rebuild_object_locator,
-    )
+    from forage.archive.blocks import open_packed_store
+    from storage import ObjectPackedBlockstore, rebuild_locator, rebuild_object_locator
 
     config = load_cli_config(args)
-    if config.data.in_bucket:  # the packs are objects, found through the database
-        store = open_blockstore(config)
-        assert isinstance(store, ObjectPackedBlockstore)
-    else:
-        store = PackedBlockstore(blockstore_path(config))
+    store = open_packed_store(config)  # its locator: the one servers and workers read
     try:
         if isinstance(store, ObjectPackedBlockstore):
             report = rebuild_object_locator(store)

@@ -235,8 +235,9 @@ async def check_archive(
                 extra={"fields": {**fields, "repaired_from": _by_source(report)}},
             )
             return Outcome(archive, damage, report)
-    for cid in damage.corrupt:
-        await asyncio.to_thread(store.delete, cid)
+    if report is None:  # (a repair deleted the corrupt blocks itself, then stored good ones)
+        for cid in damage.corrupt:
+            await asyncio.to_thread(store.delete, cid)
     requeued = await ctx.transaction(mark_damaged, archive, damage)
     tried = f"; network repair: {report.shortfall()}" if report is not None else ""
     log.error(

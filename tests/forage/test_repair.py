@@ -257,6 +257,25 @@ async def test_with_every_source_failing_reverify_falls_back_to_the_registry(
             assert row is not None and (row.status, row.cid) == (ArchiveStatus.ARCHIVED, CID)
 
 
+async def test_a_partial_repair_keeps_the_blocks_it_restored(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A source that has only the rotten block restores it; the deleted one is found nowhere,
+    so the download is queued, and the restored block stays (it may be another archive's)."""
+    partial = FakeGateway(serve_car=False)
+    async with serve(partial.app()) as gw:
+        extra = f'[repair]\ngateways = ["{gw.url}"]\n'
+        async with archived(tmp_path, sqlite_url, extra) as (_host, ctx, _artifact_id):
+            first, last = damage(ctx)
+            partial.add_blocks([(str(last.cid), last.data)])
+            with caplog.at_level(logging.INFO, logger="forage.jobs.reverify"):
+                await reverify(ctx)
+            assert summary(caplog)["requeued"] == 1
+            assert ctx.blockstore is not None
+            assert ctx.blockstore.get(last.cid).data == last.data
+            assert not ctx.blockstore.has(first.cid)
+
+
 def empty_file(tmp_path: Path) -> Path:
     path = tmp_path / "forage.toml"
     path.write_text("")
