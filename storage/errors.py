@@ -29,6 +29,8 @@ decoding errors) are translated at the boundary and chained with ``from exc``.
 
 from __future__ import annotations
 
+import errno
+
 
 class StorageError(Exception):
     """Base of every exception raised by ``storage``."""
@@ -88,6 +90,18 @@ class BlockstoreError(StorageError):
 
 class BlockstoreFull(BlockstoreError):
     """No space left on the blockstore's filesystem; blocks staged by the write were removed."""
+
+
+#: ``errno`` values that mean the medium is out of space (``BlockstoreFull``).
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def medium_error(exc: OSError, what: str) -> BlockstoreError:
+    """The ``BlockstoreError`` for a filesystem failure (``BlockstoreFull`` when out of space),
+    saying what was being done."""
+    if exc.errno in _FULL_ERRNOS:
+        return BlockstoreFull(f"{what}: no space left ({exc.strerror})")
+    return BlockstoreError(f"{what}: {exc}")
 
 
 class ObjectNotFound(BlockstoreError):

@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import errno
 import logging
 import os
 import re
@@ -43,7 +42,12 @@ from multiformats import CID
 
 from storage.blockstore import BlockSink, _multihash, _raw_cid
 from storage.cid import Block, parse_cid, verify_block
-from storage.errors import BlockNotFound, BlockstoreError, BlockstoreFull, StorageError
+from storage.errors import (
+    BlockNotFound,
+    BlockstoreError,
+    StorageError,
+    medium_error,
+)
 from storage.staging import (
     _SYNCFS,
     _fsync_dir,
@@ -62,20 +66,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _KEY_FILE = re.compile(r"[A-Z2-7]{4,}\.data")
-_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-
 #: Bytes a filesystem batch keeps in memory before it writes staged files: a small artifact's
 #: blocks reach the disk once, at commit, and a batch never holds more than this.
 BATCH_BUFFER = 256 * 1024
 
 Sync = Literal["syncfs", "fsync"]
-
-
-def _translate(exc: OSError, what: str) -> BlockstoreError:
-    """Turn an ``OSError`` into the matching ``BlockstoreError``."""
-    if exc.errno in _FULL_ERRNOS:
-        return BlockstoreFull(f"{what}: no space left ({exc.strerror})")
-    return BlockstoreError(f"{what}: {exc}")
 
 
 class _FilesystemBatch:
@@ -107,7 +102,7 @@ class _FilesystemBatch:
             self._write_buffer()
             self._write(key, data)
         except OSError as exc:
-            raise _translate(exc, f"staging block {block.cid}") from exc
+            raise medium_error(exc, f"staging block {block.cid}") from exc
 
     def _write(self, key: str, data: bytes) -> None:
         """Stage ``data`` as a file, unless the store already holds the block."""
@@ -139,7 +134,7 @@ class _FilesystemBatch:
                 self._store._committer.commit(self._staged.items(), self._present)
         except OSError as exc:
             self.discard()
-            raise _translate(exc, "committing staged blocks") from exc
+            raise medium_error(exc, "committing staged blocks") from exc
         except BaseException:
             self.discard()
             raise
@@ -263,7 +258,7 @@ class FilesystemBlockstore:
             (self.root / "staging").mkdir(exist_ok=True)
             removed = _remove_stale_staging(self.root / "staging")
         except OSError as exc:
-            raise _translate(exc, f"opening blockstore {self.root}") from exc
+            raise medium_error(exc, f"opening blockstore {self.root}") from exc
         if removed:
             log.info("blockstore %s: removed %d stale staging entries", self.root, removed)
         self._staging = _Staging(self.root / "staging")
@@ -334,7 +329,7 @@ class FilesystemBlockstore:
         except FileNotFoundError as exc:
             raise BlockNotFound(cid) from exc
         except OSError as exc:
-            raise _translate(exc, f"reading block {cid}") from exc
+            raise medium_error(exc, f"reading block {cid}") from exc
         verify_block(cid, data)
         return Block(cid, data)
 
@@ -347,7 +342,7 @@ class FilesystemBlockstore:
         except FileNotFoundError as exc:
             raise BlockNotFound(cid) from exc
         except OSError as exc:
-            raise _translate(exc, f"reading block {cid}") from exc
+            raise medium_error(exc, f"reading block {cid}") from exc
 
     def put(self, block: Block) -> None:
         """Store ``block`` atomically and durably (a batch of one)."""
@@ -359,7 +354,7 @@ class FilesystemBlockstore:
         try:
             self._path(self._key(cid)).unlink(missing_ok=True)
         except OSError as exc:
-            raise _translate(exc, f"deleting block {cid}") from exc
+            raise medium_error(exc, f"deleting block {cid}") from exc
 
     def iterate(self) -> Iterator[CID]:
         """Every stored block's CID (CIDv1, raw codec); stray files are skipped."""

@@ -25,6 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -66,6 +67,19 @@ class BlockLocation:
     pack: str
     offset: int
     length: int
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction on an autocommit connection (``executemany`` would otherwise
+    commit, and sync, once per row)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 @runtime_checkable
@@ -185,10 +199,8 @@ class SQLiteLocator:
 
     def record(self, pack: str, entries: Sequence[IndexEntry]) -> None:
         """Make the blocks of ``pack`` findable, in one transaction."""
-        conn = self._conn()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(self._conn()) as conn:
                 (pack_id,) = conn.execute(
                     "INSERT INTO packs (name, recorded, noted) VALUES (?, 1, ?)"
                     " ON CONFLICT (name) DO UPDATE SET recorded = 1 RETURNING id",
@@ -201,19 +213,16 @@ class SQLiteLocator:
                     " WHERE blocks.deleted = 1",
                     ((e.multihash, pack_id, e.offset, e.length) for e in entries),
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise _translate(exc, f"recording pack {pack}") from exc
 
     def forget(self, multihashes: Iterable[bytes]) -> None:
         """Mark blocks deleted."""
         try:
-            self._conn().executemany(
-                "UPDATE blocks SET deleted = 1 WHERE multihash = ?", ((m,) for m in multihashes)
-            )
+            with _transaction(self._conn()) as conn:  # one commit, not one per block
+                conn.executemany(
+                    "UPDATE blocks SET deleted = 1 WHERE multihash = ?", ((m,) for m in multihashes)
+                )
         except sqlite3.Error as exc:
             raise _translate(exc, "deleting blocks") from exc
 
@@ -224,10 +233,12 @@ class SQLiteLocator:
             if self._sync_expect:
                 conn.execute("PRAGMA synchronous=FULL")
             try:
-                conn.executemany(
-                    "INSERT INTO packs (name, noted) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-                    ((bytes.fromhex(pack), time.time()) for pack in packs),
-                )
+                with _transaction(conn):  # one synced commit for the group, not one per pack
+                    conn.executemany(
+                        "INSERT INTO packs (name, noted) VALUES (?, ?)"
+                        " ON CONFLICT (name) DO NOTHING",
+                        ((bytes.fromhex(pack), time.time()) for pack in packs),
+                    )
             finally:
                 if self._sync_expect:
                     conn.execute("PRAGMA synchronous=NORMAL")

@@ -22,7 +22,6 @@ refused, so a key can never climb out of a directory or a bucket prefix.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import secrets
@@ -30,7 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from storage.errors import BlockstoreError, BlockstoreFull, ObjectNotFound
+from storage.errors import BlockstoreError, ObjectNotFound, medium_error
+from storage.staging import _fsync_dir
 
 __all__ = [
     "DirectoryObjects",
@@ -43,8 +43,6 @@ __all__ = [
 KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
 #: How much ``DirectoryObjects.put`` copies at once from a source file.
 COPY_CHUNK = 1 << 20
-
-_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 Source = str | os.PathLike[str] | bytes
 
@@ -82,12 +80,6 @@ class ObjectStore(Protocol):
         """Release connections and threads."""
 
 
-def _translate(exc: OSError, what: str) -> BlockstoreError:
-    if exc.errno in _FULL_ERRNOS:
-        return BlockstoreFull(f"{what}: no space left ({exc.strerror})")
-    return BlockstoreError(f"{what}: {exc}")
-
-
 class DirectoryObjects:
     """An ``ObjectStore`` in a local directory: the object ``a/b/c`` is the file
     ``<root>/a/b/c``. ``durable=False`` skips the syncs (tests, throwaway stores)."""
@@ -98,7 +90,7 @@ class DirectoryObjects:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _translate(exc, f"opening object directory {self.root}") from exc
+            raise medium_error(exc, f"opening object directory {self.root}") from exc
 
     def __repr__(self) -> str:
         return f"DirectoryObjects({str(self.root)!r})"
@@ -131,7 +123,7 @@ class DirectoryObjects:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
-            raise _translate(exc, f"writing object {key}") from exc
+            raise medium_error(exc, f"writing object {key}") from exc
 
     def _makedirs(self, directory: str) -> list[str]:
         """Create ``directory`` and any missing parents; the parents whose entries changed
@@ -153,11 +145,11 @@ class DirectoryObjects:
         except FileNotFoundError as exc:
             raise ObjectNotFound(str(self.root), key) from exc
         except OSError as exc:
-            raise _translate(exc, f"reading object {key}") from exc
+            raise medium_error(exc, f"reading object {key}") from exc
         try:
             data = os.pread(fd, length, offset)
         except OSError as exc:
-            raise _translate(exc, f"reading object {key}") from exc
+            raise medium_error(exc, f"reading object {key}") from exc
         finally:
             os.close(fd)
         if len(data) != length:
@@ -173,7 +165,7 @@ class DirectoryObjects:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise _translate(exc, f"reading object {key}") from exc
+            raise medium_error(exc, f"reading object {key}") from exc
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         """Every object file under the root whose key starts with ``prefix``."""
@@ -188,7 +180,7 @@ class DirectoryObjects:
                     if not name.startswith(".") and key.startswith(prefix):
                         yield key
         except OSError as exc:
-            raise _translate(exc, f"listing objects under {prefix!r}") from exc
+            raise medium_error(exc, f"listing objects under {prefix!r}") from exc
 
     def delete(self, key: str) -> None:
         """Unlink the object's file, if any."""
@@ -197,7 +189,7 @@ class DirectoryObjects:
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise _translate(exc, f"deleting object {key}") from exc
+            raise medium_error(exc, f"deleting object {key}") from exc
 
     def check(self) -> None:
         """The directory is there and writable."""
@@ -233,11 +225,3 @@ def _copy_file(fd: int, source: str | os.PathLike[str]) -> None:
             os.lseek(fd, copied, os.SEEK_SET)
             while chunk := src.read(COPY_CHUNK):
                 _write_all(fd, chunk)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -38,7 +38,6 @@ Spec of the syncs: syncfs(2), fsync(2) and rename(2) in the Linux man-pages.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import threading
@@ -55,9 +54,9 @@ from storage.cid import Block, parse_cid, verify_block
 from storage.errors import (
     BlockNotFound,
     BlockstoreError,
-    BlockstoreFull,
     IntegrityError,
     StorageError,
+    medium_error,
 )
 from storage.flatfs import CommitStats, FilesystemBlockstore
 from storage.locator import BlockLocation, BlockLocator, SQLiteLocator
@@ -82,15 +81,7 @@ READ_SPAN = 4 * 1024 * 1024
 PACKS_DIR = "packs"
 LOCATOR_FILE = "locator.sqlite"
 
-_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-
 Sync = Literal["syncfs", "fsync"]
-
-
-def _translate(exc: OSError, what: str) -> BlockstoreError:
-    if exc.errno in _FULL_ERRNOS:
-        return BlockstoreFull(f"{what}: no space left ({exc.strerror})")
-    return BlockstoreError(f"{what}: {exc}")
 
 
 @dataclass(slots=True)
@@ -131,7 +122,7 @@ class _PackBatch:
             try:
                 self._flush()
             except OSError as exc:
-                raise _translate(exc, f"staging block {block.cid}") from exc
+                raise medium_error(exc, f"staging block {block.cid}") from exc
 
     def _flush(self) -> None:
         if self._fd is None:
@@ -164,7 +155,7 @@ class _PackBatch:
                 self._store._committer.commit(sealed)
         except OSError as exc:
             self.discard()
-            raise _translate(exc, "committing a pack") from exc
+            raise medium_error(exc, "committing a pack") from exc
         except BaseException:
             self.discard()
             raise
@@ -274,7 +265,7 @@ class PackedBlockstore:
             self.packs.mkdir(parents=True, exist_ok=True)
             (self.root / "staging").mkdir(exist_ok=True)
         except OSError as exc:
-            raise _translate(exc, f"opening blockstore {self.root}") from exc
+            raise medium_error(exc, f"opening blockstore {self.root}") from exc
         self.locator: BlockLocator = locator or SQLiteLocator(
             self.root / LOCATOR_FILE, durable=durable, sync_expect=self.sync != "syncfs"
         )  # with syncfs, the sync before the renames also makes the expected note durable
@@ -282,7 +273,7 @@ class PackedBlockstore:
             self._recover()  # before the cleaning: a crash may leave sealed packs in staging
             removed = _remove_stale_staging(self.root / "staging")
         except OSError as exc:
-            raise _translate(exc, f"opening blockstore {self.root}") from exc
+            raise medium_error(exc, f"opening blockstore {self.root}") from exc
         if removed:
             log.info("blockstore %s: removed %d stale staging entries", self.root, removed)
         self._staging = _Staging(self.root / "staging")
@@ -373,11 +364,11 @@ class PackedBlockstore:
             self.locator.forget(bytes(cid.digest) for cid in cids)
             raise BlockNotFound(cids[0]) from exc
         except OSError as exc:
-            raise _translate(exc, f"reading block {cids[0]}") from exc
+            raise medium_error(exc, f"reading block {cids[0]}") from exc
         try:
             data = os.pread(fd, total, offset)
         except OSError as exc:
-            raise _translate(exc, f"reading block {cids[0]}") from exc
+            raise medium_error(exc, f"reading block {cids[0]}") from exc
         finally:
             os.close(fd)
         if len(data) != total:
