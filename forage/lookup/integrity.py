@@ -20,9 +20,9 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from forage.lookup.views import ArtifactView, KeyResult, KeyStatus
-from indexers import LockEntry, normalize_hex
+from indexers import LockEntry
 from indexers.digests import HASHERS
-from indexers.errors import InvalidDigest
+from indexers.lockfiles import pinned_hashes
 
 
 class Integrity(enum.StrEnum):
@@ -47,17 +47,9 @@ def _qualifiers(key: str) -> dict[str, str]:
 
 
 def _checksums(value: str) -> list[tuple[str, str]]:
-    """The digests of a purl's ``checksum`` qualifier (``sha256:<hex>,sha1:<hex>``)."""
-    pinned = []
-    for item in value.split(","):
-        algorithm, _, digest = item.strip().partition(":")
-        if not algorithm or not digest:
-            continue
-        try:
-            pinned.append((algorithm.lower(), normalize_hex(algorithm.lower(), digest)))
-        except InvalidDigest:
-            continue
-    return pinned
+    """The digests of a purl's ``checksum`` qualifier (``sha256:<hex>,sha1:<hex>``), read as
+    every lockfile's pinned hashes are (``SHA-256:`` spelled ``sha256``)."""
+    return list(pinned_hashes(item.strip() for item in value.split(",")))
 
 
 def _lower(algorithm: str, value: str) -> str:

@@ -238,7 +238,8 @@ class GoRoutes(EcosystemRoutes):
     async def upstream_offers(self, file: ArchivedFile) -> bool | None:
         """Whether the proxy still serves the module (a 404/410 list: removed); its list
         leaves pseudo-versions out, so a version missing from it says nothing."""
-        answer, _ = await self.registry.document(self._url(file.package, "@v/list"))
+        # keep=True: whichever of this and the listing fetches the list first keeps it.
+        answer, _ = await self.registry.document(self._url(file.package, "@v/list"), keep=True)
         return False if answer.absent else None
 
     # -- list and @latest ---------------------------------------------------------------------

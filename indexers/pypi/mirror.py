@@ -315,7 +315,9 @@ class PyPIRoutes(EcosystemRoutes):
         owner = await self.mirror.archive.find_file(ECOSYSTEM, filename=dist, sha256=sha256)
         if owner is not None and owner.hold is not None:
             return web.Response(status=404, text=f"404 Not Found: {owner.hold}\n")
-        archived = await self.mirror.archive.find_file(ECOSYSTEM, filename=filename)
+        # Named by its project, the lookup goes through the packages' index, not every archive.
+        project = owner.package if owner is not None else _file_project(dist)
+        archived = await self.mirror.archive.find_file(ECOSYSTEM, name=project, filename=filename)
         local = await self.serve_local(request, archived, content_type=METADATA_TYPE)
         if local is not None:
             return local

@@ -344,6 +344,7 @@ async def test_file_name_and_checksum_qualifiers_narrow_the_answer(api: Api) -> 
         "pkg:pypi/django@5.0?checksum=sha256:" + "0" * 64,
         "pkg:pypi/django@5.0?file_name=Django-9.9.tar.gz",
         "pkg:pypi/django@5.0",
+        f"pkg:pypi/django@5.0?checksum=SHA-256:{wheel_sha256.upper()}",  # as lockfiles spell it
     ]
     bom = {"bomFormat": "CycloneDX", "components": [{"purl": p, "bom-ref": p} for p in purls]}
     body = await api.json("POST", "/api/v1/lookup/lockfile", json=bom)
@@ -355,6 +356,7 @@ async def test_file_name_and_checksum_qualifiers_narrow_the_answer(api: Api) -> 
         ["Django-5.0-py3-none-any.whl", "Django-5.0.tar.gz"],  # nothing matches: all shown
         [],
         ["Django-5.0-py3-none-any.whl", "Django-5.0.tar.gz"],
+        ["Django-5.0-py3-none-any.whl"],
     ]
     assert [d["integrity"] for d in deps] == [
         "unpinned",
@@ -362,6 +364,7 @@ async def test_file_name_and_checksum_qualifiers_narrow_the_answer(api: Api) -> 
         "mismatch",
         "unpinned",
         "unpinned",
+        "match",
     ]
     assert deps[3]["status"] == "not_found"
     assert deps[3]["reason"] == "django has no file Django-9.9.tar.gz"
