@@ -245,11 +245,15 @@ def serve_processes(
         from forage.db.engine import open_database
         from forage.server.app import ROUTE_MODULES
         from forage.server.processes import bind, supervise
+        from storage import PackedBlockstore
 
         # One clear failure here rather than one per process, and the SQLite store migrated
-        # once; the engine is closed before any fork.
+        # once; the engine and the blockstore (a bucket's client, a locator's connections)
+        # are closed before any fork.
         open_database(config.database).dispose()
-        open_blockstore(config)
+        store = open_blockstore(config)
+        if isinstance(store, PackedBlockstore):
+            store.close()
         for name in ROUTE_MODULES:  # imported once, shared by the forks
             importlib.import_module(name)
 

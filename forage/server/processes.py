@@ -260,7 +260,7 @@ class _Supervisor:
             else:
                 self.failures.append(f"server process {pid} {how} while stopping")
             return
-        if not slot.served and not self.serving:
+        if not any(other.served for other in self.slots):  # (the docstring's start-up rule)
             self.failures.append(f"server process {pid} {how} before it could serve")
             self._stop(asked=False)
             return

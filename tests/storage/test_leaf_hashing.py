@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from storage import MemoryBlockstore, import_file
+from storage import MemoryBlockstore, import_file, unixfs
 from storage.unixfs import UnixFSImporter, leaf_digests
 from tests.vectors import content, load
 
@@ -21,6 +21,13 @@ LEAF = 262_144
 SIZES = [0, 1, LEAF - 1, LEAF, LEAF + 1, 16 * LEAF, 16 * LEAF + 1, 33 * LEAF - 1]
 #: Small leaves reach the 174-link node boundary in little data.
 SMALL = 1000
+
+
+@pytest.fixture(autouse=True)
+def _several_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parallel path whatever this machine's cores: on one core import_file would take
+    the one-thread path and these tests would compare it with itself."""
+    monkeypatch.setattr(unixfs, "hash_workers", lambda: 4)
 
 
 def one_thread(data: bytes, *, chunk_size: int = LEAF) -> UnixFSImporter:
