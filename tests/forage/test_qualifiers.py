@@ -170,12 +170,24 @@ def test_lockfile_purls_get_the_file_they_lock(db_session: Session) -> None:
     ]
 
 
+#: For every qualifier an ecosystem picks files by: a package and a file of its version 1.1
+#: that the qualifier's value names.
+PICKED = {
+    ("gem", "platform"): ("b", "b-1.1-java.gem", "java"),
+    ("maven", "classifier"): ("a/b", "b-1.1-sources.jar", "sources"),
+    ("maven", "type"): ("a/b", "b-1.1.pom", "pom"),
+}
+
+
 def test_every_file_matcher_keeps_its_own_files_apart() -> None:
-    """Each ecosystem that picks files by qualifiers refuses the files of another version."""
-    for ecosystem in ECOSYSTEMS.values():
-        for qualifier in ecosystem.qualifiers:
-            assert ecosystem.file_matches is not None
-            assert not ecosystem.selects("a/b", "1.0", "b-1.1.jar", {qualifier: "x"})
+    """Each ecosystem that picks files by qualifiers takes the file its qualifier names in
+    that file's version, and refuses the same file as one of another version."""
+    qualified = {(e.name, q) for e in ECOSYSTEMS.values() for q in e.qualifiers}
+    assert qualified == set(PICKED)  # a new qualifier needs its case here
+    for (name, qualifier), (package, filename, value) in PICKED.items():
+        ecosystem = ECOSYSTEMS[name]
+        assert ecosystem.selects(package, "1.1", filename, {qualifier: value})
+        assert not ecosystem.selects(package, "1.0", filename, {qualifier: value})
 
 
 def test_a_snapshot_classifier_names_its_timestamped_file() -> None:
