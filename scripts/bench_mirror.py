@@ -1,6 +1,6 @@
 """Benchmark the mirror with its upstream down, alone and side by side with verdaccio and devpi.
 
-Builds a throwaway Forage (SQLite, its default blockstore) holding:
+Builds a throwaway Forage (SQLite; its archive in the flatfs layout, one file per block) holding:
 
 - ``--tarballs`` npm packages of one tarball each (a real npm tarball wrapping
   ``--tarball-size`` random bytes);
