@@ -14,8 +14,8 @@ staged in a temporary file under the local ``root`` as in ``storage.packs``, the
 A crash between 2 and 3 loses nothing: opening the store records every expected pack that is
 in the object store (reading its footer and index: a HEAD and two ranged GETs). Each thread
 commits its own packs (an upload does not wait for another's, unlike the local group commit
-that shares ``syncfs`` calls). Reads are ranged GETs: ``get`` and ``read_blocks`` verify the
-bytes against their CIDs, ``get_trusted`` does not. Several hosts share one store when they
+that shares ``syncfs`` calls). Reads are ranged GETs: ``get`` verifies the bytes against their CIDs,
+``get_trusted`` does not. Several hosts share one store when they
 share the object store and a locator all of them reach (``forage.archive.locator``'s
 database one); each host keeps its own staging directory.
 """
@@ -36,7 +36,6 @@ from storage.errors import (
     ObjectNotFound,
     ObjectStoreUnavailable,
 )
-from storage.flatfs import CommitStats
 from storage.locator import BlockLocator
 from storage.objects import ObjectStore
 from storage.packformat import (
@@ -90,7 +89,6 @@ class _ObjectCommitter:
         self._store = store
         self._lock = threading.Lock()
         self.batches = 0
-        self.groups = 0
 
     def commit(self, sealed: _Sealed) -> None:
         """Return once ``sealed`` is in the object store and recorded."""
@@ -100,7 +98,11 @@ class _ObjectCommitter:
         store.locator.record(sealed.name, sealed.entries)
         with self._lock:
             self.batches += 1
-            self.groups += 1
+
+    @property
+    def groups(self) -> int:
+        """Sync rounds: one per pack (each upload is its own)."""
+        return self.batches
 
 
 class ObjectPackedBlockstore(PackedBlockstore):
@@ -116,16 +118,10 @@ class ObjectPackedBlockstore(PackedBlockstore):
         self.objects = objects
         # The object store makes each pack durable; the local files are only staging.
         super().__init__(root, durable=False, locator=locator)
-        self._object_committer = _ObjectCommitter(self)
-        self._committer = self._object_committer  # type: ignore[assignment]
+        self._committer = _ObjectCommitter(self)  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"ObjectPackedBlockstore({self.objects!r})"
-
-    @property
-    def commit_stats(self) -> CommitStats:
-        """Packs committed so far by this instance (one upload each)."""
-        return CommitStats(self._object_committer.batches, self._object_committer.groups)
 
     def pack_path(self, name: str) -> str:
         """The object key of the pack ``name``."""
@@ -140,6 +136,11 @@ class ObjectPackedBlockstore(PackedBlockstore):
             except ObjectNotFound:
                 if now - noted > STALE_NOTE:
                     self.locator.abandon(name)
+                continue
+            except ObjectStoreUnavailable:
+                raise
+            except BlockstoreError as exc:  # a damaged pack: the others still open, as on disk
+                log.error("expected pack %s cannot be recorded: %s", name, exc)
                 continue
             self.locator.record(name, entries)
 

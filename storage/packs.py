@@ -26,8 +26,7 @@ forgets notes whose pack never came. One sync per group, where flatfs needs two.
 whose blocks are all stored already writes nothing.
 
 ``get`` verifies a block against its CID; ``get_trusted`` does not (the mirror, after
-verifying an archive once); ``read_blocks`` reads runs of blocks that are adjacent in a pack
-with one ``pread`` each (a whole archive's leaves, in DAG order, are such runs). ``delete``
+verifying an archive once). ``delete``
 marks the block deleted in the locator; its bytes stay in the pack until a compaction (not
 written yet) rewrites packs. A store opened with ``legacy=`` a flatfs store reads through to
 it for blocks not packed yet (``forage blocks migrate`` moves them), and deletes in both.
@@ -75,8 +74,6 @@ log = logging.getLogger(__name__)
 #: Bytes a batch keeps in memory before it starts its temporary file: most archives' packs
 #: are written with one ``write`` at commit.
 BATCH_BUFFER = 1024 * 1024
-#: The most bytes ``read_blocks`` reads at once (a run of adjacent blocks is cut there).
-READ_SPAN = 4 * 1024 * 1024
 #: Where the packs are, under the store's root.
 PACKS_DIR = "packs"
 LOCATOR_FILE = "locator.sqlite"
@@ -404,32 +401,6 @@ class PackedBlockstore:
             return self.legacy.get_trusted(cid)
         return block
 
-    def read_blocks(self, cids: Iterable[CID], *, verify: bool = True) -> Iterator[Block]:
-        """The blocks ``cids`` in order; runs of blocks adjacent in one pack (up to
-        ``READ_SPAN`` bytes) cost one open and one ``pread`` each. ``verify=False`` trusts
-        the bytes, as ``get_trusted`` does. Memory stays within one span."""
-        run: list[tuple[CID, BlockLocation]] = []
-        for cid in map(parse_cid, cids):
-            location = self.locator.find(bytes(cid.digest))
-            if run and not _extends(run, location):
-                yield from self._read_run(run, verify)
-                run = []
-            if location is None:
-                yield self.get(cid) if verify else self.get_trusted(cid)
-                continue
-            run.append((cid, location))
-        if run:
-            yield from self._read_run(run, verify)
-
-    def _read_run(self, run: list[tuple[CID, BlockLocation]], verify: bool) -> Iterator[Block]:
-        first = run[0][1]
-        cids = [cid for cid, _ in run]
-        parts = self._read_span(first.pack, first.offset, [loc.length for _, loc in run], cids)
-        for (cid, _), data in zip(run, parts, strict=True):
-            if verify:
-                verify_block(cid, data)
-            yield Block(cid, data)
-
     def put(self, block: Block) -> None:
         """Store ``block`` durably (a batch of one)."""
         with self.batch() as batch:
@@ -467,15 +438,3 @@ class PackedBlockstore:
     def close(self) -> None:
         """Release the locator's connections."""
         self.locator.close()
-
-
-def _extends(run: list[tuple[CID, BlockLocation]], location: BlockLocation | None) -> bool:
-    """Whether ``location`` directly follows the run in the same pack, within a span."""
-    if location is None:
-        return False
-    first, last = run[0][1], run[-1][1]
-    return (
-        location.pack == last.pack
-        and location.offset == last.offset + last.length
-        and location.offset + location.length - first.offset <= READ_SPAN
-    )

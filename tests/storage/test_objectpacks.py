@@ -92,7 +92,7 @@ def test_a_batch_is_one_object_read_back_verified(objects: ObjectStore, tmp_path
     assert {e.multihash for e in entries} == {bytes(b.cid.digest) for b in blocks}
     assert len(entries) == 5  # four 256 KiB leaves and their root
     assert b"".join(read_file(store, root)) == data
-    assert [b.data for b in store.read_blocks([b.cid for b in blocks])] == [b.data for b in blocks]
+    assert [store.get(b.cid).data for b in blocks] == [b.data for b in blocks]
     assert store.commit_stats.batches == 1
     assert os.listdir(tmp_path / "host" / "staging") == []
     # The same blocks again write nothing; a deleted block put again is found again.

@@ -142,24 +142,6 @@ def test_get_verifies_and_get_trusted_does_not(tmp_path: Path) -> None:
         b"".join(read_file(store, root))
 
 
-def test_read_blocks_reads_runs_across_packs_in_order(tmp_path: Path) -> None:
-    store = PackedBlockstore(tmp_path, durable=False)
-    roots = []
-    for seed in (4, 5):
-        with store.batch() as batch:
-            roots.append(import_file(blob(1_300_000, seed), sink=batch).cid)
-    loose = Block(block_cid(b"loose"), b"loose")
-    store.put(loose)
-    wanted = [b.cid for b in walk_dag(store, roots[1])]
-    wanted += [loose.cid, *[b.cid for b in walk_dag(store, roots[0])][::-1]]
-    got = list(store.read_blocks(wanted))
-    assert [b.cid for b in got] == wanted
-    assert [b.data for b in got] == [store.get(cid).data for cid in wanted]
-    missing = block_cid(b"missing")
-    with pytest.raises(BlockNotFound):
-        list(store.read_blocks([wanted[0], missing]))
-
-
 _WRITER = """
 import os, sys, hashlib
 from storage import PackedBlockstore, import_file, SQLiteLocator
