@@ -431,19 +431,27 @@ class GoRoutes(EcosystemRoutes):
                 content_type=TEXT,
                 headers=source_headers(source, error=error, verified=("go.mod h1",)),
             )
-        try:
-            spool = await self.registry.archived(archived)
-        except ArchiveInvalid as exc:
-            return go_error(
-                404,
-                f"not found: archived copy failed verification: {exc.reason}",
-                source_headers("archive", error=error),
-            )
         verified = verified_algorithms(archived.digests)
-        if kind == "zip":
-            headers = source_headers(source, error=error, verified=verified)
-            return await send_spool(request, spool, content_type="application/zip", headers=headers)
-        go_mod = await asyncio.to_thread(go_mod_of, spool, path, archived.version)
+        # A zip's go.mod never changes: read from the archive once per process, not per request.
+        derived = self.registry.derived.fresh(("go.mod", archived.cid)) if kind == "mod" else None
+        if derived is None:
+            try:
+                spool = await self.registry.archived(archived)
+            except ArchiveInvalid as exc:
+                return go_error(
+                    404,
+                    f"not found: archived copy failed verification: {exc.reason}",
+                    source_headers("archive", error=error),
+                )
+            if kind == "zip":
+                headers = source_headers(source, error=error, verified=verified)
+                return await send_spool(
+                    request, spool, content_type="application/zip", headers=headers
+                )
+            go_mod = await asyncio.to_thread(go_mod_of, spool, path, archived.version)
+            self.registry.derived.put(("go.mod", archived.cid), go_mod)
+        else:
+            go_mod = derived.value
         if mod_h1 and gomod_h1(go_mod) != mod_h1:
             return go_error(
                 404,
