@@ -106,7 +106,7 @@ def _list_failed(args: argparse.Namespace) -> int:
         print(f"forage: --limit must be from 1 to {MAX_PER_PAGE}", file=sys.stderr)
         return EXIT_USAGE
     config = load_cli_config(args)
-    engine = open_database(config.database, read_only=True)
+    engine = open_database(config.database, must_exist=True)
     try:
         with make_sessionmaker(engine)() as session:
             listing = failed_archives(session, per_page=args.limit)

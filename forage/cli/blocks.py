@@ -91,7 +91,7 @@ def run_migrate(args: argparse.Namespace) -> int:
     flatfs = packed.legacy
     assert flatfs is not None
     report = MigrationReport()
-    engine = open_database(config.database, read_only=True)
+    engine = open_database(config.database, must_exist=True)
     try:
         sessionmaker = make_sessionmaker(engine)
         total = _archive_count(sessionmaker) if wanted(args) else None

@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
     revision.set_defaults(handler=run_revision)
 
 
-def _engine(args: argparse.Namespace, *, read_only: bool = False) -> Any:
+def _engine(args: argparse.Namespace, *, must_exist: bool = False) -> Any:
     import logging
 
     from forage.db.engine import make_engine, require_existing
@@ -65,7 +65,7 @@ def _engine(args: argparse.Namespace, *, read_only: bool = False) -> Any:
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
     config = load_cli_config(args)
-    if read_only:
+    if must_exist:
         require_existing(config.database)
     return config, make_engine(config.database)
 
@@ -104,7 +104,7 @@ def run_downgrade(args: argparse.Namespace) -> int:
 def run_current(args: argparse.Namespace) -> int:
     from forage.db.engine import current_revision, head_revision
 
-    _config, engine = _engine(args, read_only=True)
+    _config, engine = _engine(args, must_exist=True)
     try:
         revision = current_revision(engine)
     finally:
@@ -118,7 +118,7 @@ def run_current(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     from forage.db.schema import schema_diff
 
-    _config, engine = _engine(args, read_only=True)
+    _config, engine = _engine(args, must_exist=True)
     try:
         diff = schema_diff(engine)
     finally:

@@ -56,13 +56,13 @@ def register(subparsers: Any) -> None:
 
 
 @contextmanager
-def _database(args: argparse.Namespace, *, read_only: bool = False) -> Iterator[tuple[Any, Any]]:
+def _database(args: argparse.Namespace, *, must_exist: bool = False) -> Iterator[tuple[Any, Any]]:
     """The configuration and a sessionmaker (SQLite is migrated on first use; a listing
     never creates it)."""
     from forage.db.engine import make_sessionmaker, open_database
 
     config = load_cli_config(args)
-    engine = open_database(config.database, read_only=read_only)
+    engine = open_database(config.database, must_exist=must_exist)
     try:
         yield config, make_sessionmaker(engine)
     finally:
@@ -80,7 +80,7 @@ def run_pieces(args: argparse.Namespace) -> int:
 
     from forage.filecoin.pieces import list_pieces
 
-    with _database(args, read_only=True) as (_, sessionmaker), sessionmaker() as session:
+    with _database(args, must_exist=True) as (_, sessionmaker), sessionmaker() as session:
         rows = list_pieces(session, limit=args.limit)
     if args.json:
         for row in rows:
@@ -156,7 +156,7 @@ def run_deals(args: argparse.Namespace) -> int:
     from forage.filecoin.deals import list_deals
 
     state = DealState(args.state) if args.state else None
-    with _database(args, read_only=True) as (_, sessionmaker), sessionmaker() as session:
+    with _database(args, must_exist=True) as (_, sessionmaker), sessionmaker() as session:
         rows = list_deals(session, state=state, piece_cid=args.piece, limit=args.limit)
     if args.json:
         for row in rows:

@@ -23,7 +23,7 @@ def run_digest_lookup(args: argparse.Namespace) -> int:
     from forage.lookup.digests import digests_reply, lookup_digests
 
     config = load_cli_config(args)
-    engine = open_database(config.database, read_only=True)
+    engine = open_database(config.database, must_exist=True)
     try:
         with make_sessionmaker(engine)() as session:
             reply = digests_reply(lookup_digests(session, args.digests))

@@ -214,7 +214,7 @@ def run_status(args: argparse.Namespace) -> int:
     from forage.index.status import registry_status
 
     config = load_cli_config(args)
-    engine = open_database(config.database, read_only=True)
+    engine = open_database(config.database, must_exist=True)
     try:
         with make_sessionmaker(engine)() as session:
             status = registry_status(session)

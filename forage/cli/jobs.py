@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:
 def _sessionmaker(args: argparse.Namespace) -> Any:
     from forage.db.engine import make_sessionmaker, open_database
 
-    engine = open_database(load_cli_config(args).database, read_only=True)
+    engine = open_database(load_cli_config(args).database, must_exist=True)
     return engine, make_sessionmaker(engine)
 
 

@@ -82,7 +82,7 @@ def run_lookup(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         entries += read_lockfile(data, filename=path.name)  # LockfileError: exit 2 (main)
     config = load_cli_config(args)
-    engine = open_database(config.database, read_only=True)
+    engine = open_database(config.database, must_exist=True)
     writer = make_sessionmaker(engine)
     reader, reader_engine = read_only_sessionmaker(writer)
     try:

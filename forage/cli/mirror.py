@@ -109,7 +109,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     config = load_cli_config(args)
     keys = _keys(args.lockfile)
-    engine = open_database(config.database, read_only=True)
+    engine = open_database(config.database, must_exist=True)
     try:
         with make_sessionmaker(engine)() as session:
             manifest, missing = bundle_manifest(session, keys)

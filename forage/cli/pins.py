@@ -48,7 +48,7 @@ def run_show(args: argparse.Namespace) -> int:
     from forage.pins.report import failed_pins, pin_counts
 
     config = load_cli_config(args)
-    engine = open_database(config.database, read_only=True)
+    engine = open_database(config.database, must_exist=True)
     try:
         with make_sessionmaker(engine)() as session:
             counts = pin_counts(session, config)

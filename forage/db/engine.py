@@ -261,16 +261,16 @@ def include_object(
     return table not in UNMANAGED_TABLES
 
 
-def open_database(database: DatabaseConfig, *, read_only: bool = False) -> Engine:
+def open_database(database: DatabaseConfig, *, must_exist: bool = False) -> Engine:
     """An engine on a database at the head revision, ready for work.
 
     The embedded SQLite store is created or migrated on first use (zero set-up); a shared
     PostgreSQL database behind the code's revision is refused with the command to run, since
-    migrating it is a decision for its operator. Commands that only read pass ``read_only``:
-    run in the wrong directory, they must say so rather than create an empty database and
-    report an empty index.
+    migrating it is a decision for its operator. Commands that work on an existing index pass
+    ``must_exist``: run in the wrong directory, they must say so rather than create an empty
+    database and report an empty index.
     """
-    if read_only:
+    if must_exist:
         require_existing(database)
     engine = make_engine(database)
     if _stamped_revision(engine) == SCHEMA_HEAD:
