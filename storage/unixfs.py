@@ -24,7 +24,9 @@ Specs: https://github.com/ipfs/specs/blob/main/UNIXFS.md and boxo
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, BinaryIO, Literal, NamedTuple
 
@@ -487,6 +489,15 @@ def _sha256(data: memoryview) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def _known_size(source: object) -> float:
+    """The size of a regular file ``source`` reads from, else infinity (a pipe, a socket)."""
+    try:
+        status = os.fstat(source.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return math.inf
+    return status.st_size if stat.S_ISREG(status.st_mode) else math.inf
+
+
 def hash_workers() -> int:
     """Threads to hash leaves on: every core this process may run on."""
     try:
@@ -557,7 +568,10 @@ def import_file(
         emit=emit,
     )
     workers = hash_workers()
-    if importer.takes_leaf_digests and hasattr(source, "readinto") and workers > 1:
+    parallel = importer.takes_leaf_digests and hasattr(source, "readinto") and workers > 1
+    if parallel and _known_size(source) <= chunk_size:
+        parallel = False  # one leaf: not worth the threads nor the read-ahead buffers
+    if parallel:
         for digest, length in leaf_digests(source, chunk_size, workers):  # type: ignore[arg-type]
             for block in importer.add_leaf_digest(digest, length):
                 sink.put(block)  # type: ignore[union-attr]
