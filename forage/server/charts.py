@@ -38,7 +38,6 @@ class Row:
     total: int
     y: int
     segments: tuple[Segment, ...]
-    href: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,22 +57,22 @@ def bar_chart(
     ident: str,
     title: str,
     series: Sequence[str],
-    rows: Iterable[tuple[str, Sequence[int], str | None]],
+    rows: Iterable[tuple[str, Sequence[int]]],
 ) -> BarChart:
-    """Lay out ``rows`` (label, one value per series, a link or ``None``) as stacked
+    """Lay out ``rows`` (label, one value per series) as stacked
     horizontal bars, the longest row spanning the whole bar area."""
     given = list(rows)
     largest = max((sum(row[1]) for row in given), default=0)
     scale = BAR_WIDTH / largest if largest else 0.0
     laid: list[Row] = []
-    for index, (label, values, href) in enumerate(given):
+    for index, (label, values) in enumerate(given):
         x = float(LABEL_WIDTH)
         segments = []
         for name, value in zip(series, values, strict=True):
             width = value * scale
             segments.append(Segment(name, int(value), round(x, 2), round(width, 2)))
             x += width
-        laid.append(Row(label, int(sum(values)), index * ROW_HEIGHT, tuple(segments), href))
+        laid.append(Row(label, int(sum(values)), index * ROW_HEIGHT, tuple(segments)))
     return BarChart(
         ident=ident,
         title=title,

@@ -41,7 +41,7 @@ def registry_health(session: Session) -> tuple[list[RegistryHealth], BarChart]:
         files = dict(status.files)
         archived, pending, failed = files["archived"], files["pending"], files["failed"]
         gone = max(0, files["known"] - archived - pending - failed)
-        rows.append((name, (archived, pending, failed, gone), None))
+        rows.append((name, (archived, pending, failed, gone)))
         feed = status.feed
         registries.append(
             RegistryHealth(
@@ -59,7 +59,7 @@ def registry_health(session: Session) -> tuple[list[RegistryHealth], BarChart]:
 def replicas_chart(health: ArchiveHealth) -> BarChart:
     """Pieces by how many active deals hold them, those under ``min_replicas`` marked."""
     rows = [
-        (f"{n} active deal(s)", (count, 0) if n < health.min_replicas else (0, count), None)
+        (f"{n} active deal(s)", (count, 0) if n < health.min_replicas else (0, count))
         for n, count in sorted(health.replicas.items())
     ]
     title = f"Pieces by replicas (fewer than {health.min_replicas} is under-replicated)"
@@ -74,5 +74,5 @@ def expiry_chart(session: Session, now: datetime) -> BarChart:
         for end_at, end_epoch in ends
     )
     months = by_month(moment for moment in moments if moment is not None)
-    rows = [(month, (count,), None) for month, count in months]
+    rows = [(month, (count,)) for month, count in months]
     return bar_chart("expiry-chart", "Active deals by month of expiry", ("deals",), rows)
