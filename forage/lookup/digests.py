@@ -31,6 +31,8 @@ from forage.db.models import Archive, ArchiveStatus, Artifact, ArtifactDigest, P
 from forage.lookup.query import load_artifacts
 from forage.lookup.reverse import CidMatch
 from indexers import InvalidDigest, normalize_hex, parse_sri
+from indexers.digests import HASHERS
+from indexers.lockfiles import hash_algorithm
 
 #: Algorithms a bare hex digest may be, by its length in hex digits.
 _BY_LENGTH = {
@@ -39,20 +41,6 @@ _BY_LENGTH = {
     64: ("sha256", "blake2b_256"),
     96: ("sha384",),
     128: ("sha512",),
-}
-#: Names accepted before ``:`` or ``=``, as registries and tools spell them.
-_NAMES = {
-    "md5": "md5",
-    "sha1": "sha1",
-    "sha-1": "sha1",
-    "sha256": "sha256",
-    "sha-256": "sha256",
-    "sha384": "sha384",
-    "sha-384": "sha384",
-    "sha512": "sha512",
-    "sha-512": "sha512",
-    "blake2b_256": "blake2b_256",
-    "blake2b-256": "blake2b_256",
 }
 _NAMED = re.compile(r"(?P<name>[a-z0-9_-]{2,12})[:=](?P<hex>[0-9a-f]+)")
 _SRI = re.compile(r"(?:sha512|sha384|sha256|sha1)-[A-Za-z0-9+/]+={0,2}(?:\?\S*)?")
@@ -85,9 +73,9 @@ def parse_digest(text: str) -> tuple[tuple[str, str], ...]:
     lowered = given.lower()
     named = _NAMED.fullmatch(lowered)
     if named:
-        algorithm = _NAMES.get(named["name"])
+        algorithm = hash_algorithm(named["name"])  # as lockfiles spell it: sha-256, sha256
         if algorithm is None:
-            known = ", ".join(sorted(set(_NAMES.values())))
+            known = ", ".join(sorted(HASHERS))
             raise InvalidDigest(named["name"], text, f"unknown algorithm; known: {known}, h1")
         return ((algorithm, normalize_hex(algorithm, named["hex"])),)
     if re.fullmatch(r"[0-9a-f]+", lowered):
