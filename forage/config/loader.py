@@ -13,7 +13,6 @@ from dataclasses import fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
 from forage.config.registries import (
     RegistriesConfig,
@@ -23,7 +22,6 @@ from forage.config.registries import (
 )
 from forage.config.sections import (
     BACKEND_NAME,
-    LOOPBACK_HOSTS,
     MAX_PIN_ORIGINS,
     PIN_BACKEND_TYPES,
     SECTIONS,
@@ -320,11 +318,10 @@ def _check_pin_backend(backend: PinBackendConfig, prefix: str) -> PinBackendConf
         raise ConfigError(f"{prefix}.type", f"must be one of {', '.join(PIN_BACKEND_TYPES)}")
     if not backend.url:
         raise ConfigError(f"{prefix}.url", "missing: the backend's API base URL")
-    loopback = (urlsplit(backend.url).hostname or "") in LOOPBACK_HOSTS
-    check_url(backend.url, f"{prefix}.url", allow_http=backend.allow_http or loopback)
+    check_url(backend.url, f"{prefix}.url", allow_http=backend.allow_http, loopback_http=True)
     if backend.gateway:
-        local = (urlsplit(backend.gateway).hostname or "") in LOOPBACK_HOSTS
-        check_url(backend.gateway, f"{prefix}.gateway", allow_http=backend.allow_http or local)
+        gateway = backend.gateway
+        check_url(gateway, f"{prefix}.gateway", allow_http=backend.allow_http, loopback_http=True)
     if backend.token is None and backend.token_file is not None:
         try:
             token = backend.token_file.read_text(encoding="utf-8").strip()

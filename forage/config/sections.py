@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from forage.config.registries import RegistriesConfig, RegistryConfig
 from forage.config.values import (
+    LOOPBACK_HOSTS,
     Secret,
     bounded,
     check_url,
@@ -97,12 +98,7 @@ class DataConfig:
 
 def check_s3_endpoint(url: str, key: str, allow_http: bool) -> None:
     """An S3 endpoint must be https, or plain http on loopback or with ``s3_allow_http``."""
-    loopback = (urlsplit(url).hostname or "") in LOOPBACK_HOSTS
-    try:
-        check_url(url, key, allow_http=allow_http or loopback)
-    except ConfigError as exc:
-        reason = exc.reason.replace("allow_http = true", "data.s3_allow_http = true")
-        raise ConfigError(key, reason) from None
+    check_url(url, key, allow_http=allow_http, loopback_http=True, allow_key="data.s3_allow_http")
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +266,6 @@ class LoggingConfig:
 PIN_BACKEND_TYPES = ("kubo", "cluster", "service")
 #: A backend name fits ``pins.backend`` (64 characters) and an environment variable name.
 BACKEND_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 #: ``maxItems`` of ``Pin.origins`` in the Pinning Service API.
 MAX_PIN_ORIGINS = 20
 
@@ -357,8 +352,7 @@ class RepairConfig:
 
     def __post_init__(self) -> None:
         for url in self.gateways:
-            loopback = (urlsplit(url).hostname or "") in LOOPBACK_HOSTS
-            check_url(url, "repair.gateways", allow_http=self.allow_http or loopback)
+            check_url(url, "repair.gateways", allow_http=self.allow_http, loopback_http=True)
 
 
 @dataclass(frozen=True, slots=True)

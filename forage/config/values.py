@@ -73,11 +73,26 @@ def netloc(url: str) -> str:
     return f"{host}:{parts.port}" if parts.port else host
 
 
-def check_url(url: str, key: str, *, allow_http: bool) -> None:
+#: Hosts whose plain-http services (a local node, gateway or S3 server) need no ``allow_http``.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def check_url(
+    url: str,
+    key: str,
+    *,
+    allow_http: bool,
+    loopback_http: bool = False,
+    allow_key: str = "allow_http",
+) -> None:
+    """``url`` must be https, or http given ``allow_http`` (named ``allow_key`` in the hint)
+    or, with ``loopback_http``, on a loopback host; it carries no credentials."""
     parts = urlsplit(url)
+    if loopback_http and (parts.hostname or "") in LOOPBACK_HOSTS:
+        allow_http = True
     schemes = ("https", "http") if allow_http else ("https",)
     if parts.scheme not in schemes or not parts.hostname:
-        hint = "" if allow_http else " (set allow_http = true for a plain-http upstream)"
+        hint = "" if allow_http else f" (set {allow_key} = true for a plain-http upstream)"
         raise ConfigError(key, f"must be an {' or '.join(schemes)} URL, got {url!r}{hint}")
     if parts.username or parts.password:
         raise ConfigError(key, "credentials in the URL are not allowed")
